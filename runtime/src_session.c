@@ -1,0 +1,729 @@
+/*
+ * src_session.c — tlm-page-server sessions (src_session.h): accepting and authenticating a
+ * destination connection, answering DEMANDs on the urgent channel, streaming the class map
+ * and the DATA pages on the bulk channel.
+ *
+ * Urgent before bulk: urgent input is parsed and answered as soon as its socket is
+ * readable (tlm_ps_sess_event), while bulk output is only queued by tlm_ps_bulk_pump, which
+ * the loop calls after it has handled every event of an iteration, a bounded batch at a
+ * time and only while the bulk connection has room (EPOLLOUT driven).
+ */
+#include "runtime/src_session.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "runtime/log.h"
+#include "runtime/util.h"
+
+#define PS_HANDSHAKE_MS 3000
+#define PS_URGENT_WCAP (2u << 20)
+#define PS_BULK_WCAP (4u << 20)
+#define PS_BULK_BATCH 256u          /* pages queued on bulk per loop iteration */
+#define PS_MAP_MIN_RUNS 4096u       /* wait for room for at least this many runs */
+
+static const char *chan_name(uint8_t chan)
+{
+	return chan == TLM_CHAN_URGENT ? "urgent" : "bulk";
+}
+
+static bool region_serving(const struct tlm_src_region *r)
+{
+	return r->phase == TLM_SRC_CLASSIFIED || r->phase == TLM_SRC_STREAMING ||
+	       r->phase == TLM_SRC_DONE;
+}
+
+static void sess_set_events(struct tlm_ps_sess *s)
+{
+	uint32_t ev = 0;
+	struct epoll_event e;
+
+	if (s->dead)
+		return;
+	if (s->chan == TLM_CHAN_BULK || s->dq_len < PS_DEMAND_QUEUE)
+		ev |= EPOLLIN;
+	if (tlm_conn_pending(&s->c) ||
+	    (s->chan == TLM_CHAN_BULK && (s->bstate == BULK_MAP || s->bstate == BULK_PAGES)))
+		ev |= EPOLLOUT;
+	if (ev == s->events)
+		return;
+	e.events = ev;
+	e.data.ptr = &s->ev;
+	if (epoll_ctl(s->ps->epfd, EPOLL_CTL_MOD, s->c.fd, &e) == 0)
+		s->events = ev;
+	else
+		log_error("%s: epoll_ctl: %s", s->r->id, strerror(errno));
+}
+
+void tlm_ps_sess_close(struct tlm_ps_sess *s, const char *why)
+{
+	struct tlm_src_region *r = s->r;
+
+	if (s->dead)
+		return;
+	if (why) {
+		log_warn("%s: %s session from %s closed: %s", r->id, chan_name(s->chan), s->peer,
+			 why);
+		r->st.sessions_dropped++;
+	} else {
+		log_info("%s: %s session from %s closed", r->id, chan_name(s->chan), s->peer);
+	}
+	epoll_ctl(s->ps->epfd, EPOLL_CTL_DEL, s->c.fd, NULL);
+	r->st.wire_bytes_closed += s->c.bytes_in + s->c.bytes_out + s->handshake_bytes;
+	if (r->urgent == s) {
+		r->urgent = NULL;
+		/* Replies still in flight on a dead connection may never arrive: let the bulk
+		 * stream send those pages again instead of skipping them. */
+		tlm_cls_clear_sent(&r->map);
+	}
+	if (r->bulk == s) {
+		r->bulk = NULL;
+		if (r->phase == TLM_SRC_STREAMING)
+			r->phase = TLM_SRC_CLASSIFIED;
+	}
+	tlm_conn_fini(&s->c);
+	s->dead = true;
+}
+
+/* Tell the peer why (best effort, non-blocking), then close. */
+static void sess_fail(struct tlm_ps_sess *s, uint32_t code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void sess_fail(struct tlm_ps_sess *s, uint32_t code, const char *fmt, ...)
+{
+	struct tlm_msg m = { .type = TLM_MSG_ERROR };
+	va_list ap;
+
+	m.u.error.code = code;
+	va_start(ap, fmt);
+	vsnprintf(m.u.error.msg, sizeof(m.u.error.msg), fmt, ap);
+	va_end(ap);
+	if (tlm_conn_queue(&s->c, &m) == 0)
+		tlm_conn_flush(&s->c);
+	tlm_ps_sess_close(s, m.u.error.msg);
+}
+
+void tlm_ps_reap(struct tlm_ps *ps, bool all)
+{
+	struct tlm_ps_sess **pp = &ps->sessions;
+
+	while (*pp) {
+		struct tlm_ps_sess *s = *pp;
+
+		if (all)
+			tlm_ps_sess_close(s, NULL);
+		if (!s->dead) {
+			pp = &s->next;
+			continue;
+		}
+		*pp = s->next;
+		free(s->ra_buf);
+		free(s);
+	}
+}
+
+uint64_t tlm_ps_wire_bytes(const struct tlm_src_region *r)
+{
+	uint64_t n = r->st.wire_bytes_closed;
+
+	if (r->urgent)
+		n += r->urgent->c.bytes_in + r->urgent->c.bytes_out + r->urgent->handshake_bytes;
+	if (r->bulk)
+		n += r->bulk->c.bytes_in + r->bulk->c.bytes_out + r->bulk->handshake_bytes;
+	return n;
+}
+
+/* Returns 0, or -1 if the session is gone. */
+static int sess_read(struct tlm_ps_sess *s)
+{
+	ssize_t n = tlm_conn_read(&s->c);
+	char why[128];
+
+	if (n > 0 || n == -EAGAIN || n == -ENOBUFS)
+		return 0;
+	if (n == 0) {
+		tlm_ps_sess_close(s, NULL);
+	} else {
+		snprintf(why, sizeof(why), "read: %s", strerror((int)-n));
+		tlm_ps_sess_close(s, why);
+	}
+	return -1;
+}
+
+/* Flush; close on a hard error. Returns 0, -EAGAIN, or -1 if closed. */
+static int sess_flush(struct tlm_ps_sess *s)
+{
+	int rc = tlm_conn_flush(&s->c);
+	char why[128];
+
+	if (rc == 0 || rc == -EAGAIN)
+		return rc;
+	snprintf(why, sizeof(why), "write: %s", strerror(-rc));
+	tlm_ps_sess_close(s, why);
+	return -1;
+}
+
+/* A peer's ERROR, or anything a source never expects on this channel. */
+static void sess_unexpected(struct tlm_ps_sess *s, const struct tlm_msg *m)
+{
+	char why[TLM_PROTO_ERRMSG_MAX + 64];
+
+	if (m->type == TLM_MSG_ERROR) {
+		snprintf(why, sizeof(why), "peer error %u: %s", m->u.error.code, m->u.error.msg);
+		tlm_ps_sess_close(s, why);
+		return;
+	}
+	sess_fail(s, TLM_ERR_PROTOCOL, "unexpected %s on the %s channel", tlm_msg_name(m->type),
+		  chan_name(s->chan));
+}
+
+/* A FAILED region's sessions learn why and end. */
+static void close_failed(struct tlm_src_region *r)
+{
+	if (r->urgent)
+		sess_fail(r->urgent, TLM_ERR_INTERNAL, "VM '%s': %s", r->id, r->fail);
+	if (r->bulk)
+		sess_fail(r->bulk, TLM_ERR_INTERNAL, "VM '%s': %s", r->id, r->fail);
+}
+
+/* The source became unreadable while serving (process gone, ...): no session of this
+ * region can make progress any more. */
+static void region_fail(struct tlm_src_region *r, int rc)
+{
+	r->phase = TLM_SRC_FAILED;
+	snprintf(r->fail, sizeof(r->fail), "cannot read the source: %s", strerror(-rc));
+	log_error("%s: %s", r->id, r->fail);
+	close_failed(r);
+}
+
+/* ---- urgent: demands ------------------------------------------------------------------- */
+
+/* Parse DEMANDs into the queue. Returns how many were queued, or -1 if closed. */
+static int urgent_parse(struct tlm_ps_sess *s)
+{
+	char err[160];
+	struct tlm_msg m;
+	int n = 0, rc;
+
+	while (s->dq_len < PS_DEMAND_QUEUE) {
+		rc = tlm_conn_next(&s->c, &m, err, sizeof(err));
+		if (rc == 0)
+			break;
+		if (rc < 0) {
+			sess_fail(s, TLM_ERR_PROTOCOL, "malformed frame: %s", err);
+			return -1;
+		}
+		if (m.type != TLM_MSG_DEMAND) {
+			sess_unexpected(s, &m);
+			return -1;
+		}
+		if (m.u.demand.page + m.u.demand.count > s->r->page_count) {
+			sess_fail(s, TLM_ERR_PROTOCOL, "DEMAND %llu+%u past the last page %llu",
+				  (unsigned long long)m.u.demand.page, m.u.demand.count,
+				  (unsigned long long)s->r->page_count - 1);
+			return -1;
+		}
+		s->dq[(s->dq_head + s->dq_len++) % PS_DEMAND_QUEUE] =
+			(struct tlm_demand){ m.u.demand.page, m.u.demand.count };
+		n++;
+	}
+	return n;
+}
+
+/* PAGE for one DATA page, read only once there is room for it. */
+static int reply_data(struct tlm_ps_sess *s, uint64_t page)
+{
+	struct tlm_src_region *r = s->r;
+	struct tlm_msg m = { .type = TLM_MSG_PAGE };
+	uint8_t buf[TLM_PAGE_SIZE];
+	const uint8_t *p;
+	char err[200];
+	int rc;
+
+	m.u.page.data = buf;
+	if (tlm_proto_frame_size(&m) > tlm_conn_space(&s->c))
+		return -ENOBUFS;
+	rc = tlm_src_read_pages(r, &page, 1, buf, &p, err, sizeof(err));
+	if (rc < 0) {
+		log_error("%s", err);
+		return rc;
+	}
+	m.u.page.page = page;
+	m.u.page.data = p;
+	m.u.page.xxh64 = tlm_proto_page_sum(p);
+	rc = tlm_conn_queue(&s->c, &m);
+	if (rc == 0) {
+		tlm_cls_mark_sent(&r->map, page);
+		r->st.data_sent_urgent++;
+		r->st.payload_bytes += TLM_PAGE_SIZE;
+	}
+	return rc;
+}
+
+/* Answer pages [page, page + max) as far as one reply goes; *used = pages answered. */
+static int reply_one(struct tlm_ps_sess *s, uint64_t page, uint32_t max, uint32_t *used)
+{
+	const struct tlm_cls_map *map = &s->r->map;
+	struct tlm_msg m;
+	uint64_t k, k2;
+	enum tlm_page_class c = tlm_cls_map_get(map, page, &k);
+	uint32_t n = 1;
+
+	*used = 1;
+	if (c == TLM_CLASS_DATA)
+		return reply_data(s, page);
+	if (c == TLM_CLASS_ZERO) {
+		while (n < max && tlm_cls_map_get(map, page + n, &k2) == TLM_CLASS_ZERO)
+			n++;
+		m = (struct tlm_msg){ .type = TLM_MSG_ZERO, .u.zero = { page, n } };
+	} else {
+		/* TEMPLATE and REF both answer "equals template page k": the destination
+		 * copies it from its own template. */
+		for (; n < max; n++) {
+			enum tlm_page_class c2 = tlm_cls_map_get(map, page + n, &k2);
+
+			if ((c2 != TLM_CLASS_TEMPLATE && c2 != TLM_CLASS_REF) || k2 != k + n)
+				break;
+		}
+		m = (struct tlm_msg){ .type = TLM_MSG_REF, .u.ref = { page, n, k } };
+	}
+	*used = n;
+	return tlm_conn_queue(&s->c, &m);
+}
+
+/* Answer queued demands while there is room. Returns replies queued, or -1 if closed. */
+static int urgent_serve(struct tlm_ps_sess *s)
+{
+	struct tlm_src_region *r = s->r;
+	int n = 0, rc;
+	uint32_t used;
+
+	while (s->dq_len && region_serving(r)) {
+		struct tlm_demand *d = &s->dq[s->dq_head];
+
+		while (s->dq_done < d->count) {
+			rc = reply_one(s, d->page + s->dq_done, d->count - s->dq_done, &used);
+			if (rc == -ENOBUFS)
+				return n;
+			if (rc < 0) {
+				region_fail(r, rc);
+				return -1;
+			}
+			s->dq_done += used;
+			n++;
+		}
+		r->st.demand_requests++;
+		r->st.demand_pages += d->count;
+		s->dq_head = (s->dq_head + 1) % PS_DEMAND_QUEUE;
+		s->dq_len--;
+		s->dq_done = 0;
+	}
+	return n;
+}
+
+static void urgent_work(struct tlm_ps_sess *s)
+{
+	bool progress = true;
+
+	while (progress && !s->dead) {
+		int parsed = urgent_parse(s), served, fl;
+
+		if (parsed < 0 || (served = urgent_serve(s)) < 0 || (fl = sess_flush(s)) == -1)
+			return;
+		progress = (parsed > 0 || served > 0) && fl == 0;
+	}
+	sess_set_events(s);
+}
+
+/* ---- bulk: class map, DATA pages, PROGRESS, DONE --------------------------------------- */
+
+static void bulk_start(struct tlm_ps_sess *s)
+{
+	/* A new bulk session sends everything again (reconnect: keep it simple). */
+	s->bstate = BULK_MAP;
+	s->map_run = 0;
+	s->cursor = 0;
+	s->data_passed = 0;
+	s->payload = 0;
+	s->ra_n = s->ra_i = 0;
+	s->r->phase = TLM_SRC_STREAMING;
+	sess_set_events(s);
+}
+
+/* One CLASS_MAP frame with as many runs as fit. 1 = queued, 0 = no room. */
+static int bulk_map(struct tlm_ps_sess *s)
+{
+	const struct tlm_cls_map *map = &s->r->map;
+	size_t left = map->nruns - s->map_run, space = tlm_conn_space(&s->c);
+	size_t room = space > 24 ? (space - 24) / 16 : 0;
+	size_t n = left;
+	struct tlm_msg m = { .type = TLM_MSG_CLASS_MAP };
+	int rc;
+
+	if (n > TLM_PROTO_MAX_RUNS)
+		n = TLM_PROTO_MAX_RUNS;
+	if (n > room)
+		n = room;
+	if (n == 0 || n < (left < PS_MAP_MIN_RUNS ? left : PS_MAP_MIN_RUNS))
+		return 0;
+	m.u.class_map.first_page = map->run_first[s->map_run];
+	m.u.class_map.nruns = (uint32_t)n;
+	m.u.class_map.final = n == left;
+	m.u.class_map.runs = &map->runs[s->map_run];
+	rc = tlm_conn_queue(&s->c, &m);
+	if (rc < 0)
+		return rc == -ENOBUFS ? 0 : rc;
+	s->map_run += n;
+	if (s->map_run == map->nruns)
+		s->bstate = BULK_PAGES;
+	return 1;
+}
+
+/* Next DATA pages not yet sent on urgent, read in one go. 0, or -errno. */
+static int bulk_readahead(struct tlm_ps_sess *s)
+{
+	struct tlm_src_region *r = s->r;
+	char err[200];
+	unsigned n = 0;
+	int rc;
+
+	for (; s->cursor < r->page_count && n < TLM_SRC_READ_MAX; s->cursor++) {
+		if ((r->map.cls[s->cursor] & TLM_CLS_MASK) != TLM_CLASS_DATA)
+			continue;
+		if (tlm_cls_sent(&r->map, s->cursor))
+			s->data_passed++;
+		else
+			s->ra_page[n++] = s->cursor;
+	}
+	s->ra_i = 0;
+	s->ra_n = n;
+	if (!n)
+		return 0;
+	if (r->kind == TLM_SRC_PID && !s->ra_buf) {
+		s->ra_buf = malloc(TLM_SRC_READ_MAX * TLM_PAGE_SIZE);
+		if (!s->ra_buf)
+			return -ENOMEM;
+	}
+	rc = tlm_src_read_pages(r, s->ra_page, n, s->ra_buf, s->ra_ptr, err, sizeof(err));
+	if (rc < 0)
+		log_error("%s", err);
+	return rc;
+}
+
+static int bulk_done(struct tlm_ps_sess *s)
+{
+	struct tlm_src_region *r = s->r;
+	struct tlm_msg m = { .type = TLM_MSG_DONE };
+	int rc;
+
+	m.u.done.data_pages = r->map.count[TLM_CLASS_DATA];
+	m.u.done.bytes = s->payload;
+	rc = tlm_conn_queue(&s->c, &m);
+	if (rc < 0)
+		return rc == -ENOBUFS ? 0 : rc;
+	s->bstate = BULK_FINISHED;
+	r->phase = TLM_SRC_DONE;
+	r->st.bulk_rounds++;
+	if (!r->st.done_ns)
+		r->st.done_ns = tlm_now_ns();
+	log_info("%s: bulk stream complete: %llu DATA pages, %llu sent on bulk, %.1f ms after freeze",
+		 r->id, (unsigned long long)m.u.done.data_pages,
+		 (unsigned long long)(s->payload / TLM_PAGE_SIZE),
+		 (double)(tlm_now_ns() - r->st.freeze_ns) / 1e6);
+	return 1;
+}
+
+/* Queue DATA pages from the read-ahead. Returns pages handled (>0), 0 = no room or
+ * finished, -errno on a read failure. */
+static int bulk_pages(struct tlm_ps_sess *s, unsigned budget)
+{
+	struct tlm_src_region *r = s->r;
+	struct tlm_msg m = { .type = TLM_MSG_PAGE };
+	int n = 0, rc;
+
+	if (s->ra_i == s->ra_n) {
+		if (s->cursor == r->page_count)
+			return bulk_done(s);
+		rc = bulk_readahead(s);
+		if (rc < 0)
+			return rc;
+		if (s->ra_n == 0)         /* the rest was sent on urgent */
+			return bulk_done(s);
+	}
+	for (; s->ra_i < s->ra_n && (unsigned)n < budget; s->ra_i++, n++) {
+		uint64_t page = s->ra_page[s->ra_i];
+
+		if (!tlm_cls_sent(&r->map, page)) {
+			m.u.page.page = page;
+			m.u.page.data = s->ra_ptr[s->ra_i];
+			m.u.page.xxh64 = tlm_proto_page_sum(m.u.page.data);
+			if (tlm_conn_queue(&s->c, &m) < 0)
+				break;
+			r->st.data_sent_bulk++;
+			r->st.payload_bytes += TLM_PAGE_SIZE;
+			s->payload += TLM_PAGE_SIZE;
+		}
+		s->data_passed++;
+	}
+	return n;
+}
+
+void tlm_ps_bulk_pump(struct tlm_ps_sess *s)
+{
+	unsigned budget = PS_BULK_BATCH;
+	int rc = 1;
+
+	if (s->dead || (s->bstate != BULK_MAP && s->bstate != BULK_PAGES &&
+			!tlm_conn_pending(&s->c)))
+		return;
+	if (sess_flush(s) == -1)
+		return;
+	while (rc > 0 && budget && (s->bstate == BULK_MAP || s->bstate == BULK_PAGES)) {
+		if (s->bstate == BULK_MAP) {
+			rc = bulk_map(s);
+		} else {
+			rc = bulk_pages(s, budget);
+			budget = rc > 0 && (unsigned)rc < budget ? budget - (unsigned)rc : 0;
+		}
+	}
+	if (rc < 0) {
+		region_fail(s->r, rc);
+		return;
+	}
+	if (sess_flush(s) == -1)
+		return;
+	sess_set_events(s);
+}
+
+void tlm_ps_progress_tick(struct tlm_ps *ps)
+{
+	for (struct tlm_src_region *r = ps->regions; r; r = r->next) {
+		struct tlm_ps_sess *s = r->bulk;
+		struct tlm_msg m = { .type = TLM_MSG_PROGRESS };
+
+		if (!s || s->dead || s->bstate != BULK_PAGES)
+			continue;
+		m.u.progress.pages_sent = s->data_passed;
+		m.u.progress.pages_total = r->map.count[TLM_CLASS_DATA];
+		tlm_conn_queue(&s->c, &m);   /* no room: the stream is moving anyway */
+	}
+}
+
+/* Bulk input: a destination sends nothing after VM_OPEN, so any frame ends the session. */
+static void bulk_input(struct tlm_ps_sess *s)
+{
+	char err[160];
+	struct tlm_msg m;
+	int rc = tlm_conn_next(&s->c, &m, err, sizeof(err));
+
+	if (rc < 0)
+		sess_fail(s, TLM_ERR_PROTOCOL, "malformed frame: %s", err);
+	else if (rc > 0)
+		sess_unexpected(s, &m);
+}
+
+void tlm_ps_sess_event(struct tlm_ps_sess *s, uint32_t events)
+{
+	if (s->dead)
+		return;
+	if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && sess_read(s) < 0)
+		return;
+	if (s->chan == TLM_CHAN_URGENT)
+		urgent_work(s);
+	else
+		bulk_input(s);
+}
+
+void tlm_ps_region_ready(struct tlm_ps *ps, struct tlm_src_region *r)
+{
+	if (r->phase == TLM_SRC_FAILED) {
+		close_failed(r);
+		return;
+	}
+	if (r->urgent)
+		urgent_work(r->urgent);
+	if (r->bulk && r->bulk->bstate == BULK_WAIT)
+		bulk_start(r->bulk);
+}
+
+/* ---- accepting ------------------------------------------------------------------------- */
+
+static struct tlm_src_region *find_region(struct tlm_ps *ps, const char *id)
+{
+	for (struct tlm_src_region *r = ps->regions; r; r = r->next)
+		if (strcmp(r->id, id) == 0)
+			return r;
+	return NULL;
+}
+
+static void digest_text(const uint8_t b[16], char out[33])
+{
+	static const uint8_t zero[16];
+	struct tlm_digest d;
+
+	memcpy(d.b, b, 16);
+	if (memcmp(b, zero, 16) == 0)
+		snprintf(out, 33, "none");
+	else
+		tlm_digest_hex(&d, out);
+}
+
+/* Why this VM_OPEN cannot be accepted: an ERROR code with its text in why, or 0. */
+static uint32_t vm_open_refusal(struct tlm_ps *ps, const struct tlm_msg *o, uint8_t chan,
+				struct tlm_src_region **out, char *why, size_t len)
+{
+	const char *id = o->u.vm_open.vm_id;
+	struct tlm_src_region *r = find_region(ps, id);
+	char have[33], want[33];
+
+	*out = r;
+	if (!r) {
+		snprintf(why, len, "unknown VM '%s'", id);
+		return TLM_ERR_UNKNOWN_VM;
+	}
+	if (o->u.vm_open.page_size != TLM_PAGE_SIZE || o->u.vm_open.ram_size != r->size) {
+		snprintf(why, len, "size mismatch for VM '%s': source has %llu bytes in %u-byte "
+			 "pages, destination has %llu in %u-byte pages", id,
+			 (unsigned long long)r->size, TLM_PAGE_SIZE,
+			 (unsigned long long)o->u.vm_open.ram_size, o->u.vm_open.page_size);
+		return TLM_ERR_MISMATCH;
+	}
+	if (memcmp(o->u.vm_open.digest, r->digest.b, 16) != 0) {
+		digest_text(r->digest.b, have);
+		digest_text(o->u.vm_open.digest, want);
+		snprintf(why, len, "template digest mismatch for VM '%s': source has %s, "
+			 "destination has %s", id, have, want);
+		return TLM_ERR_MISMATCH;
+	}
+	if (r->phase == TLM_SRC_FAILED) {
+		snprintf(why, len, "VM '%s': %.120s", id, r->fail);
+		return TLM_ERR_INTERNAL;
+	}
+	if ((chan == TLM_CHAN_URGENT ? r->urgent : r->bulk) != NULL) {
+		snprintf(why, len, "VM '%s' already has an open %s session", id, chan_name(chan));
+		return TLM_ERR_BUSY;
+	}
+	return 0;
+}
+
+/* Frame bytes of the handshake (for the overhead counter): HELLO .. VM_ACCEPT. */
+static uint64_t handshake_bytes(const struct tlm_msg *open)
+{
+	static const enum tlm_msg_type t[] = { TLM_MSG_HELLO, TLM_MSG_CHALLENGE, TLM_MSG_AUTH,
+					       TLM_MSG_AUTH_OK, TLM_MSG_VM_ACCEPT };
+	uint64_t n = tlm_proto_frame_size(open);
+
+	for (size_t i = 0; i < TLM_ARRAY_SIZE(t); i++) {
+		struct tlm_msg m = { .type = t[i] };
+
+		n += tlm_proto_frame_size(&m);
+	}
+	return n;
+}
+
+static int sess_register(struct tlm_ps *ps, struct tlm_src_region *r, int fd, uint8_t chan,
+			 const char *peer, const struct tlm_msg *open)
+{
+	struct tlm_ps_sess *s = calloc(1, sizeof(*s));
+	struct epoll_event e = { .events = EPOLLIN };
+	int rc = -ENOMEM;
+
+	if (!s || (rc = tlm_conn_init(&s->c, fd, chan == TLM_CHAN_URGENT ? PS_URGENT_WCAP :
+				      PS_BULK_WCAP)) < 0) {
+		free(s);
+		return rc;
+	}
+	s->ev.kind = PS_EV_SESS;
+	s->ps = ps;
+	s->r = r;
+	s->chan = chan;
+	s->events = EPOLLIN;
+	s->handshake_bytes = handshake_bytes(open);
+	snprintf(s->peer, sizeof(s->peer), "%s", peer);
+	e.data.ptr = &s->ev;
+	if (tlm_set_nonblock(fd, 1) < 0 || epoll_ctl(ps->epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
+		rc = -errno;
+		s->c.fd = -1;       /* the caller closes fd */
+		tlm_conn_fini(&s->c);
+		free(s);
+		return rc;
+	}
+	*(chan == TLM_CHAN_URGENT ? &r->urgent : &r->bulk) = s;
+	s->next = ps->sessions;
+	ps->sessions = s;
+	r->st.sessions_opened++;
+	log_info("%s: %s session from %s (phase %s)", r->id, chan_name(chan), peer,
+		 tlm_src_phase_name(r->phase));
+	if (region_serving(r))
+		tlm_ps_region_ready(ps, r);
+	return 0;
+}
+
+static void sess_open(struct tlm_ps *ps, int fd, const char *peer)
+{
+	struct tlm_msg open, acc = { .type = TLM_MSG_VM_ACCEPT };
+	struct tlm_src_region *r;
+	char err[TLM_PROTO_ERRMSG_MAX + 1];
+	uint8_t chan;
+	uint32_t code;
+	int rc;
+
+	tlm_tcp_nodelay(fd);
+	rc = tlm_proto_server_handshake(fd, &ps->key, &chan, &open, PS_HANDSHAKE_MS, err,
+					sizeof(err));
+	if (rc < 0) {
+		log_warn("%s: handshake failed: %s", peer, err);
+		close(fd);
+		return;
+	}
+	code = vm_open_refusal(ps, &open, chan, &r, err, sizeof(err));
+	if (code) {
+		log_warn("%s: refused %s session from %s: %s",
+			 r ? r->id : open.u.vm_open.vm_id, chan_name(chan), peer, err);
+		tlm_proto_send_error(fd, code, "%s", err);
+		close(fd);
+		return;
+	}
+	acc.u.vm_accept.page_count = r->page_count;
+	rc = tlm_proto_send(fd, &acc, PS_HANDSHAKE_MS);
+	if (rc == 0)
+		rc = sess_register(ps, r, fd, chan, peer, &open);
+	if (rc < 0) {
+		log_warn("%s: %s session from %s failed: %s", r->id, chan_name(chan), peer,
+			 strerror(-rc));
+		close(fd);
+	}
+}
+
+void tlm_ps_accept(struct tlm_ps *ps)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[NI_MAXHOST], serv[NI_MAXSERV], peer[64];
+	int fd;
+
+	for (;;) {
+		len = sizeof(ss);
+		fd = accept4(ps->lfd, (struct sockaddr *)&ss, &len, SOCK_CLOEXEC);
+		if (fd < 0 && errno == EINTR)
+			continue;
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				log_warn("accept: %s", strerror(errno));
+			return;
+		}
+		if (getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), serv,
+				sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+			snprintf(peer, sizeof(peer), "?");
+		else
+			snprintf(peer, sizeof(peer), "%.48s:%.8s", host, serv);
+		sess_open(ps, fd, peer);
+	}
+}

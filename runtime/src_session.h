@@ -1,0 +1,98 @@
+/*
+ * src_session.h — tlm-page-server internals shared by page_server.c (main, event loop,
+ * control commands) and src_session.c (destination sessions: handshake, urgent demand
+ * service, bulk stream).
+ *
+ * One session = one TCP connection of one VM (urgent or bulk). A region has at most one
+ * of each; a second one is refused with ERROR BUSY. Sessions never touch another region,
+ * and a session's failure closes that session only.
+ */
+#ifndef TLM_SRC_SESSION_H
+#define TLM_SRC_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "protocol/tlm_proto.h"
+#include "runtime/src_region.h"
+
+/* What an epoll event's data.ptr points at (first member of its owner). */
+enum tlm_ps_ev_kind { PS_EV_LISTEN = 1, PS_EV_CTL, PS_EV_SIGNAL, PS_EV_TIMER, PS_EV_SESS };
+
+struct tlm_ps_ev {
+	enum tlm_ps_ev_kind kind;
+};
+
+struct tlm_ps {
+	int epfd, lfd, ctlfd, sigfd, tfd;
+	struct tlm_key key;
+	const char *ctl_path;
+	struct tlm_src_region *regions;     /* singly linked, in the order added */
+	struct tlm_ps_sess *sessions;       /* every session, live or waiting to be freed */
+	bool stop;
+	struct tlm_ps_ev ev_listen, ev_ctl, ev_sig, ev_timer;
+};
+
+/* Where a bulk session stands; the region's phase says the same from the VM's view. */
+enum tlm_bulk_state {
+	BULK_WAIT = 0,   /* region not classified yet */
+	BULK_MAP,        /* sending CLASS_MAP frames */
+	BULK_PAGES,      /* sending DATA pages in page order */
+	BULK_FINISHED,   /* DONE queued */
+};
+
+struct tlm_demand {
+	uint64_t page;
+	uint32_t count;
+};
+
+#define PS_DEMAND_QUEUE 1024u   /* queued DEMANDs before we stop reading the socket */
+
+struct tlm_ps_sess {
+	struct tlm_ps_ev ev;
+	struct tlm_ps *ps;
+	struct tlm_src_region *r;
+	struct tlm_conn c;
+	uint8_t chan;                  /* TLM_CHAN_URGENT / TLM_CHAN_BULK */
+	bool dead;                     /* closed; freed at the end of the loop iteration */
+	uint32_t events;               /* current epoll interest */
+	char peer[64];
+	uint64_t handshake_bytes;      /* handshake frames, before c existed */
+
+	/* urgent: ring of DEMANDs; dq_done pages of the head one are answered */
+	struct tlm_demand dq[PS_DEMAND_QUEUE];
+	unsigned dq_head, dq_len;
+	uint32_t dq_done;
+
+	/* bulk */
+	enum tlm_bulk_state bstate;
+	size_t map_run;                /* next run to put in a CLASS_MAP frame */
+	uint64_t cursor;               /* next page to look at for DATA */
+	uint64_t data_passed;          /* DATA pages behind the cursor (sent or skipped) */
+	uint64_t payload;              /* page bytes sent on this session */
+	uint64_t ra_page[TLM_SRC_READ_MAX];   /* read-ahead: pages read, not yet queued */
+	const uint8_t *ra_ptr[TLM_SRC_READ_MAX];
+	unsigned ra_n, ra_i;
+	uint8_t *ra_buf;               /* TLM_SRC_READ_MAX pages, pid sources */
+
+	struct tlm_ps_sess *next;
+};
+
+/* Listening socket readable: accept, handshake (blocking, bounded), register sessions. */
+void tlm_ps_accept(struct tlm_ps *ps);
+/* epoll event on a session; urgent input is served at once, bulk only flagged. */
+void tlm_ps_sess_event(struct tlm_ps_sess *s, uint32_t events);
+/* Queue a bounded batch of bulk output while the connection has room. */
+void tlm_ps_bulk_pump(struct tlm_ps_sess *s);
+/* Region classified (or failed): answer queued demands, start the bulk stream. */
+void tlm_ps_region_ready(struct tlm_ps *ps, struct tlm_src_region *r);
+/* Every ~100 ms: PROGRESS on streaming bulk sessions. */
+void tlm_ps_progress_tick(struct tlm_ps *ps);
+/* Close with a reason (logged as a warning unless NULL = orderly). */
+void tlm_ps_sess_close(struct tlm_ps_sess *s, const char *why);
+/* Free closed sessions (end of a loop iteration) or all (shutdown). */
+void tlm_ps_reap(struct tlm_ps *ps, bool all);
+/* Wire bytes of a region's sessions, live and ended (stats). */
+uint64_t tlm_ps_wire_bytes(const struct tlm_src_region *r);
+
+#endif /* TLM_SRC_SESSION_H */
