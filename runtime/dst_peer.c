@@ -1,0 +1,515 @@
+/*
+ * dst_peer.c — the urgent and bulk sessions of one region to the source page server
+ * (dst_peer.h). Messages are checked against the channel they may arrive on and handed to
+ * dst_region.c, which validates their contents against the region.
+ *
+ * Closing a session frees its buffers, and a frame being handled points into them; so a
+ * broken session is only flagged (peer->lost) where it is found and closed at the next
+ * safe point (end of the event, dst_peer_work).
+ */
+#include "runtime/dst_peer.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "runtime/dst_region.h"
+#include "runtime/log.h"
+#include "runtime/util.h"
+
+#define CONNECT_TIMEOUT_MS   3000
+#define HANDSHAKE_TIMEOUT_MS 5000
+#define URG_WCAP             (64 * 1024)     /* DEMAND frames: 3000+ requests */
+#define BULK_WCAP            4096            /* we never send on bulk */
+#define FRAMES_PER_CALL      256             /* frames handled before yielding */
+#define READS_PER_EVENT      4
+#define YIELD_FRAMES         32              /* bulk frames between checks for events */
+#define RETRY_BASE_MS        250
+
+static void conn_init(struct dst_conn *c, struct dst_region *r, uint8_t chan)
+{
+	memset(c, 0, sizeof(*c));
+	c->r = r;
+	c->c.fd = -1;
+	c->ev = (struct dst_ev){ DST_EV_CONN, c };
+	c->chan = chan;
+}
+
+void dst_peer_init(struct dst_region *r)
+{
+	struct dst_peer *p = &r->peer;
+
+	memset(p, 0, sizeof(*p));
+	conn_init(&p->urg, r, TLM_CHAN_URGENT);
+	conn_init(&p->bulk, r, TLM_CHAN_BULK);
+}
+
+static const char *chan_name(const struct dst_conn *c)
+{
+	return c->chan == TLM_CHAN_URGENT ? "urgent" : "bulk";
+}
+
+bool dst_peer_up(const struct dst_region *r)
+{
+	return r->peer.urg.up && r->peer.bulk.up && !r->peer.lost;
+}
+
+uint64_t dst_peer_wire_in(const struct dst_region *r)
+{
+	return (r->peer.urg.up ? r->peer.urg.c.bytes_in : 0) +
+	       (r->peer.bulk.up ? r->peer.bulk.c.bytes_in : 0);
+}
+
+uint64_t dst_peer_wire_out(const struct dst_region *r)
+{
+	return (r->peer.urg.up ? r->peer.urg.c.bytes_out : 0) +
+	       (r->peer.bulk.up ? r->peer.bulk.c.bytes_out : 0);
+}
+
+static void set_events(struct dst_conn *c, uint32_t events)
+{
+	if (!c->up || c->events == events)
+		return;
+	if (dst_watch(c->r->srv, c->c.fd, &c->ev, events, false) == 0)
+		c->events = events;
+}
+
+/* ---- sessions ------------------------------------------------------------------------------ */
+
+static void conn_close(struct dst_conn *c)
+{
+	struct dst_region *r = c->r;
+
+	if (!c->up)
+		return;
+	r->st.wire_in += c->c.bytes_in;
+	r->st.wire_out += c->c.bytes_out;
+	dst_unwatch(r->srv, c->c.fd);
+	tlm_conn_fini(&c->c);          /* closes the fd */
+	c->up = false;
+	c->events = 0;
+}
+
+void dst_peer_close(struct dst_region *r)
+{
+	struct dst_peer *p = &r->peer;
+	bool was_up = p->urg.up || p->bulk.up;
+
+	conn_close(&p->urg);
+	conn_close(&p->bulk);
+	p->nbacklog = 0;
+	p->bulk_more = false;
+	p->lost = false;
+	if (was_up && !r->released)
+		dst_region_disconnected(r);
+}
+
+void dst_peer_fini(struct dst_region *r)
+{
+	dst_peer_close(r);
+	free(r->peer.backlog);
+	r->peer.backlog = NULL;
+	r->peer.backlog_cap = 0;
+	r->peer.retry_at = 0;
+}
+
+/* Connect and authenticate one channel; the socket then joins the event loop. */
+static int open_session(struct dst_region *r, struct dst_conn *c, char *err, size_t errlen)
+{
+	struct tlm_msg open = { .type = TLM_MSG_VM_OPEN }, acc;
+	size_t wcap = c->chan == TLM_CHAN_URGENT ? URG_WCAP : BULK_WCAP;
+	int fd, rc;
+
+	fd = tlm_tcp_connect(r->source, CONNECT_TIMEOUT_MS, err, errlen);
+	if (fd < 0)
+		return fd;
+	open.u.vm_open.ram_size = r->size;
+	open.u.vm_open.page_size = TLM_PROTO_PAGE_SIZE;
+	memcpy(open.u.vm_open.digest, r->digest, sizeof(r->digest));
+	snprintf(open.u.vm_open.vm_id, sizeof(open.u.vm_open.vm_id), "%s", r->id);
+	rc = tlm_proto_client_handshake(fd, &r->srv->key, c->chan, &open, &acc,
+					HANDSHAKE_TIMEOUT_MS, err, errlen);
+	if (!rc && acc.u.vm_accept.page_count != r->npages) {
+		snprintf(err, errlen, "source has %llu pages for %s, the region has %llu",
+			 (unsigned long long)acc.u.vm_accept.page_count, r->id,
+			 (unsigned long long)r->npages);
+		rc = -EPROTO;
+	}
+	if (!rc)
+		rc = tlm_set_nonblock(fd, 1);
+	if (!rc)
+		rc = tlm_conn_init(&c->c, fd, wcap);
+	if (rc) {
+		if (!err[0])
+			snprintf(err, errlen, "%s", strerror(-rc));
+		close(fd);
+		return rc;
+	}
+	rc = dst_watch(r->srv, fd, &c->ev, EPOLLIN, true);
+	if (rc) {
+		snprintf(err, errlen, "epoll: %s", strerror(-rc));
+		tlm_conn_fini(&c->c);
+		return rc;
+	}
+	c->up = true;
+	c->events = EPOLLIN;
+	return 0;
+}
+
+/* Errors no retry can cure: wrong key, protocol version, a broken source. */
+static bool fatal_errno(int rc)
+{
+	return rc == -EACCES || rc == -EPROTONOSUPPORT || rc == -EPROTO || rc == -EBADMSG ||
+	       rc == -EINVAL;
+}
+
+static void schedule_retry(struct dst_region *r, int rc, const char *why)
+{
+	struct dst_peer *p = &r->peer;
+	uint64_t ms;
+
+	if (fatal_errno(rc) || ++p->attempts >= DST_PEER_MAX_ATTEMPTS) {
+		dst_region_fail(r, "source %s: %s%s", r->source, why,
+				fatal_errno(rc) ? "" : " (giving up after retries)");
+		return;
+	}
+	ms = (uint64_t)RETRY_BASE_MS << (p->attempts - 1);
+	p->retry_at = tlm_now_ns() + ms * 1000000ull;
+	log_warn("%s: source %s: %s; retrying in %llu ms (attempt %u of %u)", r->id, r->source,
+		 why, (unsigned long long)ms, p->attempts + 1, DST_PEER_MAX_ATTEMPTS);
+}
+
+static void flush_backlog(struct dst_region *r);
+
+void dst_peer_connect(struct dst_region *r)
+{
+	struct dst_peer *p = &r->peer;
+	char err[256] = "";
+	struct dst_conn *c = &p->urg;
+	int rc;
+
+	p->retry_at = 0;
+	rc = open_session(r, c, err, sizeof(err));
+	if (!rc) {
+		c = &p->bulk;
+		rc = open_session(r, c, err, sizeof(err));
+	}
+	if (rc) {
+		char why[320];
+
+		snprintf(why, sizeof(why), "%s channel: %s", chan_name(c), err);
+		dst_peer_close(r);
+		schedule_retry(r, rc, why);
+		return;
+	}
+	r->st.sessions++;
+	log_info("%s: connected to the source %s (urgent + bulk)", r->id, r->source);
+	dst_region_connected(r);
+	flush_backlog(r);
+}
+
+/* Flag a broken session; it is closed at the next safe point. */
+static void conn_broken(struct dst_conn *c, const char *why)
+{
+	struct dst_peer *p = &c->r->peer;
+
+	if (p->lost)
+		return;
+	p->lost = true;
+	snprintf(p->last_err, sizeof(p->last_err), "%s channel: %s", chan_name(c), why);
+}
+
+static void check_lost(struct dst_region *r)
+{
+	struct dst_peer *p = &r->peer;
+	char why[sizeof(p->last_err)];
+
+	if (!p->lost)
+		return;
+	memcpy(why, p->last_err, sizeof(why));
+	dst_peer_close(r);
+	if (r->phase == DST_FAILED || r->phase == DST_COMPLETE || r->dead)
+		return;
+	r->st.reconnects++;
+	log_warn("%s: lost the source session (%s); faults wait while we reconnect", r->id,
+		 why);
+	schedule_retry(r, -ECONNRESET, why);
+}
+
+void dst_peer_tick(struct dst_region *r, uint64_t now_ns)
+{
+	struct dst_peer *p = &r->peer;
+
+	check_lost(r);
+	if (!p->urg.up && p->retry_at && now_ns >= p->retry_at)
+		dst_peer_connect(r);
+}
+
+/* ---- demand -------------------------------------------------------------------------------- */
+
+static void flush_urgent(struct dst_region *r)
+{
+	struct dst_conn *c = &r->peer.urg;
+	int rc;
+
+	if (!c->up || r->peer.lost)
+		return;
+	rc = tlm_conn_flush(&c->c);
+	if (rc == 0) {
+		set_events(c, EPOLLIN);
+	} else if (rc == -EAGAIN) {
+		set_events(c, EPOLLIN | EPOLLOUT);
+	} else {
+		char why[128];
+
+		snprintf(why, sizeof(why), "send: %s", strerror(-rc));
+		conn_broken(c, why);
+	}
+}
+
+/* Queue DEMANDs for the backlog, consecutive pages merged, as far as urgent has room. */
+static void flush_backlog(struct dst_region *r)
+{
+	struct dst_peer *p = &r->peer;
+	size_t i = 0;
+
+	while (i < p->nbacklog && p->urg.up && !p->lost) {
+		struct tlm_msg m = { .type = TLM_MSG_DEMAND };
+		size_t j = i + 1;
+
+		while (j < p->nbacklog && j - i < TLM_PROTO_MAX_DEMAND &&
+		       p->backlog[j] == p->backlog[j - 1] + 1)
+			j++;
+		m.u.demand.page = p->backlog[i];
+		m.u.demand.count = (uint32_t)(j - i);
+		if (tlm_conn_queue(&p->urg.c, &m) < 0)
+			break;                   /* full: the rest waits for EPOLLOUT */
+		r->st.demand_msgs++;
+		r->st.demand_pages += j - i;
+		i = j;
+	}
+	if (i) {
+		memmove(p->backlog, p->backlog + i, (p->nbacklog - i) * sizeof(*p->backlog));
+		p->nbacklog -= i;
+	}
+	flush_urgent(r);
+}
+
+static int backlog_push(struct dst_peer *p, uint64_t page)
+{
+	if (p->nbacklog == p->backlog_cap) {
+		size_t cap = p->backlog_cap ? p->backlog_cap * 2 : 256;
+		uint64_t *b = realloc(p->backlog, cap * sizeof(*b));
+
+		if (!b)
+			return -ENOMEM;
+		p->backlog = b;
+		p->backlog_cap = cap;
+	}
+	p->backlog[p->nbacklog++] = page;
+	return 0;
+}
+
+void dst_peer_demand(struct dst_region *r, uint64_t page, uint32_t count)
+{
+	struct dst_peer *p = &r->peer;
+
+	if (!dst_peer_up(r))
+		return;                  /* stays MISSING: demanded once connected */
+	for (uint64_t i = page; i < page + count && i < r->npages; i++) {
+		if (dst_pg_state(r, i) != DST_MISSING)
+			continue;
+		if (backlog_push(p, i) < 0) {
+			log_error("%s: out of memory queueing a demand for page %llu", r->id,
+				  (unsigned long long)i);
+			break;
+		}
+		dst_pg_set_state(r, i, DST_REQUESTED);
+	}
+	flush_backlog(r);
+}
+
+size_t dst_peer_demand_room(const struct dst_region *r)
+{
+	const struct dst_peer *p = &r->peer;
+
+	struct tlm_msg m = { .type = TLM_MSG_DEMAND };
+
+	if (!dst_peer_up(r) || p->nbacklog)
+		return 0;
+	return tlm_conn_space(&p->urg.c) / tlm_proto_frame_size(&m);
+}
+
+/* ---- input ------------------------------------------------------------------------------------ */
+
+static int on_bulk_only(struct dst_conn *c, const struct tlm_msg *m, char *err, size_t errlen)
+{
+	if (c->chan == TLM_CHAN_BULK)
+		return 0;
+	snprintf(err, errlen, "%s on the urgent channel", tlm_msg_name(m->type));
+	return -EPROTO;
+}
+
+static int handle_msg(struct dst_conn *c, const struct tlm_msg *m, char *err, size_t errlen)
+{
+	struct dst_region *r = c->r;
+	struct dst_peer *p = &r->peer;
+	bool urgent = c->chan == TLM_CHAN_URGENT;
+	int rc;
+
+	switch (m->type) {
+	case TLM_MSG_PAGE:
+		return dst_region_page_msg(r, m, urgent, err, errlen);
+	case TLM_MSG_ZERO:
+		return dst_region_zero_msg(r, m, err, errlen);
+	case TLM_MSG_REF:
+		return dst_region_ref_msg(r, m, err, errlen);
+	case TLM_MSG_CLASS_MAP:
+		rc = on_bulk_only(c, m, err, errlen);
+		return rc ? rc : dst_region_map(r, m, err, errlen);
+	case TLM_MSG_PROGRESS:
+		p->progress_sent = m->u.progress.pages_sent;
+		p->progress_total = m->u.progress.pages_total;
+		return on_bulk_only(c, m, err, errlen);
+	case TLM_MSG_DONE:
+		rc = on_bulk_only(c, m, err, errlen);
+		if (!rc)
+			dst_region_done_msg(r, m);
+		return rc;
+	case TLM_MSG_ERROR:
+		snprintf(err, errlen, "source sent ERROR %u: %s", m->u.error.code, m->u.error.msg);
+		conn_broken(c, err);
+		return -ECONNRESET;
+	default:
+		snprintf(err, errlen, "unexpected %s on the %s channel", tlm_msg_name(m->type),
+			 chan_name(c));
+		return -EPROTO;
+	}
+}
+
+static bool can_take(const struct dst_conn *c)
+{
+	const struct dst_region *r = c->r;
+
+	return c->up && !r->peer.lost && !r->dead &&
+	       (r->phase == DST_CONNECTING || r->phase == DST_MAPPING ||
+		r->phase == DST_FETCHING);
+}
+
+/*
+ * Handle buffered frames. Returns 0 when a partial frame remains (read more), 1 when it
+ * stopped early (budget, bulk paused behind a class map frame, region stopped), -1 when
+ * the session or the region broke. A message the region refuses means the source said
+ * something impossible: the region fails (nothing it sends can be trusted).
+ */
+static int handle_frames(struct dst_conn *c, unsigned budget)
+{
+	struct dst_region *r = c->r;
+	char err[320];
+	struct tlm_msg m;
+	int rc;
+
+	for (unsigned done = 0; done < budget; done++) {
+		if (!can_take(c))
+			return -1;
+		if (c->chan == TLM_CHAN_BULK && dst_region_map_pending(r))
+			return 1;
+		if (c->chan == TLM_CHAN_BULK && done && !(done % YIELD_FRAMES) &&
+		    dst_should_yield(r->srv))
+			return 1;
+		err[0] = '\0';
+		rc = tlm_conn_next(&c->c, &m, err, sizeof(err));
+		if (rc == 0)
+			return 0;
+		if (rc < 0) {
+			dst_region_fail(r, "source %s sent a malformed frame on %s: %s", r->source,
+					chan_name(c), err);
+			return -1;
+		}
+		rc = handle_msg(c, &m, err, sizeof(err));
+		if (rc == -ECONNRESET)
+			return -1;
+		if (rc < 0) {
+			dst_region_fail(r, "source %s: %s", r->source, err);
+			return -1;
+		}
+		r->peer.attempts = 0;     /* the session works */
+	}
+	return 1;
+}
+
+/* Bulk waits while a class map frame is applied: stop reading it (TCP backpressure). */
+static void bulk_pause(struct dst_conn *c)
+{
+	c->r->peer.bulk_more = true;
+	set_events(c, 0);
+}
+
+/*
+ * Read and handle input: every buffered frame is handled before the next read (a frame
+ * left in the buffer would get no EPOLLIN), at most READS_PER_EVENT reads so one busy
+ * session cannot starve the others (epoll is level-triggered: it comes back).
+ */
+static void conn_input(struct dst_conn *c)
+{
+	unsigned budget = c->chan == TLM_CHAN_URGENT ? UINT_MAX : FRAMES_PER_CALL;
+
+	for (int reads = 0;; reads++) {
+		int rc = handle_frames(c, budget);
+		ssize_t n;
+
+		if (rc < 0)
+			return;
+		if (rc > 0) {
+			if (c->chan == TLM_CHAN_BULK)
+				bulk_pause(c);
+			return;
+		}
+		if (reads == READS_PER_EVENT)
+			return;
+		n = tlm_conn_read(&c->c);
+		if (n == -EAGAIN)
+			return;
+		if (n <= 0) {
+			conn_broken(c, n == 0 ? "closed by the source" : strerror((int)-n));
+			return;
+		}
+	}
+}
+
+void dst_peer_event(struct dst_conn *c, uint32_t events)
+{
+	struct dst_region *r = c->r;
+
+	if (!can_take(c))
+		return;
+	if (events & EPOLLOUT)
+		flush_backlog(r);
+	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+		conn_input(c);
+	check_lost(r);
+}
+
+/* Resume bulk once the class map frame is applied; handle what it buffered. */
+bool dst_peer_work(struct dst_region *r)
+{
+	struct dst_peer *p = &r->peer;
+	struct dst_conn *c = &p->bulk;
+
+	if (!c->up || dst_region_map_pending(r)) {
+		check_lost(r);
+		return p->bulk_more && c->up;
+	}
+	if (p->bulk_more) {
+		p->bulk_more = false;
+		conn_input(c);
+	}
+	if (c->up && !p->bulk_more && !dst_region_map_pending(r))
+		set_events(c, EPOLLIN);
+	check_lost(r);
+	return p->bulk_more;
+}

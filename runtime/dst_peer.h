@@ -1,0 +1,84 @@
+/*
+ * dst_peer.h — tlm-uffd-server's two TCP sessions to the source tlm-page-server for one
+ * region: urgent (DEMAND out, PAGE/ZERO/REF replies in) and bulk (CLASS_MAP, the PAGE
+ * stream, PROGRESS, DONE in).
+ *
+ * Connecting: tlm_tcp_connect + tlm_proto_client_handshake (blocking, bounded by a few
+ * seconds), then both sockets become non-blocking struct tlm_conn in the event loop.
+ * A lost session is retried with backoff (the daemon's timer); faults keep waiting
+ * meanwhile and their pages are demanded again on the new session.
+ *
+ * Demand: a page is demanded at most once per session (state REQUESTED); when the urgent
+ * output buffer is full the request waits in a backlog.
+ * Bulk input is paused while a class map frame is still being applied (TCP backpressure
+ * keeps memory bounded).
+ */
+#ifndef TLM_DST_PEER_H
+#define TLM_DST_PEER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "protocol/tlm_proto.h"
+
+struct dst_region;
+
+/* ---- epoll tags (shared by the whole daemon) ------------------------------------------- */
+
+enum dst_ev_kind {
+	DST_EV_GLUE_LISTEN = 1, DST_EV_CTL, DST_EV_SIGNAL, DST_EV_TIMER,
+	DST_EV_GLUE, DST_EV_UFFD, DST_EV_CONN,
+};
+
+/* What an epoll entry's data.ptr points at. */
+struct dst_ev {
+	enum dst_ev_kind kind;
+	void *obj;
+};
+
+/* ---- sessions ---------------------------------------------------------------------------- */
+
+#define DST_PEER_MAX_ATTEMPTS 6         /* connection attempts in a row before FAILED */
+
+struct dst_conn {
+	struct dst_region *r;
+	struct tlm_conn c;               /* c.fd -1 while down */
+	struct dst_ev ev;
+	uint8_t chan;                    /* TLM_CHAN_URGENT / TLM_CHAN_BULK */
+	bool up;
+	uint32_t events;                 /* current epoll interest */
+};
+
+struct dst_peer {
+	struct dst_conn urg, bulk;
+	unsigned attempts;               /* failed attempts in a row */
+	uint64_t retry_at;               /* CLOCK_MONOTONIC ns of the next attempt, 0 = none */
+	bool bulk_more;                  /* bulk frames may be buffered (paused / budget) */
+	bool lost;                       /* a session broke: closed at the next safe point */
+	uint64_t *backlog;               /* REQUESTED pages not yet queued on urgent */
+	size_t nbacklog, backlog_cap;
+	uint64_t progress_sent, progress_total;
+	char last_err[256];
+};
+
+void dst_peer_init(struct dst_region *r);
+void dst_peer_fini(struct dst_region *r);
+/* Try to open both sessions now; on failure a retry is scheduled (or the region fails). */
+void dst_peer_connect(struct dst_region *r);
+/* Close both sessions (counters are added to the region's stats). */
+void dst_peer_close(struct dst_region *r);
+bool dst_peer_up(const struct dst_region *r);
+void dst_peer_event(struct dst_conn *c, uint32_t events);
+/* Demand [page, page+count) (pages already REQUESTED/PRESENT/REMOVED are skipped).
+ * Without an urgent session the pages stay MISSING and are demanded after connecting. */
+void dst_peer_demand(struct dst_region *r, uint64_t page, uint32_t count);
+/* Free urgent output space in DEMAND frames (for the after-DONE sweep). */
+size_t dst_peer_demand_room(const struct dst_region *r);
+/* Process bulk frames buffered while paused; true if more are pending. */
+bool dst_peer_work(struct dst_region *r);
+void dst_peer_tick(struct dst_region *r, uint64_t now_ns);
+uint64_t dst_peer_wire_in(const struct dst_region *r);
+uint64_t dst_peer_wire_out(const struct dst_region *r);
+
+#endif /* TLM_DST_PEER_H */

@@ -1,0 +1,237 @@
+/*
+ * dst_region.h — tlm-uffd-server's state: the daemon (struct dst_server), the glue
+ * connections (struct dst_glue) and one migrating guest RAM region (struct dst_region)
+ * with its page-state table, fault handling and page placement.
+ *
+ * Page-state table: one byte per page (memory stays at 1 byte per guest page):
+ *   bits 0-2  class (enum tlm_page_class; 0 = not known yet: the class map has not
+ *             covered the page and no reply said what it is)
+ *   bits 3-4  state: MISSING (nothing placed), REQUESTED (a DEMAND is queued or in flight
+ *             on the current urgent session), PRESENT (placed, or found present: EEXIST),
+ *             REMOVED (the guest discarded it: UFFD_EVENT_REMOVE; a fault gets a zero page,
+ *             late DATA for it is dropped)
+ *   bit 5     FAULTED: at least one guest thread sleeps on a fault for this page; the
+ *             placement wakes it and the fault's latency is recorded
+ *   bit 6     BADSUM: one PAGE for this page failed its checksum (a second one fails the
+ *             region)
+ *   bit 7     ZEROFILL: present as a zero page because the guest discarded it; the
+ *             kernel's zap that follows a REMOVE event can still take that zero page
+ *             away, so a later fault on it places a zero page again (always correct)
+ *
+ * Placement rules (ARCHITECTURE.md): a page is only ever placed from MISSING/REQUESTED
+ * with content that is certain: the local template (TEMPLATE: CONTINUE on the template
+ * frame, or COPY of it), a zero page (ZERO, or REMOVED on fault), template page k (REF),
+ * or a PAGE whose XXH3-64 matched (DATA). A fault whose content is not known yet waits:
+ * it is never answered with anything else.
+ */
+#ifndef TLM_DST_REGION_H
+#define TLM_DST_REGION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "protocol/tlm_proto.h"
+#include "runtime/stats.h"
+#include "runtime/template.h"
+#include "uffd/tlm_uffd.h"
+#include "runtime/dst_peer.h"
+
+struct tlm_json;
+
+/* ---- the daemon ------------------------------------------------------------------------ */
+
+struct dst_server {
+	int epfd;
+	struct tlm_key key;
+	const char *default_source;      /* --source, may be NULL */
+	struct tlm_tmpl **tmpls;         /* --template files, opened at startup */
+	size_t ntmpls;
+	struct dst_region *regions;      /* every region, newest first */
+	struct dst_glue *glues;
+	bool exit_when_done, progress, stop;
+};
+
+/* One accepted glue connection (one guest process). */
+struct dst_glue {
+	struct dst_server *srv;
+	struct dst_glue *next;
+	int fd;                          /* SOCK_SEQPACKET, non-blocking */
+	pid_t pid;
+	struct dst_ev ev;
+	bool dead;                       /* closed: freed at the end of the loop iteration */
+};
+
+/* ---- page-state table -------------------------------------------------------------------- */
+
+#define DST_PG_CLS      0x07u
+#define DST_PG_ST_SHIFT 3
+#define DST_PG_ST       (0x3u << DST_PG_ST_SHIFT)
+#define DST_PG_FAULTED  0x20u
+#define DST_PG_BADSUM   0x40u
+#define DST_PG_ZEROFILL 0x80u
+
+enum dst_pg_state { DST_MISSING = 0, DST_REQUESTED = 1, DST_PRESENT = 2, DST_REMOVED = 3 };
+
+/*
+ * Phase of a region. Who moves it:
+ *   WAITING_UFFD  REGION came without a uffd; `arm ID` (ctl) sends ARM, the glue's UFFD
+ *                 reply moves it to CONNECTING (dst_region_attach_uffd).
+ *   CONNECTING    uffd held, faults recorded; the peer connects urgent + bulk to the source
+ *                 (dst_peer) and moves it to MAPPING once both sessions are open.
+ *   MAPPING       the class map is arriving on bulk and being applied (dst_region_map and
+ *                 the sweep in dst_region_work); once the final frame is applied -> FETCHING.
+ *   FETCHING      DATA pages arrive (bulk stream, demand replies); when every page is
+ *                 PRESENT/REMOVED and DONE came, dst_region_work -> COMPLETE.
+ *   COMPLETE      unregistered, glue told DONE, sessions closed; kept for stats.
+ *   FAILED        unrecoverable (second checksum mismatch, inconsistent source, no source
+ *                 after retries): nothing more is placed, guest faults stay waiting.
+ * A lost source connection does not change the phase: the peer reconnects (faults wait).
+ */
+enum dst_phase {
+	DST_WAITING_UFFD = 0, DST_CONNECTING, DST_MAPPING, DST_FETCHING, DST_COMPLETE,
+	DST_FAILED,
+};
+
+/* A guest thread waiting on a page: for the fault latency histogram. */
+struct dst_fault {
+	uint64_t page;
+	uint64_t t_ns;
+};
+
+struct dst_region_stats {
+	uint64_t pages_by_class[TLM_CLASS_DATA + 1];   /* [0]: class still unknown */
+	uint64_t faults, faults_by_class[TLM_CLASS_DATA + 1], faults_present, faults_removed;
+	uint64_t placed_by_class[TLM_CLASS_DATA + 1];
+	uint64_t data_pages_in, data_pages_dropped;      /* PAGEs received / not used */
+	uint64_t demand_msgs, demand_pages, checksum_errors, eexist, continue_fallbacks;
+	uint64_t finish_demanded;                         /* DATA pages missing after DONE */
+	uint64_t wire_in, wire_out;                       /* of closed sessions */
+	uint64_t sessions, reconnects;
+	/* Fault service latency, from reading the fault to the placing ioctl (which wakes):
+	 * all faults, by class placed, and split by how: from local knowledge (template,
+	 * zero, known class) or after a DEMAND round trip to the source. */
+	struct tlm_hist lat_all, lat_cls[TLM_CLASS_DATA + 1], lat_local, lat_demand;
+};
+
+struct dst_region {
+	struct dst_server *srv;
+	struct dst_glue *glue;            /* NULL once the guest process is gone */
+	struct dst_region *next;
+	char id[TLM_PROTO_VMID_MAX + 1];
+	char source[TLM_LOCAL_PATH_MAX];  /* host:port of tlm-page-server */
+	enum dst_phase phase;
+	bool dead;                        /* dropped: freed at the end of the loop iteration */
+	bool released;                    /* sessions, uffd and tables released */
+	bool arm_sent;
+
+	uint8_t *base;                    /* guest address of page 0 (in the glue's process) */
+	uint64_t size, npages, offset;
+	uint32_t flags;                   /* TLM_REGION_* */
+	uint8_t digest[16];
+	struct tlm_tmpl *tmpl;            /* local template (NULL without one) */
+	uint64_t tmpl_base;               /* template page of region page 0: offset / 4096 */
+	bool minor;                       /* registered MINOR: TEMPLATE pages via CONTINUE */
+
+	struct tlm_uffd uffd;
+	struct dst_ev uffd_ev;
+
+	uint8_t *pg;                      /* page-state table, npages bytes */
+	uint64_t n_present, n_removed, n_requested;
+
+	/* Class map frame being applied: its runs, in page order from map_first. */
+	struct tlm_run *mruns;
+	uint64_t *mstart;                 /* first page of mruns[i] */
+	uint32_t nmruns, mcur;            /* runs; the run being swept */
+	uint64_t mpos;                    /* pages of mruns[mcur] already swept */
+	bool map_final;                   /* the final CLASS_MAP frame was ingested */
+	bool done_rcvd;                   /* DONE came on bulk */
+	uint64_t finish_cursor;           /* after DONE: next page to check for leftovers */
+
+	struct dst_fault *faults;         /* waiting faults (latency), bounded */
+	size_t nfaults, faults_cap;
+	uint64_t *redo;                   /* pages whose waiting fault must be re-handled */
+	size_t nredo, redo_cap;
+
+	struct dst_peer peer;
+	struct dst_region_stats st;
+	uint64_t t_start_ns, t_end_ns;    /* REGION received; COMPLETE/FAILED */
+	uint64_t last_progress_ns, last_progress_present;
+	char fail_reason[TLM_LOCAL_PATH_MAX];
+};
+
+static inline unsigned dst_pg_cls(const struct dst_region *r, uint64_t i)
+{
+	return r->pg[i] & DST_PG_CLS;
+}
+
+static inline enum dst_pg_state dst_pg_state(const struct dst_region *r, uint64_t i)
+{
+	return (enum dst_pg_state)((r->pg[i] & DST_PG_ST) >> DST_PG_ST_SHIFT);
+}
+
+/* Not placed yet and not discarded: a placement may target it. */
+static inline bool dst_pg_placeable(const struct dst_region *r, uint64_t i)
+{
+	enum dst_pg_state s = dst_pg_state(r, i);
+
+	return s == DST_MISSING || s == DST_REQUESTED;
+}
+
+void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s);
+
+/* ---- epoll helpers (dst_region.c) -------------------------------------------------------- */
+
+int dst_watch(struct dst_server *s, int fd, struct dst_ev *ev, uint32_t events, bool add);
+void dst_unwatch(struct dst_server *s, int fd);
+/* An event is ready: background work should return to the loop. */
+bool dst_should_yield(struct dst_server *s);
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+const char *dst_phase_name(enum dst_phase p);
+
+/* From a checked REGION message. Returns NULL with err set. */
+struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,
+				  const struct tlm_local_msg *m, struct tlm_tmpl *tmpl,
+				  const char *source, char *err, size_t errlen);
+/* Take the uffd (ownership passes); phase -> CONNECTING and the peer starts. */
+int dst_region_attach_uffd(struct dst_region *r, int fd, uint64_t features);
+/* The guest is gone or the region is refused: release everything but the stats. */
+void dst_region_drop(struct dst_region *r, const char *why);
+void dst_region_free(struct dst_region *r);
+/* Nothing more is placed; the glue gets ERROR; faults keep waiting. */
+void dst_region_fail(struct dst_region *r, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+bool dst_region_active(const struct dst_region *r);
+void dst_region_notify_glue(struct dst_region *r, uint32_t type, const char *text);
+
+/* ---- events ------------------------------------------------------------------------------- */
+
+/* uffd readable: read every pending event and handle it. */
+void dst_region_uffd_event(struct dst_region *r);
+/* Bounded background work: sweep the class map, re-handle faults, pump bulk frames,
+ * finish after DONE, complete. Returns true when more work is pending. */
+bool dst_region_work(struct dst_region *r);
+bool dst_region_busy(const struct dst_region *r);
+void dst_region_tick(struct dst_region *r, uint64_t now_ns);
+
+/* ---- from the peer ------------------------------------------------------------------------ */
+
+void dst_region_connected(struct dst_region *r);
+void dst_region_disconnected(struct dst_region *r);
+bool dst_region_map_pending(const struct dst_region *r);
+int dst_region_map(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
+int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,
+			char *err, size_t errlen);
+int dst_region_zero_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
+int dst_region_ref_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
+void dst_region_done_msg(struct dst_region *r, const struct tlm_msg *m);
+
+/* ---- reporting ------------------------------------------------------------------------------ */
+
+void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j);
+void dst_region_progress(struct dst_region *r, uint64_t now_ns);
+
+#endif /* TLM_DST_REGION_H */
