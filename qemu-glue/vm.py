@@ -1,0 +1,653 @@
+#!/usr/bin/env python3
+"""vm.py — launch and drive tlm's test guests (QEMU + the memload workload).
+
+Each VM lives in a run directory RUN/NAME.GEN (RUN = $TLM_RUN_DIR, default
+/dev/shm/tlm/run) holding:
+    vm.json      its configuration and QEMU pid (everything below is named there)
+    qmp.sock     QMP monitor                     ram          guest RAM (tmpfs file)
+    ctl.sock     workload command port (ttyS1)   console.log  kernel + workload (ttyS0)
+    qemu.log     QEMU's own stdout/stderr
+RUN/NAME is a symlink to the current generation: a migration starts NAME.GEN+1 next
+to it and flips the link once the destination runs (socket paths are never reused).
+A VM is named by NAME, by its directory, or by any file in that directory (qmp.sock).
+
+Guest RAM is always `-object memory-backend-file,share=on` on a named file, so that
+x-ignore-shared can leave it out of QEMU's stream and tlm can map it (ARCHITECTURE.md,
+facts 3-4, 8).
+
+    vm.py probe-accel [--force]                 kvm or tcg, probed once, cached (fact 6)
+    vm.py start NAME [--mem MiB] [--wl-mem MiB] [--seed N] [--dirty N] [--like VM]
+                [--incoming URI] [--ram-file F] [--ram-copy-from F] [--env K=V]... [--no-link]
+    vm.py wait-ready VM [--timeout S]           waits for the workload's READY
+    vm.py cmd VM LINE [--timeout S]             one workload command, prints the reply
+    vm.py ticks VM [--count N] [--timeout S]    waits for N new TICK lines
+    vm.py wait-migration VM --until ST[,ST] [--timeout S]   polls query-migrate
+    vm.py link VM                               makes VM the current generation of its name
+    vm.py stop VM [--keep] [--timeout S]        quit (then SIGKILL), remove its directory
+    vm.py pss VM | info VM [--get FIELD] | list
+Exit status: 0 success, 1 failure (one line on stderr says what), 2 usage.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True     # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qmp import QMP, QMPError, QMPConnectionError, get_field  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QEMU = os.environ.get("TLM_QEMU", "qemu-system-x86_64")
+KVM_PROBE_SECONDS = 8
+
+
+class VMError(Exception):
+    """A failure with a one-line, human reason."""
+
+
+def run_dir():
+    return os.environ.get("TLM_RUN_DIR", "/dev/shm/tlm/run")
+
+
+def guest_dir():
+    return os.environ.get("TLM_GUEST_DIR", os.path.join(ROOT, "build", "guest"))
+
+
+# ---- configuration ----------------------------------------------------------------------
+
+def kernel_append(cfg):
+    wl = cfg["workload"]
+    args = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1",
+            f"tlm.mem={wl['mem']}", f"tlm.seed={wl['seed']}", f"tlm.dirty={wl['dirty']}"]
+    if wl.get("hot"):
+        args.append(f"tlm.hot={wl['hot']}")
+    return " ".join(args + cfg.get("append_extra", []))
+
+
+def qemu_argv(cfg):
+    """The QEMU command line of a VM config (same for source and destination)."""
+    d, mem = cfg["dir"], cfg["mem_mib"]
+    argv = [QEMU, "-name", f"{cfg['name']},debug-threads=on",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-machine", f"{cfg['machine']},memory-backend=ram0",
+            "-accel", cfg["accel"], "-smp", str(cfg["smp"]), "-m", f"{mem}M",
+            "-object", f"memory-backend-file,id=ram0,size={mem}M,"
+                       f"mem-path={cfg['ram_file']},share=on",
+            "-kernel", cfg["kernel"], "-initrd", cfg["initrd"],
+            "-append", kernel_append(cfg),
+            "-chardev", f"file,id=con0,path={d}/console.log", "-serial", "chardev:con0",
+            "-chardev", f"socket,id=ctl0,path={d}/ctl.sock,server=on,wait=off",
+            "-serial", "chardev:ctl0",
+            "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off"]
+    if cfg.get("cpu"):
+        argv += ["-cpu", cfg["cpu"]]
+    if cfg.get("incoming"):
+        argv += ["-incoming", cfg["incoming"]]
+    return argv
+
+
+def load_cfg(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_cfg(cfg):
+    tmp = os.path.join(cfg["dir"], "vm.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, os.path.join(cfg["dir"], "vm.json"))
+
+
+def resolve(vm):
+    """VM name, run directory, or a file in it -> its config."""
+    cands = [vm, os.path.join(run_dir(), vm)]
+    for c in cands:
+        d = c if os.path.isdir(c) else os.path.dirname(c) if os.path.exists(c) else None
+        if d and os.path.exists(os.path.join(d, "vm.json")):
+            return load_cfg(os.path.join(os.path.realpath(d), "vm.json"))
+    raise VMError(f"no VM '{vm}' (looked for vm.json in {vm} and {cands[1]})")
+
+
+def alive(cfg):
+    """Is the QEMU process of this config still running (and really this QEMU)?"""
+    pid = cfg.get("pid")
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return (cfg["dir"] + "/qmp.sock").encode() in f.read()
+    except (OSError, TypeError):
+        return False
+
+
+# ---- accelerator probe ------------------------------------------------------------------
+
+def kernel_release(gdir):
+    try:
+        with open(os.path.join(gdir, "kernel.stamp")) as f:
+            for line in f:
+                if line.startswith("release="):
+                    return line.split("=", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def probe_accel(gdir, force=False, quiet=False):
+    """KVM if a guest actually reaches READY under KVM, else TCG; cached in gdir/accel."""
+    cache = os.path.join(gdir, "accel")
+    release = kernel_release(gdir)
+    if not force and os.path.exists(cache):
+        with open(cache) as f:
+            res = json.load(f)
+        if res.get("kernel") == release:
+            return res
+    res = {"kernel": release, "probed_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        res.update(accel="tcg", cpu=None, reason="/dev/kvm is missing or not accessible")
+    else:
+        res.update(try_kvm(gdir))
+    with open(cache + ".tmp", "w") as f:
+        json.dump(res, f, indent=2)
+        f.write("\n")
+    os.replace(cache + ".tmp", cache)
+    if not quiet:
+        print(f"vm.py: accelerator: {res['accel']} ({res['reason']})", file=sys.stderr)
+    return res
+
+
+def try_kvm(gdir):
+    """Boot a 1 MiB workload under KVM and wait a few seconds for READY, first with
+    -cpu host, then with QEMU's default model (some hosts refuse host MSRs)."""
+    base = os.path.join(run_dir(), "probe")
+    os.makedirs(base, exist_ok=True)
+    reasons = []
+    for cpu in ("host", None):
+        cfg = new_cfg(argparse.Namespace(
+            name=f"kvm-probe-{os.getpid()}", mem=128, wl_mem=1, seed=1, dirty=0, hot=None,
+            smp=1, machine="pc", accel="kvm", cpu=cpu, like=None, append=[]), gdir, base)
+        cfg["cpu"] = cpu        # None: QEMU's default model, not new_cfg's "host"
+        t0 = time.monotonic()
+        try:
+            launch(cfg, {})
+            wait_console(cfg, "READY", KVM_PROBE_SECONDS)
+            return {"accel": "kvm", "cpu": cpu,
+                    "reason": f"KVM guest (-cpu {cpu or 'default'}) reached READY in "
+                              f"{time.monotonic() - t0:.1f} s"}
+        except VMError as e:
+            reasons.append(f"-cpu {cpu or 'default'}: {e}")
+        finally:
+            stop(cfg, timeout=2)
+    try:
+        os.rmdir(base)
+    except OSError:
+        pass
+    return {"accel": "tcg", "cpu": None, "reason": "KVM unusable: " + "; ".join(reasons)}
+
+
+# ---- start / stop -----------------------------------------------------------------------
+
+def next_gen(name, base):
+    gens = [0]
+    for e in os.listdir(base) if os.path.isdir(base) else []:
+        stem, _, g = e.rpartition(".")
+        if stem == name and g.isdigit():
+            gens.append(int(g))
+    return max(gens) + 1
+
+
+def new_cfg(opt, gdir, base):
+    """Config of a new VM: from --like (same machine) or from the options."""
+    if opt.like:
+        src = resolve(opt.like) if not opt.like.endswith(".json") else load_cfg(opt.like)
+        cfg = {k: src.get(k) for k in ("mem_mib", "machine", "accel", "cpu", "smp", "kernel",
+                                       "initrd", "workload", "append_extra")}
+    else:
+        for f in ("vmlinuz", "initrd.gz"):
+            if not os.path.exists(os.path.join(gdir, f)):
+                raise VMError(f"no guest image {gdir}/{f} (run scripts/mkguest.sh)")
+        accel, cpu = opt.accel, opt.cpu
+        if accel == "auto":
+            res = probe_accel(gdir)
+            accel, cpu = res["accel"], cpu or res.get("cpu")
+        elif accel == "kvm" and not cpu:
+            cpu = "host"
+        cfg = {"mem_mib": opt.mem, "machine": opt.machine, "accel": accel, "cpu": cpu,
+               "smp": opt.smp,
+               "kernel": os.path.join(gdir, "vmlinuz"),
+               "initrd": os.path.join(gdir, "initrd.gz"),
+               "workload": {"mem": opt.wl_mem, "seed": opt.seed, "dirty": opt.dirty,
+                            "hot": opt.hot},
+               "append_extra": opt.append}
+        if opt.wl_mem + 80 > opt.mem:
+            raise VMError(f"--wl-mem {opt.wl_mem} MiB does not fit in a {opt.mem} MiB "
+                          f"guest (leave >= 80 MiB for the kernel and initramfs)")
+    gen = next_gen(opt.name, base)
+    d = os.path.join(base, f"{opt.name}.{gen}")
+    if len(d) + len("/qmp.sock") >= 108:
+        raise VMError(f"run directory path too long for a unix socket: {d}")
+    cfg.update(name=opt.name, gen=gen, dir=d, ram_file=os.path.join(d, "ram"),
+               incoming=None, env={}, pid=None)
+    return cfg
+
+
+def launch(cfg, env):
+    """Create the run directory (unless made already), start QEMU in its own session,
+    wait for QMP. On failure nothing is left behind (QEMU killed, directory removed)."""
+    os.makedirs(cfg["dir"], exist_ok=True)
+    cfg["env"] = env
+    cfg["argv"] = qemu_argv(cfg)
+    try:
+        with open(os.path.join(cfg["dir"], "qemu.log"), "wb") as log:
+            p = subprocess.Popen(cfg["argv"], stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 env=dict(os.environ, **env))
+    except OSError as e:
+        shutil.rmtree(cfg["dir"], ignore_errors=True)
+        raise VMError(f"cannot run {QEMU}: {e}") from None
+    cfg["pid"] = p.pid
+    cfg["started_at"] = time.time()
+    save_cfg(cfg)
+    try:
+        wait_qmp(cfg, p, 15)
+    except VMError:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        shutil.rmtree(cfg["dir"], ignore_errors=True)
+        raise
+
+
+def wait_qmp(cfg, p, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        if p.poll() is not None:
+            raise VMError(f"QEMU {cfg['name']} exited at start (status {p.returncode}): "
+                          f"{log_tail(cfg)}")
+        try:
+            with QMP(os.path.join(cfg["dir"], "qmp.sock"), timeout=0.5) as q:
+                q.execute("query-status")
+            return
+        except QMPConnectionError:
+            if time.monotonic() > deadline:
+                raise VMError(f"QEMU {cfg['name']} (pid {p.pid}) has no QMP after "
+                              f"{timeout} s: {log_tail(cfg)}") from None
+
+
+def log_tail(cfg, n=3):
+    try:
+        with open(os.path.join(cfg["dir"], "qemu.log"), errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        return " | ".join(lines[-n:]) or "(no output)"
+    except OSError:
+        return "(no qemu.log)"
+
+
+def set_link(cfg):
+    link = os.path.join(os.path.dirname(cfg["dir"]), cfg["name"])
+    tmp = link + ".link-tmp"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.basename(cfg["dir"]), tmp)
+    os.replace(tmp, link)
+
+
+def stop(cfg, timeout=10, keep=False):
+    """QMP quit, then SIGTERM, then SIGKILL; remove the directory unless keep."""
+    if alive(cfg):
+        try:
+            with QMP(os.path.join(cfg["dir"], "qmp.sock"), timeout=min(timeout, 3)) as q:
+                q.execute("quit")
+        except (QMPError, QMPConnectionError):
+            pass        # QEMU closes the socket while quitting; or it is stuck: signals
+        deadline = time.monotonic() + timeout
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None and alive(cfg):
+                os.kill(cfg["pid"], sig)
+                deadline = time.monotonic() + 3
+            while alive(cfg) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not alive(cfg):
+                break
+    if alive(cfg):
+        raise VMError(f"QEMU {cfg['name']} (pid {cfg['pid']}) does not die")
+    if not keep:
+        shutil.rmtree(cfg["dir"], ignore_errors=True)
+        link = os.path.join(os.path.dirname(cfg["dir"]), cfg["name"])
+        if os.path.islink(link) and os.readlink(link) == os.path.basename(cfg["dir"]):
+            os.unlink(link)
+
+
+# ---- guest I/O --------------------------------------------------------------------------
+
+def wait_console(cfg, word, timeout):
+    """Wait for a console line starting with `word`."""
+    path = os.path.join(cfg["dir"], "console.log")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path, "rb") as f:
+                for raw in f.read().splitlines():
+                    line = raw.decode(errors="replace").strip()
+                    if line.startswith(word):
+                        return line
+        except FileNotFoundError:
+            pass
+        if not alive(cfg):
+            raise VMError(f"QEMU {cfg['name']} is not running: {log_tail(cfg)}; last "
+                          f"console line: {console_tail(path)!r}")
+        if time.monotonic() > deadline:
+            raise VMError(f"{cfg['name']}: no '{word}' on the console in {timeout:g} s "
+                          f"(last console line: {console_tail(path)!r})")
+        time.sleep(0.1)
+
+
+def console_tail(path):
+    try:
+        with open(path, "rb") as f:
+            lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+        return lines[-1].decode(errors="replace")[:120] if lines else ""
+    except OSError:
+        return ""
+
+
+REPLY = {"sum": "SUM", "reseed": "RESEEDED", "dirty": "DIRTY", "pause": "PAUSED",
+         "resume": "RESUMED", "ping": "PONG"}
+
+
+RESEND_S = 5
+
+
+def guest_cmd(cfg, line, timeout=30):
+    """Send one command line on the workload port, return its reply line.
+
+    A line that reaches the guest before memload opened its port is lost, so the
+    command is sent again every RESEND_S seconds without a reply (every command is
+    idempotent; a surplus reply is dropped by QEMU once we disconnect)."""
+    if not line.split():
+        raise VMError("empty workload command")
+    want = REPLY.get(line.split()[0], "")
+    path = os.path.join(cfg["dir"], "ctl.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + timeout
+    try:
+        s.settimeout(timeout)
+        s.connect(path)
+        buf = b""
+        while True:
+            s.sendall(line.encode() + b"\n")
+            resend = min(deadline, time.monotonic() + RESEND_S)
+            try:
+                reply, buf = read_reply(s, buf, want, line.split()[0], resend)
+            except VMError as e:
+                raise VMError(f"{cfg['name']}: {e}") from None
+            if reply is not None:
+                return reply
+            if time.monotonic() >= deadline:
+                raise socket.timeout
+    except socket.timeout:
+        raise VMError(f"{cfg['name']}: no reply to '{line}' in {timeout:g} s") from None
+    except OSError as e:
+        raise VMError(f"{cfg['name']}: workload port {path}: {e}") from None
+    finally:
+        s.close()
+
+
+def read_reply(s, buf, want, word, until):
+    """The first line starting with `want` (any line if want is empty) before `until`;
+    (None, buf) at `until`. ERR replies naming `word` raise (others answer a fragment
+    of an earlier, garbled line)."""
+    while True:
+        *lines, buf = buf.split(b"\n")
+        for raw in lines:
+            reply = raw.decode(errors="replace").strip()
+            if reply.startswith("ERR"):
+                if word in reply:
+                    raise VMError(f"workload: {reply}")
+                continue
+            if want and reply.startswith(want) or not want and reply:
+                return reply, buf
+        left = until - time.monotonic()
+        if left <= 0:
+            return None, buf
+        s.settimeout(left)
+        try:
+            chunk = s.recv(4096)
+        except socket.timeout:
+            return None, buf
+        if not chunk:
+            raise VMError("workload port closed before the reply")
+        buf += chunk
+
+
+def wait_ticks(cfg, count, timeout):
+    """Wait for `count` TICK lines written after now; return the last."""
+    path = os.path.join(cfg["dir"], "console.log")
+    start = os.path.getsize(path) if os.path.exists(path) else 0
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(path, "rb") as f:
+            f.seek(start)
+            ticks = [ln.decode(errors="replace").strip() for ln in f.read().splitlines()
+                     if ln.startswith(b"TICK ")]
+        if len(ticks) >= count:
+            return ticks[count - 1]
+        if not alive(cfg):
+            raise VMError(f"QEMU {cfg['name']} is not running: {log_tail(cfg)}")
+        if time.monotonic() > deadline:
+            raise VMError(f"{cfg['name']}: {len(ticks)} of {count} TICKs in {timeout:g} s "
+                          f"(guest not running? see {path})")
+        time.sleep(0.1)
+
+
+def wait_migration(cfg, until, timeout, timeout_ok=False):
+    """Poll query-migrate until status is in `until`; failed/cancelled raise; so does the
+    timeout unless timeout_ok (then the last query-migrate result is returned)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    with QMP(os.path.join(cfg["dir"], "qmp.sock"), timeout=10) as q:
+        while True:
+            info = q.execute("query-migrate")
+            last = info.get("status", "none")
+            if last in until:
+                return info
+            if last in ("failed", "cancelled") and last not in until:
+                raise VMError(f"{cfg['name']}: migration {last}: "
+                              f"{info.get('error-desc', 'no reason given')}")
+            if time.monotonic() > deadline:
+                if timeout_ok:
+                    return info
+                raise VMError(f"{cfg['name']}: migration still '{last}' after {timeout:g} s")
+            time.sleep(0.05)
+
+
+def pss(cfg):
+    """Proportional set size of the QEMU process (kB), from smaps_rollup, and the
+    allocated size of its RAM file."""
+    keys = {"Rss": "rss_kb", "Pss": "pss_kb", "Pss_Anon": "pss_anon_kb",
+            "Pss_File": "pss_file_kb", "Pss_Shmem": "pss_shmem_kb"}
+    out = {"pid": cfg["pid"]}
+    try:
+        with open(f"/proc/{cfg['pid']}/smaps_rollup") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in keys:
+                    out[keys[k]] = int(v.split()[0])
+    except OSError as e:
+        raise VMError(f"{cfg['name']}: cannot read smaps_rollup: {e}") from None
+    try:        # tmpfs pages of the RAM file, mapped or not (Pss sees mapped ones only)
+        out["ram_file_kb"] = os.stat(cfg["ram_file"]).st_blocks // 2
+    except OSError:
+        out["ram_file_kb"] = None
+    return out
+
+
+# ---- command line -----------------------------------------------------------------------
+
+def cmd_start(opt):
+    base = run_dir()
+    os.makedirs(base, exist_ok=True)
+    link = os.path.join(base, opt.name)
+    if not opt.no_link and os.path.exists(os.path.join(link, "vm.json")):
+        old = resolve(link)
+        if alive(old):
+            raise VMError(f"VM {opt.name} already runs (pid {old['pid']}, {old['dir']})")
+        stop(old)       # a dead leftover: clear it
+    cfg = new_cfg(opt, guest_dir(), base)
+    if opt.ram_file:
+        cfg["ram_file"] = os.path.abspath(opt.ram_file)
+    cfg["incoming"] = opt.incoming
+    env = {}
+    for kv in opt.env:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise VMError(f"--env wants K=V, not '{kv}'")
+        env[k] = v.replace("{ram_file}", cfg["ram_file"]).replace("{dir}", cfg["dir"])
+    if opt.ram_copy_from:
+        # The non-shared fallback: the clone gets a private copy of the template RAM.
+        os.makedirs(cfg["dir"])
+        os.makedirs(os.path.dirname(cfg["ram_file"]), exist_ok=True)
+        r = subprocess.run(["cp", "--sparse=always", opt.ram_copy_from, cfg["ram_file"]],
+                           stderr=subprocess.PIPE, text=True)
+        if r.returncode:
+            shutil.rmtree(cfg["dir"], ignore_errors=True)
+            raise VMError(f"cannot copy {opt.ram_copy_from}: {r.stderr.strip()}")
+    launch(cfg, env)
+    if not opt.no_link:
+        set_link(cfg)
+    print(cfg["dir"])
+
+
+def cmd_info(opt):
+    cfg = resolve(opt.vm)
+    cfg["running"] = alive(cfg)
+    cfg["qmp"] = os.path.join(cfg["dir"], "qmp.sock")
+    cfg["ctl"] = os.path.join(cfg["dir"], "ctl.sock")
+    cfg["console"] = os.path.join(cfg["dir"], "console.log")
+    if opt.get:
+        v = get_field(cfg, opt.get)
+        print(json.dumps(v) if isinstance(v, (dict, list)) else
+              str(v).lower() if isinstance(v, bool) else v)
+    else:
+        print(json.dumps(cfg, indent=2))
+
+
+def cmd_list(opt):
+    base = run_dir()
+    for e in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        p = os.path.join(base, e)
+        if os.path.islink(p) and os.path.exists(os.path.join(p, "vm.json")):
+            cfg = resolve(p)
+            state = "running" if alive(cfg) else "dead"
+            print(f"{e}\t{cfg['dir']}\tpid {cfg['pid']}\t{state}")
+
+
+def cmd_wait_ready(opt):
+    cfg = resolve(opt.vm)
+    line = wait_console(cfg, "READY", opt.timeout)
+    print(f"{line} boot_s={time.time() - cfg['started_at']:.1f}")
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="vm.py", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("probe-accel", help="decide kvm or tcg (cached in the guest dir)")
+    p.add_argument("--force", action="store_true", help="probe again")
+    p.add_argument("--guest-dir", help="guest image dir (default build/guest)")
+    p = sub.add_parser("start", help="start a VM")
+    p.add_argument("name")
+    p.add_argument("--mem", type=int, default=256, help="guest RAM, MiB (256)")
+    p.add_argument("--wl-mem", type=int, default=64, help="workload buffer, MiB (64)")
+    p.add_argument("--seed", type=int, default=1, help="workload seed (1)")
+    p.add_argument("--dirty", type=int, default=100, help="rewrites, pages/s (100)")
+    p.add_argument("--hot", type=int, help="rewrite set, MiB (workload buffer / 8)")
+    p.add_argument("--smp", type=int, default=1)
+    p.add_argument("--machine", default="pc")
+    p.add_argument("--cpu", help="CPU model (KVM default: the probed one, host)")
+    p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
+    p.add_argument("--append", action="append", default=[], help="extra kernel argument")
+    p.add_argument("--like", help="copy the machine config of this VM or vm.json")
+    p.add_argument("--incoming", help="QEMU -incoming URI (e.g. defer)")
+    p.add_argument("--ram-file", help="guest RAM file (default RUNDIR/ram)")
+    p.add_argument("--ram-copy-from", help="copy this file to the RAM file first")
+    p.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="environment of QEMU (LD_PRELOAD=..., TLM_...); {ram_file} and "
+                        "{dir} in V become the VM's RAM file and run directory")
+    p.add_argument("--no-link", action="store_true",
+                   help="do not make it the current VM of NAME (migration destinations)")
+    for name, hlp in (("wait-ready", "wait for READY"), ("pss", "Pss of QEMU (kB)"),
+                      ("link", "make this generation current"), ("info", "config")):
+        p = sub.add_parser(name, help=hlp)
+        p.add_argument("vm")
+        if name == "wait-ready":
+            p.add_argument("--timeout", type=float, default=60)
+        if name == "info":
+            p.add_argument("--get", metavar="FIELD")
+    p = sub.add_parser("cmd", help="send one workload command, print the reply")
+    p.add_argument("vm")
+    p.add_argument("line")
+    p.add_argument("--timeout", type=float, default=60)
+    p = sub.add_parser("ticks", help="wait for new TICK lines")
+    p.add_argument("vm")
+    p.add_argument("--count", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=20)
+    p = sub.add_parser("wait-migration", help="poll query-migrate until a status")
+    p.add_argument("vm")
+    p.add_argument("--until", required=True, help="comma-separated statuses")
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--timeout-ok", action="store_true",
+                   help="exit 0 at the timeout (print the last status); failures still fail")
+    p = sub.add_parser("stop", help="stop a VM and remove its run directory")
+    p.add_argument("vm")
+    p.add_argument("--keep", action="store_true", help="keep the run directory")
+    p.add_argument("--timeout", type=float, default=10)
+    sub.add_parser("list", help="list the VMs of the run directory")
+    return ap
+
+
+def main(argv):
+    opt = parser().parse_args(argv)
+    if opt.cmd == "probe-accel":
+        res = probe_accel(opt.guest_dir or guest_dir(), opt.force, quiet=True)
+        print(f"vm.py: accelerator: {res['accel']} ({res['reason']})", file=sys.stderr)
+        print(res["accel"])
+    elif opt.cmd == "start":
+        cmd_start(opt)
+    elif opt.cmd == "wait-ready":
+        cmd_wait_ready(opt)
+    elif opt.cmd == "cmd":
+        print(guest_cmd(resolve(opt.vm), opt.line, opt.timeout))
+    elif opt.cmd == "ticks":
+        print(wait_ticks(resolve(opt.vm), opt.count, opt.timeout))
+    elif opt.cmd == "wait-migration":
+        info = wait_migration(resolve(opt.vm), opt.until.split(","), opt.timeout,
+                              opt.timeout_ok)
+        print(json.dumps(info))
+    elif opt.cmd == "link":
+        set_link(resolve(opt.vm))
+    elif opt.cmd == "stop":
+        stop(resolve(opt.vm), opt.timeout, opt.keep)
+    elif opt.cmd == "pss":
+        print(json.dumps(pss(resolve(opt.vm))))
+    elif opt.cmd == "info":
+        cmd_info(opt)
+    elif opt.cmd == "list":
+        cmd_list(opt)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (VMError, QMPError, QMPConnectionError) as e:
+        print(f"vm.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyError as e:
+        print(f"vm.py: error: no field {e}", file=sys.stderr)
+        sys.exit(1)
