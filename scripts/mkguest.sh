@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Build tlm's test guest from Debian packages only: a Debian 6.1 kernel and a
+# busybox-static initramfs whose /init runs the memload workload (qemu-glue/guest/).
+#
+#   scripts/mkguest.sh [--out DIR] [--flavour cloud|standard] [--new-kernel] [--no-probe]
+#
+#   --out DIR      build directory (default build/guest/)
+#   --flavour F    kernel flavour: cloud (default, fewer drivers, boots faster) or standard
+#   --new-kernel   look for a newer linux-image-6.1.0-* package even if one is cached
+#   --no-probe     do not run the KVM/TCG probe (qemu-glue/vm.py probe-accel)
+#
+# Produces DIR/vmlinuz, DIR/initrd.gz, DIR/memload, DIR/accel (probe result).
+# Idempotent: each step is skipped when its inputs (recorded in DIR/*.stamp) are unchanged;
+# a cached kernel is reused without asking apt. Installs the Debian packages it needs.
+set -euo pipefail
+# shellcheck source=lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+out=$TLM_GUEST_DIR
+flavour=cloud
+new_kernel=0
+probe=1
+
+# Why each package: QEMU to run the guest; busybox-static for the initramfs userland;
+# cpio+gzip to pack it; gcc+libc6-dev to link memload statically; python3 for the
+# QMP/VM helpers; apt/dpkg (always present) fetch and unpack the kernel.
+packages=(qemu-system-x86 busybox-static cpio gzip gcc libc6-dev python3)
+
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--out) out=$2; shift ;;
+	--flavour) flavour=$2; shift ;;
+	--new-kernel) new_kernel=1 ;;
+	--no-probe) probe=0 ;;
+	-h|--help) tlm_usage; exit 0 ;;
+	*) tlm_die "unknown option '$1' (try --help)" ;;
+	esac
+	shift
+done
+case "$flavour" in
+cloud) pkg_re='^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' ;;
+standard) pkg_re='^linux-image-6\.1\.0-[0-9]+-amd64$' ;;
+*) tlm_die "--flavour must be cloud or standard, not '$flavour'" ;;
+esac
+
+tlm_need_packages "${packages[@]}"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+exec 9>"$out/.lock"
+flock 9		# concurrent callers (parallel tests) wait for one build
+src=$tlm_root/qemu-glue/guest
+
+# The newest linux-image-6.1.0-N-<flavour> that apt can install.
+newest_kernel_pkg() {
+	apt-cache pkgnames linux-image-6.1.0- | grep -E "$pkg_re" | sort -V | tail -n 1
+}
+
+build_kernel() {
+	local pkg tmp vmlinuz
+
+	# a cached kernel of this flavour is reused without asking apt (works offline)
+	if [ "$new_kernel" = 0 ] && [ -s "$out/vmlinuz" ] && [ -s "$out/kernel.stamp" ] &&
+	   grep -qx "flavour=$flavour" "$out/kernel.stamp"; then
+		return 0
+	fi
+	pkg=$(newest_kernel_pkg)
+	if [ -z "$pkg" ]; then
+		tlm_log "no $flavour 6.1 kernel in the apt lists; running apt-get update"
+		apt-get update -q >/dev/null || tlm_die "apt-get update failed"
+		pkg=$(newest_kernel_pkg)
+		[ -n "$pkg" ] || tlm_die "apt knows no package matching $pkg_re"
+	fi
+	if [ -s "$out/kernel.stamp" ] && grep -qx "package=$pkg" "$out/kernel.stamp" &&
+	   [ -s "$out/vmlinuz" ]; then
+		return 0
+	fi
+	tlm_log "fetching $pkg"
+	tmp=$(mktemp -d "$out/kernel.XXXXXX")
+	(cd "$tmp" && apt-get download "$pkg" >/dev/null 2>"$tmp/apt.err") ||
+		tlm_die "apt-get download $pkg failed: $(tail -n 1 "$tmp/apt.err")"
+	dpkg-deb -x "$tmp"/*.deb "$tmp/root"
+	vmlinuz=$(ls "$tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
+	[ -n "$vmlinuz" ] || tlm_die "$pkg has no boot/vmlinuz-*"
+	cp "$vmlinuz" "$out/vmlinuz.new" && mv "$out/vmlinuz.new" "$out/vmlinuz"
+	printf 'package=%s\nflavour=%s\nrelease=%s\n' "$pkg" "$flavour" \
+		"${vmlinuz##*/vmlinuz-}" > "$out/kernel.stamp"
+	rm -rf "$tmp"
+	rm -f "$out/accel"	# a new kernel: probe KVM again
+}
+
+# Rebuild TARGET when the digest of the listed inputs differs from TARGET.stamp.
+stamp_of() {
+	cat "$@" | sha256sum | cut -d' ' -f1
+}
+
+up_to_date() {
+	local target=$1 digest=$2
+
+	[ -s "$target" ] && [ -s "$target.stamp" ] && [ "$(cat "$target.stamp")" = "$digest" ]
+}
+
+build_memload() {
+	local cflags="-O2 -static -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Werror"
+	local digest
+
+	digest=$(echo "$cflags $(gcc -dumpfullversion)" | cat - "$src/memload.c" | stamp_of)
+	up_to_date "$out/memload" "$digest" && return 0
+	tlm_log "compiling memload (static)"
+	# shellcheck disable=SC2086
+	gcc $cflags -o "$out/memload.new" "$src/memload.c" || tlm_die "memload does not compile"
+	mv "$out/memload.new" "$out/memload"
+	echo "$digest" > "$out/memload.stamp"
+}
+
+build_initrd() {
+	local bb=/bin/busybox digest tmp
+
+	digest=$(stamp_of "$bb" "$out/memload" "$src/init")
+	up_to_date "$out/initrd.gz" "$digest" && return 0
+	tlm_log "packing initramfs"
+	tmp=$(mktemp -d "$out/initrd.XXXXXX")
+	mkdir -p "$tmp/bin" "$tmp/dev" "$tmp/proc" "$tmp/sys" "$tmp/tmp"
+	cp "$bb" "$tmp/bin/busybox"
+	ln -s busybox "$tmp/bin/sh"
+	cp "$out/memload" "$tmp/bin/memload"
+	cp "$src/init" "$tmp/init"
+	chmod 755 "$tmp/init" "$tmp/bin/busybox" "$tmp/bin/memload"
+	find "$tmp" -exec touch -h -d @0 {} +		# reproducible archive
+	(cd "$tmp" && find . | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --quiet) |
+		gzip -9n > "$out/initrd.gz.new"
+	mv "$out/initrd.gz.new" "$out/initrd.gz"
+	echo "$digest" > "$out/initrd.gz.stamp"
+	rm -rf "$tmp"
+}
+
+build_kernel
+build_memload
+build_initrd
+accel="(not probed)"
+if [ "$probe" = 1 ]; then
+	accel=$(tlm_vm probe-accel --guest-dir "$out") || tlm_die "accelerator probe failed"
+fi
+echo "guest: kernel $(sed -n 's/^release=//p' "$out/kernel.stamp") ($out/vmlinuz)," \
+	"initrd $out/initrd.gz ($(stat -c %s "$out/initrd.gz") bytes), accel $accel"

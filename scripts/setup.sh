@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Install tlm's build dependencies (Debian 12 packages only) and build it.
+#
+#   scripts/setup.sh [--build-dir DIR] [--sanitize] [--werror] [--debug] [--no-build]
+#
+# Idempotent: installs only what is missing (apt-get update only then). Needs root for the
+# install step; when not root and something is missing it prints the command to run.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_dir="$here/build"
+build_type=RelWithDebInfo
+cmake_opts=()
+do_build=1
+
+# Why each package: compiler/build tools; liburing (io_uring, probed by the daemons);
+# libxxhash (XXH3 page hashes); libcmocka (tests); libssl (HMAC-SHA256 authentication).
+packages=(gcc make cmake ninja-build pkg-config liburing-dev libxxhash-dev libcmocka-dev
+	  libssl-dev)
+
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--build-dir) build_dir=$2; shift ;;
+	--sanitize) cmake_opts+=(-DTLM_SANITIZE=ON) ;;
+	--werror) cmake_opts+=(-DTLM_WERROR=ON) ;;
+	--debug) build_type=Debug ;;
+	--no-build) do_build=0 ;;
+	-h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+	esac
+	shift
+done
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+		missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "setup.sh: missing packages: ${missing[*]}" >&2
+		echo "setup.sh: run as root: apt-get update && apt-get install -y ${missing[*]}" >&2
+		exit 1
+	fi
+	echo "setup.sh: installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >/dev/null
+	apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ "$do_build" = 1 ] || exit 0
+cmake -S "$here" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" \
+	${cmake_opts[@]+"${cmake_opts[@]}"} >/dev/null
+ninja -C "$build_dir"

@@ -1,0 +1,59 @@
+# shellcheck shell=bash
+# Shared part of the QEMU tests (sourced). Skips (exit 77, reason on stdout) when QEMU is
+# missing or the guest cannot be built; gives each test its own run directory and stops
+# every VM left in it on exit.
+set -euo pipefail
+
+root=${TLM_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+name=$(basename "$0" .sh)
+
+skip() {
+	echo "SKIP $name: $*"
+	exit 77
+}
+
+fail() {
+	echo "FAIL $name: $*" >&2
+	exit 1
+}
+
+step() {
+	echo "== $name: $*"
+}
+
+vm() {
+	python3 "$root/qemu-glue/vm.py" "$@"
+}
+
+qmp() {
+	python3 "$root/qemu-glue/qmp.py" "$@"
+}
+
+command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not installed"
+command -v python3 >/dev/null || skip "python3 is not installed"
+[ -w /dev/shm ] || skip "/dev/shm is not writable (guest RAM lives on tmpfs)"
+if ! guest=$("$root/scripts/mkguest.sh" 2>&1); then
+	skip "the guest cannot be built: $(echo "$guest" | tail -n 1)"
+fi
+echo "$guest"
+
+TLM_RUN_DIR=$(mktemp -d /dev/shm/tlm-test.XXXXXX)
+export TLM_RUN_DIR
+test_cleanup() {
+	local rc=$? link
+
+	for link in "$TLM_RUN_DIR"/*; do
+		[ -L "$link" ] && vm stop "$link" >/dev/null 2>&1
+	done
+	for d in "$TLM_RUN_DIR"/*/; do	# destinations that never became current
+		[ -e "$d/vm.json" ] && vm stop "$d" >/dev/null 2>&1
+	done
+	rm -rf "$TLM_RUN_DIR"
+	exit "$rc"
+}
+trap test_cleanup EXIT
+
+# Fields of "SUM <hash> <pages> <rewrites> bad=<n>".
+sum_hash() { echo "$1" | cut -d' ' -f2; }
+sum_rewrites() { echo "$1" | cut -d' ' -f4; }
+sum_bad() { echo "$1" | cut -d' ' -f5; }
