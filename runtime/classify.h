@@ -31,6 +31,8 @@ struct tlm_tmpl;
 
 #define TLM_CLS_MASK 0x07u   /* enum tlm_page_class in the low bits of cls[page] */
 #define TLM_CLS_SENT 0x80u   /* DATA page already sent as a demand reply */
+#define TLM_CLS_BULK 0x40u   /* DATA page queued on the bulk stream */
+#define TLM_CLS_HELD 0x20u   /* a demand for it was left to the bulk stream once */
 
 struct tlm_cls_map {
 	uint64_t page_count;          /* pages of the region */
@@ -72,17 +74,29 @@ int tlm_cls_map_add(struct tlm_cls_map *m, enum tlm_page_class c, uint64_t k);
 /* Class of a classified page; *k gets the template page for TEMPLATE/REF. */
 enum tlm_page_class tlm_cls_map_get(const struct tlm_cls_map *m, uint64_t page, uint64_t *k);
 
-/* Flags of DATA pages sent on the urgent channel (the bulk stream skips them). */
+/* Per-page send flags (TLM_CLS_SENT / _BULK / _HELD) of DATA pages. */
+static inline bool tlm_cls_flag(const struct tlm_cls_map *m, uint64_t page, uint8_t flag)
+{
+	return m->cls[page] & flag;
+}
+
+static inline void tlm_cls_set_flag(struct tlm_cls_map *m, uint64_t page, uint8_t flag)
+{
+	m->cls[page] |= flag;
+}
+
+/* Sent on the urgent channel (the bulk stream skips them). */
 static inline bool tlm_cls_sent(const struct tlm_cls_map *m, uint64_t page)
 {
-	return m->cls[page] & TLM_CLS_SENT;
+	return tlm_cls_flag(m, page, TLM_CLS_SENT);
 }
 
 static inline void tlm_cls_mark_sent(struct tlm_cls_map *m, uint64_t page)
 {
-	m->cls[page] |= TLM_CLS_SENT;
+	tlm_cls_set_flag(m, page, TLM_CLS_SENT);
 }
 
+/* Forget every send flag (a new session sends everything again). */
 void tlm_cls_clear_sent(struct tlm_cls_map *m);
 
 #endif /* TLM_CLASSIFY_H */

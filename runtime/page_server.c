@@ -142,6 +142,7 @@ static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 	tlm_json_u64(j, "demand_pages", r->st.demand_pages);
 	tlm_json_u64(j, "data_sent_bulk", r->st.data_sent_bulk);
 	tlm_json_u64(j, "data_sent_urgent", r->st.data_sent_urgent);
+	tlm_json_u64(j, "demand_on_bulk", r->st.demand_on_bulk);
 	tlm_json_u64(j, "bulk_rounds", r->st.bulk_rounds);
 	tlm_json_bool(j, "urgent_connected", r->urgent != NULL);
 	tlm_json_bool(j, "bulk_connected", r->bulk != NULL);

@@ -67,6 +67,7 @@ struct tlm_src_stats {
 	uint64_t wire_bytes_closed;  /* bytes in+out of sessions that have ended */
 	uint64_t demand_requests, demand_pages;
 	uint64_t data_sent_bulk, data_sent_urgent;
+	uint64_t demand_on_bulk;      /* demands left to the bulk copy already on its way */
 	uint64_t sessions_opened, sessions_dropped;
 	uint64_t bulk_rounds;        /* bulk streams completed (DONE sent) */
 };
