@@ -411,6 +411,7 @@ static int peer_errno(uint32_t code)
 	case TLM_ERR_VERSION:  return -EPROTONOSUPPORT;
 	case TLM_ERR_PROTOCOL: return -EPROTO;
 	case TLM_ERR_BUSY:     return -EBUSY;
+	case TLM_ERR_MISMATCH: return -EINVAL;   /* size/digest differ: retrying cannot help */
 	default:               return -ECONNREFUSED;
 	}
 }
