@@ -54,16 +54,6 @@ int tlm_uffd_decode(const struct uffd_msg *m, struct tlm_uffd_event *ev)
 	return -EPROTO;
 }
 
-/* Closes the child uffds of FORK events in a batch the caller will never see. */
-static void drop_fork_fds(const struct uffd_msg *msg, int n)
-{
-	int i;
-
-	for (i = 0; i < n; i++)
-		if (msg[i].event == UFFD_EVENT_FORK)
-			close((int)msg[i].arg.fork.ufd);
-}
-
 /*
  * The kernel gives a blocking uffd no usable poll (always POLLERR) and its read sleeps,
  * so a uffd opened without O_NONBLOCK (or handed over by someone who did) is switched
@@ -117,15 +107,13 @@ int tlm_uffd_read_events(struct tlm_uffd *u, struct tlm_uffd_event *ev, int max)
 		return -errno;
 	if (got == 0 || got % (ssize_t)sizeof(msg[0]))
 		return -EPROTO;		/* the kernel only hands out whole messages */
-	n = (int)(got / (ssize_t)sizeof(msg[0]));
-	for (i = 0; i < n; i++) {
-		rc = tlm_uffd_decode(&msg[i], &ev[i]);
-		if (rc < 0) {
-			drop_fork_fds(msg, n);
-			return rc;
-		}
-	}
-	return n;
+	/* An event we do not know is skipped, never the whole batch: a page fault read in
+	 * the same batch would otherwise be lost and its thread would wait forever. */
+	n = 0;
+	for (i = 0; i < (int)(got / (ssize_t)sizeof(msg[0])); i++)
+		if (tlm_uffd_decode(&msg[i], &ev[n]) == 0)
+			n++;
+	return n ? n : -EPROTO;
 }
 
 const char *tlm_uffd_event_name(enum tlm_uffd_event_type t)

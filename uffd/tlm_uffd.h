@@ -121,7 +121,8 @@ struct tlm_uffd_event {
 };
 
 /* Read up to max events without blocking. Returns the count (>0), -EAGAIN when none is
- * pending, -EPROTO on an event the kernel sent that we do not know, or -errno. */
+ * pending, or -errno. Events the kernel sent that we do not know are skipped; -EPROTO
+ * when a read returned nothing else. */
 int tlm_uffd_read_events(struct tlm_uffd *u, struct tlm_uffd_event *ev, int max);
 
 /* Decode one raw uffd_msg (exposed for tests). */
