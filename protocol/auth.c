@@ -28,24 +28,11 @@
 #include <openssl/hmac.h>
 
 #include "protocol/tlm_proto.h"
+#include "protocol/proto_int.h"
 
 #define TLM_KEY_MIN 16u
 #define TLM_HS_FRAME_MAX 256u        /* largest handshake frame: ERROR, 8 + 208 */
 #define TLM_ERR_SEND_TIMEOUT_MS 1000
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 /* ---- key file ------------------------------------------------------------------------------ */
 

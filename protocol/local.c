@@ -15,24 +15,10 @@
 #include <unistd.h>
 
 #include "protocol/tlm_proto.h"
+#include "protocol/proto_int.h"
 
 #define TLM_LOCAL_MAX_FDS 8     /* room to receive (and close) a few unexpected fds */
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
-#define BAD(...) (seterr(err, errlen, __VA_ARGS__), -EBADMSG)
 
 static bool has_nul(const char *s, size_t n)
 {

@@ -24,13 +24,11 @@
 #include <xxhash.h>
 
 #include "protocol/tlm_proto.h"
+#include "protocol/proto_int.h"
 
 #define TLM_WIRE_PAGE_LIMIT (1ull << 52)
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
+void tlm_proto_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -41,7 +39,6 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
 	va_end(ap);
 }
 
-#define BAD(...) (seterr(err, errlen, __VA_ARGS__), -EBADMSG)
 
 /* ---- little-endian byte helpers --------------------------------------------------------- */
 
