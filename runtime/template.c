@@ -30,14 +30,12 @@ struct tlm_tmpl {
 	uint64_t distinct;
 };
 
-int tlm_map_pages_file(const char *path, const void **pages, size_t *len, char *err,
-		       size_t errlen)
+/* open O_RDONLY + fstat; the fd, or -errno with "PATH: reason" in err. */
+static int open_stat(const char *path, struct stat *st, char *err, size_t errlen)
 {
-	struct stat st;
-	void *p;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0 || fstat(fd, &st) < 0) {
+	if (fd < 0 || fstat(fd, st) < 0) {
 		int rc = -errno;
 
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -45,6 +43,18 @@ int tlm_map_pages_file(const char *path, const void **pages, size_t *len, char *
 			close(fd);
 		return rc;
 	}
+	return fd;
+}
+
+int tlm_map_pages_file(const char *path, const void **pages, size_t *len, char *err,
+		       size_t errlen)
+{
+	struct stat st;
+	void *p;
+	int fd = open_stat(path, &st, err, errlen);
+
+	if (fd < 0)
+		return fd;
 	if (!S_ISREG(st.st_mode) || st.st_size == 0 || st.st_size % TLM_PAGE_SIZE) {
 		snprintf(err, errlen, "%s: %s", path, !S_ISREG(st.st_mode) ? "not a regular file" :
 			 st.st_size == 0 ? "empty file" : "size is not a multiple of 4096 bytes");
@@ -66,17 +76,11 @@ int tlm_map_pages_file(const char *path, const void **pages, size_t *len, char *
 static int read_index_file(const char *path, uint8_t **buf, size_t *len, char *err, size_t errlen)
 {
 	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open_stat(path, &st, err, errlen);
 	ssize_t got = 0;
 
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		int rc = -errno;
-
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return rc;
-	}
+	if (fd < 0)
+		return fd;
 	*buf = malloc((size_t)st.st_size + 1);
 	if (*buf)
 		got = pread(fd, *buf, (size_t)st.st_size, 0);
