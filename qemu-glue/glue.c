@@ -86,6 +86,7 @@ static void glue_config_load(void)
 	cfg.sock_path = glue_env("TLM_SOCK");
 	cfg.vm_id = glue_env("TLM_VM_ID");
 	cfg.source = glue_env("TLM_SOURCE");
+	cfg.region_file = glue_env("TLM_REGION_FILE");
 	cfg.arm = GLUE_ARM_DEFERRED;
 	if (arm && strcmp(arm, "map") == 0)
 		cfg.arm = GLUE_ARM_MAP;
@@ -334,6 +335,41 @@ static int glue_prepare(struct glue_region *r, const struct glue_cfg *c, off_t o
 	return 0;
 }
 
+/*
+ * TLM_REGION_FILE: one line "base=0x.. size=N offset=N template=PATH|-" so that an
+ * orchestrator can serve this process's RAM later (tlm-page-server pid=PID,addr=BASE): the
+ * replacement mapping is private, so neither the RAM file nor QMP shows where it is.
+ * Written to a temporary name and renamed: readers never see half a line.
+ */
+static void glue_publish(const struct glue_region *r, const struct glue_cfg *c)
+{
+	char tmp[4096], line[4200];
+	bool ok;
+	int fd, n;
+
+	if (!c->region_file)
+		return;
+	n = snprintf(line, sizeof(line), "base=%p size=%zu offset=%llu template=%s\n", r->base,
+		     r->size, (unsigned long long)r->offset,
+		     r->has_template ? c->template_path : "-");
+	if (n >= (int)sizeof(line) ||
+	    snprintf(tmp, sizeof(tmp), "%s.tmp", c->region_file) >= (int)sizeof(tmp))
+		goto fail;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		goto fail;
+	ok = write(fd, line, (size_t)n) == n;
+	ok = close(fd) == 0 && ok;
+	if (!ok || rename(tmp, c->region_file) < 0) {
+		unlink(tmp);
+		goto fail;
+	}
+	return;
+fail:
+	glue_log(GLUE_WARN, "TLM_REGION_FILE %s: cannot write it: %s", c->region_file,
+		 strerror(errno ? errno : ENAMETOOLONG));
+}
+
 static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int prot,
 			     int flags, off_t off)
 {
@@ -369,6 +405,7 @@ static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int 
 		 c->vm_id : "-", c->ram_path, p, len, tfd >= 0 ? "copy of " : "anonymous region",
 		 tfd >= 0 ? c->template_path : "", r->sock < 0 ? "" : c->arm == GLUE_ARM_MAP ?
 		 " (armed, handed to tlm-uffd-server)" : " (announced, waiting for ARM)");
+	glue_publish(r, c);
 	return p;
 fail:
 	saved = errno;

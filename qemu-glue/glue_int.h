@@ -33,6 +33,7 @@ struct glue_cfg {
 	const char *sock_path;     /* TLM_SOCK */
 	const char *vm_id;         /* TLM_VM_ID */
 	const char *source;        /* TLM_SOURCE */
+	const char *region_file;   /* TLM_REGION_FILE: where to publish the mapped region */
 	enum glue_arm_mode arm;
 	enum glue_level level;
 };

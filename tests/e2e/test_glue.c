@@ -482,12 +482,13 @@ static void test_daemon_absent(void **state)
 	e2e_close(&g);
 }
 
-/* Source side: private copy-on-write over the template, built from the seed. */
+/* Source side: private copy-on-write over the template, built from the seed; the region
+ * is published in TLM_REGION_FILE where the mapping really is. */
 static void test_source_private(void **state)
 {
 	struct fx *f = *state;
-	char e_pre[700], e_ram[700], e_tmpl[700], line[256], maps[64];
-	char *env[] = { e_pre, e_ram, e_tmpl, "TLM_SOCK", NULL };
+	char e_pre[700], e_ram[700], e_tmpl[700], e_info[700], line[256], maps[64], want[900];
+	char *env[] = { e_pre, e_ram, e_tmpl, e_info, "TLM_SOCK", NULL };
 	char *argv[] = { f->guest_bin, "source", "--ram", f->ram, "--size", "2M", "--template",
 			 f->tmpl, "--seed", "5", "--mix", "template=70,zero=10,ref=5,data=15,"
 			 "dirty=10", "--manifest", f->manifest, NULL };
@@ -499,8 +500,14 @@ static void test_source_private(void **state)
 	snprintf(e_pre, sizeof(e_pre), "LD_PRELOAD=%s", f->glue);
 	snprintf(e_ram, sizeof(e_ram), "TLM_RAM_PATH=%s", f->ram);
 	snprintf(e_tmpl, sizeof(e_tmpl), "TLM_TEMPLATE=%s", f->tmpl);
+	snprintf(e_info, sizeof(e_info), "TLM_REGION_FILE=%s/region", f->dir);
 	assert_int_equal(e2e_spawn(&g, "source", argv, env, f->log), 0);
 	assert_int_equal(e2e_expect(&g, "ready addr=", line, sizeof(line), 10000), 1);
+	*strchr(line + strlen("ready addr="), ' ') = '\0';
+	snprintf(want, sizeof(want), "base=%s size=%u offset=0 template=%s\n",
+		 line + strlen("ready addr="), FX_SIZE, f->tmpl);
+	snprintf(e_info, sizeof(e_info), "%s/region", f->dir);
+	assert_true(e2e_file_contains(e_info, want));
 	assert_int_equal(e2e_manifest_read(f->manifest, &m, err, sizeof(err)), 0);
 	print_message("source: template=%llu zero=%llu ref=%llu data=%llu\n",
 		      (unsigned long long)m.count[1], (unsigned long long)m.count[2],
