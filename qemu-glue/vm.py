@@ -18,6 +18,7 @@ facts 3-4, 8).
     vm.py probe-accel [--force]                 kvm or tcg, probed once, cached (fact 6)
     vm.py start NAME [--mem MiB] [--wl-mem MiB] [--seed N] [--dirty N] [--like VM]
                 [--incoming URI] [--ram-file F] [--ram-copy-from F] [--env K=V]... [--no-link]
+                [--netns NS]
     vm.py wait-ready VM [--timeout S]           waits for the workload's READY
     vm.py cmd VM LINE [--timeout S]             one workload command, prints the reply
     vm.py ticks VM [--count N] [--timeout S]    waits for N new TICK lines
@@ -89,6 +90,8 @@ def qemu_argv(cfg):
         argv += ["-cpu", cfg["cpu"]]
     if cfg.get("incoming"):
         argv += ["-incoming", cfg["incoming"]]
+    if cfg.get("netns"):        # an emulated host: `ip netns exec` execs QEMU (same pid)
+        argv = ["ip", "netns", "exec", cfg["netns"]] + argv
     return argv
 
 
@@ -502,6 +505,7 @@ def cmd_start(opt):
     if opt.ram_file:
         cfg["ram_file"] = os.path.abspath(opt.ram_file)
     cfg["incoming"] = opt.incoming
+    cfg["netns"] = opt.netns
     env = {}
     for kv in opt.env:
         k, sep, v = kv.partition("=")
@@ -579,6 +583,7 @@ def parser():
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="environment of QEMU (LD_PRELOAD=..., TLM_...); {ram_file} and "
                         "{dir} in V become the VM's RAM file and run directory")
+    p.add_argument("--netns", help="run QEMU in this network namespace (ip netns)")
     p.add_argument("--no-link", action="store_true",
                    help="do not make it the current VM of NAME (migration destinations)")
     for name, hlp in (("wait-ready", "wait for READY"), ("pss", "Pss of QEMU (kB)"),

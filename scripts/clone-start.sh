@@ -69,9 +69,10 @@ fi
 ram_args() {
 	if [ -n "$glue" ]; then
 		# Shared template frames: the glue maps TLM_TEMPLATE privately where QEMU maps
-		# its RAM file. The lead finishes this path (the glue does not know QEMU yet).
+		# its RAM file, and says where in TLM_REGION_FILE (tlm's page server reads
+		# the guest RAM there when the clone migrates).
 		echo "--env" "LD_PRELOAD=$glue" "--env" "TLM_RAM_PATH={ram_file}" \
-			"--env" "TLM_TEMPLATE=$tdir/ram"
+			"--env" "TLM_TEMPLATE=$tdir/ram" "--env" "TLM_REGION_FILE={dir}/region"
 	else
 		# Non-shared fallback: a private copy of the template RAM per clone.
 		echo "--ram-copy-from" "$tdir/ram"

@@ -6,15 +6,30 @@
 #   VM                 a VM name of the run dir ($TLM_RUN_DIR, default /dev/shm/tlm/run),
 #                      its run directory, or its QMP socket (started by qemu-glue/vm.py)
 #   --mode qemu        stock QEMU postcopy-ram: the whole RAM goes through QEMU's stream
-#   --mode tlm         QEMU moves device state only (x-ignore-shared), tlm moves the RAM
-#                      (not wired yet: exits 2)
-#   --precopy S        seconds of precopy before migrate-start-postcopy (default 0: the
-#                      switch is requested right with `migrate`, so the RAM moves post-copy)
-#   --bandwidth MiB    max-bandwidth of the precopy phase, MiB/s (default 10240: loopback)
-#   --preempt          also enable postcopy-preempt (QEMU >= 7.1; separate demand channel)
+#   --mode tlm         QEMU moves the device state only (x-ignore-shared), tlm moves the RAM
+#                      post-copy: tlm-page-server at the source, tlm-uffd-server at the
+#                      destination (libtlm-glue.so preloaded into the destination QEMU)
+#   --mode precopy     stock QEMU precopy (reference: no postcopy at all)
+#   --precopy S        qemu mode: seconds of precopy before migrate-start-postcopy (default 0:
+#                      the switch is requested right with `migrate`, so the RAM moves post-copy)
+#   --bandwidth MiB    max-bandwidth of QEMU's stream, MiB/s (default 10240: loopback)
+#   --preempt          qemu mode: also enable postcopy-preempt (separate demand channel)
 #   --timeout S        per-VM limit for the migration to complete (default 300)
 #   --no-check         skip the guest checks (checksum before/after, TICKs at destination)
 #   --json FILE        also write the report as JSON
+#   --trace FILE       append "mode,vm,seconds,pages_present,pages_total" samples (10/s)
+# tlm mode:
+#   --key FILE         pre-shared key of the daemons (0600); default: a new random key
+#   --dst-ctl PATH --dst-sock PATH
+#                      use this running tlm-uffd-server (its control and glue sockets;
+#                      started with --template for the VMs' template and the same --key);
+#                      default: one is started for this run and stopped after it
+#   --dst-template P   the template's path at the destination (default: the source's)
+#   --src-addr IP      address of the page server (default 127.0.0.1)
+#   --dst-addr IP      address of the destination QEMU's migration port (default 127.0.0.1)
+#   --src-netns NS, --dst-netns NS
+#                      run the source / destination side in these network namespaces
+#                      (emulated hosts; the source VMs must already run in --src-netns)
 #
 # For every VM: start the destination QEMU (same command line, new RAM file, -incoming
 # defer), set the capabilities on both sides, migrate over tcp:127.0.0.1, switch to
@@ -41,8 +56,15 @@ usage() {
 	tlm_usage
 }
 
+tlm_opts=()
+trace=
+
 while [ $# -gt 0 ]; do
 	case "$1" in
+	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-netns|--dst-netns)
+		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
+		tlm_opts+=("$1" "$2"); shift ;;
+	--trace) trace=${2:-}; shift ;;
 	--mode) mode=${2:-}; shift ;;
 	--precopy) precopy_s=${2:-}; shift ;;
 	--bandwidth) bandwidth_mib=${2:-}; shift ;;
@@ -57,27 +79,35 @@ while [ $# -gt 0 ]; do
 	shift
 done
 case "$mode" in
-qemu|tlm) ;;
-"") echo "$tlm_prog: --mode qemu|tlm is required (try --help)" >&2; exit 2 ;;
-*) echo "$tlm_prog: --mode must be qemu or tlm, not '$mode'" >&2; exit 2 ;;
+qemu|tlm|precopy) ;;
+"") echo "$tlm_prog: --mode qemu|tlm|precopy is required (try --help)" >&2; exit 2 ;;
+*) echo "$tlm_prog: --mode must be qemu, tlm or precopy, not '$mode'" >&2; exit 2 ;;
 esac
+if [ "$mode" != tlm ] && [ ${#tlm_opts[@]} -gt 0 ]; then
+	echo "$tlm_prog: ${tlm_opts[0]} is a tlm-mode option" >&2; exit 2
+fi
 for n in "$precopy_s" "$bandwidth_mib" "$timeout_s"; do
 	[[ "$n" =~ ^[0-9]+$ ]] || { echo "$tlm_prog: not a whole number: '$n'" >&2; exit 2; }
 done
 [ ${#vms[@]} -gt 0 ] || { echo "$tlm_prog: no VM given (try --help)" >&2; exit 2; }
 
-# ---- tlm mode (the lead wires it) ---------------------------------------------------------
-# Intended flow, per VM: source QEMU runs with libtlm-glue.so (RAM file share=on); start
-# tlm-page-server on the source RAM file (--region ID,file=RAM,template=T) and
-# tlm-uffd-server at the destination (--template T); start the destination QEMU with
-# LD_PRELOAD=libtlm-glue.so TLM_RAM_PATH=<dst ram> TLM_TEMPLATE=T TLM_SOCK=... TLM_VM_ID=...
-# TLM_SOURCE=host:port (vm.py start --like SRC --incoming defer --no-link --env K=V...);
-# x-ignore-shared on both sides (postcopy-ram is refused with it, fact 4); stop the source
-# (QMP stop), `tlmctl freeze ID`, migrate the device state (tcp), the destination resumes
-# at once and its RAM arrives through the uffd-server; then the same checks and report.
+# ---- tlm mode: qemu-glue/migrate_tlm.py runs it (the order of its steps is documented there)
 migrate_tlm() {
-	echo "$tlm_prog: tlm mode: not wired yet" >&2
-	exit 2
+	local bin=${TLM_BIN_DIR:-$tlm_root/build/runtime} glue=${TLM_GLUE:-$tlm_root/build/qemu-glue/libtlm-glue.so}
+	local work rc=0 args=()
+
+	for f in "$bin/tlm-page-server" "$bin/tlm-uffd-server" "$glue"; do
+		[ -e "$f" ] || tlm_die "$f is missing: build tlm first (scripts/setup.sh)"
+	done
+	[ "$check" = 1 ] || args+=(--no-check)
+	[ -z "$json_out" ] || args+=(--json "$json_out")
+	[ -z "$trace" ] || args+=(--trace "$trace")
+	work=$(mktemp -d /tmp/tlm-migrate.XXXXXX)
+	python3 "$tlm_root/qemu-glue/migrate_tlm.py" --work "$work" --bin-dir "$bin" \
+		--glue "$glue" --timeout "$timeout_s" ${tlm_opts[@]+"${tlm_opts[@]}"} \
+		${args[@]+"${args[@]}"} "${vms[@]}" || rc=$?
+	[ -e "$work/.keep" ] || rm -rf "$work"
+	exit "$rc"
 }
 [ "$mode" = tlm ] && migrate_tlm
 

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""migrate_report.py — the report of scripts/migrate-postcopy.sh, the same for every mode
+(tlm, qemu = stock postcopy-ram, precopy), so that runs compare field by field.
+
+Per VM, one row (also the JSON of --json):
+  vm, mode, time_s        start -> every page present at the destination (tlm: from the
+                          source's stop; qemu: from `migrate`, QEMU's total-time)
+  downtime_ms             guest stopped -> running (tlm: measured by the script, stop ->
+                          cont; qemu: QEMU's figure); downtime_qemu_ms as QEMU reports it
+  qemu_bytes              bytes of QEMU's migration stream (RAM counters)
+  tlm_bytes, tlm_payload_bytes   bytes tlm moved (both directions) and their DATA payload
+  pages                   tlm: pages by class (template, zero, ref, data)
+  demand_faults, fault_p50_us, fault_p99_us   faults that waited for the network
+  dst_pss_kb              the destination QEMU's Pss (the template's frames are shared:
+                          the sum over VMs counts them once), measured after the source
+                          QEMU has gone
+  checksum                the guest's memory checksum, compared before/after
+
+    migrate_report.py qemu WORKDIR JSON_OUT NAME...   (the bash qemu/precopy mode's files)
+"""
+
+import json
+import sys
+
+mb = lambda b: (b or 0) / 1e6       # noqa: E731
+
+
+def qemu_downtime(m):
+    """QEMU 7.2 reports "now - 0" as the postcopy downtime when the switch took under 1 ms
+    (fixed upstream in 8.1: ms->downtime_start is never set on the postcopy path)."""
+    down = m.get("downtime")
+    if down is not None and down > m.get("total-time", 0):
+        return 0, f" (<1 ms; QEMU reported {down} ms, a 7.2 bug)"
+    return down, ""
+
+
+def describe(r):
+    tlm = ""
+    if r["mode"] == "tlm":
+        p = r["pages"]
+        tlm = (f"; tlm sent {mb(r['tlm_bytes']):.1f} MB (DATA {p['data']}, REF {p['ref']}, "
+               f"ZERO {p['zero']}, TEMPLATE {p['template']} pages; payload "
+               f"{mb(r['tlm_payload_bytes']):.1f} MB)")
+    faults = ""
+    if r.get("demand_faults") is not None:
+        faults = f"; {r['demand_faults']} demand faults"
+    if r.get("fault_p50_us") is not None:
+        faults += f" (p50 {r['fault_p50_us']:.0f} us, p99 {r['fault_p99_us']:.0f} us)"
+    return (f"{r['vm']}: {r['mode']}: all pages present in {r['time_s']:.2f} s, downtime "
+            f"{r['downtime_ms']} ms{r.get('downtime_note', '')}; QEMU sent "
+            f"{mb(r['qemu_bytes']):.1f} MB{tlm}{faults}; destination Pss "
+            f"{r['dst_pss_kb'] / 1024:.1f} MiB; checksum {r['checksum']}")
+
+
+def emit(mode, rows, wall_s, json_out):
+    for r in rows:
+        print(describe(r))
+    tot = {"vms": len(rows), "wall_s": round(wall_s, 3),
+           "qemu_bytes": sum(r["qemu_bytes"] or 0 for r in rows),
+           "tlm_bytes": sum(r.get("tlm_bytes") or 0 for r in rows),
+           "tlm_payload_bytes": sum(r.get("tlm_payload_bytes") or 0 for r in rows),
+           "dst_pss_kb": sum(r["dst_pss_kb"] for r in rows)}
+    tot["wire_bytes"] = tot["qemu_bytes"] + tot["tlm_bytes"]
+    print(f"total: {tot['vms']} VM(s), {mode}: {mb(tot['wire_bytes']):.1f} MB on the wire "
+          f"(QEMU {mb(tot['qemu_bytes']):.1f} MB, tlm {mb(tot['tlm_bytes']):.1f} MB), "
+          f"{tot['wall_s']:.2f} s, destination Pss {tot['dst_pss_kb'] / 1024:.1f} MiB")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"mode": mode, "vms": rows, "total": tot}, f, indent=2)
+            f.write("\n")
+    return tot
+
+
+def qemu_rows(work, names, mode):
+    rows, span = [], None
+    for i, name in enumerate(names):
+        m = json.load(open(f"{work}/{i}.migrate.json"))
+        t0, t1 = (float(open(f"{work}/{i}.{w}").read()) for w in ("start", "end"))
+        span = (min(t0, span[0]), max(t1, span[1])) if span else (t0, t1)
+        pss = json.load(open(f"{work}/{i}.pss"))
+        ram = m.get("ram", {})
+        try:
+            check = open(f"{work}/{i}.sum").read().split()[1] + " ok"
+        except OSError:
+            check = "not checked"
+        down, note = qemu_downtime(m)
+        rows.append({"vm": name, "mode": mode, "time_s": m.get("total-time", 0) / 1000,
+                     "downtime_ms": down, "downtime_note": note,
+                     "downtime_qemu_ms": m.get("downtime"),
+                     "qemu_bytes": ram.get("transferred"), "ram_total": ram.get("total"),
+                     "precopy_bytes": ram.get("precopy-bytes"),
+                     "postcopy_bytes": ram.get("postcopy-bytes"),
+                     "demand_faults": ram.get("postcopy-requests"),
+                     "dst_pss_kb": pss.get("pss_kb"),
+                     "dst_pss_shmem_kb": pss.get("pss_shmem_kb"), "checksum": check})
+    return rows, span[1] - span[0]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 5 or sys.argv[1] not in ("qemu", "precopy"):
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        sys.exit(2)
+    rows, wall = qemu_rows(sys.argv[2], sys.argv[4:], sys.argv[1])
+    emit(sys.argv[1], rows, wall, sys.argv[3])

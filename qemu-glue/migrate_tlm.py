@@ -1,0 +1,487 @@
+#!/usr/bin/env python3
+"""migrate_tlm.py — post-copy migration of running test VMs through tlm (the `--mode tlm`
+of scripts/migrate-postcopy.sh; see its --help for the user-facing options).
+
+QEMU moves the device state only (x-ignore-shared leaves the share=on RAM file out of its
+stream; QEMU refuses postcopy-ram together with it, ARCHITECTURE.md fact 4) and tlm moves
+the guest RAM: tlm-page-server reads it at the source, tlm-uffd-server fills the
+destination QEMU's RAM through the userfaultfd that libtlm-glue.so hands over.
+
+Per VM, in this order (the order is what keeps the guest's memory right):
+  1. destination QEMU started with the glue (-incoming defer); its RAM region reaches
+     tlm-uffd-server, which is told to `arm` it: the glue discards the RAM and registers
+     it, so the destination can touch no page that the daemon will not fill;
+  2. the daemon connects to the page server (authenticated, VM id and template digest
+     checked) and waits: the page server serves nothing before `freeze`;
+  3. switch-over: QMP `stop` on the source, `freeze` (classification), device state over
+     QEMU's migration stream, `cont` on the destination: the guest runs there at once and
+     its RAM arrives on demand and in the background;
+  4. every page present (the daemon's region phase "complete"): guest checks, the source
+     QEMU is shut down, the destination becomes the VM's current generation.
+A failure before the destination runs stops it and lets the source run on (its RAM was
+only read). After that, both QEMUs and the daemons are left as they are for inspection:
+the destination's faults wait, they are never answered with a wrong page.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import migrate_report                  # noqa: E402
+import vm as V                         # noqa: E402
+from qmp import QMP, QMPError, QMPConnectionError  # noqa: E402
+
+POLL_S = 0.05
+
+
+class Fail(V.VMError):
+    """A migration failure with a one-line reason."""
+
+
+# ---- daemons ------------------------------------------------------------------------------
+
+def ctl(path, line, timeout=30):
+    """One control-socket command (runtime/ctl.c): a line in, the reply until EOF."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(line.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    except OSError as e:
+        raise Fail(f"control socket {path} ({line.split()[0]}): {e}") from None
+    finally:
+        s.close()
+    text = out.decode(errors="replace").strip()
+    if text.startswith("error:"):
+        raise Fail(f"{os.path.basename(path)}: {line.split()[0]}: {text[6:].strip()}")
+    return text
+
+
+def region_stats(ctl_path, vm_id):
+    regions = json.loads(ctl(ctl_path, f"stats {vm_id}")).get("regions", [])
+    return next((r for r in regions if r.get("id") == vm_id), None)
+
+
+def netns_argv(ns):
+    return ["ip", "netns", "exec", ns] if ns else []
+
+
+class Daemon:
+    """A tlm daemon this run started: its own session, log file, control socket."""
+
+    def __init__(self, name, argv, work, ctl_path):
+        self.name, self.ctl, self.log = name, ctl_path, os.path.join(work, f"{name}.log")
+        self.out = os.path.join(work, f"{name}.out")
+        with open(self.log, "wb") as log, open(self.out, "wb") as out:
+            self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=log, start_new_session=True)
+
+    def tail(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                lines = [ln.strip() for ln in f if ln.strip()]
+            return lines[-1] if lines else "(no output)"
+        except OSError:
+            return "(no log)"
+
+    def wait_ready(self, timeout=10):
+        """Until the control socket answers (and, for the page server, "port N")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.p.poll() is not None:
+                raise Fail(f"{self.name} exited at start (status {self.p.returncode}): "
+                           f"{self.tail()}")
+            try:
+                ctl(self.ctl, "stats", timeout=2)
+                return
+            except Fail:
+                if time.monotonic() > deadline:
+                    raise Fail(f"{self.name} has no control socket after {timeout} s: "
+                               f"{self.tail()}") from None
+            time.sleep(POLL_S)
+
+    def port(self):
+        with open(self.out) as f:
+            for line in f:
+                if line.startswith("port "):
+                    return int(line.split()[1])
+        raise Fail(f"{self.name} printed no port: {self.tail()}")
+
+    def shutdown(self):
+        if self.p.poll() is None:
+            try:
+                ctl(self.ctl, "shutdown", timeout=5)
+                self.p.wait(10)
+            except (Fail, subprocess.TimeoutExpired):
+                self.p.kill()
+                self.p.wait()
+
+
+# ---- one VM ---------------------------------------------------------------------------------
+
+class Mig:
+    """One VM's migration. phase: new -> prepared (destination started) -> armed ->
+    stopped (source paused: switch-over under way) -> switched (destination runs) ->
+    complete (every page present) -> done (checked, source gone)."""
+
+    def __init__(self, arg, opt):
+        self.src = V.resolve(arg)
+        if not V.alive(self.src):
+            raise Fail(f"{arg}: QEMU is not running")
+        self.name, self.opt, self.phase = self.src["name"], opt, "new"
+        self.dst = None
+        self.sum_before = self.sum_after = self.tick = None
+        self.t = {}
+        self.tmpl_src = self.tmpl_dst = None
+        self.spec = self.region_spec()
+
+    def qmp(self, side, cmd, args=None, timeout=30):
+        cfg = self.src if side == "src" else self.dst
+        try:
+            with QMP(os.path.join(cfg["dir"], "qmp.sock"), timeout=timeout) as q:
+                return q.execute(cmd, args)
+        except (QMPError, QMPConnectionError) as e:
+            raise Fail(f"{self.name}: {side} QMP {cmd}: {e}") from None
+
+    def region_spec(self):
+        """Where the source guest RAM is, as a tlm-page-server --region SPEC."""
+        info = os.path.join(self.src["dir"], "region")
+        if self.src.get("env", {}).get("TLM_REGION_FILE"):
+            # The glue replaced the RAM file mapping by a private one: read the process.
+            try:
+                with open(info) as f:
+                    kv = dict(w.split("=", 1) for w in f.read().split())
+            except (OSError, ValueError) as e:
+                raise Fail(f"{self.name}: no region description from the glue ({info}: "
+                           f"{e})") from None
+            spec = f"{self.name},pid={self.src['pid']},addr={kv['base']},size={kv['size']}"
+            if kv.get("template", "-") != "-":
+                self.tmpl_src = kv["template"]
+        else:
+            # Plain share=on RAM file: the file is the guest RAM.
+            spec = f"{self.name},file={self.src['ram_file']}"
+        if self.tmpl_src:
+            self.tmpl_dst = self.opt.dst_template or self.tmpl_src
+            spec += f",template={self.tmpl_src}"
+        return spec
+
+    def start_dst(self, sock, source):
+        env = {"LD_PRELOAD": self.opt.glue, "TLM_RAM_PATH": "{ram_file}", "TLM_SOCK": sock,
+               "TLM_VM_ID": self.name, "TLM_ARM": "deferred", "TLM_SOURCE": source,
+               "TLM_REGION_FILE": "{dir}/region"}
+        if self.tmpl_dst:
+            env["TLM_TEMPLATE"] = self.tmpl_dst
+        argv = [sys.executable, os.path.join(V.ROOT, "qemu-glue", "vm.py"), "start",
+                self.name, "--like", self.src["dir"], "--incoming", "defer", "--no-link"]
+        if self.opt.dst_netns:
+            argv += ["--netns", self.opt.dst_netns]
+        for k, v in env.items():
+            argv += ["--env", f"{k}={v}"]
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if r.returncode:
+            raise Fail(f"{self.name}: the destination QEMU did not start: "
+                       f"{r.stderr.strip().removeprefix('vm.py: error: ')}")
+        self.dst = V.resolve(r.stdout.strip())
+        self.phase = "prepared"
+
+    def wait_region(self, ctl_path, want, timeout=15):
+        """Poll the destination daemon until the region's phase is in `want`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = region_stats(ctl_path, self.name)
+            ph = r and r["phase"]
+            if ph in want:
+                return r
+            if ph == "failed":
+                raise Fail(f"{self.name}: tlm-uffd-server: {r.get('error', 'failed')}")
+            if not V.alive(self.dst):
+                raise Fail(f"{self.name}: the destination QEMU exited: {V.log_tail(self.dst)}")
+            if time.monotonic() > deadline:
+                raise Fail(f"{self.name}: region {'not announced' if not r else ph} at "
+                           f"tlm-uffd-server after {timeout} s (want {'/'.join(want)})")
+            time.sleep(POLL_S)
+
+    def arm(self, ctl_path):
+        self.wait_region(ctl_path, ("waiting_uffd",))
+        ctl(ctl_path, f"arm {self.name}")
+        # connected and authenticated: the class map comes after freeze
+        self.wait_region(ctl_path, ("mapping", "fetching", "complete"))
+        self.phase = "armed"
+
+    def set_caps(self):
+        caps = {"capabilities": [{"capability": "x-ignore-shared", "state": True},
+                                 {"capability": "postcopy-ram", "state": False}]}
+        self.qmp("src", "migrate-set-capabilities", caps)
+        self.qmp("dst", "migrate-set-capabilities", caps)
+        self.qmp("dst", "migrate-incoming", {"uri": f"tcp:{self.opt.dst_addr}:0"})
+        self.port = self.qmp("dst", "query-migrate")["socket-address"][0]["port"]
+
+    def stop_source(self):
+        self.t["stop"] = time.time()
+        self.qmp("src", "stop")
+        self.phase = "stopped"
+        st = self.qmp("src", "query-status")["status"]
+        if st != "paused":
+            raise Fail(f"{self.name}: the source is '{st}' after stop, not 'paused'")
+
+    def switch(self, ps_ctl):
+        """Device state over QEMU's stream (RAM left out), then the destination runs."""
+        self.t["freeze"] = time.time()
+        ctl(ps_ctl, f"freeze {self.name}")
+        self.t["frozen"] = time.time()
+        self.qmp("src", "migrate", {"uri": f"tcp:{self.opt.dst_addr}:{self.port}"})
+
+    def resume_dst(self):
+        self.mig = V.wait_migration(self.src, ["completed"], 60)
+        V.wait_migration(self.dst, ["completed"], 30)
+        if self.qmp("dst", "query-status")["status"] != "running":
+            self.qmp("dst", "cont")
+        self.t["running"] = time.time()
+        self.phase = "switched"
+
+    def poll_complete(self, ctl_path):
+        r = region_stats(ctl_path, self.name)
+        if r is None:
+            raise Fail(f"{self.name}: tlm-uffd-server lost the region")
+        if r["phase"] == "failed":
+            raise Fail(f"{self.name}: tlm-uffd-server: {r.get('error', 'failed')} (the "
+                       "destination is left paused on its faults)")
+        if r["phase"] == "complete" and self.phase == "switched":
+            self.t["complete"] = time.time()
+            self.phase = "complete"
+            self.stats = r
+        return r
+
+    def check_guest(self):
+        """Runs at the destination, TICKs, same checksum, no bad page, time went on."""
+        if self.qmp("dst", "query-status")["status"] != "running":
+            raise Fail(f"{self.name}: the destination is not running")
+        if not self.opt.check:
+            return
+        self.tick = V.wait_ticks(self.dst, 2, 30)
+        self.sum_after = V.guest_cmd(self.dst, "sum")
+        b, a = self.sum_before.split(), self.sum_after.split()
+        if a[1:3] != b[1:3] or a[4] != "bad=0" or int(a[3]) < int(b[3]):
+            raise Fail(f"{self.name}: guest memory differs after migration: before "
+                       f"'{self.sum_before}', after '{self.sum_after}'")
+
+    def finish(self, ps_ctl):
+        self.check_guest()
+        self.ps_stats = region_stats(ps_ctl, self.name)
+        V.stop(self.src)
+        V.set_link(self.dst)
+        self.phase = "done"
+
+    def undo(self):
+        """After a failure: what can be undone is undone; says what was left."""
+        if self.phase in ("prepared", "armed", "stopped") and self.dst:
+            if self.phase == "stopped":
+                try:
+                    self.qmp("src", "migrate_cancel")
+                except Fail:
+                    pass
+            V.stop(self.dst)
+            if self.phase == "stopped" and \
+               self.qmp("src", "query-status")["status"] in ("paused", "postmigrate"):
+                self.qmp("src", "cont")
+            log(f"{self.name}: migration abandoned before the switch; the source keeps "
+                "running")
+        elif self.phase in ("switched", "complete"):
+            log(f"{self.name}: failed after the switch: source {self.src['dir']} and "
+                f"destination {self.dst['dir']} left as they are (the destination's faults "
+                "wait for tlm-uffd-server)")
+
+
+def log(msg):
+    print(f"migrate-postcopy.sh: {msg}", file=sys.stderr)
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, opt):
+        self.opt = opt
+        self.work = opt.work
+        self.ps = self.ud = None
+        self.migs = [Mig(a, opt) for a in opt.vms]
+        names = [m.name for m in self.migs]
+        if len(set(names)) != len(names):
+            raise Fail(f"a VM is named twice: {' '.join(names)}")
+        self.key = opt.key or self.make_key()
+        self.dst_ctl = opt.dst_ctl or os.path.join(self.work, "dst", "ctl.sock")
+        self.dst_sock = opt.dst_sock or os.path.join(self.work, "dst", "glue.sock")
+
+    def make_key(self):
+        path = os.path.join(self.work, "key")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        return path
+
+    def start_page_server(self):
+        argv = netns_argv(self.opt.src_netns) + [
+            os.path.join(self.opt.bin_dir, "tlm-page-server"),
+            "--listen", f"{self.opt.src_addr}:0", "--key", self.key,
+            "--ctl", os.path.join(self.work, "src", "ctl.sock"),
+            "--log-level", self.opt.log_level]
+        for m in self.migs:
+            argv += ["--region", m.spec]
+        self.ps = Daemon("tlm-page-server", argv, self.work,
+                         os.path.join(self.work, "src", "ctl.sock"))
+        self.ps.wait_ready()
+        self.source = f"{self.opt.src_addr}:{self.ps.port()}"
+
+    def start_uffd_server(self):
+        if self.opt.dst_ctl:        # the operator's daemon: it must answer
+            try:
+                ctl(self.dst_ctl, "stats", timeout=5)
+            except Fail as e:
+                raise Fail(f"tlm-uffd-server is not running at {self.dst_ctl}: {e}") from None
+            return
+        argv = netns_argv(self.opt.dst_netns) + [
+            os.path.join(self.opt.bin_dir, "tlm-uffd-server"),
+            "--sock", self.dst_sock, "--ctl", self.dst_ctl, "--key", self.key,
+            "--source", self.source, "--log-level", self.opt.log_level]
+        for t in sorted({m.tmpl_dst for m in self.migs if m.tmpl_dst}):
+            argv += ["--template", t]
+        self.ud = Daemon("tlm-uffd-server", argv, self.work, self.dst_ctl)
+        self.ud.wait_ready()
+
+    def each(self, fn, *args):
+        for m in self.migs:
+            fn(m, *args)
+
+    def wait_complete(self):
+        deadline = time.monotonic() + self.opt.timeout
+        t0 = min(m.t["stop"] for m in self.migs)
+        trace = open(self.opt.trace, "a") if self.opt.trace else None
+        try:
+            while any(m.phase == "switched" for m in self.migs):
+                now = time.time()
+                for m in self.migs:
+                    r = m.poll_complete(self.dst_ctl)
+                    if trace:
+                        trace.write(f"tlm,{m.name},{now - t0:.3f},{r['pages']['present']},"
+                                    f"{r['pages']['total']}\n")
+                if time.monotonic() > deadline:
+                    left = [m.name for m in self.migs if m.phase == "switched"]
+                    raise Fail(f"{' '.join(left)}: not every page present after "
+                               f"{self.opt.timeout} s")
+                time.sleep(POLL_S if not trace else 0.1)
+        finally:
+            if trace:
+                trace.close()
+
+    def migrate(self):
+        self.start_page_server()
+        self.start_uffd_server()
+        for m in self.migs:
+            m.sum_before = V.guest_cmd(m.src, "sum") if self.opt.check else None
+        self.each(Mig.start_dst, self.dst_sock, self.source)
+        self.each(Mig.arm, self.dst_ctl)
+        self.each(Mig.set_caps)
+        self.each(Mig.stop_source)
+        self.each(Mig.switch, self.ps.ctl)
+        self.each(Mig.resume_dst)
+        self.wait_complete()
+        self.each(Mig.finish, self.ps.ctl)
+
+    def cleanup(self, ok):
+        left = False
+        for m in self.migs:
+            if m.phase != "done":
+                try:
+                    m.undo()
+                except (V.VMError, QMPError, QMPConnectionError) as e:
+                    log(f"{m.name}: undo: {e}")
+                left |= m.phase in ("switched", "complete")
+        if left:
+            log(f"daemons left running for the destination: tlm-page-server ctl "
+                f"{self.ps.ctl if self.ps else '-'}, tlm-uffd-server ctl {self.dst_ctl}; "
+                f"logs in {self.work}")
+            return False
+        for d in (self.ps, self.ud):
+            if d:
+                d.shutdown()
+        return True
+
+
+# ---- report and command line ------------------------------------------------------------
+
+def tlm_row(m):
+    s, lat = m.stats, m.stats["latency_demand"]
+    cls = s["classes"]
+    return {"vm": m.name, "mode": "tlm", "time_s": round(m.t["complete"] - m.t["stop"], 3),
+            "downtime_ms": round((m.t["running"] - m.t["stop"]) * 1000),
+            "downtime_qemu_ms": m.mig.get("downtime"),
+            "classify_ms": round((m.t["frozen"] - m.t["freeze"]) * 1000),
+            "qemu_bytes": m.mig.get("ram", {}).get("transferred"),
+            "tlm_bytes": s["wire"]["in_bytes"] + s["wire"]["out_bytes"],
+            "tlm_payload_bytes": s["wire"]["payload_bytes"],
+            "pages": {k: cls[k] for k in ("template", "zero", "ref", "data")},
+            "demand_faults": lat["count"], "fault_p50_us": lat["p50_us"],
+            "fault_p99_us": lat["p99_us"], "faults": s["faults"],
+            "dst_pss_kb": V.pss(m.dst)["pss_kb"],
+            "checksum": f"{m.sum_after.split()[1]} ok" if m.sum_after else "not checked"}
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="migrate_tlm.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("vms", nargs="+", metavar="VM")
+    ap.add_argument("--work", required=True, help="work directory (keys, sockets, logs)")
+    ap.add_argument("--key", help="pre-shared key file (0600); default: a new random key")
+    ap.add_argument("--dst-ctl", help="control socket of a running tlm-uffd-server")
+    ap.add_argument("--dst-sock", help="its glue socket (with --dst-ctl)")
+    ap.add_argument("--dst-template", help="the template's path at the destination")
+    ap.add_argument("--src-addr", default="127.0.0.1")
+    ap.add_argument("--dst-addr", default="127.0.0.1")
+    ap.add_argument("--src-netns")
+    ap.add_argument("--dst-netns")
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--no-check", dest="check", action="store_false")
+    ap.add_argument("--json")
+    ap.add_argument("--trace")
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--glue", required=True)
+    ap.add_argument("--log-level", default="info")
+    return ap
+
+
+def main(argv):
+    opt = parser().parse_args(argv)
+    if bool(opt.dst_ctl) != bool(opt.dst_sock):
+        raise Fail("--dst-ctl and --dst-sock go together (a running tlm-uffd-server)")
+    for d in ("src", "dst"):
+        os.makedirs(os.path.join(opt.work, d), mode=0o700, exist_ok=True)
+    run, ok = None, False
+    try:
+        run = Run(opt)
+        run.migrate()
+        ok = True
+    finally:
+        if run and not run.cleanup(ok) and not ok:
+            open(os.path.join(opt.work, ".keep"), "w").close()
+    rows = [tlm_row(m) for m in run.migs]
+    t0 = min(m.t["stop"] for m in run.migs)
+    t1 = max(m.t["complete"] for m in run.migs)
+    migrate_report.emit("tlm", rows, t1 - t0, opt.json)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (V.VMError, QMPError, QMPConnectionError) as e:
+        print(f"migrate-postcopy.sh: error: {e}", file=sys.stderr)
+        sys.exit(1)
