@@ -448,7 +448,17 @@ def wait_ticks(cfg, count, timeout):
         time.sleep(0.1)
 
 
-def wait_migration(cfg, until, timeout, timeout_ok=False):
+def trace_sample(trace, info):
+    """trace = (file, label, t0): append "label,seconds,pages_present,pages_total", pages
+    present at the destination = pages QEMU sent whole or as zero pages."""
+    f, label, t0 = trace
+    ram = info.get("ram", {})
+    if ram.get("total"):
+        f.write(f"{label},{time.time() - t0:.3f},{ram.get('normal', 0) + ram.get('duplicate', 0)},"
+                f"{ram['total'] // 4096}\n")
+
+
+def wait_migration(cfg, until, timeout, timeout_ok=False, trace=None):
     """Poll query-migrate until status is in `until`; failed/cancelled raise; so does the
     timeout unless timeout_ok (then the last query-migrate result is returned)."""
     deadline = time.monotonic() + timeout
@@ -456,6 +466,8 @@ def wait_migration(cfg, until, timeout, timeout_ok=False):
     with QMP(os.path.join(cfg["dir"], "qmp.sock"), timeout=10) as q:
         while True:
             info = q.execute("query-migrate")
+            if trace:
+                trace_sample(trace, info)
             last = info.get("status", "none")
             if last in until:
                 return info
@@ -608,6 +620,9 @@ def parser():
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--timeout-ok", action="store_true",
                    help="exit 0 at the timeout (print the last status); failures still fail")
+    p.add_argument("--trace", metavar="FILE", help="append progress samples (CSV) to FILE")
+    p.add_argument("--trace-label", default="qemu,vm,0", metavar="MODE,VM,T0",
+                   help="first columns of the samples; T0: epoch seconds of time 0")
     p = sub.add_parser("stop", help="stop a VM and remove its run directory")
     p.add_argument("vm")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
@@ -631,8 +646,12 @@ def main(argv):
     elif opt.cmd == "ticks":
         print(wait_ticks(resolve(opt.vm), opt.count, opt.timeout))
     elif opt.cmd == "wait-migration":
+        trace = None
+        if opt.trace:
+            label, _, t0 = opt.trace_label.rpartition(",")
+            trace = (open(opt.trace, "a"), label, float(t0))
         info = wait_migration(resolve(opt.vm), opt.until.split(","), opt.timeout,
-                              opt.timeout_ok)
+                              opt.timeout_ok, trace)
         print(json.dumps(info))
     elif opt.cmd == "link":
         set_link(resolve(opt.vm))

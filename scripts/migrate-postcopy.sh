@@ -152,7 +152,8 @@ trap 'exit 1' INT TERM
 caps_json() {
 	local caps='{"capability":"x-ignore-shared","state":false}'
 
-	caps+=',{"capability":"postcopy-ram","state":true}'
+	caps+=",{\"capability\":\"postcopy-ram\",\"state\":$([ "$mode" = qemu ] && echo true ||
+		echo false)}"
 	[ "$preempt" = 1 ] && caps+=',{"capability":"postcopy-preempt","state":true}'
 	echo "{\"capabilities\":[$caps]}"
 }
@@ -190,6 +191,11 @@ start_migration() {
 	uri="{\"uri\":\"tcp:127.0.0.1:$port\"}"
 	date +%s.%N > "$work/$i.start"
 	phases[$i]=precopy
+	if [ "$mode" = precopy ]; then		# no switch: QEMU stops the source at the end
+		tlm_qmp "${src_dirs[$i]}/qmp.sock" migrate "$uri" >/dev/null ||
+			tlm_die "${names[$i]}: migrate failed"
+		return 0
+	fi
 	if [ "$precopy_s" = 0 ]; then
 		printf 'migrate %s\nmigrate-start-postcopy\n' "$uri" |
 			tlm_qmp --batch "${src_dirs[$i]}/qmp.sock" >/dev/null ||
@@ -236,6 +242,7 @@ wait_completed() {
 	local i=$1
 
 	tlm_vm wait-migration "${src_dirs[$i]}" --until completed --timeout "$timeout_s" \
+		${trace:+--trace "$trace" --trace-label "$mode,${names[$i]},$(cat "$work/$i.start")"} \
 		> "$work/$i.migrate.json" || tlm_die "${names[$i]}: migration did not complete"
 	date +%s.%N > "$work/$i.end"
 }
@@ -274,56 +281,15 @@ check_sum() {
 }
 
 report() {
-	python3 - "$work" "$json_out" "${names[@]}" <<'EOF'
-import json, sys
-work, json_out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
-rows, notes, mb = [], {}, lambda b: b / 1e6
-for i, name in enumerate(names):
-    m = json.load(open(f"{work}/{i}.migrate.json"))
-    t0, t1 = (float(open(f"{work}/{i}.{w}").read()) for w in ("start", "end"))
-    pss = json.load(open(f"{work}/{i}.pss"))
-    ram = m.get("ram", {})
-    try:
-        check = open(f"{work}/{i}.sum").read().split()[1] + " ok"
-    except OSError:
-        check = "not checked"
-    span = (min(t0, span[0]), max(t1, span[1])) if rows else (t0, t1)
-    # QEMU 7.2 reports "now - 0" as the postcopy downtime when the switch took under 1 ms
-    # (fixed upstream in 8.1: "ms->downtime_start" is never set on the postcopy path).
-    down = m.get("downtime")
-    down_note = ""
-    if down is not None and down > m.get("total-time", 0):
-        down, down_note = 0, f" (<1 ms; QEMU reported {m['downtime']} ms, a 7.2 bug)"
-    rows.append({"vm": name, "total_time_ms": m.get("total-time"),
-                 "downtime_ms": down, "downtime_qemu_ms": m.get("downtime"), "ram_transferred": ram.get("transferred"),
-                 "ram_total": ram.get("total"), "precopy_bytes": ram.get("precopy-bytes"),
-                 "postcopy_bytes": ram.get("postcopy-bytes"),
-                 "postcopy_requests": ram.get("postcopy-requests"),
-                 "dst_pss_kb": pss.get("pss_kb"), "dst_pss_shmem_kb": pss.get("pss_shmem_kb"),
-                 "checksum": check})
-    notes[name] = down_note
-for r in rows:
-    print(f"{r['vm']}: migrated in {r['total_time_ms'] / 1000:.2f} s (QEMU total-time),"
-          f" downtime {r['downtime_ms']} ms{notes[r['vm']]}; sent {mb(r['ram_transferred']):.1f} MB of"
-          f" {mb(r['ram_total']):.1f} MB RAM (precopy {mb(r['precopy_bytes']):.1f} MB,"
-          f" postcopy {mb(r['postcopy_bytes']):.1f} MB, {r['postcopy_requests']} page"
-          f" requests); destination Pss {r['dst_pss_kb'] / 1024:.1f} MiB"
-          f" (guest RAM {r['dst_pss_shmem_kb'] / 1024:.1f} MiB); checksum {r['checksum']}")
-tot = {"vms": len(rows), "ram_transferred": sum(r["ram_transferred"] for r in rows),
-       "wall_s": round(span[1] - span[0], 3),
-       "dst_pss_kb": sum(r["dst_pss_kb"] for r in rows)}
-print(f"total: {tot['vms']} VM(s), sent {mb(tot['ram_transferred']):.1f} MB,"
-      f" {tot['wall_s']:.2f} s from the first migrate to the last completion, destination Pss {tot['dst_pss_kb'] / 1024:.1f} MiB")
-if json_out:
-    with open(json_out, "w") as f:
-        json.dump({"mode": "qemu", "vms": rows, "total": tot}, f, indent=2)
-EOF
+	python3 "$tlm_root/qemu-glue/migrate_report.py" "$mode" "$work" "$json_out" "${names[@]}"
 }
 
 for i in "${!vms[@]}"; do prepare "$i"; done
 for i in "${!vms[@]}"; do start_migration "$i"; done
-precopy_wait
-for i in "${!vms[@]}"; do switch_to_postcopy "$i"; done
+if [ "$mode" = qemu ]; then
+	precopy_wait
+	for i in "${!vms[@]}"; do switch_to_postcopy "$i"; done
+fi
 for i in "${!vms[@]}"; do wait_completed "$i"; done
 for i in "${!vms[@]}"; do finish "$i"; done
 report
