@@ -391,9 +391,10 @@ class Run:
         self.each(Mig.start_dst, self.dst_sock, self.source)
         self.each(Mig.arm, self.dst_ctl)
         self.each(Mig.set_caps)
-        self.each(Mig.stop_source)
-        self.each(Mig.switch, self.ps.ctl)
-        self.each(Mig.resume_dst)
+        for m in self.migs:     # one switch-over after the other: each VM's downtime is its own
+            m.stop_source()
+            m.switch(self.ps.ctl)
+            m.resume_dst()
         self.wait_complete()
         self.each(Mig.finish, self.ps.ctl)
 
