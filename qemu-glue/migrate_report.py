@@ -16,6 +16,7 @@ Per VM, one row (also the JSON of --json):
                           QEMU has gone
   checksum                the guest's memory checksum, compared before/after
 
+    migrate_report.py compare RUN.json RUN.json...    a table of the same VMs in several modes
     migrate_report.py qemu WORKDIR JSON_OUT NAME...   (the bash qemu/precopy mode's files)
 """
 
@@ -96,7 +97,41 @@ def qemu_rows(work, names, mode):
     return rows, span[1] - span[0]
 
 
+def compare(paths):
+    """A table of the same VMs migrated in several modes (the first is the reference of
+    the ratio column when there are two)."""
+    runs = [json.load(open(p)) for p in paths]
+    metrics = [
+        ("VMs", lambda r: r["total"]["vms"], "{:.0f}"),
+        ("bytes on the wire, MB", lambda r: mb(r["total"]["wire_bytes"]), "{:.1f}"),
+        ("  of which guest RAM pages (DATA), MB",
+         lambda r: mb(r["total"]["tlm_payload_bytes"]) if r["mode"] == "tlm" else None,
+         "{:.1f}"),
+        ("slowest VM: start -> all pages present, s",
+         lambda r: max(v["time_s"] for v in r["vms"]), "{:.2f}"),
+        ("longest downtime, ms", lambda r: max(v["downtime_ms"] or 0 for v in r["vms"]),
+         "{:.0f}"),
+        ("destination memory (Pss of all VMs), MiB",
+         lambda r: r["total"]["dst_pss_kb"] / 1024, "{:.0f}"),
+        ("demand faults", lambda r: sum(v.get("demand_faults") or 0 for v in r["vms"]),
+         "{:.0f}"),
+    ]
+    head = [r["mode"] for r in runs] + (["ratio"] if len(runs) == 2 else [])
+    print("| | " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * len(head))
+    for label, fn, fmt in metrics:
+        vals = [fn(r) for r in runs]
+        cells = [fmt.format(v) if v is not None else "-" for v in vals]
+        if len(runs) == 2:
+            ok = None not in vals and vals[1]
+            cells.append(f"{vals[0] / vals[1]:.2f}x" if ok else "-")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "compare":
+        compare(sys.argv[2:])
+        sys.exit(0)
     if len(sys.argv) < 5 or sys.argv[1] not in ("qemu", "precopy"):
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         sys.exit(2)

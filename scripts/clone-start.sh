@@ -2,7 +2,7 @@
 # Start clones of a VM template (scripts/template-create.sh) and report their memory.
 #
 #   scripts/clone-start.sh TEMPLATE CLONE [--count N] [--reseed S] [--reseed-mib M]
-#                          [--glue PATH]
+#                          [--glue PATH] [--netns NS]
 #
 #   TEMPLATE        a template name (under /dev/shm/tlm/templates/) or its directory
 #   CLONE           the clone's VM name; with --count N the clones are CLONE-1..CLONE-N
@@ -13,6 +13,7 @@
 #                   template pages shared (default: $TLM_GLUE when that file exists);
 #                   without it each clone gets a private copy of the template RAM (the
 #                   non-shared fallback)
+#   --netns NS      run the clones' QEMU in network namespace NS (an emulated host)
 #
 # Each clone: QEMU with the template's command line, -incoming from the template's device
 # state with x-ignore-shared (its RAM is not in the stream: it is the clone's RAM file),
@@ -28,6 +29,7 @@ count=0
 reseed=
 reseed_mib=
 glue=
+netns=
 
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
 	--reseed) reseed=${2:-}; shift ;;
 	--reseed-mib) reseed_mib=${2:-}; shift ;;
 	--glue) glue=${2:-}; shift ;;
+	--netns) netns=${2:-}; shift ;;
 	-h|--help) tlm_usage; exit 0 ;;
 	-*) echo "$tlm_prog: unknown option '$1' (try --help)" >&2; exit 2 ;;
 	*)
@@ -83,7 +86,8 @@ start_clone() {
 	local name=$1 seed=$2 qmp st sum h p b th tp
 
 	# shellcheck disable=SC2046
-	tlm_vm start "$name" --like "$tdir/vm.json" --incoming defer $(ram_args) >/dev/null
+	tlm_vm start "$name" --like "$tdir/vm.json" --incoming defer $(ram_args) \
+		${netns:+--netns "$netns"} >/dev/null
 	qmp=$(tlm_vm info "$name" --get qmp)
 	tlm_qmp "$qmp" migrate-set-capabilities \
 		'{"capabilities":[{"capability":"x-ignore-shared","state":true}]}' >/dev/null
