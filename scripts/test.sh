@@ -24,5 +24,11 @@ while [ $# -gt 0 ]; do
 done
 
 "$here/scripts/setup.sh" --build-dir "$build_dir" "${setup_opts[@]}"
+# The QEMU tests (label qemu) need QEMU and the test guest: mkguest.sh installs the
+# packages and builds the guest once (cached). If it cannot, those tests say SKIPPED.
+if [ ${#ctest_opts[@]} -eq 0 ] || [[ "${ctest_opts[1]}" == *qemu* ]]; then
+	TLM_GUEST_DIR="$build_dir/guest" "$here/scripts/mkguest.sh" | tail -n 1 ||
+		echo "test.sh: the test guest could not be built: the QEMU tests will be skipped"
+fi
 cd "$build_dir"
 ctest --output-on-failure -j2 ${ctest_opts[@]+"${ctest_opts[@]}"}
