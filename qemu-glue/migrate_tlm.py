@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -243,8 +244,9 @@ class Mig:
         self.qmp("src", "migrate", {"uri": f"tcp:{self.opt.dst_addr}:{self.port}"})
 
     def resume_dst(self):
-        self.mig = V.wait_migration(self.src, ["completed"], 60)
-        V.wait_migration(self.dst, ["completed"], 30)
+        # polled fast: the guest is stopped meanwhile (the device state takes ~1 ms)
+        self.mig = V.wait_migration(self.src, ["completed"], 60, poll=0.002)
+        V.wait_migration(self.dst, ["completed"], 30, poll=0.002)
         if self.qmp("dst", "query-status")["status"] != "running":
             self.qmp("dst", "cont")
         self.t["running"] = time.time()
@@ -461,6 +463,8 @@ def parser():
 
 def main(argv):
     opt = parser().parse_args(argv)
+    # SIGTERM unwinds like a failure: the cleanup below undoes what can be undone
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("migrate-postcopy.sh: terminated"))
     if bool(opt.dst_ctl) != bool(opt.dst_sock):
         raise Fail("--dst-ctl and --dst-sock go together (a running tlm-uffd-server)")
     for d in ("src", "dst"):

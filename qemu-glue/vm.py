@@ -458,7 +458,7 @@ def trace_sample(trace, info):
                 f"{ram['total'] // 4096}\n")
 
 
-def wait_migration(cfg, until, timeout, timeout_ok=False, trace=None):
+def wait_migration(cfg, until, timeout, timeout_ok=False, trace=None, poll=0.05):
     """Poll query-migrate until status is in `until`; failed/cancelled raise; so does the
     timeout unless timeout_ok (then the last query-migrate result is returned)."""
     deadline = time.monotonic() + timeout
@@ -478,7 +478,7 @@ def wait_migration(cfg, until, timeout, timeout_ok=False, trace=None):
                 if timeout_ok:
                     return info
                 raise VMError(f"{cfg['name']}: migration still '{last}' after {timeout:g} s")
-            time.sleep(0.05)
+            time.sleep(poll)
 
 
 def pss(cfg):
