@@ -225,7 +225,8 @@ class Mig:
                                  {"capability": "postcopy-ram", "state": False}]}
         self.qmp("src", "migrate-set-capabilities", caps)
         self.qmp("dst", "migrate-set-capabilities", caps)
-        self.qmp("dst", "migrate-incoming", {"uri": f"tcp:{self.opt.dst_addr}:0"})
+        port = self.opt.dst_port + self.index if self.opt.dst_port else 0
+        self.qmp("dst", "migrate-incoming", {"uri": f"tcp:{self.opt.dst_addr}:{port}"})
         self.port = self.qmp("dst", "query-migrate")["socket-address"][0]["port"]
 
     def stop_source(self):
@@ -317,6 +318,8 @@ class Run:
         self.work = opt.work
         self.ps = self.ud = None
         self.migs = [Mig(a, opt) for a in opt.vms]
+        for i, m in enumerate(self.migs):
+            m.index = i
         names = [m.name for m in self.migs]
         if len(set(names)) != len(names):
             raise Fail(f"a VM is named twice: {' '.join(names)}")
@@ -334,7 +337,7 @@ class Run:
     def start_page_server(self):
         argv = netns_argv(self.opt.src_netns) + [
             os.path.join(self.opt.bin_dir, "tlm-page-server"),
-            "--listen", f"{self.opt.src_addr}:0", "--key", self.key,
+            "--listen", f"{self.opt.src_addr}:{self.opt.src_port}", "--key", self.key,
             "--ctl", os.path.join(self.work, "src", "ctl.sock"),
             "--log-level", self.opt.log_level]
         for m in self.migs:
@@ -449,6 +452,8 @@ def parser():
     ap.add_argument("--dst-template", help="the template's path at the destination")
     ap.add_argument("--src-addr", default="127.0.0.1")
     ap.add_argument("--dst-addr", default="127.0.0.1")
+    ap.add_argument("--src-port", type=int, default=0)
+    ap.add_argument("--dst-port", type=int, default=0)
     ap.add_argument("--src-netns")
     ap.add_argument("--dst-netns")
     ap.add_argument("--timeout", type=float, default=300)

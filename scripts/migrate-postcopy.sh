@@ -27,6 +27,8 @@
 #   --dst-template P   the template's path at the destination (default: the source's)
 #   --src-addr IP      address of the page server (default 127.0.0.1)
 #   --dst-addr IP      address of the destination QEMU's migration port (default 127.0.0.1)
+#   --src-port N       TCP port of the page server (default 0: any free port)
+#   --dst-port N       first TCP port of the destination QEMUs (VM i uses N+i; default: any)
 #   --src-netns NS, --dst-netns NS
 #                      run the source / destination side in these network namespaces
 #                      (emulated hosts; the source VMs must already run in --src-netns)
@@ -61,7 +63,8 @@ trace=
 
 while [ $# -gt 0 ]; do
 	case "$1" in
-	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-netns|--dst-netns)
+	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-port|--dst-port|\
+	--src-netns|--dst-netns)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
 		tlm_opts+=("$1" "$2"); shift ;;
 	--trace) trace=${2:-}; shift ;;
