@@ -28,7 +28,7 @@
 #define FRAMES_PER_CALL      256             /* frames handled before yielding */
 #define READS_PER_EVENT      4
 #define YIELD_FRAMES         32              /* bulk frames between checks for events */
-#define RETRY_BASE_MS        250
+#define RETRY_BASE_MS        100
 
 static void conn_init(struct dst_conn *c, struct dst_region *r, uint8_t chan)
 {
@@ -167,20 +167,59 @@ static bool fatal_errno(int rc)
 	       rc == -EINVAL;
 }
 
+/* The outage lasted longer than the limit: stop trying, faults keep waiting. */
+static void pause_peer(struct dst_region *r, const char *why)
+{
+	struct dst_peer *p = &r->peer;
+
+	p->paused = true;
+	p->retry_at = 0;
+	log_error("%s: source %s unreachable for %llu s (%s): paused, guest faults wait; "
+		  "`resume %s [HOST:PORT]` tries again", r->id, r->source,
+		  (unsigned long long)((tlm_now_ns() - p->outage_since) / 1000000000ull), why,
+		  r->id);
+	snprintf(r->fail_reason, sizeof(r->fail_reason), "paused: source unreachable: %s", why);
+}
+
 static void schedule_retry(struct dst_region *r, int rc, const char *why)
 {
 	struct dst_peer *p = &r->peer;
-	uint64_t ms;
+	uint64_t now = tlm_now_ns(), ms;
 
-	if (fatal_errno(rc) || ++p->attempts >= DST_PEER_MAX_ATTEMPTS) {
-		dst_region_fail(r, "source %s: %s%s", r->source, why,
-				fatal_errno(rc) ? "" : " (giving up after retries)");
+	if (fatal_errno(rc)) {
+		dst_region_fail(r, "source %s: %s", r->source, why);
 		return;
 	}
-	ms = (uint64_t)RETRY_BASE_MS << (p->attempts - 1);
-	p->retry_at = tlm_now_ns() + ms * 1000000ull;
-	log_warn("%s: source %s: %s; retrying in %llu ms (attempt %u of %u)", r->id, r->source,
-		 why, (unsigned long long)ms, p->attempts + 1, DST_PEER_MAX_ATTEMPTS);
+	if (!p->outage_since)
+		p->outage_since = now;
+	if (now - p->outage_since >= r->srv->outage_limit_ms * 1000000ull) {
+		pause_peer(r, why);
+		return;
+	}
+	p->attempts++;
+	ms = (uint64_t)RETRY_BASE_MS << (p->attempts < 6 ? p->attempts - 1 : 5);
+	if (ms > DST_PEER_RETRY_MAX_MS)
+		ms = DST_PEER_RETRY_MAX_MS;
+	p->retry_at = now + ms * 1000000ull;
+	log_warn("%s: source %s: %s; retrying in %llu ms (attempt %u)", r->id, r->source, why,
+		 (unsigned long long)ms, p->attempts + 1);
+}
+
+int dst_peer_resume(struct dst_region *r, const char *source)
+{
+	struct dst_peer *p = &r->peer;
+
+	if (!p->paused)
+		return -EINVAL;
+	if (source)
+		snprintf(r->source, sizeof(r->source), "%s", source);
+	p->paused = false;
+	p->attempts = 0;
+	p->outage_since = 0;
+	p->retry_at = tlm_now_ns();
+	r->fail_reason[0] = '\0';
+	log_info("%s: resuming: connecting to the source %s", r->id, r->source);
+	return 0;
 }
 
 static void flush_backlog(struct dst_region *r);
@@ -438,6 +477,7 @@ static int handle_frames(struct dst_conn *c, unsigned budget)
 			return -1;
 		}
 		r->peer.attempts = 0;     /* the session works */
+		r->peer.outage_since = 0;
 	}
 	return 1;
 }

@@ -6,7 +6,9 @@
  * Connecting: tlm_tcp_connect + tlm_proto_client_handshake (blocking, bounded by a few
  * seconds), then both sockets become non-blocking struct tlm_conn in the event loop.
  * A lost session is retried with backoff (the daemon's timer); faults keep waiting
- * meanwhile and their pages are demanded again on the new session.
+ * meanwhile and their pages are demanded again on the new session. An outage (no frame
+ * handled) longer than the server's outage limit pauses the peer: no more attempts, the
+ * guest's faults keep waiting, `resume ID [HOST:PORT]` (ctl) starts again.
  *
  * Demand: a page is demanded at most once per session (state REQUESTED); when the urgent
  * output buffer is full the request waits in a backlog.
@@ -39,7 +41,7 @@ struct dst_ev {
 
 /* ---- sessions ---------------------------------------------------------------------------- */
 
-#define DST_PEER_MAX_ATTEMPTS 6         /* connection attempts in a row before FAILED */
+#define DST_PEER_RETRY_MAX_MS 2000      /* backoff ceiling between connection attempts */
 
 struct dst_conn {
 	struct dst_region *r;
@@ -54,6 +56,8 @@ struct dst_peer {
 	struct dst_conn urg, bulk;
 	unsigned attempts;               /* failed attempts in a row */
 	uint64_t retry_at;               /* CLOCK_MONOTONIC ns of the next attempt, 0 = none */
+	uint64_t outage_since;           /* first failure since a frame was handled, 0 = none */
+	bool paused;                     /* outage limit reached: no attempts until resumed */
 	bool bulk_more;                  /* bulk frames may be buffered (paused / budget) */
 	bool lost;                       /* a session broke: closed at the next safe point */
 	uint64_t *backlog;               /* REQUESTED pages not yet queued on urgent */
@@ -78,6 +82,9 @@ size_t dst_peer_demand_room(const struct dst_region *r);
 /* Process bulk frames buffered while paused; true if more are pending. */
 bool dst_peer_work(struct dst_region *r);
 void dst_peer_tick(struct dst_region *r, uint64_t now_ns);
+/* Leave the paused state (new source address if not NULL) and connect at the next tick.
+ * -EINVAL if the peer is not paused. */
+int dst_peer_resume(struct dst_region *r, const char *source);
 uint64_t dst_peer_wire_in(const struct dst_region *r);
 uint64_t dst_peer_wire_out(const struct dst_region *r);
 

@@ -51,6 +51,7 @@ struct dst_server {
 	struct dst_region *regions;      /* every region, newest first */
 	struct dst_glue *glues;
 	bool exit_when_done, progress, stop;
+	uint64_t outage_limit_ms;        /* --outage-limit: source unreachable -> paused */
 };
 
 /* One accepted glue connection (one guest process). */
@@ -88,6 +89,8 @@ enum dst_pg_state { DST_MISSING = 0, DST_REQUESTED = 1, DST_PRESENT = 2, DST_REM
  *   FAILED        unrecoverable (second checksum mismatch, inconsistent source, no source
  *                 after retries): nothing more is placed, guest faults stay waiting.
  * A lost source connection does not change the phase: the peer reconnects (faults wait).
+ * After --outage-limit without a working session the peer is paused (stats show phase
+ * "paused"; faults whose content is known locally are still served) until `resume ID`.
  */
 enum dst_phase {
 	DST_WAITING_UFFD = 0, DST_CONNECTING, DST_MAPPING, DST_FETCHING, DST_COMPLETE,

@@ -91,7 +91,8 @@ void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j)
 	snprintf(base, sizeof(base), "0x%llx", (unsigned long long)(uintptr_t)r->base);
 	tlm_json_obj_begin(j, NULL);
 	tlm_json_str(j, "id", r->id);
-	tlm_json_str(j, "phase", dst_phase_name(r->phase));
+	tlm_json_str(j, "phase", r->peer.paused && dst_region_active(r) ? "paused" :
+		     dst_phase_name(r->phase));
 	tlm_json_str(j, "source", r->source);
 	tlm_json_str(j, "base", base);
 	tlm_json_bool(j, "template", r->tmpl != NULL);

@@ -35,6 +35,7 @@
 
 #define TICK_MS     100
 #define MAX_EVENTS  64
+#define CTL_CMDS    "stats [ID] | arm ID | resume ID [HOST:PORT] | shutdown"
 
 struct opts {
 	const char *sock, *ctl, *key, *source;
@@ -42,6 +43,7 @@ struct opts {
 	size_t ntmpl;
 	bool exit_when_done, progress;
 	int level;
+	uint64_t outage_limit_ms;
 };
 
 /* The daemon: shared state plus its own fds. */
@@ -54,7 +56,8 @@ struct daemon {
 
 static const char usage_text[] =
 "usage: tlm-uffd-server --sock GLUESOCK --ctl CTLSOCK --key KEYFILE [--source HOST:PORT]\n"
-"                       [--template PAGES]... [--exit-when-done] [--log-level L] [--progress]\n"
+"                       [--template PAGES]... [--outage-limit S] [--exit-when-done]\n"
+"                       [--log-level L] [--progress]\n"
 "\n"
 "Destination daemon of tlm: receives guest RAM regions and their userfaultfds from\n"
 "libtlm-glue.so over GLUESOCK and resolves the guest's page faults: template pages from the\n"
@@ -66,11 +69,13 @@ static const char usage_text[] =
 "  --key FILE         pre-shared key for the source (0600, 16..64 bytes or hex)\n"
 "  --source H:P       source page server, when a REGION names none\n"
 "  --template PAGES   local template (index PAGES.tlmi) regions may use; repeatable\n"
+"  --outage-limit S   source unreachable this long (seconds, default 60): the region\n"
+"                     pauses (faults wait, phase \"paused\") until `resume ID`\n"
 "  --exit-when-done   exit once a region completed and none is active\n"
 "  --log-level L      error | warn | info (default) | debug\n"
 "  --progress         one progress line per second and region (default on a TTY)\n"
 "\n"
-"Control commands: stats [ID] | arm ID | shutdown\n";
+"Control commands: stats [ID] | arm ID | resume ID [HOST:PORT] | shutdown\n";
 
 /* ---- options ------------------------------------------------------------------------------- */
 
@@ -108,6 +113,15 @@ static int opt_one(struct opts *o, int c, const char *arg)
 		o->tmpl[o->ntmpl++] = arg;
 		return 0;
 	}
+	case 'o': {
+		char *end;
+		double v = strtod(arg, &end);
+
+		if (end == arg || *end || !(v > 0) || v > 86400 * 365)
+			return opt_fail("--outage-limit '%s': expected seconds > 0", arg);
+		o->outage_limit_ms = (uint64_t)(v * 1000);
+		return 0;
+	}
 	case 'x': o->exit_when_done = true; return 0;
 	case 'p': o->progress = true; return 0;
 	case 'l':
@@ -128,6 +142,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "key", required_argument, NULL, 'k' },
 		{ "source", required_argument, NULL, 'S' },
 		{ "template", required_argument, NULL, 't' },
+		{ "outage-limit", required_argument, NULL, 'o' },
 		{ "exit-when-done", no_argument, NULL, 'x' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "progress", no_argument, NULL, 'p' },
@@ -138,6 +153,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 
 	opterr = 0;
 	o->level = TLM_LOG_INFO;
+	o->outage_limit_ms = 60000;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(usage_text, stdout);
@@ -426,6 +442,34 @@ static int ctl_arm(struct dst_server *s, const char *id, struct tlm_sbuf *reply)
 	return 0;
 }
 
+/* resume ID [HOST:PORT]: a region paused by the outage limit connects again. */
+static int ctl_resume(struct dst_server *s, const char *id, const char *source,
+		      struct tlm_sbuf *reply)
+{
+	struct dst_region *r = id ? find_region(s, id) : NULL;
+
+	if (!id) {
+		tlm_sbuf_printf(reply, "error: usage: resume ID [HOST:PORT]\n");
+		return -EINVAL;
+	}
+	if (!r || r->dead) {
+		tlm_sbuf_printf(reply, "error: no region '%s'\n", id);
+		return -ENOENT;
+	}
+	if (source && (!strrchr(source, ':') || strrchr(source, ':') == source ||
+		       strlen(source) >= sizeof(r->source))) {
+		tlm_sbuf_printf(reply, "error: resume: '%s' is not HOST:PORT\n", source);
+		return -EINVAL;
+	}
+	if (!dst_region_active(r) || dst_peer_resume(r, source) < 0) {
+		tlm_sbuf_printf(reply, "error: %s is not paused (phase %s)\n", id,
+				dst_phase_name(r->phase));
+		return -EINVAL;
+	}
+	tlm_sbuf_printf(reply, "ok resuming %s from %s\n", id, r->source);
+	return 0;
+}
+
 static int ctl_fn(void *ctx, char *line, struct tlm_sbuf *reply)
 {
 	struct dst_server *s = ctx;
@@ -434,9 +478,11 @@ static int ctl_fn(void *ctx, char *line, struct tlm_sbuf *reply)
 	char *extra = arg ? strtok_r(NULL, " \t", &save) : NULL;
 
 	if (!cmd) {
-		tlm_sbuf_printf(reply, "error: empty command (stats [ID] | arm ID | shutdown)\n");
+		tlm_sbuf_printf(reply, "error: empty command (%s)\n", CTL_CMDS);
 		return -EINVAL;
 	}
+	if (strcmp(cmd, "resume") == 0 && !(extra && strtok_r(NULL, " \t", &save)))
+		return ctl_resume(s, arg, extra, reply);
 	if (extra) {
 		tlm_sbuf_printf(reply, "error: %s: unexpected argument '%s'\n", cmd, extra);
 		return -EINVAL;
@@ -453,8 +499,7 @@ static int ctl_fn(void *ctx, char *line, struct tlm_sbuf *reply)
 		tlm_sbuf_printf(reply, "ok shutting down\n");
 		return 0;
 	}
-	tlm_sbuf_printf(reply, "error: unknown command '%s' (stats [ID] | arm ID | shutdown)\n",
-			cmd);
+	tlm_sbuf_printf(reply, "error: unknown command '%s' (%s)\n", cmd, CTL_CMDS);
 	return -EINVAL;
 }
 
@@ -720,6 +765,7 @@ int main(int argc, char **argv)
 	tlm_log_set_level((enum tlm_log_level)o.level);
 	d.s.default_source = o.source;
 	d.s.exit_when_done = o.exit_when_done;
+	d.s.outage_limit_ms = o.outage_limit_ms;
 	d.s.progress = o.progress || isatty(STDERR_FILENO);
 	if (tlm_key_load(o.key, &d.s.key, err, sizeof(err)) < 0) {
 		log_error("--key %s", err);
