@@ -40,6 +40,8 @@ import vm as V                         # noqa: E402
 from qmp import QMP, QMPError, QMPConnectionError  # noqa: E402
 
 POLL_S = 0.05
+MAX_RESTARTS = 3
+REANNOUNCE_S = 15
 
 
 class Fail(V.VMError):
@@ -84,9 +86,24 @@ class Daemon:
     def __init__(self, name, argv, work, ctl_path):
         self.name, self.ctl, self.log = name, ctl_path, os.path.join(work, f"{name}.log")
         self.out = os.path.join(work, f"{name}.out")
-        with open(self.log, "wb") as log, open(self.out, "wb") as out:
-            self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+        self.argv, self.restarts = argv, 0
+        self.spawn("wb")
+
+    def spawn(self, mode):
+        with open(self.log, mode) as log, open(self.out, mode) as out:
+            self.p = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
                                       stderr=log, start_new_session=True)
+
+    def restart(self):
+        """After a crash: the same command line (the glue hands its uffd over again; the
+        page server re-attaches to the frozen source)."""
+        if self.restarts >= MAX_RESTARTS:
+            raise Fail(f"{self.name} died {self.restarts + 1} times: {self.tail()}")
+        self.restarts += 1
+        log(f"{self.name} exited (status {self.p.returncode}: {self.tail()}); restarting it "
+            f"({self.restarts} of {MAX_RESTARTS})")
+        self.spawn("ab")
+        self.wait_ready()
 
     def tail(self):
         try:
@@ -255,8 +272,13 @@ class Mig:
 
     def poll_complete(self, ctl_path):
         r = region_stats(ctl_path, self.name)
-        if r is None:
-            raise Fail(f"{self.name}: tlm-uffd-server lost the region")
+        if r is None:       # a restarted daemon: the glue announces the region again
+            self.lost = getattr(self, "lost", None) or time.monotonic()
+            if time.monotonic() - self.lost > REANNOUNCE_S:
+                raise Fail(f"{self.name}: tlm-uffd-server lost the region (not announced "
+                           f"again in {REANNOUNCE_S} s)")
+            return {"pages": {"present": 0, "total": 0}}
+        self.lost = None
         if r["phase"] == "failed":
             raise Fail(f"{self.name}: tlm-uffd-server: {r.get('error', 'failed')} (the "
                        "destination is left paused on its faults)")
@@ -345,7 +367,9 @@ class Run:
         self.ps = Daemon("tlm-page-server", argv, self.work,
                          os.path.join(self.work, "src", "ctl.sock"))
         self.ps.wait_ready()
-        self.source = f"{self.opt.src_addr}:{self.ps.port()}"
+        port = self.ps.port()
+        self.source = f"{self.opt.src_addr}:{port}"
+        self.ps.argv[self.ps.argv.index("--listen") + 1] = self.source   # same port again
 
     def start_uffd_server(self):
         if self.opt.dst_ctl:        # the operator's daemon: it must answer
@@ -374,11 +398,16 @@ class Run:
         try:
             while any(m.phase == "switched" for m in self.migs):
                 now = time.time()
-                for m in self.migs:
-                    r = m.poll_complete(self.dst_ctl)
-                    if trace:
-                        trace.write(f"tlm,{m.name},{now - t0:.3f},{r['pages']['present']},"
-                                    f"{r['pages']['total']}\n")
+                try:
+                    samples = [(m, m.poll_complete(self.dst_ctl)) for m in self.migs]
+                except Fail:
+                    if self.watch_daemons():        # it died while we asked
+                        continue
+                    raise
+                self.watch_daemons()
+                for m, r in samples if trace else ():
+                    trace.write(f"tlm,{m.name},{now - t0:.3f},{r['pages']['present']},"
+                                f"{r['pages']['total']}\n")
                 if time.monotonic() > deadline:
                     left = [m.name for m in self.migs if m.phase == "switched"]
                     raise Fail(f"{' '.join(left)}: not every page present after "
@@ -387,6 +416,15 @@ class Run:
         finally:
             if trace:
                 trace.close()
+
+    def watch_daemons(self):
+        """Restart a daemon of this run that died; True if one did."""
+        dead = [d for d in (self.ps, self.ud) if d and d.p.poll() is not None]
+        for d in dead:
+            d.restart()
+            if d is self.ps:        # the sources are still stopped: serve them again
+                ctl(self.ps.ctl, "freeze all")
+        return bool(dead)
 
     def migrate(self):
         self.start_page_server()
