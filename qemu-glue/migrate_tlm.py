@@ -72,7 +72,8 @@ def ctl(path, line, timeout=30):
 
 
 def region_stats(ctl_path, vm_id):
-    regions = json.loads(ctl(ctl_path, f"stats {vm_id}")).get("regions", [])
+    """The region's stats, None if the daemon does not know it (yet, or any more)."""
+    regions = json.loads(ctl(ctl_path, "stats")).get("regions", [])
     return next((r for r in regions if r.get("id") == vm_id), None)
 
 

@@ -105,7 +105,7 @@ migrate_tlm() {
 	[ "$check" = 1 ] || args+=(--no-check)
 	[ -z "$json_out" ] || args+=(--json "$json_out")
 	[ -z "$trace" ] || args+=(--trace "$trace")
-	work=$(mktemp -d /tmp/tlm-migrate.XXXXXX)
+	work=$(mktemp -d "${TMPDIR:-/tmp}/tlm-migrate.XXXXXX")
 	python3 "$tlm_root/qemu-glue/migrate_tlm.py" --work "$work" --bin-dir "$bin" \
 		--glue "$glue" --timeout "$timeout_s" ${tlm_opts[@]+"${tlm_opts[@]}"} \
 		${args[@]+"${args[@]}"} "${vms[@]}" || rc=$?
@@ -116,7 +116,7 @@ migrate_tlm() {
 
 # ---- qemu mode ----------------------------------------------------------------------------
 names=() src_dirs=() dst_dirs=() phases=() sums=()
-work=$(mktemp -d /tmp/tlm-migrate.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/tlm-migrate.XXXXXX")
 
 # Undo what can be undone for every VM that did not finish (runs on any exit).
 cleanup() {

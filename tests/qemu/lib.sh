@@ -38,9 +38,13 @@ fi
 echo "$guest"
 
 TLM_RUN_DIR=$(mktemp -d /dev/shm/tlm-test.XXXXXX)
-export TLM_RUN_DIR
+TMPDIR=$TLM_RUN_DIR/tmp       # migrate-postcopy.sh's work dirs: daemons left after a failure
+mkdir "$TMPDIR"
+export TLM_RUN_DIR TMPDIR
 test_cleanup() {
 	local rc=$? link
+
+	pkill -f "$TMPDIR/tlm-migrate" 2>/dev/null || true
 
 	for link in "$TLM_RUN_DIR"/*; do
 		[ -L "$link" ] && vm stop "$link" >/dev/null 2>&1
