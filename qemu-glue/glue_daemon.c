@@ -10,17 +10,26 @@
  * We always keep our own reference to the uffd until DONE: if the daemon dies, the guest's
  * faults wait (the uffd is still open) instead of the kernel handing out zero pages or
  * SIGBUS. A guest that cannot finish its migration stays paused, never wrong.
+ *
+ * Daemon restart: when the connection breaks before DONE, the glue thread reconnects to
+ * TLM_SOCK with backoff (GLUE_RETRY_MIN_MS doubling up to GLUE_RETRY_MAX_MS, for as long
+ * as it takes) and sends REGION again: flagged ARMED with our uffd when armed, so the new
+ * daemon takes over where the old one stopped (it finds placed pages in our pagemap).
  */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "qemu-glue/glue_int.h"
+
+#define GLUE_RETRY_MIN_MS 50
+#define GLUE_RETRY_MAX_MS 2000
 
 static const char *glue_vm(void)
 {
@@ -207,9 +216,9 @@ static void glue_on_msg(struct glue_region *r, const struct tlm_local_msg *m)
 	}
 }
 
-static void *glue_thread(void *arg)
+/* Handle messages until the connection ends; returns what ended it (0 = closed). */
+static ssize_t glue_serve(struct glue_region *r)
 {
-	struct glue_region *r = arg;
 	struct tlm_local_msg m;
 	char err[256];
 	ssize_t n;
@@ -225,7 +234,7 @@ static void *glue_thread(void *arg)
 			continue;
 		}
 		if (n <= 0)
-			break;
+			return n;
 		if (fd >= 0)
 			close(fd);           /* the daemon never sends fds */
 		if (tlm_local_check(&m, (size_t)n, err, sizeof(err)) < 0) {
@@ -234,13 +243,54 @@ static void *glue_thread(void *arg)
 			continue;
 		}
 		glue_on_msg(r, &m);
+		if (r->state == GLUE_DONE)
+			return 0;
 	}
-	if (r->state == GLUE_DONE)
-		return NULL;
-	glue_log(GLUE_WARN, "%s: tlm-uffd-server connection %s%s", glue_vm(),
-		 n == 0 ? "closed" : strerror((int)-n), r->state == GLUE_ARMED ?
-		 "; keeping the uffd: faults wait" : "; the region was never armed");
-	return NULL;
+}
+
+/* The daemon went away: reconnect with backoff and hand the region over again. */
+static void glue_reconnect(struct glue_region *r)
+{
+	unsigned ms = GLUE_RETRY_MIN_MS;
+	char err[320];
+
+	close(r->sock);
+	r->sock = -1;
+	for (;;) {
+		struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+		int fd;
+
+		nanosleep(&ts, NULL);
+		fd = glue_daemon_connect(glue_config()->sock_path, err, sizeof(err));
+		if (fd >= 0) {
+			r->sock = fd;
+			if (glue_send_region(r, err, sizeof(err)) == 0)
+				break;
+			close(fd);
+			r->sock = -1;
+		}
+		glue_log(GLUE_DEBUG, "%s: reconnecting: %s", glue_vm(), err);
+		ms = ms * 2 > GLUE_RETRY_MAX_MS ? GLUE_RETRY_MAX_MS : ms * 2;
+	}
+	glue_log(GLUE_INFO, "%s: reconnected to tlm-uffd-server; region %s", glue_vm(),
+		 r->state == GLUE_ARMED ? "and uffd handed over again" : "sent again (not armed)");
+}
+
+static void *glue_thread(void *arg)
+{
+	struct glue_region *r = arg;
+
+	for (;;) {
+		ssize_t n = glue_serve(r);
+
+		if (r->state == GLUE_DONE)
+			return NULL;
+		glue_log(GLUE_WARN, "%s: tlm-uffd-server connection %s%s", glue_vm(),
+			 n == 0 ? "closed" : strerror((int)-n), r->state == GLUE_ARMED ?
+			 "; keeping the uffd (faults wait) and reconnecting" :
+			 "; the region was never armed: reconnecting");
+		glue_reconnect(r);
+	}
 }
 
 /* The thread must never take the program's signals: block them all while creating it. */

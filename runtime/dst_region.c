@@ -15,6 +15,7 @@
 #include "runtime/dst_region.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1224,6 +1225,49 @@ struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,
 	return r;
 }
 
+/* pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst) */
+#define PM_PRESENT (1ull << 63)
+#define PM_SWAPPED (1ull << 62)
+#define PM_CHUNK   4096u
+
+/*
+ * A uffd handed over again (the daemon restarted mid-migration): pages an earlier daemon
+ * placed are mapped in the guest; the kernel's page tables say which (pagemap of the
+ * guest pid from SO_PEERCRED). They are PRESENT and never placed again (EEXIST stays the
+ * backstop). On a fresh region nothing is mapped (the glue discarded it before arming).
+ */
+static int adopt_present(struct dst_region *r)
+{
+	uint64_t e[PM_CHUNK], found = 0;
+	char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)r->glue->pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	for (uint64_t i = 0; i < r->npages; i += PM_CHUNK) {
+		uint64_t n = r->npages - i < PM_CHUNK ? r->npages - i : PM_CHUNK;
+		off_t off = (off_t)(((uintptr_t)r->base / PS + i) * sizeof(e[0]));
+
+		if (pread(fd, e, n * sizeof(e[0]), off) != (ssize_t)(n * sizeof(e[0]))) {
+			close(fd);
+			return -EIO;
+		}
+		for (uint64_t k = 0; k < n; k++)
+			if ((e[k] & (PM_PRESENT | PM_SWAPPED)) && dst_pg_placeable(r, i + k)) {
+				dst_pg_set_state(r, i + k, DST_PRESENT);
+				found++;
+			}
+	}
+	close(fd);
+	r->st.adopted = found;
+	if (found)
+		log_info("%s: %llu pages already present in the guest (placed before a restart)",
+			 r->id, (unsigned long long)found);
+	return 0;
+}
+
 /*
  * Take over the uffd. A template region must have MINOR faults: without them the
  * kernel would map template pages into the guest for pages whose real content differs.
@@ -1251,6 +1295,13 @@ int dst_region_attach_uffd(struct dst_region *r, int fd, uint64_t features)
 		tlm_uffd_close(&r->uffd);
 		return rc;
 	}
+	rc = r->glue ? adopt_present(r) : 0;
+	if (rc < 0) {
+		dst_region_fail(r, "reading the guest's pagemap: %s", strerror(-rc));
+		return rc;
+	}
+	/* threads whose fault an earlier daemon read and never answered: fault again */
+	tlm_uffd_wake(&r->uffd, r->base, r->size);
 	r->phase = DST_CONNECTING;
 	log_info("%s: uffd attached: %llu pages at 0x%llx%s; connecting to %s", r->id,
 		 (unsigned long long)r->npages, (unsigned long long)(uintptr_t)r->base,

@@ -112,6 +112,7 @@ struct dst_region_stats {
 	uint64_t finish_demanded;                         /* DATA pages missing after DONE */
 	uint64_t wire_in, wire_out;                       /* of closed sessions */
 	uint64_t sessions, reconnects;
+	uint64_t adopted;                                 /* found present when attaching */
 	/* Fault service latency, from reading the fault to the placing ioctl (which wakes):
 	 * all faults, by class placed, and split by how: from local knowledge (template,
 	 * zero, known class) or after a DEMAND round trip to the source. */

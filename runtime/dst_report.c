@@ -110,6 +110,7 @@ void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_u64(j, "finish_demanded", st->finish_demanded);
 	tlm_json_u64(j, "sessions", st->sessions);
 	tlm_json_u64(j, "reconnects", st->reconnects);
+	tlm_json_u64(j, "adopted_present", st->adopted);
 	tlm_json_obj_begin(j, "source_progress");
 	tlm_json_u64(j, "sent", r->peer.progress_sent);
 	tlm_json_u64(j, "total", r->peer.progress_total);
