@@ -5,6 +5,7 @@
 #include <ftw.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "runtime/ctl.h"
+#include "runtime/json.h"
+#include "uffd/tlm_uffd.h"
 
 uint64_t e2e_now_ms(void)
 {
@@ -173,6 +178,61 @@ void e2e_close(struct e2e_proc *p)
 	p->out = -1;
 }
 
+int e2e_run(char *const argv[], const char *logpath, int timeout_ms)
+{
+	struct e2e_proc p;
+	int st;
+
+	if (e2e_spawn(&p, "cmd", argv, NULL, logpath) < 0 || e2e_wait(&p, timeout_ms, &st) < 0) {
+		e2e_close(&p);
+		return -1;
+	}
+	e2e_close(&p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+char *e2e_ctl(const char *ctl, const char *cmd)
+{
+	struct tlm_sbuf b;
+	int rc;
+
+	tlm_sbuf_init(&b);
+	rc = tlm_ctl_request(ctl, cmd, &b, 5000);
+	if (rc < 0 || !b.p) {
+		tlm_sbuf_fini(&b);
+		return NULL;
+	}
+	return b.p;           /* the caller frees */
+}
+
+bool e2e_skip_unless_uffd_root(const char *why_root)
+{
+	uint64_t feat = 0, ioctls = 0;
+	int rc = tlm_uffd_probe(&feat, &ioctls);
+
+	if (rc < 0 || !(feat & UFFD_FEATURE_MINOR_SHMEM)) {
+		printf("SKIP: userfaultfd %s\n", rc < 0 ? strerror(-rc) : "lacks MINOR_SHMEM");
+		return true;
+	}
+	if (geteuid() != 0) {
+		printf("SKIP: needs root (%s)\n", why_root);
+		return true;
+	}
+	return false;
+}
+
+void e2e_pathf(char *out, size_t len, const char *dir, const char *fmt, ...)
+{
+	int n = snprintf(out, len, "%s/", dir);
+	va_list ap;
+
+	if (n < 0 || (size_t)n >= len)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(out + n, len - (size_t)n, fmt, ap);
+	va_end(ap);
+}
+
 char *e2e_mkdtemp(const char *base)
 {
 	char *d = malloc(strlen(base) + 32);
@@ -210,6 +270,15 @@ int e2e_write_file(const char *path, const void *data, size_t len, int mode)
 	if (w != (ssize_t)len)
 		return -EIO;
 	return chmod(path, (mode_t)mode) < 0 ? -errno : 0;
+}
+
+int e2e_make_key(const char *path, uint8_t fill)
+{
+	char hex[65];
+
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", (uint8_t)(fill + i * 37));
+	return e2e_write_file(path, hex, 64, 0600);
 }
 
 char *e2e_read_file(const char *path)

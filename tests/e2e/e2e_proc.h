@@ -34,11 +34,20 @@ int e2e_wait(struct e2e_proc *p, int timeout_ms, int *status);
 /* Signal, then wait up to timeout (SIGKILL after it). Returns the exit code or -signal. */
 int e2e_stop(struct e2e_proc *p, int sig, int timeout_ms);
 void e2e_close(struct e2e_proc *p);
+/* Run to completion: the exit code, or -1 (killed, timeout, cannot start). */
+int e2e_run(char *const argv[], const char *logpath, int timeout_ms);
+/* A control socket request (runtime/ctl.h): the reply (malloc'ed) or NULL. */
+char *e2e_ctl(const char *ctl, const char *cmd);
 
 /* Helpers. */
 char *e2e_mkdtemp(const char *base);               /* malloc'ed path */
+/* out = dir/name, name from fmt. */
+void e2e_pathf(char *out, size_t len, const char *dir, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
 void e2e_rmrf(const char *dir);
 int e2e_write_file(const char *path, const void *data, size_t len, int mode);
+/* A 32-byte pre-shared key file (hex, 0600) derived from fill. */
+int e2e_make_key(const char *path, uint8_t fill);
 char *e2e_read_file(const char *path);              /* malloc'ed, NUL-terminated */
 bool e2e_file_contains(const char *path, const char *needle);   /* case-insensitive */
 /* Path of a built binary: $env_dir/rel, or $env_dir itself when rel is NULL/""
@@ -49,5 +58,8 @@ int e2e_json_u64(const char *json, const char *after, const char *key, uint64_t 
 int e2e_json_str(const char *json, const char *after, const char *key, char *out,
 		 size_t len);
 uint64_t e2e_now_ms(void);
+/* Prints "SKIP: ..." and returns true unless userfaultfd with MINOR_SHMEM is there and we
+ * are root (why_root says what needs root). */
+bool e2e_skip_unless_uffd_root(const char *why_root);
 
 #endif

@@ -90,16 +90,7 @@ static void w_path(char *out, size_t len, const char *name)
 
 static char *w_ctl(const char *ctl, const char *cmd)
 {
-	struct tlm_sbuf b;
-	int rc;
-
-	tlm_sbuf_init(&b);
-	rc = tlm_ctl_request(ctl, cmd, &b, 5000);
-	if (rc < 0 || !b.p) {
-		tlm_sbuf_fini(&b);
-		return NULL;
-	}
-	return b.p;           /* the caller frees */
+	return e2e_ctl(ctl, cmd);
 }
 
 /* Poll `stats ID` until key has one of the wanted values (or timeout); the last JSON is
@@ -122,26 +113,9 @@ static char *w_wait_state(const char *ctl, const char *id, const char *key, cons
 	return js;
 }
 
-static int w_run(char *const argv[], const char *log, int timeout_ms)
-{
-	struct e2e_proc p;
-	int st;
-
-	if (e2e_spawn(&p, "cmd", argv, NULL, log) < 0 || e2e_wait(&p, timeout_ms, &st) < 0) {
-		e2e_close(&p);
-		return -1;
-	}
-	e2e_close(&p);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void w_make_key(const char *path, uint8_t fill)
 {
-	char hex[65];
-
-	for (int i = 0; i < 32; i++)
-		snprintf(hex + 2 * i, 3, "%02x", (uint8_t)(fill + i * 37));
-	assert_int_equal(e2e_write_file(path, hex, 64, 0600), 0);
+	assert_int_equal(e2e_make_key(path, fill), 0);
 }
 
 static void w_make_template(const char *path, uint64_t seed)
@@ -151,7 +125,7 @@ static void w_make_template(const char *path, uint64_t seed)
 
 	w_path(log, sizeof(log), "tlm-template.log");
 	assert_int_equal(e2e_make_pages(path, W_PAGES, seed), 0);
-	if (w_run(argv, log, 60000) != 0)
+	if (e2e_run(argv, log, 60000) != 0)
 		fail_msg("tlm-template build --from %s failed (see %s)", path, log);
 }
 
@@ -728,17 +702,9 @@ int main(void)
 		cmocka_unit_test(test_digest_mismatch),
 		cmocka_unit_test(test_others_untouched),
 	};
-	uint64_t feat = 0, ioctls = 0;
-	int rc = tlm_uffd_probe(&feat, &ioctls);
 
-	if (rc < 0 || !(feat & UFFD_FEATURE_MINOR_SHMEM)) {
-		printf("SKIP: userfaultfd %s\n", rc < 0 ? strerror(-rc) : "lacks MINOR_SHMEM");
+	if (e2e_skip_unless_uffd_root("process_vm_readv of another process, pagemap PFNs"))
 		return 77;
-	}
-	if (geteuid() != 0) {
-		printf("SKIP: needs root (process_vm_readv of another process, pagemap PFNs)\n");
-		return 77;
-	}
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, w_setup, w_teardown);
 }
