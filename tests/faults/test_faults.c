@@ -1,0 +1,476 @@
+/*
+ * test_faults.c — fault injection on the synthetic guest (label faults).
+ *
+ * Many short migrations, each with its own seed (reproducible: `--seed S` gives the same
+ * guests, the same kinds of runs and the same proxy plans), real processes, real TCP:
+ *   source:      tlm-synth-guest source (frozen with SIGSTOP) + tlm-page-server
+ *   in between:  tlm-fault-proxy (cuts, truncates, delays, reorders, drops connections)
+ *   destination: tlm-uffd-server + tlm-synth-guest dest (glue, TLM_ARM=map)
+ * Kinds of run, in turn: proxy faults only (twice); tlm-page-server killed with SIGKILL,
+ * restarted on the same port with the same region and frozen again; tlm-uffd-server
+ * killed with SIGKILL and restarted (the glue hands the region and its uffd over again).
+ * Every run ends with the destination guest reading every page and comparing it with the
+ * source's XXH3-64 (manifest): zero differences allowed, and the region must be complete.
+ *
+ *   test_faults [--runs N] [--seed S] [--keep]      (default 48 runs, seed 1)
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/e2e/e2e_manifest.h"
+#include "tests/e2e/e2e_proc.h"
+#include "tests/e2e/e2e_tmpl.h"
+
+#define F_TMPL_SIZE (64ull << 20)
+#define F_MIX "template=60,zero=10,ref=5,data=25,dirty=2"
+#define F_TIMEOUT_MS 60000
+#define F_RATE "24"              /* MB/s per connection: a 16 MiB run lasts ~0.2 s */
+
+enum f_kind { F_PROXY = 0, F_KILL_PS, F_KILL_US, F_NKINDS };
+
+static const char *const f_kind_names[F_NKINDS] = { "proxy", "kill-page-server",
+						     "kill-uffd-server" };
+
+struct f_totals {
+	unsigned runs, completed, by_kind[F_NKINDS];
+	uint64_t faults[6];        /* cut truncate delay reorder drop conns (from the proxy) */
+	uint64_t kills_ps, kills_us, pages, mismatches, reconnects;
+};
+
+struct f_world {
+	char *dir;
+	char tmpl[300], key[300], ps_ctl[300], us_ctl[300], us_sock[300];
+	char bin_ps[400], bin_us[400], bin_tt[400], bin_px[400], guest[400], glue[400];
+	unsigned runs;
+	uint64_t seed;
+	bool keep;
+	struct f_totals t;
+};
+
+/* One migration. */
+struct f_run {
+	unsigned n;
+	uint64_t seed, rng, size;
+	enum f_kind kind;
+	char id[16], ram_src[300], ram_dst[300], manifest[300], log[5][300];
+	struct e2e_proc src, ps, px, us, dst;
+	uint64_t src_addr;
+	int ps_port, px_port;
+	char source[64];
+};
+
+enum { LOG_SRC, LOG_PS, LOG_PX, LOG_US, LOG_DST };
+
+static struct f_world F;
+
+static uint64_t f_rand(uint64_t *s)        /* splitmix64 */
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static void f_path(char *out, size_t len, const char *name)
+{
+	snprintf(out, len, "%s/%s", F.dir, name);
+}
+
+/* `ctl cmd` must answer "ok...". */
+static void f_ctl_ok(const char *ctl, const char *cmd)
+{
+	char *r = e2e_ctl(ctl, cmd);
+
+	if (!r || strncmp(r, "ok", 2) != 0)
+		fail_msg("%s: %s: %s", ctl, cmd, r ? r : "no reply");
+	free(r);
+}
+
+/* ---- processes ----------------------------------------------------------------------------- */
+
+static void f_start_source(struct f_run *x)
+{
+	char e_pre[500], e_ram[400], e_tmpl[400], seed[32], size[32], line[256];
+	char *env[] = { e_pre, e_ram, e_tmpl, "TLM_SOCK", NULL };
+	char *argv[] = { F.guest, "source", "--ram", x->ram_src, "--size", size, "--template",
+			 F.tmpl, "--seed", seed, "--mix", F_MIX, "--manifest", x->manifest, NULL };
+
+	snprintf(e_pre, sizeof(e_pre), "LD_PRELOAD=%s", F.glue);
+	snprintf(e_ram, sizeof(e_ram), "TLM_RAM_PATH=%s", x->ram_src);
+	snprintf(e_tmpl, sizeof(e_tmpl), "TLM_TEMPLATE=%s", F.tmpl);
+	snprintf(seed, sizeof(seed), "%" PRIu64, x->seed);
+	snprintf(size, sizeof(size), "%" PRIu64, x->size);
+	assert_int_equal(e2e_spawn(&x->src, "src", argv, env, x->log[LOG_SRC]), 0);
+	if (e2e_expect(&x->src, "ready addr=", line, sizeof(line), 30000) != 1)
+		fail_msg("%s: source guest not ready (see %s)", x->id, x->log[LOG_SRC]);
+	assert_int_equal(sscanf(line, "ready addr=%" SCNx64, &x->src_addr), 1);
+}
+
+/* port 0: any; later the same port again (a restarted page server). */
+static void f_start_page_server(struct f_run *x)
+{
+	char spec[600], listen[64], line[128];
+	char *argv[] = { F.bin_ps, "--listen", listen, "--key", F.key, "--ctl", F.ps_ctl,
+			 "--region", spec, "--log-level", "info", NULL };
+
+	snprintf(listen, sizeof(listen), "127.0.0.1:%d", x->ps_port);
+	snprintf(spec, sizeof(spec), "%s,pid=%d,addr=0x%" PRIx64 ",size=%" PRIu64
+		 ",template=%s", x->id, (int)x->src.pid, x->src_addr, x->size, F.tmpl);
+	assert_int_equal(e2e_spawn(&x->ps, "page-server", argv, NULL, x->log[LOG_PS]), 0);
+	if (e2e_expect(&x->ps, "port ", line, sizeof(line), 20000) != 1)
+		fail_msg("%s: tlm-page-server printed no port (see %s)", x->id, x->log[LOG_PS]);
+	assert_int_equal(sscanf(line, "port %d", &x->ps_port), 1);
+}
+
+static void f_start_proxy(struct f_run *x)
+{
+	char listen[] = "127.0.0.1:0", up[64], seed[32], line[128];
+	char *argv[] = { F.bin_px, "--listen", listen, "--upstream", up, "--seed", seed,
+			 "--faults", x->kind == F_PROXY ? "4" : "1", "--rate", F_RATE, NULL };
+
+	snprintf(up, sizeof(up), "127.0.0.1:%d", x->ps_port);
+	snprintf(seed, sizeof(seed), "%" PRIu64, x->seed);
+	assert_int_equal(e2e_spawn(&x->px, "proxy", argv, NULL, x->log[LOG_PX]), 0);
+	if (e2e_expect(&x->px, "port ", line, sizeof(line), 10000) != 1)
+		fail_msg("%s: tlm-fault-proxy printed no port (see %s)", x->id, x->log[LOG_PX]);
+	assert_int_equal(sscanf(line, "port %d", &x->px_port), 1);
+	snprintf(x->source, sizeof(x->source), "127.0.0.1:%d", x->px_port);
+}
+
+static void f_start_uffd_server(struct f_run *x)
+{
+	char *argv[] = { F.bin_us, "--sock", F.us_sock, "--ctl", F.us_ctl, "--key", F.key,
+			 "--source", x->source, "--template", F.tmpl, "--outage-limit", "30",
+			 "--log-level", "info", NULL };
+	uint64_t end = e2e_now_ms() + 20000;
+	char *js = NULL;
+
+	assert_int_equal(e2e_spawn(&x->us, "uffd-server", argv, NULL, x->log[LOG_US]), 0);
+	while (!js && e2e_now_ms() < end) {
+		usleep(20000);
+		js = e2e_ctl(F.us_ctl, "stats");
+	}
+	if (!js)
+		fail_msg("%s: tlm-uffd-server does not answer (see %s)", x->id, x->log[LOG_US]);
+	free(js);
+}
+
+static void f_freeze(struct f_run *x)
+{
+	char cmd[64];
+
+	snprintf(cmd, sizeof(cmd), "freeze %s", x->id);
+	f_ctl_ok(F.ps_ctl, cmd);
+}
+
+static void f_start_dest(struct f_run *x)
+{
+	char e_pre[500], e_ram[400], e_tmpl[400], e_sock[400], e_vm[64], e_src[128], size[32];
+	char line[256];
+	char *env[] = { e_pre, e_ram, e_tmpl, e_sock, e_vm, e_src, "TLM_ARM=map", NULL };
+	char *argv[] = { F.guest, "dest", "--ram", x->ram_dst, "--size", size, "--manifest",
+			 x->manifest, "--hold", NULL };
+
+	snprintf(e_pre, sizeof(e_pre), "LD_PRELOAD=%s", F.glue);
+	snprintf(e_ram, sizeof(e_ram), "TLM_RAM_PATH=%s", x->ram_dst);
+	snprintf(e_tmpl, sizeof(e_tmpl), "TLM_TEMPLATE=%s", F.tmpl);
+	snprintf(e_sock, sizeof(e_sock), "TLM_SOCK=%s", F.us_sock);
+	snprintf(e_vm, sizeof(e_vm), "TLM_VM_ID=%s", x->id);
+	snprintf(e_src, sizeof(e_src), "TLM_SOURCE=%s", x->source);
+	snprintf(size, sizeof(size), "%" PRIu64, x->size);
+	assert_int_equal(e2e_spawn(&x->dst, "dst", argv, env, x->log[LOG_DST]), 0);
+	if (e2e_expect(&x->dst, "mapped addr=", line, sizeof(line), 20000) != 1)
+		fail_msg("%s: destination guest did not map its RAM (see %s)", x->id,
+			 x->log[LOG_DST]);
+}
+
+/* ---- kills ----------------------------------------------------------------------------------- */
+
+/* Somewhere in the migration: once 5..99 % of the pages are present (or 3 s). */
+static void f_kill_point(struct f_run *x)
+{
+	uint64_t want = (x->size / E2E_PAGE) * (5 + f_rand(&x->rng) % 95) / 100, have = 0;
+	uint64_t end = e2e_now_ms() + 3000;
+	char cmd[64], *js;
+
+	snprintf(cmd, sizeof(cmd), "stats %s", x->id);
+	while (have < want && e2e_now_ms() < end) {
+		js = e2e_ctl(F.us_ctl, cmd);
+		if (js)
+			e2e_json_u64(js, "\"pages\":{", "present", &have);
+		free(js);
+		usleep(2000);
+	}
+}
+
+static void f_kill_page_server(struct f_run *x)
+{
+	f_kill_point(x);
+	e2e_stop(&x->ps, SIGKILL, 5000);
+	e2e_close(&x->ps);
+	F.t.kills_ps++;
+	usleep((useconds_t)(f_rand(&x->rng) % 500) * 1000);      /* the link stays down */
+	f_start_page_server(x);        /* same port, same region: the source is still frozen */
+	f_freeze(x);
+}
+
+static void f_kill_uffd_server(struct f_run *x)
+{
+	f_kill_point(x);
+	e2e_stop(&x->us, SIGKILL, 5000);
+	e2e_close(&x->us);
+	F.t.kills_us++;
+	usleep((useconds_t)(f_rand(&x->rng) % 300) * 1000);
+	f_start_uffd_server(x);
+}
+
+/* ---- checks ----------------------------------------------------------------------------------- */
+
+/* The guest reads and compares every page, then holds. */
+static void f_verify_guest(struct f_run *x)
+{
+	uint64_t end = e2e_now_ms() + F_TIMEOUT_MS;
+	long long pages = -1, mism = -1;
+	bool holding = false;
+	char line[512];
+
+	while (!holding && e2e_now_ms() < end &&
+	       e2e_read_line(&x->dst, line, sizeof(line), (int)(end - e2e_now_ms())) == 1) {
+		sscanf(line, "verify: pages=%lld mismatches=%lld", &pages, &mism);
+		holding = strcmp(line, "holding") == 0;
+	}
+	if (pages < 0 || mism < 0)
+		fail_msg("%s (%s, seed %" PRIu64 "): the destination guest did not finish "
+			 "reading its RAM (see %s, %s)", x->id, f_kind_names[x->kind], x->seed,
+			 x->log[LOG_DST], x->log[LOG_US]);
+	F.t.pages += (uint64_t)pages;
+	F.t.mismatches += (uint64_t)mism;
+	if (mism || (uint64_t)pages != x->size / E2E_PAGE)
+		fail_msg("%s (seed %" PRIu64 "): %lld of %lld pages differ from the source",
+			 x->id, x->seed, mism, pages);
+}
+
+/* The region completes (every page present, DONE received). */
+static void f_check_complete(struct f_run *x)
+{
+	uint64_t end = e2e_now_ms() + 15000, rec = 0;
+	char cmd[64], phase[32] = "", *js = NULL;
+
+	snprintf(cmd, sizeof(cmd), "stats %s", x->id);
+	while (strcmp(phase, "complete") != 0 && e2e_now_ms() < end) {
+		free(js);
+		js = e2e_ctl(F.us_ctl, cmd);
+		if (!js || e2e_json_str(js, NULL, "phase", phase, sizeof(phase)) < 0)
+			phase[0] = '\0';
+		if (strcmp(phase, "complete") != 0)
+			usleep(20000);
+	}
+	if (strcmp(phase, "complete") != 0)
+		fail_msg("%s (seed %" PRIu64 "): region phase '%s', expected complete (see %s)",
+			 x->id, x->seed, phase, x->log[LOG_US]);
+	if (js && e2e_json_u64(js, NULL, "reconnects", &rec) == 0)
+		F.t.reconnects += rec;
+	free(js);
+	F.t.completed++;
+}
+
+/* The proxy's closing line: faults that took effect. */
+static void f_proxy_counts(struct f_run *x)
+{
+	unsigned long long v[6] = { 0 };
+	char line[256];
+
+	kill(x->px.pid, SIGTERM);
+	if (e2e_expect(&x->px, "faults ", line, sizeof(line), 5000) == 1 &&
+	    sscanf(line, "faults cut=%llu truncate=%llu delay=%llu reorder=%llu drop=%llu "
+		   "conns=%llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) == 6)
+		for (int i = 0; i < 6; i++)
+			F.t.faults[i] += v[i];
+	assert_int_equal(e2e_stop(&x->px, SIGTERM, 5000), 0);
+}
+
+/* ---- one run ---------------------------------------------------------------------------------- */
+
+static void f_run_init(struct f_run *x, unsigned n)
+{
+	static const char *const logs[5] = { "src", "ps", "proxy", "us", "dst" };
+
+	memset(x, 0, sizeof(*x));
+	x->n = n;
+	x->seed = F.seed * 1000003ull + n;
+	x->rng = x->seed;
+	x->kind = n % 4 < 2 ? F_PROXY : (enum f_kind)(n % 4 - 1);
+	x->size = (f_rand(&x->rng) % 8 == 0 ? 64ull : 16ull) << 20;
+	snprintf(x->id, sizeof(x->id), "f%u", n);
+	e2e_pathf(x->ram_src, sizeof(x->ram_src), F.dir, "%s.src.ram", x->id);
+	e2e_pathf(x->ram_dst, sizeof(x->ram_dst), F.dir, "%s.dst.ram", x->id);
+	e2e_pathf(x->manifest, sizeof(x->manifest), F.dir, "%s.manifest", x->id);
+	for (int i = 0; i < 5; i++)
+		e2e_pathf(x->log[i], sizeof(x->log[i]), F.dir, "%s.%s.log", x->id, logs[i]);
+	x->src.out = x->ps.out = x->px.out = x->us.out = x->dst.out = -1;
+}
+
+static void f_run_fini(struct f_run *x)
+{
+	struct e2e_proc *all[] = { &x->dst, &x->us, &x->px, &x->ps, &x->src };
+
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		e2e_close(all[i]);         /* SIGTERM, then SIGKILL */
+	unlink(x->ram_src);
+	unlink(x->ram_dst);
+	unlink(x->manifest);
+	if (!F.keep)
+		for (int i = 0; i < 5; i++)
+			unlink(x->log[i]);
+}
+
+static void f_run_one(struct f_run *x)
+{
+	f_start_source(x);
+	f_start_page_server(x);
+	f_start_proxy(x);
+	f_start_uffd_server(x);
+	kill(x->src.pid, SIGSTOP);
+	f_freeze(x);
+	f_start_dest(x);
+	if (x->kind == F_KILL_PS)
+		f_kill_page_server(x);
+	else if (x->kind == F_KILL_US)
+		f_kill_uffd_server(x);
+	f_verify_guest(x);
+	f_check_complete(x);
+	f_proxy_counts(x);
+	assert_int_equal(e2e_stop(&x->dst, SIGTERM, 10000), 0);   /* exit 0: all matched */
+	assert_int_equal(e2e_stop(&x->us, SIGTERM, 10000), 0);
+	assert_int_equal(e2e_stop(&x->ps, SIGTERM, 10000), 0);
+}
+
+static void test_campaign(void **state)
+{
+	uint64_t t0 = e2e_now_ms();
+
+	(void)state;
+	for (unsigned n = 0; n < F.runs; n++) {
+		struct f_run x;
+
+		f_run_init(&x, n);
+		F.t.runs++;
+		F.t.by_kind[x.kind]++;
+		print_message("run %u/%u: %s, %" PRIu64 " MiB, seed %" PRIu64 "\n", n + 1, F.runs,
+			      f_kind_names[x.kind], x.size >> 20, x.seed);
+		f_run_one(&x);
+		f_run_fini(&x);
+	}
+	print_message("campaign: %u runs in %.1f s\n", F.t.runs,
+		      (double)(e2e_now_ms() - t0) / 1000.0);
+	assert_int_equal(F.t.mismatches, 0);
+	assert_int_equal(F.t.completed, F.t.runs);
+}
+
+/* ---- setup ------------------------------------------------------------------------------------ */
+
+static int f_setup(void **state)
+{
+	char log[300];
+	char *argv[] = { F.bin_tt, "build", "--from", F.tmpl, NULL };
+
+	(void)state;
+	if (e2e_bin(F.bin_ps, sizeof(F.bin_ps), "TLM_BIN_DIR", "tlm-page-server") ||
+	    e2e_bin(F.bin_us, sizeof(F.bin_us), "TLM_BIN_DIR", "tlm-uffd-server") ||
+	    e2e_bin(F.bin_tt, sizeof(F.bin_tt), "TLM_BIN_DIR", "tlm-template") ||
+	    e2e_bin(F.bin_px, sizeof(F.bin_px), "TLM_TEST_BIN_DIR", "faults/tlm-fault-proxy") ||
+	    e2e_bin(F.guest, sizeof(F.guest), "TLM_TEST_BIN_DIR", "e2e/tlm-synth-guest") ||
+	    e2e_bin(F.glue, sizeof(F.glue), "TLM_GLUE", NULL))
+		return -1;
+	F.dir = e2e_mkdtemp("/dev/shm");       /* MINOR faults need the template on tmpfs */
+	if (!F.dir)
+		return -1;
+	f_path(F.tmpl, sizeof(F.tmpl), "base.pages");
+	f_path(F.key, sizeof(F.key), "key");
+	f_path(F.ps_ctl, sizeof(F.ps_ctl), "ps/ctl.sock");
+	f_path(F.us_ctl, sizeof(F.us_ctl), "us/ctl.sock");
+	f_path(F.us_sock, sizeof(F.us_sock), "us/glue.sock");
+	f_path(log, sizeof(log), "tlm-template.log");
+	if (e2e_make_key(F.key, 7) < 0 ||
+	    e2e_make_pages(F.tmpl, F_TMPL_SIZE / E2E_PAGE, F.seed) < 0 ||
+	    e2e_run(argv, log, 60000) != 0)
+		return -1;
+	return 0;
+}
+
+static int f_teardown(void **state)
+{
+	const struct f_totals *t = &F.t;
+
+	(void)state;
+	printf("\n== tlm fault injection summary (seed %" PRIu64 ")\n", F.seed);
+	printf("runs: %u (proxy faults %u, page-server killed %u, uffd-server killed %u)\n",
+	       t->runs, t->by_kind[F_PROXY], t->by_kind[F_KILL_PS], t->by_kind[F_KILL_US]);
+	printf("faults injected: cut %" PRIu64 ", truncate %" PRIu64 ", delay %" PRIu64
+	       ", reorder %" PRIu64 ", drop %" PRIu64 " (over %" PRIu64 " connections); "
+	       "kill -9 page-server %" PRIu64 ", uffd-server %" PRIu64 "\n", t->faults[0],
+	       t->faults[1], t->faults[2], t->faults[3], t->faults[4], t->faults[5],
+	       t->kills_ps, t->kills_us);
+	printf("migrations completed: %u of %u; source reconnects at the destination: %" PRIu64
+	       "\n", t->completed, t->runs, t->reconnects);
+	printf("pages compared: %" PRIu64 ", mismatches: %" PRIu64 "\n", t->pages,
+	       t->mismatches);
+	printf("logs: %s%s\n", F.dir ? F.dir : "-", F.keep ? "" : " (removed; --keep keeps them)");
+	if (F.dir && !F.keep)
+		e2e_rmrf(F.dir);
+	free(F.dir);
+	return 0;
+}
+
+static int f_args(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "runs", required_argument, NULL, 'r' },
+		{ "seed", required_argument, NULL, 's' },
+		{ "keep", no_argument, NULL, 'k' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	F.runs = 48;
+	F.seed = 1;
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		if (c == 'r')
+			F.runs = (unsigned)strtoul(optarg, NULL, 0);
+		else if (c == 's')
+			F.seed = strtoull(optarg, NULL, 0);
+		else if (c == 'k')
+			F.keep = true;
+		else
+			return -1;
+	}
+	return F.runs ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = { cmocka_unit_test(test_campaign) };
+
+	if (f_args(argc, argv) < 0) {
+		fprintf(stderr, "usage: test_faults [--runs N>0] [--seed S] [--keep]\n");
+		return 2;
+	}
+	if (e2e_skip_unless_uffd_root("process_vm_readv of another process, its pagemap"))
+		return 77;
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, f_setup, f_teardown);
+}
