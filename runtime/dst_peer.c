@@ -497,7 +497,6 @@ static void bulk_pause(struct dst_conn *c)
 static void conn_input(struct dst_conn *c)
 {
 	unsigned budget = c->chan == TLM_CHAN_URGENT ? UINT_MAX : FRAMES_PER_CALL;
-
 	for (int reads = 0;; reads++) {
 		int rc = handle_frames(c, budget);
 		ssize_t n;

@@ -952,6 +952,12 @@ static bool wants_data(const struct dst_region *r, uint64_t i)
 	return dst_pg_state(r, i) == DST_MISSING && (c == 0 || c == TLM_CLASS_DATA);
 }
 
+/* Every page's class is known and the stream is over (DONE) or not needed (resumed). */
+static bool finishing(const struct dst_region *r)
+{
+	return r->done_rcvd || r->resumed;
+}
+
 /*
  * After DONE every DATA page should have come. Pages that did not (a source that skipped
  * them, a session lost mid-stream) are demanded here, in runs, as urgent has room; pages
@@ -961,7 +967,7 @@ static void finish_sweep(struct dst_region *r)
 {
 	uint64_t i = r->finish_cursor, end = r->npages;
 
-	if (!r->done_rcvd || r->nmruns || !dst_peer_up(r))
+	if (!finishing(r) || r->nmruns || !dst_peer_up(r))
 		return;
 	if (end - i > FINISH_BUDGET)
 		end = i + FINISH_BUDGET;
@@ -980,7 +986,7 @@ static void finish_sweep(struct dst_region *r)
 			break;
 		while (j < r->npages && j - i < TLM_PROTO_MAX_DEMAND && wants_data(r, j))
 			j++;
-		if (!r->st.finish_demanded)
+		if (!r->st.finish_demanded && !r->resumed)
 			log_warn("%s: page %llu missing after DONE: demanding it (and any other)",
 				 r->id, (unsigned long long)i);
 		r->st.finish_demanded += j - i;
@@ -992,7 +998,7 @@ static void finish_sweep(struct dst_region *r)
 
 static bool settled(const struct dst_region *r)
 {
-	return r->done_rcvd && !r->nmruns && !r->nredo &&
+	return finishing(r) && !r->nmruns && !r->nredo &&
 	       r->n_present + r->n_removed == r->npages;
 }
 
@@ -1049,7 +1055,7 @@ bool dst_region_busy(const struct dst_region *r)
 	if (!live(r))
 		return r->dead ? !r->released : r->phase == DST_FAILED && !r->released;
 	return r->nredo || r->nmruns || r->peer.bulk_more ||
-	       (r->done_rcvd && r->finish_cursor < r->npages && dst_peer_up(r) &&
+	       (finishing(r) && r->finish_cursor < r->npages && dst_peer_up(r) &&
 		dst_peer_demand_room(r));
 }
 
@@ -1089,6 +1095,11 @@ void dst_region_connected(struct dst_region *r)
 {
 	if (r->phase == DST_CONNECTING)
 		r->phase = DST_MAPPING;
+	if (r->map_final && !r->resumed)
+		log_info("%s: resuming with the class map we have: demanding the %llu pages still "
+			 "missing", r->id, (unsigned long long)(r->npages - r->n_present -
+								 r->n_removed));
+	r->resumed = r->map_final;
 	for (uint64_t i = 0; i < r->npages && live(r); i++)
 		if ((r->pg[i] & DST_PG_FAULTED) && wants_data(r, i))
 			dst_peer_demand(r, i, 1);

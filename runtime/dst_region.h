@@ -151,6 +151,11 @@ struct dst_region {
 	uint64_t mpos;                    /* pages of mruns[mcur] already swept */
 	bool map_final;                   /* the final CLASS_MAP frame was ingested */
 	bool done_rcvd;                   /* DONE came on bulk */
+	/* A session after one that brought the whole class map: the pages still missing are
+	 * demanded at once (finish sweep) and the region completes when they are present,
+	 * without waiting for the resent bulk stream's DONE (the source sends a page it has
+	 * already queued on bulk there, not on urgent: bulk is still read). */
+	bool resumed;
 	uint64_t finish_cursor;           /* after DONE: next page to check for leftovers */
 
 	struct dst_fault *faults;         /* waiting faults (latency), bounded */

@@ -9,6 +9,9 @@
  * Kinds of run, in turn: proxy faults only (twice); tlm-page-server killed with SIGKILL,
  * restarted on the same port with the same region and frozen again; tlm-uffd-server
  * killed with SIGKILL and restarted (the glue hands the region and its uffd over again).
+ * The last run is an outage: tlm-page-server killed and not restarted, the destination
+ * (--outage-limit 1) must report the region "paused" (faults wait), then a new page
+ * server on another port and `resume ID HOST:PORT` finish it.
  * Every run ends with the destination guest reading every page and comparing it with the
  * source's XXH3-64 (manifest): zero differences allowed, and the region must be complete.
  *
@@ -39,13 +42,13 @@
 #define F_TIMEOUT_MS 60000
 #define F_RATE "24"              /* MB/s per connection: a 16 MiB run lasts ~0.2 s */
 
-enum f_kind { F_PROXY = 0, F_KILL_PS, F_KILL_US, F_NKINDS };
+enum f_kind { F_PROXY = 0, F_KILL_PS, F_KILL_US, F_OUTAGE, F_NKINDS };
 
 static const char *const f_kind_names[F_NKINDS] = { "proxy", "kill-page-server",
-						     "kill-uffd-server" };
+						     "kill-uffd-server", "outage" };
 
 struct f_totals {
-	unsigned runs, completed, by_kind[F_NKINDS];
+	unsigned runs, completed, resumed, by_kind[F_NKINDS];
 	uint64_t faults[6];        /* cut truncate delay reorder drop conns (from the proxy) */
 	uint64_t kills_ps, kills_us, pages, mismatches, reconnects;
 };
@@ -154,7 +157,8 @@ static void f_start_proxy(struct f_run *x)
 static void f_start_uffd_server(struct f_run *x)
 {
 	char *argv[] = { F.bin_us, "--sock", F.us_sock, "--ctl", F.us_ctl, "--key", F.key,
-			 "--source", x->source, "--template", F.tmpl, "--outage-limit", "30",
+			 "--source", x->source, "--template", F.tmpl, "--outage-limit",
+			 x->kind == F_OUTAGE ? "1" : "30",
 			 "--log-level", "info", NULL };
 	uint64_t end = e2e_now_ms() + 20000;
 	char *js = NULL;
@@ -200,10 +204,11 @@ static void f_start_dest(struct f_run *x)
 
 /* ---- kills ----------------------------------------------------------------------------------- */
 
-/* Somewhere in the migration: once 5..99 % of the pages are present (or 3 s). */
-static void f_kill_point(struct f_run *x)
+/* Somewhere in the migration: once 5..max_pct % of the pages are present (or 3 s). */
+static void f_kill_point(struct f_run *x, unsigned max_pct)
 {
-	uint64_t want = (x->size / E2E_PAGE) * (5 + f_rand(&x->rng) % 95) / 100, have = 0;
+	uint64_t pct = 5 + f_rand(&x->rng) % (max_pct - 4);
+	uint64_t want = (x->size / E2E_PAGE) * pct / 100, have = 0;
 	uint64_t end = e2e_now_ms() + 3000;
 	char cmd[64], *js;
 
@@ -219,7 +224,7 @@ static void f_kill_point(struct f_run *x)
 
 static void f_kill_page_server(struct f_run *x)
 {
-	f_kill_point(x);
+	f_kill_point(x, 99);
 	e2e_stop(&x->ps, SIGKILL, 5000);
 	e2e_close(&x->ps);
 	F.t.kills_ps++;
@@ -230,12 +235,58 @@ static void f_kill_page_server(struct f_run *x)
 
 static void f_kill_uffd_server(struct f_run *x)
 {
-	f_kill_point(x);
+	f_kill_point(x, 99);
 	e2e_stop(&x->us, SIGKILL, 5000);
 	e2e_close(&x->us);
 	F.t.kills_us++;
 	usleep((useconds_t)(f_rand(&x->rng) % 300) * 1000);
 	f_start_uffd_server(x);
+}
+
+/* Poll `stats ID` until the phase is want (or timeout); the last JSON (caller frees). */
+static char *f_wait_phase(struct f_run *x, const char *want, int timeout_ms)
+{
+	uint64_t end = e2e_now_ms() + (uint64_t)timeout_ms;
+	char cmd[64], phase[32] = "", *js = NULL;
+
+	snprintf(cmd, sizeof(cmd), "stats %s", x->id);
+	for (;;) {
+		free(js);
+		js = e2e_ctl(F.us_ctl, cmd);
+		if (!js || e2e_json_str(js, NULL, "phase", phase, sizeof(phase)) < 0)
+			phase[0] = '\0';
+		if (strcmp(phase, want) == 0 || e2e_now_ms() >= end)
+			return js;
+		usleep(20000);
+	}
+}
+
+/* The source stays away past --outage-limit: paused, reported; then resumed elsewhere. */
+static void f_outage(struct f_run *x)
+{
+	char cmd[128], phase[32] = "", why[256] = "", *js;
+
+	f_kill_point(x, 80);
+	e2e_stop(&x->ps, SIGKILL, 5000);
+	e2e_close(&x->ps);
+	F.t.kills_ps++;
+	js = f_wait_phase(x, "paused", 15000);
+	if (js) {
+		e2e_json_str(js, NULL, "phase", phase, sizeof(phase));
+		e2e_json_str(js, NULL, "error", why, sizeof(why));
+	}
+	free(js);
+	if (strcmp(phase, "paused") != 0 || !strstr(why, "unreachable"))
+		fail_msg("%s: after the outage: phase '%s' (%s), expected paused (see %s)", x->id,
+			 phase, why, x->log[LOG_US]);
+	if (!e2e_file_contains(x->log[LOG_US], "paused, guest faults wait"))
+		fail_msg("%s: the pause is not in the log %s", x->id, x->log[LOG_US]);
+	x->ps_port = 0;                /* a new page server elsewhere */
+	f_start_page_server(x);
+	f_freeze(x);
+	snprintf(cmd, sizeof(cmd), "resume %s 127.0.0.1:%d", x->id, x->ps_port);
+	f_ctl_ok(F.us_ctl, cmd);
+	F.t.resumed++;
 }
 
 /* ---- checks ----------------------------------------------------------------------------------- */
@@ -267,18 +318,11 @@ static void f_verify_guest(struct f_run *x)
 /* The region completes (every page present, DONE received). */
 static void f_check_complete(struct f_run *x)
 {
-	uint64_t end = e2e_now_ms() + 15000, rec = 0;
-	char cmd[64], phase[32] = "", *js = NULL;
+	char phase[32] = "", *js = f_wait_phase(x, "complete", 15000);
+	uint64_t rec = 0;
 
-	snprintf(cmd, sizeof(cmd), "stats %s", x->id);
-	while (strcmp(phase, "complete") != 0 && e2e_now_ms() < end) {
-		free(js);
-		js = e2e_ctl(F.us_ctl, cmd);
-		if (!js || e2e_json_str(js, NULL, "phase", phase, sizeof(phase)) < 0)
-			phase[0] = '\0';
-		if (strcmp(phase, "complete") != 0)
-			usleep(20000);
-	}
+	if (js)
+		e2e_json_str(js, NULL, "phase", phase, sizeof(phase));
 	if (strcmp(phase, "complete") != 0)
 		fail_msg("%s (seed %" PRIu64 "): region phase '%s', expected complete (see %s)",
 			 x->id, x->seed, phase, x->log[LOG_US]);
@@ -314,6 +358,8 @@ static void f_run_init(struct f_run *x, unsigned n)
 	x->seed = F.seed * 1000003ull + n;
 	x->rng = x->seed;
 	x->kind = n % 4 < 2 ? F_PROXY : (enum f_kind)(n % 4 - 1);
+	if (n + 1 == F.runs)
+		x->kind = F_OUTAGE;
 	x->size = (f_rand(&x->rng) % 8 == 0 ? 64ull : 16ull) << 20;
 	snprintf(x->id, sizeof(x->id), "f%u", n);
 	e2e_pathf(x->ram_src, sizeof(x->ram_src), F.dir, "%s.src.ram", x->id);
@@ -351,6 +397,8 @@ static void f_run_one(struct f_run *x)
 		f_kill_page_server(x);
 	else if (x->kind == F_KILL_US)
 		f_kill_uffd_server(x);
+	else if (x->kind == F_OUTAGE)
+		f_outage(x);
 	f_verify_guest(x);
 	f_check_complete(x);
 	f_proxy_counts(x);
@@ -418,8 +466,10 @@ static int f_teardown(void **state)
 
 	(void)state;
 	printf("\n== tlm fault injection summary (seed %" PRIu64 ")\n", F.seed);
-	printf("runs: %u (proxy faults %u, page-server killed %u, uffd-server killed %u)\n",
-	       t->runs, t->by_kind[F_PROXY], t->by_kind[F_KILL_PS], t->by_kind[F_KILL_US]);
+	printf("runs: %u (proxy faults %u, page-server killed %u, uffd-server killed %u, "
+	       "outage past the limit %u: paused and resumed %u)\n", t->runs,
+	       t->by_kind[F_PROXY], t->by_kind[F_KILL_PS], t->by_kind[F_KILL_US],
+	       t->by_kind[F_OUTAGE], t->resumed);
 	printf("faults injected: cut %" PRIu64 ", truncate %" PRIu64 ", delay %" PRIu64
 	       ", reorder %" PRIu64 ", drop %" PRIu64 " (over %" PRIu64 " connections); "
 	       "kill -9 page-server %" PRIu64 ", uffd-server %" PRIu64 "\n", t->faults[0],
