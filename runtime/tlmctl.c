@@ -17,6 +17,8 @@ static void usage(FILE *f)
 		"  freeze VMID|all     tlm-page-server: the source VM is stopped, start serving\n"
 		"  add-region SPEC     tlm-page-server: serve another region\n"
 		"  arm VMID            tlm-uffd-server: register the VM's RAM and start faulting\n"
+		"  resume VMID [H:P]   tlm-uffd-server: a region paused by --outage-limit connects\n"
+		"                      again (optionally to another source page server)\n"
 		"  shutdown            clean daemon exit\n\n"
 		"Exit status: 0 on success, 1 if the daemon replied \"error: ...\", 2 on usage or\n"
 		"connection errors.\n");
