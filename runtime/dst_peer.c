@@ -29,6 +29,8 @@
 #define READS_PER_EVENT      4
 #define YIELD_FRAMES         32              /* bulk frames between checks for events */
 #define RETRY_BASE_MS        100
+#define KEEPALIVE_IDLE_S     5               /* a silent link is probed after this */
+#define KEEPALIVE_TIMEOUT_S  20              /* unanswered this long: the session is lost */
 
 static void conn_init(struct dst_conn *c, struct dst_region *r, uint8_t chan)
 {
@@ -139,6 +141,8 @@ static int open_session(struct dst_region *r, struct dst_conn *c, char *err, siz
 			 (unsigned long long)r->npages);
 		rc = -EPROTO;
 	}
+	if (!rc)
+		rc = tlm_tcp_keepalive(fd, KEEPALIVE_IDLE_S, KEEPALIVE_TIMEOUT_S);
 	if (!rc)
 		rc = tlm_set_nonblock(fd, 1);
 	if (!rc)

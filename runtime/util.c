@@ -239,6 +239,21 @@ int tlm_set_nonblock(int fd, int on)
 	return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
 }
 
+int tlm_tcp_keepalive(int fd, unsigned idle_s, unsigned timeout_s)
+{
+	int on = 1, idle = (int)idle_s, intvl = 1;
+	int cnt = timeout_s > idle_s ? (int)(timeout_s - idle_s) : 1;
+	unsigned int user_ms = timeout_s * 1000u;
+
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof(user_ms)) < 0)
+		return -errno;
+	return 0;
+}
+
 int tlm_tcp_nodelay(int fd)
 {
 	int one = 1;

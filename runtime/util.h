@@ -27,6 +27,10 @@ int tlm_tcp_connect(const char *hostport, int timeout_ms, char *err, size_t errl
 int tlm_tcp_listen(const char *hostport, char *err, size_t errlen);
 int tlm_set_nonblock(int fd, int on);
 int tlm_tcp_nodelay(int fd);
+/* A peer that vanishes without a FIN or RST (host down, network partition) is noticed:
+ * keepalive probes after idle_s seconds of silence, then every second, and the connection
+ * fails (ETIMEDOUT) once probes or sent data stay unacknowledged for timeout_s seconds. */
+int tlm_tcp_keepalive(int fd, unsigned idle_s, unsigned timeout_s);
 
 /* Unix stream/seqpacket listening socket at path: parent dir created 0700 if missing,
  * socket chmod 0600, a stale socket file replaced. Returns fd or -errno. */
