@@ -103,6 +103,16 @@ static void f_ctl_ok(const char *ctl, const char *cmd)
 	free(r);
 }
 
+/* `ctl cmd` must be refused with "error: ...". */
+static void f_ctl_refused(const char *ctl, const char *cmd)
+{
+	char *r = e2e_ctl(ctl, cmd);
+
+	if (!r || strncmp(r, "error: ", 7) != 0)
+		fail_msg("%s: %s: expected a refusal, got %s", ctl, cmd, r ? r : "no reply");
+	free(r);
+}
+
 /* ---- processes ----------------------------------------------------------------------------- */
 
 static void f_start_source(struct f_run *x)
@@ -281,6 +291,9 @@ static void f_outage(struct f_run *x)
 			 phase, why, x->log[LOG_US]);
 	if (!e2e_file_contains(x->log[LOG_US], "paused, guest faults wait"))
 		fail_msg("%s: the pause is not in the log %s", x->id, x->log[LOG_US]);
+	snprintf(cmd, sizeof(cmd), "resume %s no-port", x->id);
+	f_ctl_refused(F.us_ctl, cmd);
+	f_ctl_refused(F.us_ctl, "resume no-such-vm");
 	x->ps_port = 0;                /* a new page server elsewhere */
 	f_start_page_server(x);
 	f_freeze(x);
@@ -290,6 +303,18 @@ static void f_outage(struct f_run *x)
 }
 
 /* ---- checks ----------------------------------------------------------------------------------- */
+
+/* "running", or how a daemon ended that nobody here stopped (something else killed it). */
+static const char *f_alive(struct e2e_proc *p, char *buf, size_t len)
+{
+	if (e2e_wait(p, 0, NULL) == -ETIMEDOUT)
+		return "running";
+	if (WIFSIGNALED(p->status))
+		snprintf(buf, len, "killed by signal %d", WTERMSIG(p->status));
+	else
+		snprintf(buf, len, "exited with %d", WEXITSTATUS(p->status));
+	return buf;
+}
 
 /* The guest reads and compares every page, then holds. */
 static void f_verify_guest(struct f_run *x)
@@ -304,10 +329,14 @@ static void f_verify_guest(struct f_run *x)
 		sscanf(line, "verify: pages=%lld mismatches=%lld", &pages, &mism);
 		holding = strcmp(line, "holding") == 0;
 	}
-	if (pages < 0 || mism < 0)
+	if (pages < 0 || mism < 0) {
+		char a[64], b[64];
+
 		fail_msg("%s (%s, seed %" PRIu64 "): the destination guest did not finish "
-			 "reading its RAM (see %s, %s)", x->id, f_kind_names[x->kind], x->seed,
-			 x->log[LOG_DST], x->log[LOG_US]);
+			 "reading its RAM; tlm-uffd-server %s, tlm-page-server %s (see %s, %s)",
+			 x->id, f_kind_names[x->kind], x->seed, f_alive(&x->us, a, sizeof(a)),
+			 f_alive(&x->ps, b, sizeof(b)), x->log[LOG_DST], x->log[LOG_US]);
+	}
 	F.t.pages += (uint64_t)pages;
 	F.t.mismatches += (uint64_t)mism;
 	if (mism || (uint64_t)pages != x->size / E2E_PAGE)
@@ -401,6 +430,12 @@ static void f_run_one(struct f_run *x)
 		f_outage(x);
 	f_verify_guest(x);
 	f_check_complete(x);
+	if (x->kind == F_OUTAGE) {
+		char cmd[64];
+
+		snprintf(cmd, sizeof(cmd), "resume %s", x->id);
+		f_ctl_refused(F.us_ctl, cmd);     /* complete: nothing to resume */
+	}
 	f_proxy_counts(x);
 	assert_int_equal(e2e_stop(&x->dst, SIGTERM, 10000), 0);   /* exit 0: all matched */
 	assert_int_equal(e2e_stop(&x->us, SIGTERM, 10000), 0);
