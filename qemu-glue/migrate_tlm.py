@@ -368,9 +368,9 @@ class Run:
         self.ps = Daemon("tlm-page-server", argv, self.work,
                          os.path.join(self.work, "src", "ctl.sock"))
         self.ps.wait_ready()
-        port = self.ps.port()
-        self.source = f"{self.opt.src_addr}:{port}"
-        self.ps.argv[self.ps.argv.index("--listen") + 1] = self.source   # same port again
+        listen = f"{self.opt.src_addr}:{self.ps.port()}"
+        self.ps.argv[self.ps.argv.index("--listen") + 1] = listen   # same port on restart
+        self.source = self.opt.src_reach or listen
 
     def start_uffd_server(self):
         if self.opt.dst_ctl:        # the operator's daemon: it must answer
@@ -492,6 +492,8 @@ def parser():
     ap.add_argument("--src-addr", default="127.0.0.1")
     ap.add_argument("--dst-addr", default="127.0.0.1")
     ap.add_argument("--src-port", type=int, default=0)
+    ap.add_argument("--src-reach", metavar="HOST:PORT",
+                    help="how the destination reaches the page server (NAT, proxy)")
     ap.add_argument("--dst-port", type=int, default=0)
     ap.add_argument("--src-netns")
     ap.add_argument("--dst-netns")

@@ -28,6 +28,8 @@
 #   --src-addr IP      address of the page server (default 127.0.0.1)
 #   --dst-addr IP      address of the destination QEMU's migration port (default 127.0.0.1)
 #   --src-port N       TCP port of the page server (default 0: any free port)
+#   --src-reach H:P    where the destination reaches the page server, if not at
+#                      --src-addr:port (NAT, a relay; the fault tests put a proxy there)
 #   --dst-port N       first TCP port of the destination QEMUs (VM i uses N+i; default: any)
 #   --src-netns NS, --dst-netns NS
 #                      run the source / destination side in these network namespaces
@@ -64,6 +66,7 @@ trace=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-port|--dst-port|\
+	--src-reach|\
 	--src-netns|--dst-netns)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
 		tlm_opts+=("$1" "$2"); shift ;;

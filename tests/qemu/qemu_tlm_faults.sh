@@ -51,4 +51,24 @@ for daemon in tlm-page-server tlm-uffd-server; do
 	[ "$(sum_bad "$after")" = bad=0 ] || fail "bad pages: $after"
 	vm ticks g --count 1 >/dev/null || fail "the guest does not TICK after the $daemon crash"
 done
+proxy=${TLM_TEST_BIN_DIR:-}/faults/tlm-fault-proxy
+[ -x "$proxy" ] || fail "no $proxy (TLM_TEST_BIN_DIR)"
+for seed in 12 13; do    # seed 11 draws a 50-400 ms lag per chunk: 75 s, too long for CI
+	gen=$(( $(vm info g --get gen) + 1 ))
+	step "link faults (tlm-fault-proxy seed $seed, 50 MB/s) during migration to generation $gen"
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	coproc PROXY { exec "$proxy" --listen 127.0.0.1:0 --upstream "127.0.0.1:$port" \
+		--seed "$seed" --faults 4 --prob 80 --rate 50 2>&1; }
+	read -r -t 5 word pport <&"${PROXY[0]}" && [ "$word" = port ] || fail "proxy did not start"
+	rc=0
+	"$root/scripts/migrate-postcopy.sh" --mode tlm g --src-port "$port" \
+		--src-reach "127.0.0.1:$pport" > "$TLM_RUN_DIR/mig.log" 2>&1 || rc=$?
+	kill "$PROXY_PID"
+	faults=$(grep -m1 "^faults" <&"${PROXY[0]}" || true)
+	cat "$TLM_RUN_DIR/mig.log"
+	echo "proxy: $faults"
+	[ "$rc" = 0 ] || fail "the migration did not survive the link faults (exit $rc)"
+	[ "$(sum_hash "$(vm cmd g sum)")" = "$(sum_hash "$before")" ] || fail "checksum changed"
+	echo "$faults" | grep -Eq "(cut|truncate|drop)=[1-9]" || echo "(no breaking fault landed)"
+done
 echo "PASS $name"
