@@ -241,6 +241,8 @@ static void test_bad_options(void **state)
 				"--log-level", "loud", NULL };
 	const char *src[] = { bin, "--sock", "/tmp/a", "--ctl", "/tmp/b", "--key", "/tmp/k",
 			      "--source", "nohostport", NULL };
+	const char *outage[] = { bin, "--sock", "/tmp/a", "--ctl", "/tmp/b", "--key", "/tmp/k",
+				 "--outage-limit", "0", NULL };
 	const char *help[] = { bin, "--help", NULL };
 
 	snprintf(bin, sizeof(bin), "%s/tlm-uffd-server", dir);
@@ -253,6 +255,8 @@ static void test_bad_options(void **state)
 	assert_non_null(strstr(err, "loud"));
 	assert_int_equal(h_run_daemon_args(src, err, sizeof(err)), 2);
 	assert_non_null(strstr(err, "HOST:PORT"));
+	assert_int_equal(h_run_daemon_args(outage, err, sizeof(err)), 2);
+	assert_non_null(strstr(err, "--outage-limit '0'"));
 	assert_int_equal(h_run_daemon_args(help, err, sizeof(err)), 0);
 	assert_non_null(strstr(err, "usage: tlm-uffd-server"));
 }
