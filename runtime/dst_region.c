@@ -79,6 +79,11 @@ const char *dst_phase_name(enum dst_phase p)
 	return (unsigned)p < TLM_ARRAY_SIZE(names) ? names[p] : "?";
 }
 
+const char *dst_region_phase_name(const struct dst_region *r)
+{
+	return r->peer.paused && dst_region_active(r) ? "paused" : dst_phase_name(r->phase);
+}
+
 /* Placement allowed: alive and not finished. */
 static bool live(const struct dst_region *r)
 {

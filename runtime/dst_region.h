@@ -200,6 +200,8 @@ bool dst_should_yield(struct dst_server *s);
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
 const char *dst_phase_name(enum dst_phase p);
+/* The phase as reported: "paused" while the peer waits for `resume`. */
+const char *dst_region_phase_name(const struct dst_region *r);
 
 /* From a checked REGION message. Returns NULL with err set. */
 struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,

@@ -91,8 +91,7 @@ void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j)
 	snprintf(base, sizeof(base), "0x%llx", (unsigned long long)(uintptr_t)r->base);
 	tlm_json_obj_begin(j, NULL);
 	tlm_json_str(j, "id", r->id);
-	tlm_json_str(j, "phase", r->peer.paused && dst_region_active(r) ? "paused" :
-		     dst_phase_name(r->phase));
+	tlm_json_str(j, "phase", dst_region_phase_name(r));
 	tlm_json_str(j, "source", r->source);
 	tlm_json_str(j, "base", base);
 	tlm_json_bool(j, "template", r->tmpl != NULL);
@@ -140,7 +139,7 @@ void dst_region_progress(struct dst_region *r, uint64_t now_ns)
 	else
 		fprintf(stderr, "%s: %5.1f%% present (%llu/%llu pages), %s\n", r->id, pct,
 			(unsigned long long)r->n_present, (unsigned long long)r->npages,
-			dst_phase_name(r->phase));
+			dst_region_phase_name(r));
 	r->last_progress_ns = now_ns;
 	r->last_progress_present = r->n_present;
 }

@@ -463,7 +463,7 @@ static int ctl_resume(struct dst_server *s, const char *id, const char *source,
 	}
 	if (!dst_region_active(r) || dst_peer_resume(r, source) < 0) {
 		tlm_sbuf_printf(reply, "error: %s is not paused (phase %s)\n", id,
-				dst_phase_name(r->phase));
+				dst_region_phase_name(r));
 		return -EINVAL;
 	}
 	tlm_sbuf_printf(reply, "ok resuming %s from %s\n", id, r->source);
