@@ -250,6 +250,7 @@ void dst_peer_connect(struct dst_region *r)
 		return;
 	}
 	r->st.sessions++;
+	p->last_input_ns = tlm_now_ns();
 	log_info("%s: connected to the source %s (urgent + bulk)", r->id, r->source);
 	dst_region_connected(r);
 	flush_backlog(r);
@@ -283,10 +284,29 @@ static void check_lost(struct dst_region *r)
 	schedule_retry(r, -ECONNRESET, why);
 }
 
+/*
+ * A source that keeps its connections open but answers nothing (hung, stopped) is a lost
+ * session too, once a guest page has been waited for that long: demands are outstanding
+ * and neither channel brought a byte for --stall-timeout.
+ */
+static void check_stall(struct dst_region *r, uint64_t now_ns)
+{
+	struct dst_peer *p = &r->peer;
+	char why[96];
+
+	if (!dst_peer_up(r) || !r->n_requested ||
+	    now_ns - p->last_input_ns < r->srv->stall_ms * 1000000ull)
+		return;
+	snprintf(why, sizeof(why), "no reply to %llu demanded pages for %.1f s",
+		 (unsigned long long)r->n_requested, (double)(now_ns - p->last_input_ns) / 1e9);
+	conn_broken(&p->urg, why);
+}
+
 void dst_peer_tick(struct dst_region *r, uint64_t now_ns)
 {
 	struct dst_peer *p = &r->peer;
 
+	check_stall(r, now_ns);
 	check_lost(r);
 	if (!p->urg.up && p->retry_at && now_ns >= p->retry_at)
 		dst_peer_connect(r);
@@ -521,6 +541,7 @@ static void conn_input(struct dst_conn *c)
 			conn_broken(c, n == 0 ? "closed by the source" : strerror((int)-n));
 			return;
 		}
+		c->r->peer.last_input_ns = tlm_now_ns();
 	}
 }
 

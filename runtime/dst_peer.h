@@ -8,7 +8,9 @@
  * A lost session is retried with backoff (the daemon's timer); faults keep waiting
  * meanwhile and their pages are demanded again on the new session. An outage (no frame
  * handled) longer than the server's outage limit pauses the peer: no more attempts, the
- * guest's faults keep waiting, `resume ID [HOST:PORT]` (ctl) starts again.
+ * guest's faults keep waiting, `resume ID [HOST:PORT]` (ctl) starts again. A source that
+ * leaves demands unanswered and sends nothing for the server's stall timeout counts as a
+ * lost session (it may be hung with its connections open).
  *
  * Demand: a page is demanded at most once per session (state REQUESTED); when the urgent
  * output buffer is full the request waits in a backlog.
@@ -58,6 +60,7 @@ struct dst_peer {
 	uint64_t retry_at;               /* CLOCK_MONOTONIC ns of the next attempt, 0 = none */
 	uint64_t outage_since;           /* first failure since a frame was handled, 0 = none */
 	bool paused;                     /* outage limit reached: no attempts until resumed */
+	uint64_t last_input_ns;          /* last byte read on either channel (or connected) */
 	bool bulk_more;                  /* bulk frames may be buffered (paused / budget) */
 	bool lost;                       /* a session broke: closed at the next safe point */
 	uint64_t *backlog;               /* REQUESTED pages not yet queued on urgent */

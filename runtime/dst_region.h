@@ -52,6 +52,7 @@ struct dst_server {
 	struct dst_glue *glues;
 	bool exit_when_done, progress, stop;
 	uint64_t outage_limit_ms;        /* --outage-limit: source unreachable -> paused */
+	uint64_t stall_ms;               /* --stall-timeout: demands unanswered -> reconnect */
 };
 
 /* One accepted glue connection (one guest process). */

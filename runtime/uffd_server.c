@@ -43,7 +43,7 @@ struct opts {
 	size_t ntmpl;
 	bool exit_when_done, progress;
 	int level;
-	uint64_t outage_limit_ms;
+	uint64_t outage_limit_ms, stall_ms;
 };
 
 /* The daemon: shared state plus its own fds. */
@@ -56,8 +56,8 @@ struct daemon {
 
 static const char usage_text[] =
 "usage: tlm-uffd-server --sock GLUESOCK --ctl CTLSOCK --key KEYFILE [--source HOST:PORT]\n"
-"                       [--template PAGES]... [--outage-limit S] [--exit-when-done]\n"
-"                       [--log-level L] [--progress]\n"
+"                       [--template PAGES]... [--outage-limit S] [--stall-timeout S]\n"
+"                       [--exit-when-done] [--log-level L] [--progress]\n"
 "\n"
 "Destination daemon of tlm: receives guest RAM regions and their userfaultfds from\n"
 "libtlm-glue.so over GLUESOCK and resolves the guest's page faults: template pages from the\n"
@@ -71,6 +71,8 @@ static const char usage_text[] =
 "  --template PAGES   local template (index PAGES.tlmi) regions may use; repeatable\n"
 "  --outage-limit S   source unreachable this long (seconds, default 60): the region\n"
 "                     pauses (faults wait, phase \"paused\") until `resume ID`\n"
+"  --stall-timeout S  demands unanswered and nothing received this long (default 10):\n"
+"                     the source is taken as hung, its sessions are reconnected\n"
 "  --exit-when-done   exit once a region completed and none is active\n"
 "  --log-level L      error | warn | info (default) | debug\n"
 "  --progress         one progress line per second and region (default on a TTY)\n"
@@ -93,6 +95,17 @@ static int opt_fail(const char *fmt, ...)
 	return -1;
 }
 
+static int opt_seconds(const char *name, const char *arg, uint64_t *ms)
+{
+	char *end;
+	double v = strtod(arg, &end);
+
+	if (end == arg || *end || !(v > 0) || v > 86400 * 365)
+		return opt_fail("%s '%s': expected seconds > 0", name, arg);
+	*ms = (uint64_t)(v * 1000);
+	return 0;
+}
+
 static int opt_one(struct opts *o, int c, const char *arg)
 {
 	switch (c) {
@@ -113,15 +126,10 @@ static int opt_one(struct opts *o, int c, const char *arg)
 		o->tmpl[o->ntmpl++] = arg;
 		return 0;
 	}
-	case 'o': {
-		char *end;
-		double v = strtod(arg, &end);
-
-		if (end == arg || *end || !(v > 0) || v > 86400 * 365)
-			return opt_fail("--outage-limit '%s': expected seconds > 0", arg);
-		o->outage_limit_ms = (uint64_t)(v * 1000);
-		return 0;
-	}
+	case 'o':
+		return opt_seconds("--outage-limit", arg, &o->outage_limit_ms);
+	case 'T':
+		return opt_seconds("--stall-timeout", arg, &o->stall_ms);
 	case 'x': o->exit_when_done = true; return 0;
 	case 'p': o->progress = true; return 0;
 	case 'l':
@@ -143,6 +151,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "source", required_argument, NULL, 'S' },
 		{ "template", required_argument, NULL, 't' },
 		{ "outage-limit", required_argument, NULL, 'o' },
+		{ "stall-timeout", required_argument, NULL, 'T' },
 		{ "exit-when-done", no_argument, NULL, 'x' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "progress", no_argument, NULL, 'p' },
@@ -154,6 +163,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	opterr = 0;
 	o->level = TLM_LOG_INFO;
 	o->outage_limit_ms = 60000;
+	o->stall_ms = 10000;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(usage_text, stdout);
@@ -766,6 +776,7 @@ int main(int argc, char **argv)
 	d.s.default_source = o.source;
 	d.s.exit_when_done = o.exit_when_done;
 	d.s.outage_limit_ms = o.outage_limit_ms;
+	d.s.stall_ms = o.stall_ms;
 	d.s.progress = o.progress || isatty(STDERR_FILENO);
 	if (tlm_key_load(o.key, &d.s.key, err, sizeof(err)) < 0) {
 		log_error("--key %s", err);
