@@ -8,7 +8,9 @@
  *   destination: tlm-uffd-server + tlm-synth-guest dest (glue, TLM_ARM=map)
  * Kinds of run, in turn: proxy faults only (twice); tlm-page-server killed with SIGKILL,
  * restarted on the same port with the same region and frozen again; tlm-uffd-server
- * killed with SIGKILL and restarted (the glue hands the region and its uffd over again).
+ * killed with SIGKILL and restarted (the glue hands the region and its uffd over again);
+ * the link stalls with its connections open (the proxy is stopped with SIGSTOP) until the
+ * destination takes the silence for a lost session (--stall-timeout 1), then it runs on.
  * The last run is an outage: tlm-page-server killed and not restarted, the destination
  * (--outage-limit 1) must report the region "paused" (faults wait), then a new page
  * server on another port and `resume ID HOST:PORT` finish it.
@@ -42,15 +44,18 @@
 #define F_TIMEOUT_MS 60000
 #define F_RATE "24"              /* MB/s per connection: a 16 MiB run lasts ~0.2 s */
 
-enum f_kind { F_PROXY = 0, F_KILL_PS, F_KILL_US, F_OUTAGE, F_NKINDS };
+enum f_kind { F_PROXY = 0, F_KILL_PS, F_KILL_US, F_STALL, F_OUTAGE, F_NKINDS };
 
 static const char *const f_kind_names[F_NKINDS] = { "proxy", "kill-page-server",
-						     "kill-uffd-server", "outage" };
+						     "kill-uffd-server", "stall", "outage" };
+
+/* Kinds of run in turn (the last run is always F_OUTAGE). */
+static const enum f_kind f_rotation[] = { F_PROXY, F_PROXY, F_KILL_PS, F_KILL_US, F_STALL };
 
 struct f_totals {
 	unsigned runs, completed, resumed, by_kind[F_NKINDS];
 	uint64_t faults[6];        /* cut truncate delay reorder drop conns (from the proxy) */
-	uint64_t kills_ps, kills_us, pages, mismatches, reconnects;
+	uint64_t kills_ps, kills_us, stalls, pages, mismatches, reconnects;
 };
 
 struct f_world {
@@ -168,7 +173,8 @@ static void f_start_uffd_server(struct f_run *x)
 {
 	char *argv[] = { F.bin_us, "--sock", F.us_sock, "--ctl", F.us_ctl, "--key", F.key,
 			 "--source", x->source, "--template", F.tmpl, "--outage-limit",
-			 x->kind == F_OUTAGE ? "1" : "30",
+			 x->kind == F_OUTAGE ? "1" : "30", "--stall-timeout",
+			 x->kind == F_STALL ? "1" : "10",
 			 "--log-level", "info", NULL };
 	uint64_t end = e2e_now_ms() + 20000;
 	char *js = NULL;
@@ -251,6 +257,26 @@ static void f_kill_uffd_server(struct f_run *x)
 	F.t.kills_us++;
 	usleep((useconds_t)(f_rand(&x->rng) % 300) * 1000);
 	f_start_uffd_server(x);
+}
+
+/* The link stalls with its connections open (a stopped proxy: nothing flows, nothing is
+ * closed) while the guest waits for a page; it runs on once the stall was noticed. */
+static void f_stall(struct f_run *x)
+{
+	uint64_t end;
+	bool seen;
+
+	f_kill_point(x, 60);
+	kill(x->px.pid, SIGSTOP);
+	F.t.stalls++;
+	end = e2e_now_ms() + 10000;
+	while (!(seen = e2e_file_contains(x->log[LOG_US], "no reply to")) &&
+	       e2e_now_ms() < end)
+		usleep(20000);
+	kill(x->px.pid, SIGCONT);
+	if (!seen)
+		fail_msg("%s (seed %" PRIu64 "): a stalled link was not noticed (see %s)", x->id,
+			 x->seed, x->log[LOG_US]);
 }
 
 /* Poll `stats ID` until the phase is want (or timeout); the last JSON (caller frees). */
@@ -386,7 +412,7 @@ static void f_run_init(struct f_run *x, unsigned n)
 	x->n = n;
 	x->seed = F.seed * 1000003ull + n;
 	x->rng = x->seed;
-	x->kind = n % 4 < 2 ? F_PROXY : (enum f_kind)(n % 4 - 1);
+	x->kind = f_rotation[n % (sizeof(f_rotation) / sizeof(f_rotation[0]))];
 	if (n + 1 == F.runs)
 		x->kind = F_OUTAGE;
 	x->size = (f_rand(&x->rng) % 8 == 0 ? 64ull : 16ull) << 20;
@@ -426,6 +452,8 @@ static void f_run_one(struct f_run *x)
 		f_kill_page_server(x);
 	else if (x->kind == F_KILL_US)
 		f_kill_uffd_server(x);
+	else if (x->kind == F_STALL)
+		f_stall(x);
 	else if (x->kind == F_OUTAGE)
 		f_outage(x);
 	f_verify_guest(x);
@@ -502,14 +530,14 @@ static int f_teardown(void **state)
 	(void)state;
 	printf("\n== tlm fault injection summary (seed %" PRIu64 ")\n", F.seed);
 	printf("runs: %u (proxy faults %u, page-server killed %u, uffd-server killed %u, "
-	       "outage past the limit %u: paused and resumed %u)\n", t->runs,
-	       t->by_kind[F_PROXY], t->by_kind[F_KILL_PS], t->by_kind[F_KILL_US],
-	       t->by_kind[F_OUTAGE], t->resumed);
+	       "link stalled %u, outage past the limit %u: paused and resumed %u)\n",
+	       t->runs, t->by_kind[F_PROXY], t->by_kind[F_KILL_PS], t->by_kind[F_KILL_US],
+	       t->by_kind[F_STALL], t->by_kind[F_OUTAGE], t->resumed);
 	printf("faults injected: cut %" PRIu64 ", truncate %" PRIu64 ", delay %" PRIu64
 	       ", reorder %" PRIu64 ", drop %" PRIu64 " (over %" PRIu64 " connections); "
-	       "kill -9 page-server %" PRIu64 ", uffd-server %" PRIu64 "\n", t->faults[0],
-	       t->faults[1], t->faults[2], t->faults[3], t->faults[4], t->faults[5],
-	       t->kills_ps, t->kills_us);
+	       "kill -9 page-server %" PRIu64 ", uffd-server %" PRIu64 "; link stalls %" PRIu64
+	       "\n", t->faults[0], t->faults[1], t->faults[2], t->faults[3], t->faults[4],
+	       t->faults[5], t->kills_ps, t->kills_us, t->stalls);
 	printf("migrations completed: %u of %u; source reconnects at the destination: %" PRIu64
 	       "\n", t->completed, t->runs, t->reconnects);
 	printf("pages compared: %" PRIu64 ", mismatches: %" PRIu64 "\n", t->pages,
