@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fault-injection campaign on synthetic guests: builds tlm if needed, then runs
 # tests/faults/test_faults (seeded proxy faults between the daemons, kill -9 of either
-# daemon, an outage past --outage-limit then `resume`), and prints its summary: runs,
-# faults injected by kind, migrations completed, pages compared, mismatches (must be 0).
+# daemon, a stalled link, an outage past --outage-limit then `resume`), and prints its
+# summary: runs, faults injected by kind, migrations completed, pages compared, mismatches
+# (must be 0).
 #
 #   scripts/faults.sh [--runs N] [--seed S] [--keep] [--build-dir DIR]
 #
