@@ -33,6 +33,7 @@
 #define SWEEP_BUDGET     4096        /* pages placed per work call at most */
 #define SWEEP_CHUNK      64          /* pages per ioctl between checks for events */
 #define FINISH_BUDGET    65536       /* pages scanned per work call after DONE */
+#define RESUME_INFLIGHT  1024        /* resumed: swept pages in flight on urgent at most */
 #define AGAIN_TRIES      8           /* EAGAIN retries before a placement is deferred */
 
 enum dst_how { HOW_COPY, HOW_ZERO, HOW_CONT };
@@ -964,6 +965,17 @@ static bool finishing(const struct dst_region *r)
 }
 
 /*
+ * No room for more sweep demands now. A resumed session's sweep may have most of the
+ * region to demand: it keeps at most RESUME_INFLIGHT pages outstanding, so that a guest
+ * fault's demand never queues behind more than that on urgent.
+ */
+static bool sweep_blocked(const struct dst_region *r)
+{
+	return !dst_peer_demand_room(r) ||
+	       (r->resumed && !r->done_rcvd && r->n_requested >= RESUME_INFLIGHT);
+}
+
+/*
  * After DONE every DATA page should have come. Pages that did not (a source that skipped
  * them, a session lost mid-stream) are demanded here, in runs, as urgent has room; pages
  * of other classes still missing are placed from what we know.
@@ -987,7 +999,7 @@ static void finish_sweep(struct dst_region *r)
 			fault_resolve(r, i++);
 			continue;
 		}
-		if (!dst_peer_demand_room(r))
+		if (sweep_blocked(r))
 			break;
 		while (j < r->npages && j - i < TLM_PROTO_MAX_DEMAND && wants_data(r, j))
 			j++;
@@ -1061,7 +1073,7 @@ bool dst_region_busy(const struct dst_region *r)
 		return r->dead ? !r->released : r->phase == DST_FAILED && !r->released;
 	return r->nredo || r->nmruns || r->peer.bulk_more ||
 	       (finishing(r) && r->finish_cursor < r->npages && dst_peer_up(r) &&
-		dst_peer_demand_room(r));
+		!sweep_blocked(r));
 }
 
 bool dst_region_work(struct dst_region *r)
