@@ -13,8 +13,10 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "runtime/dst_region.h"
@@ -31,6 +33,27 @@
 #define RETRY_BASE_MS        100
 #define KEEPALIVE_IDLE_S     5               /* a silent link is probed after this */
 #define KEEPALIVE_TIMEOUT_S  20              /* unanswered this long: the session is lost */
+
+/*
+ * A connection attempt (TCP connect + handshake of both channels) blocks for seconds when
+ * the source is down or hung, so it runs in a thread of its own while the loop goes on
+ * serving faults. The thread touches only the job (the key is the daemon's, read-only)
+ * and says it is done on job->efd; the loop then takes the sockets (dst_peer_job_event).
+ */
+struct dst_connect_job {
+	struct dst_ev ev;                 /* DST_EV_CONNECT */
+	struct dst_server *srv;
+	struct dst_region *r;             /* NULL once the region let go of it */
+	pthread_t thread;
+	int efd;
+	char source[TLM_LOCAL_PATH_MAX];
+	struct tlm_msg open;
+	uint64_t npages;
+	int fd[2];                        /* urgent, bulk once handshaken, else -1 */
+	int rc;
+	uint8_t chan;                     /* the channel that failed */
+	char err[256];
+};
 
 static void conn_init(struct dst_conn *c, struct dst_region *r, uint8_t chan)
 {
@@ -50,9 +73,14 @@ void dst_peer_init(struct dst_region *r)
 	conn_init(&p->bulk, r, TLM_CHAN_BULK);
 }
 
+static const char *chan_str(uint8_t chan)
+{
+	return chan == TLM_CHAN_URGENT ? "urgent" : chan == TLM_CHAN_BULK ? "bulk" : "local";
+}
+
 static const char *chan_name(const struct dst_conn *c)
 {
-	return c->chan == TLM_CHAN_URGENT ? "urgent" : "bulk";
+	return chan_str(c->chan);
 }
 
 bool dst_peer_up(const struct dst_region *r)
@@ -113,49 +141,107 @@ void dst_peer_close(struct dst_region *r)
 void dst_peer_fini(struct dst_region *r)
 {
 	dst_peer_close(r);
+	if (r->peer.job) {
+		r->peer.job->r = NULL;   /* its event frees it */
+		r->peer.job = NULL;
+	}
 	free(r->peer.backlog);
 	r->peer.backlog = NULL;
 	r->peer.backlog_cap = 0;
 	r->peer.retry_at = 0;
 }
 
-/* Connect and authenticate one channel; the socket then joins the event loop. */
-static int open_session(struct dst_region *r, struct dst_conn *c, char *err, size_t errlen)
+/* Thread side: connect and authenticate one channel. Returns the fd or -errno. */
+static int job_channel(struct dst_connect_job *j, uint8_t chan)
 {
-	struct tlm_msg open = { .type = TLM_MSG_VM_OPEN }, acc;
-	size_t wcap = c->chan == TLM_CHAN_URGENT ? URG_WCAP : BULK_WCAP;
+	struct tlm_msg acc;
 	int fd, rc;
 
-	fd = tlm_tcp_connect(r->source, CONNECT_TIMEOUT_MS, err, errlen);
+	fd = tlm_tcp_connect(j->source, CONNECT_TIMEOUT_MS, j->err, sizeof(j->err));
 	if (fd < 0)
 		return fd;
-	open.u.vm_open.ram_size = r->size;
-	open.u.vm_open.page_size = TLM_PROTO_PAGE_SIZE;
-	memcpy(open.u.vm_open.digest, r->digest, sizeof(r->digest));
-	snprintf(open.u.vm_open.vm_id, sizeof(open.u.vm_open.vm_id), "%s", r->id);
-	rc = tlm_proto_client_handshake(fd, &r->srv->key, c->chan, &open, &acc,
-					HANDSHAKE_TIMEOUT_MS, err, errlen);
-	if (!rc && acc.u.vm_accept.page_count != r->npages) {
-		snprintf(err, errlen, "source has %llu pages for %s, the region has %llu",
-			 (unsigned long long)acc.u.vm_accept.page_count, r->id,
-			 (unsigned long long)r->npages);
+	rc = tlm_proto_client_handshake(fd, &j->srv->key, chan, &j->open, &acc,
+					HANDSHAKE_TIMEOUT_MS, j->err, sizeof(j->err));
+	if (!rc && acc.u.vm_accept.page_count != j->npages) {
+		snprintf(j->err, sizeof(j->err), "source has %llu pages for %s, the region has "
+			 "%llu", (unsigned long long)acc.u.vm_accept.page_count,
+			 j->open.u.vm_open.vm_id, (unsigned long long)j->npages);
 		rc = -EPROTO;
 	}
 	if (!rc)
 		rc = tlm_tcp_keepalive(fd, KEEPALIVE_IDLE_S, KEEPALIVE_TIMEOUT_S);
 	if (!rc)
 		rc = tlm_set_nonblock(fd, 1);
-	if (!rc)
-		rc = tlm_conn_init(&c->c, fd, wcap);
 	if (rc) {
-		if (!err[0])
-			snprintf(err, errlen, "%s", strerror(-rc));
+		if (!j->err[0])
+			snprintf(j->err, sizeof(j->err), "%s", strerror(-rc));
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+static void *job_run(void *arg)
+{
+	static const uint8_t chans[2] = { TLM_CHAN_URGENT, TLM_CHAN_BULK };
+	struct dst_connect_job *j = arg;
+	uint64_t one = 1;
+
+	for (int i = 0; i < 2 && !j->rc; i++) {
+		int fd = job_channel(j, chans[i]);
+
+		if (fd < 0) {
+			j->rc = fd;
+			j->chan = chans[i];
+		} else {
+			j->fd[i] = fd;
+		}
+	}
+	if (write(j->efd, &one, sizeof(one)) < 0)
+		abort();                 /* an eventfd write of 1 cannot fail */
+	return NULL;
+}
+
+static struct dst_connect_job *job_start(struct dst_region *r)
+{
+	struct dst_connect_job *j = calloc(1, sizeof(*j));
+	struct tlm_msg *o;
+
+	if (!j)
+		return NULL;
+	*j = (struct dst_connect_job){ .ev = { DST_EV_CONNECT, j }, .srv = r->srv, .r = r,
+				       .npages = r->npages, .fd = { -1, -1 } };
+	snprintf(j->source, sizeof(j->source), "%s", r->source);
+	o = &j->open;
+	o->type = TLM_MSG_VM_OPEN;
+	o->u.vm_open.ram_size = r->size;
+	o->u.vm_open.page_size = TLM_PROTO_PAGE_SIZE;
+	memcpy(o->u.vm_open.digest, r->digest, sizeof(r->digest));
+	snprintf(o->u.vm_open.vm_id, sizeof(o->u.vm_open.vm_id), "%s", r->id);
+	j->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (j->efd >= 0 && dst_watch(r->srv, j->efd, &j->ev, EPOLLIN, true) == 0) {
+		if (pthread_create(&j->thread, NULL, job_run, j) == 0)
+			return j;
+		dst_unwatch(r->srv, j->efd);
+	}
+	if (j->efd >= 0)
+		close(j->efd);
+	free(j);
+	return NULL;
+}
+
+/* A handshaken socket joins the event loop; closed on failure. */
+static int attach_session(struct dst_region *r, struct dst_conn *c, int fd)
+{
+	size_t wcap = c->chan == TLM_CHAN_URGENT ? URG_WCAP : BULK_WCAP;
+	int rc = tlm_conn_init(&c->c, fd, wcap);
+
+	if (rc) {
 		close(fd);
 		return rc;
 	}
 	rc = dst_watch(r->srv, fd, &c->ev, EPOLLIN, true);
 	if (rc) {
-		snprintf(err, errlen, "epoll: %s", strerror(-rc));
 		tlm_conn_fini(&c->c);
 		return rc;
 	}
@@ -231,20 +317,36 @@ static void flush_backlog(struct dst_region *r);
 void dst_peer_connect(struct dst_region *r)
 {
 	struct dst_peer *p = &r->peer;
-	char err[256] = "";
-	struct dst_conn *c = &p->urg;
-	int rc;
 
 	p->retry_at = 0;
-	rc = open_session(r, c, err, sizeof(err));
+	if (p->job)
+		return;
+	p->job = job_start(r);
+	if (!p->job)
+		schedule_retry(r, -ENOMEM, "cannot start a connection attempt");
+}
+
+/* The attempt's sockets join the loop, or a retry is scheduled. */
+static void job_finish(struct dst_region *r, struct dst_connect_job *j)
+{
+	struct dst_peer *p = &r->peer;
+	int rc = j->rc, fd;
+
 	if (!rc) {
-		c = &p->bulk;
-		rc = open_session(r, c, err, sizeof(err));
+		fd = j->fd[0];
+		j->fd[0] = -1;
+		rc = attach_session(r, &p->urg, fd);
+	}
+	if (!rc) {
+		fd = j->fd[1];
+		j->fd[1] = -1;
+		rc = attach_session(r, &p->bulk, fd);
 	}
 	if (rc) {
 		char why[320];
 
-		snprintf(why, sizeof(why), "%s channel: %s", chan_name(c), err);
+		snprintf(why, sizeof(why), "%s channel: %s", chan_str(j->rc ? j->chan : 0),
+			 j->rc ? j->err : strerror(-rc));
 		dst_peer_close(r);
 		schedule_retry(r, rc, why);
 		return;
@@ -254,6 +356,21 @@ void dst_peer_connect(struct dst_region *r)
 	log_info("%s: connected to the source %s (urgent + bulk)", r->id, r->source);
 	dst_region_connected(r);
 	flush_backlog(r);
+}
+
+void dst_peer_job_event(struct dst_connect_job *j)
+{
+	pthread_join(j->thread, NULL);
+	dst_unwatch(j->srv, j->efd);
+	close(j->efd);
+	if (j->r) {
+		j->r->peer.job = NULL;
+		job_finish(j->r, j);
+	}
+	for (int i = 0; i < 2; i++)
+		if (j->fd[i] >= 0)
+			close(j->fd[i]);
+	free(j);
 }
 
 /* Flag a broken session; it is closed at the next safe point. */
@@ -308,7 +425,7 @@ void dst_peer_tick(struct dst_region *r, uint64_t now_ns)
 
 	check_stall(r, now_ns);
 	check_lost(r);
-	if (!p->urg.up && p->retry_at && now_ns >= p->retry_at)
+	if (!p->urg.up && !p->job && p->retry_at && now_ns >= p->retry_at)
 		dst_peer_connect(r);
 }
 

@@ -4,7 +4,8 @@
  * stream, PROGRESS, DONE in).
  *
  * Connecting: tlm_tcp_connect + tlm_proto_client_handshake (blocking, bounded by a few
- * seconds), then both sockets become non-blocking struct tlm_conn in the event loop.
+ * seconds) in a thread of their own, so the loop keeps serving faults; then both sockets
+ * become non-blocking struct tlm_conn in the event loop.
  * A lost session is retried with backoff (the daemon's timer); faults keep waiting
  * meanwhile and their pages are demanded again on the new session. An outage (no frame
  * handled) longer than the server's outage limit pauses the peer: no more attempts, the
@@ -27,12 +28,13 @@
 #include "protocol/tlm_proto.h"
 
 struct dst_region;
+struct dst_connect_job;
 
 /* ---- epoll tags (shared by the whole daemon) ------------------------------------------- */
 
 enum dst_ev_kind {
 	DST_EV_GLUE_LISTEN = 1, DST_EV_CTL, DST_EV_SIGNAL, DST_EV_TIMER,
-	DST_EV_GLUE, DST_EV_UFFD, DST_EV_CONN,
+	DST_EV_GLUE, DST_EV_UFFD, DST_EV_CONN, DST_EV_CONNECT,
 };
 
 /* What an epoll entry's data.ptr points at. */
@@ -61,6 +63,7 @@ struct dst_peer {
 	uint64_t outage_since;           /* first failure since a frame was handled, 0 = none */
 	bool paused;                     /* outage limit reached: no attempts until resumed */
 	uint64_t last_input_ns;          /* last byte read on either channel (or connected) */
+	struct dst_connect_job *job;     /* connection attempt under way (its own thread) */
 	bool bulk_more;                  /* bulk frames may be buffered (paused / budget) */
 	bool lost;                       /* a session broke: closed at the next safe point */
 	uint64_t *backlog;               /* REQUESTED pages not yet queued on urgent */
@@ -71,8 +74,10 @@ struct dst_peer {
 
 void dst_peer_init(struct dst_region *r);
 void dst_peer_fini(struct dst_region *r);
-/* Try to open both sessions now; on failure a retry is scheduled (or the region fails). */
+/* Start opening both sessions (in a thread: connect + handshake block); when it ends,
+ * dst_peer_job_event attaches them, or a retry is scheduled (or the region fails). */
 void dst_peer_connect(struct dst_region *r);
+void dst_peer_job_event(struct dst_connect_job *j);
 /* Close both sessions (counters are added to the region's stats). */
 void dst_peer_close(struct dst_region *r);
 bool dst_peer_up(const struct dst_region *r);

@@ -571,6 +571,9 @@ static void dispatch(struct daemon *d, struct dst_ev *e, uint32_t events)
 	case DST_EV_CONN:
 		dst_peer_event(e->obj, events);
 		break;
+	case DST_EV_CONNECT:
+		dst_peer_job_event(e->obj);
+		break;
 	}
 }
 
