@@ -31,7 +31,8 @@
 
 static const char usage[] =
 "usage: tlm-page-server --listen HOST:PORT --key KEYFILE --ctl CTLSOCK\n"
-"                       [--region SPEC]... [--log-level L]\n"
+"                       [--region SPEC]... [--log-level L] [--bulk-delay MS]\n"
+"                       [--bulk-ahead SIZE]\n"
 "\n"
 "Source side of a tlm post-copy migration: serves guest RAM regions to the destination's\n"
 "tlm-uffd-server. Nothing of a region is read before `freeze`; then every page is\n"
@@ -45,6 +46,13 @@ static const char usage[] =
 "  --ctl CTLSOCK       control socket path (created 0600 in a 0700 directory)\n"
 "  --region SPEC       a region to serve (repeatable, also: ctl add-region SPEC)\n"
 "  --log-level L       error, warn, info (default), debug\n"
+"  --bulk-delay MS     start the background DATA stream MS ms after freeze (the class\n"
+"                      map goes at once): until then DATA pages move only on demand\n"
+"                      (benchmarks measure demand latency without background load)\n"
+"  --bulk-ahead SIZE   a demand for a DATA page already queued on the background stream\n"
+"                      is left to that copy while at most SIZE bytes of the stream are\n"
+"                      ahead of it (k/M/G; default 8M, 0 = always answer on urgent):\n"
+"                      larger saves duplicate pages, smaller bounds the demand's wait\n"
 "  --help              this text\n"
 "\n"
 "SPEC:\n"
@@ -421,7 +429,26 @@ struct opts {
 	const char **regions;
 	int nregions;
 	int level;
+	uint64_t bulk_delay_ms, bulk_ahead;
 };
+
+/* --bulk-delay and --bulk-ahead (the background stream's knobs). 0, or -1 if bad. */
+static int parse_bulk_opt(int c, const char *arg, struct opts *o)
+{
+	if (c == 'D' && (tlm_parse_u64(arg, &o->bulk_delay_ms) < 0 ||
+			 o->bulk_delay_ms > 3600000)) {
+		fprintf(stderr, "tlm-page-server: bad --bulk-delay '%s' (milliseconds, "
+			"0..3600000)\n", arg);
+		return -1;
+	}
+	if (c == 'A' && (tlm_parse_size(arg, &o->bulk_ahead) < 0 ||
+			 o->bulk_ahead > (1ull << 30))) {
+		fprintf(stderr, "tlm-page-server: bad --bulk-ahead '%s' (bytes, k/M/G, "
+			"0..1G)\n", arg);
+		return -1;
+	}
+	return 0;
+}
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
@@ -429,11 +456,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "listen", required_argument, NULL, 'l' }, { "key", required_argument, NULL, 'k' },
 		{ "ctl", required_argument, NULL, 'c' }, { "region", required_argument, NULL, 'r' },
 		{ "log-level", required_argument, NULL, 'L' }, { "help", no_argument, NULL, 'h' },
+		{ "bulk-delay", required_argument, NULL, 'D' },
+		{ "bulk-ahead", required_argument, NULL, 'A' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 
 	o->level = TLM_LOG_INFO;
+	o->bulk_ahead = 8u << 20;
 	o->regions = calloc((size_t)argc, sizeof(*o->regions));
 	if (!o->regions)
 		return -1;
@@ -445,6 +475,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'c': o->ctl = optarg; break;
 		case 'r': o->regions[o->nregions++] = optarg; break;
 		case 'h': fputs(usage, stdout); exit(0);
+		case 'D': case 'A':
+			if (parse_bulk_opt(c, optarg, o) < 0)
+				return -1;
+			break;
 		case 'L':
 			o->level = tlm_log_parse_level(optarg);
 			if (o->level < 0) {
@@ -479,6 +513,8 @@ static int start(struct tlm_ps *ps, const struct opts *o)
 	char err[512], kerr[400];
 	int rc;
 
+	ps->bulk_hold_ns = o->bulk_delay_ms * 1000000ull;
+	ps->bulk_ahead_max = o->bulk_ahead;
 	rc = tlm_key_load(o->key, &ps->key, kerr, sizeof(kerr));
 	if (rc < 0)
 		snprintf(err, sizeof(err), "--key: %s", kerr);

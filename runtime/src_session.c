@@ -30,9 +30,6 @@
 #define PS_BULK_WCAP (4u << 20)
 #define PS_BULK_BATCH 256u          /* pages queued on bulk per loop iteration */
 #define PS_MAP_MIN_RUNS 4096u       /* wait for room for at least this many runs */
-/* A demanded page already queued on bulk is left to the bulk stream when at most this
- * much bulk data can be ahead of it (see demand_rides_bulk). */
-#define PS_BULK_AHEAD_MAX (8u << 20)
 
 static const char *chan_name(uint8_t chan)
 {
@@ -45,6 +42,13 @@ static bool region_serving(const struct tlm_src_region *r)
 	       r->phase == TLM_SRC_DONE;
 }
 
+/* --bulk-delay: the DATA stream has not started yet (the class map goes at once). */
+static bool bulk_held(const struct tlm_ps_sess *s)
+{
+	return s->bstate == BULK_PAGES && s->ps->bulk_hold_ns &&
+	       tlm_now_ns() < s->r->st.freeze_ns + s->ps->bulk_hold_ns;
+}
+
 static void sess_set_events(struct tlm_ps_sess *s)
 {
 	uint32_t ev = 0;
@@ -55,7 +59,8 @@ static void sess_set_events(struct tlm_ps_sess *s)
 	if (s->chan == TLM_CHAN_BULK || s->dq_len < PS_DEMAND_QUEUE)
 		ev |= EPOLLIN;
 	if (tlm_conn_pending(&s->c) ||
-	    (s->chan == TLM_CHAN_BULK && (s->bstate == BULK_MAP || s->bstate == BULK_PAGES)))
+	    (s->chan == TLM_CHAN_BULK && (s->bstate == BULK_MAP || s->bstate == BULK_PAGES) &&
+	     !bulk_held(s)))
 		ev |= EPOLLOUT;
 	if (ev == s->events)
 		return;
@@ -276,9 +281,8 @@ static int reply_data(struct tlm_ps_sess *s, uint64_t page)
  * A guest reading just behind the background stream demands pages that are already on
  * their way on bulk; answering them again on urgent would send them twice. When the page
  * is already queued on bulk and a bounded amount of bulk data can be ahead of it
- * (unwritten output + the socket's send queue <= PS_BULK_AHEAD_MAX: a few ms on loopback,
- * about 3 round trips on a 1 Gbit/s 20 ms WAN), the bulk copy is on its way and the
- * demand is left to it. The bound trades demand latency against bytes; the benchmarks
+ * (unwritten output + the socket's send queue <= --bulk-ahead), the bulk copy is on its
+ * way and the demand is left to it. The bound trades demand latency against bytes; the benchmarks
  * measure it. Only once per page: the destination asks again only if it could not use
  * the bulk copy (checksum error, lost connection), and that demand is answered.
  */
@@ -291,7 +295,7 @@ static bool demand_rides_bulk(struct tlm_ps_sess *s, uint64_t page)
 	    tlm_cls_flag(&r->map, page, TLM_CLS_HELD))
 		return false;
 	if (ioctl(r->bulk->c.fd, SIOCOUTQ, &outq) < 0 ||
-	    tlm_conn_pending(&r->bulk->c) + (size_t)outq > PS_BULK_AHEAD_MAX)
+	    tlm_conn_pending(&r->bulk->c) + (uint64_t)outq > s->ps->bulk_ahead_max)
 		return false;
 	tlm_cls_set_flag(&r->map, page, TLM_CLS_HELD);
 	r->st.demand_on_bulk++;
@@ -517,7 +521,8 @@ void tlm_ps_bulk_pump(struct tlm_ps_sess *s)
 		return;
 	if (sess_flush(s) == -1)
 		return;
-	while (rc > 0 && budget && (s->bstate == BULK_MAP || s->bstate == BULK_PAGES)) {
+	while (rc > 0 && budget && (s->bstate == BULK_MAP || s->bstate == BULK_PAGES) &&
+	       !bulk_held(s)) {
 		if (s->bstate == BULK_MAP) {
 			rc = bulk_map(s);
 		} else {
@@ -542,6 +547,8 @@ void tlm_ps_progress_tick(struct tlm_ps *ps)
 
 		if (!s || s->dead || s->bstate != BULK_PAGES)
 			continue;
+		if (!(s->events & EPOLLOUT) && !bulk_held(s))
+			tlm_ps_bulk_pump(s);         /* the --bulk-delay hold is over */
 		m.u.progress.pages_sent = s->data_passed;
 		m.u.progress.pages_total = r->map.count[TLM_CLASS_DATA];
 		tlm_conn_queue(&s->c, &m);   /* no room: the stream is moving anyway */

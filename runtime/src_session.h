@@ -29,6 +29,9 @@ struct tlm_ps {
 	const char *ctl_path;
 	struct tlm_src_region *regions;     /* singly linked, in the order added */
 	struct tlm_ps_sess *sessions;       /* every session, live or waiting to be freed */
+	uint64_t bulk_hold_ns;              /* --bulk-delay: DATA stream starts this long
+	                                     * after freeze (benchmarks: demand-only faults) */
+	uint64_t bulk_ahead_max;            /* --bulk-ahead: see demand_rides_bulk */
 	bool stop;
 	struct tlm_ps_ev ev_listen, ev_ctl, ev_sig, ev_timer;
 };
