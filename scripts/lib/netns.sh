@@ -1,0 +1,145 @@
+# shellcheck shell=bash
+# Two emulated hosts on this machine: network namespaces joined by a veth pair, the link
+# shaped by tc. Sourced by scripts (after lib/common.sh), or run to get a shell-less try:
+#
+#   scripts/lib/netns.sh lan|wan|loopback [CMD...]    make the link, measure it, run CMD
+#                                                     (default: print the link), remove it
+#
+#   . scripts/lib/netns.sh
+#   tlm_link_up lan|wan|loopback     make it; the caller's EXIT trap must call tlm_link_down
+#   tlm_link_down                    remove the namespaces (idempotent)
+#
+# After tlm_link_up: TLM_LINK (the link actually made: lan, wan or loopback), TLM_SRC_NS,
+# TLM_DST_NS (empty on loopback), TLM_SRC_ADDR, TLM_DST_ADDR, TLM_LINK_BPS (shaped rate,
+# bit/s; 0 on loopback: unshaped), TLM_LINK_RTT_MS (the emulated round trip), TLM_LINK_DESC
+# (one line: what was made and what was measured), tlm_link_bytes (bytes through the veth
+# pair so far, both directions).
+#
+# Presets: lan = 10 Gbit/s, 0.1 ms RTT; wan = 1 Gbit/s, 20 ms RTT (inter-DC migration).
+# The rate is a tbf qdisc on both veth ends; the delay (RTT/2 per direction) and loss
+# ($TLM_LINK_LOSS percent, default 0) need netem: on a kernel without sch_netem the link is
+# rate-shaped only and TLM_LINK_DESC says "delay not emulated". Without namespaces (not
+# root, no iproute2, no veth) the link is loopback, and it says so.
+# Namespace names: ${TLM_NETNS_PREFIX:-tlm}-src and -dst, addresses 10.77.0.1 and .2/24.
+
+[ -n "${tlm_root:-}" ] || . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+tlm_link_made=0
+
+tlm_link_down() {
+	[ "$tlm_link_made" = 1 ] || return 0
+	ip netns del "$TLM_SRC_NS" 2>/dev/null || true     # takes the veth pair with it
+	ip netns del "$TLM_DST_NS" 2>/dev/null || true
+	tlm_link_made=0
+}
+
+tlm_link_loopback() {
+	TLM_LINK=loopback TLM_SRC_NS= TLM_DST_NS= TLM_SRC_ADDR=127.0.0.1 TLM_DST_ADDR=127.0.0.1
+	TLM_LINK_BPS=0 TLM_LINK_RTT_MS=0
+	TLM_LINK_DESC="loopback (one host, unshaped)${1:+: $1}"
+	[ -z "${1:-}" ] || tlm_log "no emulated hosts: $1; using plain loopback"
+}
+
+# tbf for the rate, netem (when the kernel has it) for delay and loss, on one veth end.
+tlm_link_shape() {
+	local ns=$1 dev=$2 bps=$3 delay_us=$4 burst
+
+	burst=$((bps / 8 / 1000))       # 1 ms at line rate (tbf needs >= rate / HZ)
+	[ "$burst" -ge 262144 ] || burst=262144
+	if tc -n "$ns" qdisc add dev "$dev" root handle 1: netem delay "${delay_us}us" \
+		loss "${TLM_LINK_LOSS:-0}%" limit 100000 2>/dev/null; then
+		tc -n "$ns" qdisc add dev "$dev" parent 1: handle 2: tbf rate "${bps}bit" \
+			burst "$burst" latency 100ms || return 1
+		echo netem
+	else
+		tc -n "$ns" qdisc add dev "$dev" root tbf rate "${bps}bit" burst "$burst" \
+			latency 100ms || return 1
+		echo tbf
+	fi
+}
+
+tlm_link_up() {
+	local preset=$1 bps rtt_us p=${TLM_NETNS_PREFIX:-tlm} how meas
+
+	case "$preset" in
+	lan) bps=10000000000 rtt_us=100 ;;
+	wan) bps=1000000000 rtt_us=20000 ;;
+	loopback) tlm_link_loopback; return 0 ;;
+	*) tlm_die "link preset must be lan, wan or loopback, not '$preset'" ;;
+	esac
+	if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
+		tlm_link_loopback "needs root, ip and tc"; return 0
+	fi
+	TLM_SRC_NS=$p-src TLM_DST_NS=$p-dst TLM_SRC_ADDR=10.77.0.1 TLM_DST_ADDR=10.77.0.2
+	ip netns del "$TLM_SRC_NS" 2>/dev/null || true     # a leftover of a killed run
+	ip netns del "$TLM_DST_NS" 2>/dev/null || true
+	if ! { ip netns add "$TLM_SRC_NS" && ip netns add "$TLM_DST_NS"; } 2>/dev/null; then
+		ip netns del "$TLM_SRC_NS" 2>/dev/null || true
+		tlm_link_loopback "ip netns add failed"; return 0
+	fi
+	tlm_link_made=1
+	if ! ip -n "$TLM_SRC_NS" link add "$p-s0" type veth peer name "$p-d0" \
+		netns "$TLM_DST_NS" 2>/dev/null; then
+		tlm_link_down
+		tlm_link_loopback "no veth pair"; return 0
+	fi
+	ip -n "$TLM_SRC_NS" addr add "$TLM_SRC_ADDR/24" dev "$p-s0"
+	ip -n "$TLM_DST_NS" addr add "$TLM_DST_ADDR/24" dev "$p-d0"
+	ip -n "$TLM_SRC_NS" link set lo up
+	ip -n "$TLM_DST_NS" link set lo up
+	ip -n "$TLM_SRC_NS" link set "$p-s0" up
+	ip -n "$TLM_DST_NS" link set "$p-d0" up
+	how=$(tlm_link_shape "$TLM_SRC_NS" "$p-s0" "$bps" $((rtt_us / 2))) &&
+		tlm_link_shape "$TLM_DST_NS" "$p-d0" "$bps" $((rtt_us / 2)) >/dev/null ||
+		{ tlm_link_down; tlm_die "tc could not shape the veth pair"; }
+	TLM_LINK=$preset TLM_LINK_BPS=$bps TLM_LINK_RTT_MS=$(awk "BEGIN{print $rtt_us/1000}")
+	meas=$(tlm_link_measure $((bps >= 10000000000 ? 1024 : 256))) ||
+		{ tlm_link_down; tlm_die "the emulated link does not carry TCP"; }
+	TLM_LINK_DESC="$preset: namespaces $TLM_SRC_NS ($TLM_SRC_ADDR) <-> $TLM_DST_NS"
+	TLM_LINK_DESC+=" ($TLM_DST_ADDR), rate $((bps / 1000000)) Mbit/s"
+	if [ "$how" = netem ]; then
+		TLM_LINK_DESC+=", RTT $TLM_LINK_RTT_MS ms, loss ${TLM_LINK_LOSS:-0}% (netem)"
+	else
+		TLM_LINK_DESC+=" (tbf); delay not emulated: this kernel has no sch_netem"
+		[ "${TLM_LINK_LOSS:-0}" = 0 ] || TLM_LINK_DESC+=", nor loss"
+	fi
+	TLM_LINK_DESC+="; measured $meas"
+}
+
+# "<Mbit/s> Mbit/s, RTT <ms> ms": a TCP bulk transfer of MIB MiB and a ping-pong, src -> dst.
+tlm_link_measure() {
+	local mib=$1 port=5999 probe=$tlm_root/scripts/lib/linkprobe.py out rc=0
+
+	ip netns exec "$TLM_DST_NS" python3 "$probe" server "$TLM_DST_ADDR" "$port" &
+	local pid=$!
+	out=$(timeout 60 ip netns exec "$TLM_SRC_NS" python3 "$probe" client "$TLM_DST_ADDR" \
+		"$port" "$mib") || rc=1
+	wait "$pid" || rc=1
+	[ "$rc" = 0 ] || return 1
+	read -r mbit rtt <<< "$out"
+	echo "$mbit Mbit/s, RTT $rtt ms"
+}
+
+tlm_link_bytes() {
+	local p=${TLM_NETNS_PREFIX:-tlm}
+
+	[ -n "$TLM_SRC_NS" ] || { echo 0; return; }
+	ip -n "$TLM_SRC_NS" -s -j link show dev "$p-s0" |
+		python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["stats64"];
+print(s["rx"]["bytes"] + s["tx"]["bytes"])'
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then       # run, not sourced
+	set -euo pipefail
+	[ $# -ge 1 ] && [ "$1" != -h ] && [ "$1" != --help ] || { tlm_usage; exit 0; }
+	trap tlm_link_down EXIT
+	trap 'exit 1' INT TERM
+	tlm_link_up "$1"
+	shift
+	echo "$TLM_LINK_DESC"
+	if [ $# -gt 0 ]; then
+		export TLM_LINK TLM_SRC_NS TLM_DST_NS TLM_SRC_ADDR TLM_DST_ADDR TLM_LINK_BPS \
+			TLM_LINK_RTT_MS
+		"$@"
+	fi
+fi
