@@ -34,9 +34,11 @@
 #   --src-netns NS, --dst-netns NS
 #                      run the source / destination side in these network namespaces
 #                      (emulated hosts; the source VMs must already run in --src-netns)
+# qemu and precopy modes take --dst-addr and --dst-netns (the destination QEMU runs there
+# and listens on --dst-addr; --src-netns is accepted and unused: the source QEMU connects).
 #
 # For every VM: start the destination QEMU (same command line, new RAM file, -incoming
-# defer), set the capabilities on both sides, migrate over tcp:127.0.0.1, switch to
+# defer), set the capabilities on both sides, migrate over tcp:--dst-addr, switch to
 # postcopy, wait for "completed", check the guest at the destination (it TICKs; its
 # "sum" equals the one taken before; no bad page), stop the source, make the destination
 # the current VM of the name, and report bytes, times, downtime and destination Pss.
@@ -62,6 +64,8 @@ usage() {
 
 tlm_opts=()
 trace=
+dst_addr=127.0.0.1
+dst_netns=
 
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -69,7 +73,14 @@ while [ $# -gt 0 ]; do
 	--src-reach|\
 	--src-netns|--dst-netns)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
-		tlm_opts+=("$1" "$2"); shift ;;
+		tlm_opts+=("$1" "$2")
+		case "$1" in
+		--dst-addr) dst_addr=$2 ;;
+		--dst-netns) dst_netns=$2 ;;
+		--src-netns) ;;
+		*) other_opt=${other_opt:-$1} ;;
+		esac
+		shift ;;
 	--trace) trace=${2:-}; shift ;;
 	--mode) mode=${2:-}; shift ;;
 	--precopy) precopy_s=${2:-}; shift ;;
@@ -89,8 +100,8 @@ qemu|tlm|precopy) ;;
 "") echo "$tlm_prog: --mode qemu|tlm|precopy is required (try --help)" >&2; exit 2 ;;
 *) echo "$tlm_prog: --mode must be qemu, tlm or precopy, not '$mode'" >&2; exit 2 ;;
 esac
-if [ "$mode" != tlm ] && [ ${#tlm_opts[@]} -gt 0 ]; then
-	echo "$tlm_prog: ${tlm_opts[0]} is a tlm-mode option" >&2; exit 2
+if [ "$mode" != tlm ] && [ -n "${other_opt:-}" ]; then
+	echo "$tlm_prog: $other_opt is a tlm-mode option" >&2; exit 2
 fi
 for n in "$precopy_s" "$bandwidth_mib" "$timeout_s"; do
 	[[ "$n" =~ ^[0-9]+$ ]] || { echo "$tlm_prog: not a whole number: '$n'" >&2; exit 2; }
@@ -176,7 +187,8 @@ prepare() {
 	if [ "$check" = 1 ]; then
 		sums[$i]=$(tlm_vm cmd "$src" sum) || tlm_die "$vm: no checksum from the guest"
 	fi
-	dst=$(tlm_vm start "${names[$i]}" --like "$src" --incoming defer --no-link) ||
+	dst=$(tlm_vm start "${names[$i]}" --like "$src" --incoming defer --no-link \
+		${dst_netns:+--netns "$dst_netns"}) ||
 		tlm_die "${names[$i]}: the destination QEMU did not start"
 	dst_dirs[$i]=$dst
 	phases[$i]=prepared
@@ -184,7 +196,7 @@ prepare() {
 	tlm_qmp "$dst/qmp.sock" migrate-set-capabilities "$(caps_json)" >/dev/null
 	tlm_qmp "$src/qmp.sock" migrate-set-parameters \
 		"{\"max-bandwidth\": $((bandwidth_mib * 1024 * 1024))}" >/dev/null
-	tlm_qmp "$dst/qmp.sock" migrate-incoming '{"uri":"tcp:127.0.0.1:0"}' >/dev/null
+	tlm_qmp "$dst/qmp.sock" migrate-incoming "{\"uri\":\"tcp:$dst_addr:0\"}" >/dev/null
 }
 
 # With --precopy 0 the switch request follows `migrate` in the same QMP session: over
@@ -194,7 +206,7 @@ start_migration() {
 
 	port=$(tlm_qmp "${dst_dirs[$i]}/qmp.sock" query-migrate --get socket-address.0.port) ||
 		tlm_die "${names[$i]}: the destination does not listen"
-	uri="{\"uri\":\"tcp:127.0.0.1:$port\"}"
+	uri="{\"uri\":\"tcp:$dst_addr:$port\"}"
 	date +%s.%N > "$work/$i.start"
 	phases[$i]=precopy
 	if [ "$mode" = precopy ]; then		# no switch: QEMU stops the source at the end

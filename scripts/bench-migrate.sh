@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Benchmark: tlm against stock QEMU postcopy-ram and precopy, on the same link, for N
+# clones of one template migrated at once.
+#
+#   scripts/bench-migrate.sh [--counts 1,2,4,8] [--mem MiB] [--dirty-mib MiB]
+#                            [--link lan|wan|loopback] [--modes tlm,qemu,precopy]
+#                            [--out DIR] [--quick]
+#
+#   --counts LIST    numbers of clones (default 1,2,4,8)
+#   --mem MiB        guest RAM (default 192; the workload fills a quarter of it)
+#   --dirty-mib M    how much of its memory each clone rewrites after start (default 8):
+#                    the part that differs from the template (the DATA a migration must send)
+#   --link L         wan (default: 1 Gbit/s, 20 ms RTT), lan (10 Gbit/s, 0.1 ms) or
+#                    loopback: two emulated hosts, scripts/lib/netns.sh (which says what the
+#                    kernel allowed: no sch_netem = rate only, no namespaces = loopback)
+#   --modes LIST     which migrations (default tlm,qemu,precopy; tlm gives the lower bound)
+#   --out DIR        results directory (default bench-results/<link>-<date>)
+#   --quick          --counts 1 --mem 160 --dirty-mib 4 (the CI smoke test)
+#
+# For every N and mode: fresh clones of the template started in the source namespace with
+# the same reseeds (so every mode moves the same guest content), migrated to the
+# destination namespace with scripts/migrate-postcopy.sh, checked there (checksum, TICKs),
+# stopped. While they migrate, their consoles are followed: the longest interval between
+# two TICKs (one per guest second) is the guest's worst stall (1 s = no stall).
+# Writes in DIR: results.csv (one row per run), results.md (the table and the ratios
+# tlm / baseline per N), bytes.png, memory.png, progress.png (gnuplot), trace.csv, runs.jsonl,
+# and logs/. Columns: see the Results section of README.md.
+# TCG guests on 2 cores: N=8 at 192 MiB takes minutes per mode.
+set -euo pipefail
+# shellcheck source=lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/netns.sh
+. "$tlm_root/scripts/lib/netns.sh"
+
+counts=1,2,4,8
+mem=192
+dirty_mib=8
+link=wan
+modes=tlm,qemu,precopy
+out=
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--counts) counts=${2:-}; shift ;;
+	--mem) mem=${2:-}; shift ;;
+	--dirty-mib) dirty_mib=${2:-}; shift ;;
+	--link) link=${2:-}; shift ;;
+	--modes) modes=${2:-}; shift ;;
+	--out) out=${2:-}; shift ;;
+	--quick) counts=1 mem=160 dirty_mib=4 ;;
+	-h|--help) tlm_usage; exit 0 ;;
+	*) echo "$tlm_prog: unknown option '$1' (try --help)" >&2; exit 2 ;;
+	esac
+	shift
+done
+[[ "$counts" =~ ^[1-9][0-9]?(,[1-9][0-9]?)*$ ]] || tlm_die "--counts: e.g. 1,2,4, not '$counts'"
+[[ "$mem" =~ ^[0-9]+$ ]] && [ "$mem" -ge 160 ] || tlm_die "--mem: a whole number >= 160, not '$mem'"
+[[ "$dirty_mib" =~ ^[0-9]+$ ]] && [ "$dirty_mib" -le $((mem / 4)) ] ||
+	tlm_die "--dirty-mib: a whole number up to the workload's $((mem / 4)) MiB, not '$dirty_mib'"
+[[ "$modes" =~ ^(tlm|qemu|precopy)(,(tlm|qemu|precopy))*$ ]] ||
+	tlm_die "--modes: a list of tlm, qemu, precopy, not '$modes'"
+case "$link" in lan|wan|loopback) ;; *) tlm_die "--link: lan, wan or loopback, not '$link'" ;; esac
+: "${out:=bench-results/$link-$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$out/logs"
+out=$(cd "$out" && pwd)
+
+export TLM_BIN_DIR=${TLM_BIN_DIR:-$tlm_root/build/runtime}
+export TLM_GLUE=${TLM_GLUE:-$tlm_root/build/qemu-glue/libtlm-glue.so}
+for f in "$TLM_BIN_DIR/tlm-page-server" "$TLM_BIN_DIR/tlm-uffd-server" "$TLM_GLUE"; do
+	[ -e "$f" ] || tlm_die "$f is missing: build tlm first (scripts/setup.sh)"
+done
+base=$(mktemp -d /dev/shm/tlm-bench.XXXXXX)
+export TLM_RUN_DIR=$base/run TMPDIR=$base/tmp
+mkdir -p "$TMPDIR"
+tdir=$base/template
+watcher=
+
+# VMs of this run dir, daemons a failed tlm run left (their control sockets are ours),
+# the namespaces: everything this script made goes.
+cleanup() {
+	local rc=$? d s
+
+	[ -z "$watcher" ] || { kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null; } || true
+	for d in "$TLM_RUN_DIR"/*/; do
+		[ -L "${d%/}" ] || [ ! -e "$d/vm.json" ] || tlm_vm stop "$d" >/dev/null 2>&1 || true
+	done
+	for s in "$TMPDIR"/*/src/ctl.sock "$TMPDIR"/*/dst/ctl.sock; do
+		[ -S "$s" ] || continue
+		python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);
+s.sendall(b"shutdown\n")' "$s" 2>/dev/null || true
+	done
+	tlm_link_down
+	rm -rf "$base"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+tlm_need_packages gnuplot-nox
+"$tlm_root/scripts/mkguest.sh" >/dev/null
+tlm_link_up "$link"
+echo "link: $TLM_LINK_DESC" | tee "$out/link.txt"
+link=$TLM_LINK
+
+echo "== template: $mem MiB guest, workload $((mem / 4)) MiB (scripts/template-create.sh)"
+"$tlm_root/scripts/template-create.sh" bench --out "$tdir" --mem "$mem" \
+	--wl-mem $((mem / 4)) --force 2>"$out/logs/template.log" | tail -n 1
+
+net_opts() {
+	[ -n "$TLM_SRC_NS" ] || return 0
+	if [ "$1" = tlm ]; then
+		echo --src-netns "$TLM_SRC_NS" --src-addr "$TLM_SRC_ADDR"
+	fi
+	echo --dst-netns "$TLM_DST_NS" --dst-addr "$TLM_DST_ADDR"
+}
+
+# One run: N fresh clones, one migration mode, one row of runs.jsonl.
+bench_one() {
+	local n=$1 mode=$2 tag="n$1-$2" names=() i b0 b1 t0 t1 rc=0
+
+	for i in $(seq 1 "$n"); do names+=("bm-$i"); done
+	"$tlm_root/scripts/clone-start.sh" "$tdir" bm --count "$n" --reseed 100 \
+		--reseed-mib "$dirty_mib" ${TLM_SRC_NS:+--netns "$TLM_SRC_NS"} \
+		> "$out/logs/$tag.clones.log" 2>&1 || { cat "$out/logs/$tag.clones.log" >&2
+		tlm_die "N=$n $mode: the clones did not start"; }
+	: > "$base/ticks.csv"
+	python3 "$tlm_root/scripts/lib/bench_report.py" ticks "$TLM_RUN_DIR" bm- \
+		"$base/ticks.csv" &
+	watcher=$!
+	b0=$(tlm_link_bytes)
+	t0=$(date +%s.%N)
+	# shellcheck disable=SC2046
+	"$tlm_root/scripts/migrate-postcopy.sh" --mode "$mode" $(net_opts "$mode") \
+		--json "$out/logs/$tag.json" ${trace_n:+--trace "$base/trace-$n.csv"} \
+		"${names[@]}" > "$out/logs/$tag.log" 2>&1 || rc=$?
+	t1=$(date +%s.%N)
+	b1=$(tlm_link_bytes)
+	sleep 0.1
+	kill "$watcher"
+	wait "$watcher" || true
+	watcher=
+	cp "$base/ticks.csv" "$out/logs/$tag.ticks.csv"
+	if [ "$rc" != 0 ]; then
+		cat "$out/logs/$tag.log" >&2
+		tlm_die "N=$n $mode: migration failed (logs in $out/logs)"
+	fi
+	tail -n 1 "$out/logs/$tag.log"
+	python3 "$tlm_root/scripts/lib/bench_report.py" row "$out/runs.jsonl" "$link" "$n" \
+		"$mode" "$out/logs/$tag.json" "$base/ticks.csv" "$t0" "$t1" $((b1 - b0)) \
+		"$TLM_LINK_BPS" "$mem" "$dirty_mib"
+	for i in "${names[@]}"; do tlm_vm stop "$i" >/dev/null; done
+}
+
+: > "$out/runs.jsonl"
+trace_first=${counts%%,*}
+for n in ${counts//,/ }; do
+	trace_n=
+	[ "$n" != "$trace_first" ] || trace_n=$n
+	for mode in ${modes//,/ }; do
+		echo "== N=$n: $mode"
+		bench_one "$n" "$mode"
+	done
+done
+[ -e "$base/trace-$trace_first.csv" ] && cp "$base/trace-$trace_first.csv" "$out/trace.csv"
+echo
+python3 "$tlm_root/scripts/lib/bench_report.py" report "$out/runs.jsonl" "$out" \
+	"$out/trace.csv"
+echo
+echo "results: $out/results.csv, $out/results.md; plots: $out/{bytes,memory,progress}.png"

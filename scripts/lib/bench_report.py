@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""bench_report.py — the measuring and reporting half of scripts/bench-migrate.sh.
+
+    bench_report.py ticks RUN_DIR PREFIX OUT.csv
+        follow the consoles of the VMs RUN_DIR/PREFIX*.GEN/console.log (new generations
+        too) until SIGTERM; every "TICK n rate=<pages/s> rewrites=<total>" line becomes
+        "vm,host_seconds,n,rewrites" (polled every 20 ms: the host time is the time seen)
+    bench_report.py row RUNS.jsonl LINK N MODE MIGRATE.json TICKS.csv T0 T1 LINK_BYTES \
+        LINK_BPS MEM_MIB DIRTY_MIB
+        append one run (its migrate-postcopy.sh --json, its longest TICK gap in [T0, T1])
+    bench_report.py report RUNS.jsonl OUT_DIR [TRACE.csv]
+        results.csv (one row per run, lower bounds and ratios added), results.md (tables),
+        and the PNG plots through gnuplot (when installed)
+"""
+
+import csv
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+MODES = ("tlm", "qemu", "precopy")
+MODE_NAME = {"tlm": "tlm", "qemu": "postcopy-ram", "precopy": "precopy"}
+
+
+def ticks(run_dir, prefix, out):
+    """Host-timestamped TICK lines of every generation of the VMs, until SIGTERM."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    pos, rest = {}, {}
+    with open(out, "a") as f:
+        while not stop:
+            for path in glob.glob(os.path.join(run_dir, f"{prefix}*", "console.log")):
+                d = os.path.dirname(path)
+                if os.path.islink(d):
+                    continue
+                try:
+                    with open(path, "rb") as c:
+                        c.seek(pos.get(path, 0))
+                        data = c.read()
+                except OSError:         # a stopped generation went away
+                    continue
+                now = time.time()
+                pos[path] = pos.get(path, 0) + len(data)
+                lines = (rest.get(path, b"") + data).split(b"\n")
+                rest[path] = lines.pop()
+                vm = os.path.basename(d).rsplit(".", 1)[0]
+                for ln in lines:
+                    w = ln.decode(errors="replace").split()
+                    if len(w) >= 4 and w[0] == "TICK" and w[3].startswith("rewrites="):
+                        f.write(f"{vm},{now:.3f},{w[1]},{w[3][9:]}\n")
+            f.flush()
+            time.sleep(0.02)
+
+
+def tick_gap(path, t0, t1):
+    """The longest interval between two TICKs of one VM seen in [t0, t1] (the window's
+    edges count as TICKs: a guest that stops ticking shows as a gap too)."""
+    by_vm = {}
+    with open(path) as f:
+        for vm, t, _, _ in csv.reader(f):
+            by_vm.setdefault(vm, []).append(float(t))
+    gap = 0.0
+    for ts in by_vm.values():
+        ts = sorted([t0] + [t for t in ts if t0 < t < t1] + [t1])
+        gap = max([gap] + [b - a for a, b in zip(ts, ts[1:])])
+    return round(gap, 2)
+
+
+def row(runs, link, n, mode, mig, tick_csv, t0, t1, link_bytes, link_bps, mem, dirty):
+    j = json.load(open(mig))
+    vms, tot = j["vms"], j["total"]
+    p50 = [v["fault_p50_us"] for v in vms if v.get("fault_p50_us") is not None]
+    p99 = [v["fault_p99_us"] for v in vms if v.get("fault_p99_us") is not None]
+    r = {"link": link, "n": int(n), "mode": mode, "mem_mib": int(mem),
+         "dirty_mib": int(dirty), "wire_bytes": tot["wire_bytes"],
+         "link_bytes": int(link_bytes) or None, "qemu_bytes": tot["qemu_bytes"],
+         "tlm_bytes": tot["tlm_bytes"],
+         "tlm_payload_bytes": tot["tlm_payload_bytes"] if mode == "tlm" else None,
+         "time_s": tot["wall_s"], "slowest_vm_s": max(v["time_s"] for v in vms),
+         "downtime_ms": max(v["downtime_ms"] or 0 for v in vms),
+         "dst_pss_mib": round(tot["dst_pss_kb"] / 1024, 1),
+         "demand_faults": sum(v.get("demand_faults") or 0 for v in vms),
+         "fault_p50_us": max(p50) if p50 else None, "fault_p99_us": max(p99) if p99 else None,
+         "max_tick_gap_s": tick_gap(tick_csv, float(t0), float(t1)),
+         "link_bps": int(link_bps)}
+    with open(runs, "a") as f:
+        f.write(json.dumps(r) + "\n")
+
+
+COLS = ["link", "n", "mode", "mem_mib", "dirty_mib", "wire_bytes", "link_bytes", "qemu_bytes",
+        "tlm_bytes", "data_bytes", "data_link_s", "time_s", "slowest_vm_s", "downtime_ms",
+        "dst_pss_mib", "demand_faults", "fault_p50_us", "fault_p99_us", "max_tick_gap_s",
+        "wire_vs_data", "tlm_bytes_ratio", "tlm_time_ratio", "tlm_pss_ratio"]
+
+
+def derive(rows):
+    """Lower bounds from the tlm run of the same N (same template, same reseeds: the same
+    guest content); ratios tlm / this run, pair by pair."""
+    tlm = {r["n"]: r for r in rows if r["mode"] == "tlm"}
+    for r in rows:
+        t = tlm.get(r["n"])
+        data = t and t["tlm_payload_bytes"]
+        r["data_bytes"] = data
+        r["data_link_s"] = round(data * 8 / r["link_bps"], 3) if data and r["link_bps"] \
+            else None
+        r["wire_vs_data"] = round(r["wire_bytes"] / data, 2) if data else None
+        for k, col in (("wire_bytes", "tlm_bytes_ratio"), ("time_s", "tlm_time_ratio"),
+                       ("dst_pss_mib", "tlm_pss_ratio")):
+            r[col] = round(t[k] / r[k], 3) if t and r[k] else None
+    return rows
+
+
+def fmt(v, unit=1, nd=1):
+    return "-" if v is None else f"{v / unit:.{nd}f}"
+
+
+def markdown(rows, out):
+    L = ["| link | N | mode | wire MB | veth MB | DATA bound MB | DATA/link s | time s | "
+         "downtime ms | dst Pss MiB | faults | fault p50/p99 us | max TICK gap s |",
+         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lat = "-" if r["fault_p50_us"] is None else \
+            f"{r['fault_p50_us']:.0f}/{r['fault_p99_us']:.0f}"
+        L.append(f"| {r['link']} | {r['n']} | {MODE_NAME[r['mode']]} | "
+                 f"{fmt(r['wire_bytes'], 1e6)} | {fmt(r['link_bytes'], 1e6)} | "
+                 f"{fmt(r['data_bytes'], 1e6)} | {fmt(r['data_link_s'], 1, 2)} | "
+                 f"{r['time_s']:.2f} | {r['downtime_ms']:.0f} | {r['dst_pss_mib']:.0f} | "
+                 f"{r['demand_faults']} | {lat} | {r['max_tick_gap_s']:.2f} |")
+    L += ["", "Ratios tlm / baseline, same N, same link, same run:", "",
+          "| N | baseline | bytes | time | dst memory |", "|---:|---|---:|---:|---:|"]
+    for r in rows:
+        if r["mode"] != "tlm" and r["tlm_bytes_ratio"] is not None:
+            L.append(f"| {r['n']} | {MODE_NAME[r['mode']]} | {r['tlm_bytes_ratio']:.3f} | "
+                     f"{fmt(r['tlm_time_ratio'], 1, 2)} | {fmt(r['tlm_pss_ratio'], 1, 2)} |")
+    with open(out, "w") as f:
+        f.write("\n".join(L) + "\n")
+    return L
+
+
+def plots(rows, out_dir, trace):
+    """bytes vs N, destination memory vs N, pages present over time (PNG, gnuplot)."""
+    dat = os.path.join(out_dir, "plot.dat")
+    ns = sorted({r["n"] for r in rows})
+    by = {(r["n"], r["mode"]): r for r in rows}
+    with open(dat, "w") as f:
+        f.write("# N tlm_MB qemu_MB precopy_MB data_MB tlm_MiB qemu_MiB precopy_MiB\n")
+        for n in ns:
+            g = lambda m, k, u: by[(n, m)][k] / u if (n, m) in by and by[(n, m)][k] \
+                is not None else float("nan")       # noqa: E731
+            f.write(" ".join(f"{v:.3f}" for v in [n] + [g(m, "wire_bytes", 1e6) for m in MODES]
+                             + [g("tlm", "data_bytes", 1e6)]
+                             + [g(m, "dst_pss_mib", 1) for m in MODES]) + "\n")
+    link = rows[0]["link"]
+    gp = [f"set terminal pngcairo size 800,500", "set key top left", "set grid",
+          "set xlabel 'clones migrated at once (N)'", f"set xtics ({', '.join(map(str, ns))})",
+          f"set output '{out_dir}/bytes.png'", "set logscale y",
+          f"set title 'Bytes on the wire ({link})'", "set ylabel 'MB'",
+          f"plot '{dat}' u 1:2 w lp t 'tlm', '' u 1:3 w lp t 'stock postcopy-ram', "
+          "'' u 1:4 w lp t 'stock precopy', '' u 1:5 w l dt 2 t 'DATA payload (lower bound)'",
+          "unset logscale y", f"set output '{out_dir}/memory.png'",
+          f"set title 'Destination memory, Pss of all VMs ({link})'", "set ylabel 'MiB'",
+          f"plot '{dat}' u 1:6 w lp t 'tlm', '' u 1:7 w lp t 'stock postcopy-ram', "
+          "'' u 1:8 w lp t 'stock precopy'"]
+    if trace and os.path.exists(trace):
+        tr = os.path.join(out_dir, "trace.dat")
+        with open(trace) as f, open(tr, "w") as o:
+            blocks, first = {}, {}
+            for mode, vm, t, present, total in csv.reader(f):
+                if mode in ("tlm", "qemu") and int(total) and first.setdefault(mode, vm) == vm:
+                    blocks.setdefault(mode, []).append(f"{t} {100 * int(present) / int(total)}")
+            for mode in ("tlm", "qemu"):
+                o.write(f"# {mode}\n" + "\n".join(blocks.get(mode, ["nan nan"])) + "\n\n\n")
+        gp += ["unset xtics", "set xtics", "set key bottom right",
+               f"set output '{out_dir}/progress.png'",
+               f"set title 'Pages present at the destination, one VM ({link})'",
+               "set xlabel 'seconds since the switch-over (tlm) / migrate (postcopy-ram)'",
+               "set ylabel '% of guest RAM'", "set yrange [0:105]",
+               f"plot '{tr}' index 0 u 1:2 w l lw 2 t 'tlm', "
+               "'' index 1 u 1:2 w l lw 2 t 'stock postcopy-ram'"]
+    try:
+        r = subprocess.run(["gnuplot"], input="\n".join(gp) + "\n", text=True,
+                           stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        print("bench_report.py: gnuplot is not installed: no plots", file=sys.stderr)
+        return
+    if r.returncode:
+        sys.exit(f"bench_report.py: gnuplot failed: {r.stderr.strip()}")
+
+
+def report(runs, out_dir, trace=None):
+    rows = derive([json.loads(ln) for ln in open(runs) if ln.strip()])
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLS)
+        for r in rows:
+            w.writerow(["" if r.get(c) is None else r[c] for c in COLS])
+    print("\n".join(markdown(rows, os.path.join(out_dir, "results.md"))))
+    plots(rows, out_dir, trace)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    if len(a) == 4 and a[0] == "ticks":
+        ticks(*a[1:])
+    elif len(a) == 13 and a[0] == "row":
+        row(*a[1:])
+    elif len(a) in (3, 4) and a[0] == "report":
+        report(*a[1:])
+    else:
+        sys.exit(__doc__.strip().split("\n\n")[1])
