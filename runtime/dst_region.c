@@ -492,6 +492,8 @@ static void map_applied(struct dst_region *r)
 	if (!r->map_final || r->nmruns || r->phase != DST_MAPPING)
 		return;
 	r->phase = DST_FETCHING;
+	if (!r->t_map_ns)
+		r->t_map_ns = tlm_now_ns();
 	log_info("%s: class map applied: %llu template, %llu zero, %llu ref, %llu data pages%s",
 		 r->id, (unsigned long long)c[TLM_CLASS_TEMPLATE],
 		 (unsigned long long)c[TLM_CLASS_ZERO], (unsigned long long)c[TLM_CLASS_REF],
@@ -946,6 +948,8 @@ void dst_region_done_msg(struct dst_region *r, const struct tlm_msg *m)
 	if (!r->map_final)
 		log_warn("%s: DONE before the final class map frame", r->id);
 	r->done_rcvd = true;
+	if (!r->t_done_ns)
+		r->t_done_ns = tlm_now_ns();
 	r->finish_cursor = 0;
 }
 

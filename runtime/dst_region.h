@@ -167,6 +167,7 @@ struct dst_region {
 	struct dst_peer peer;
 	struct dst_region_stats st;
 	uint64_t t_start_ns, t_end_ns;    /* REGION received; COMPLETE/FAILED */
+	uint64_t t_map_ns, t_done_ns;     /* class map applied; first DONE (stats) */
 	uint64_t last_progress_ns, last_progress_present;
 	char fail_reason[TLM_LOCAL_PATH_MAX];
 };

@@ -31,6 +31,11 @@ static uint64_t elapsed_ns(const struct dst_region *r)
 	return end > r->t_start_ns ? end - r->t_start_ns : 1;
 }
 
+static double since_start_ms(const struct dst_region *r, uint64_t t)
+{
+	return t > r->t_start_ns ? (double)(t - r->t_start_ns) / 1e6 : 0.0;
+}
+
 static void json_wire(const struct dst_region *r, struct tlm_json *j)
 {
 	uint64_t in = r->st.wire_in + dst_peer_wire_in(r);
@@ -47,6 +52,9 @@ static void json_wire(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_obj_end(j);
 	tlm_json_double(j, "restore_mb_per_s", (double)(r->n_present * PS) / 1e6 / s);
 	tlm_json_u64(j, "elapsed_ms", elapsed_ns(r) / 1000000);
+	/* Since REGION; 0 = not yet. Between the two only DATA pages move (benchmarks). */
+	tlm_json_double(j, "map_applied_ms", since_start_ms(r, r->t_map_ns));
+	tlm_json_double(j, "done_ms", since_start_ms(r, r->t_done_ns));
 }
 
 static void json_pages(const struct dst_region *r, struct tlm_json *j)
