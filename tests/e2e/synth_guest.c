@@ -8,9 +8,10 @@
  *       fills RAM deterministically from the seed, writes the manifest, prints
  *       "ready addr=0x... size=N pid=P" and waits for SIGTERM.
  *   tlm-synth-guest dest --ram F --size N --manifest IN [--write-check] [--discard-check]
- *                        [--wait-signal] [--hold]
+ *                        [--wait-signal] [--hold] [--reverse]
  *       (RAM armed by the glue) prints "mapped addr=0x... pid=P", reads and checks every
- *       page against the manifest, prints "verify: pages=N mismatches=M ...", class counts,
+ *       page against the manifest (--reverse: last page first, so that the reads meet
+ *       pages the daemon's forward class-map sweep has not placed yet: benchmarks), prints "verify: pages=N mismatches=M ...", class counts,
  *       shared_pages=K, pss_kb=P; --wait-signal: wait for SIGUSR1 before reading
  *       (stands for QEMU waiting for the incoming migration); --hold: print "holding" and
  *       wait for SIGTERM. Exit 0 only if every page matched and every check passed.
@@ -35,7 +36,7 @@
 struct sg_opts {
 	const char *mode, *ram, *tmpl, *manifest, *mix;
 	uint64_t size, seed;
-	bool write_check, discard_check, wait_signal, hold;
+	bool write_check, discard_check, wait_signal, hold, reverse;
 };
 
 struct sg_mix {
@@ -50,7 +51,7 @@ static void sg_usage(FILE *f)
 	fprintf(f, "usage: tlm-synth-guest source --ram F --size N [--template T] --seed S "
 		"--mix template=70,zero=10,ref=5,data=15[,dirty=P] --manifest OUT\n"
 		"       tlm-synth-guest dest --ram F --size N --manifest IN [--write-check] "
-		"[--discard-check] [--wait-signal] [--hold]\n");
+		"[--discard-check] [--wait-signal] [--hold] [--reverse]\n");
 }
 
 static uint64_t sg_rand(uint64_t *s)       /* splitmix64 */
@@ -327,11 +328,14 @@ static long sg_pss_kb(void)
 	return kb;
 }
 
-static uint64_t sg_verify(const uint8_t *ram, const struct e2e_manifest *m, uint64_t bad[5])
+static uint64_t sg_verify(const uint8_t *ram, const struct e2e_manifest *m, bool reverse,
+			  uint64_t bad[5])
 {
 	uint64_t miss = 0;
 
-	for (uint64_t i = 0; i < m->pages; i++) {
+	for (uint64_t k = 0; k < m->pages; k++) {
+		uint64_t i = reverse ? m->pages - 1 - k : k;
+
 		if (XXH3_64bits(ram + i * E2E_PAGE, E2E_PAGE) == m->hash[i])
 			continue;
 		if (miss < 5)
@@ -421,7 +425,7 @@ static int sg_dest(const struct sg_opts *o)
 	if (o->wait_signal)
 		sg_wait_usr1();
 	t0 = tlm_now_ns();
-	miss = sg_verify(ram, &m, bad);
+	miss = sg_verify(ram, &m, o->reverse, bad);
 	printf("verify: pages=%llu mismatches=%llu read_ms=%.1f\n", (unsigned long long)n,
 	       (unsigned long long)miss, (double)(tlm_now_ns() - t0) / 1e6);
 	sg_print_counts("classes", m.count);
@@ -448,7 +452,8 @@ static int sg_parse(int argc, char **argv, struct sg_opts *o)
 		{ "ram", 1, 0, 'r' }, { "size", 1, 0, 's' }, { "template", 1, 0, 't' },
 		{ "seed", 1, 0, 'S' }, { "mix", 1, 0, 'm' }, { "manifest", 1, 0, 'M' },
 		{ "write-check", 0, 0, 'w' }, { "discard-check", 0, 0, 'd' },
-		{ "wait-signal", 0, 0, 'W' }, { "hold", 0, 0, 'H' }, { "help", 0, 0, 'h' },
+		{ "wait-signal", 0, 0, 'W' }, { "hold", 0, 0, 'H' }, { "reverse", 0, 0, 'R' },
+		{ "help", 0, 0, 'h' },
 		{ 0, 0, 0, 0 } };
 	int c;
 
@@ -465,6 +470,7 @@ static int sg_parse(int argc, char **argv, struct sg_opts *o)
 		case 'd': o->discard_check = true; break;
 		case 'W': o->wait_signal = true; break;
 		case 'H': o->hold = true; break;
+		case 'R': o->reverse = true; break;
 		case 'h': sg_usage(stdout); exit(0);
 		default: goto usage;
 		}

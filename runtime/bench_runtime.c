@@ -1,0 +1,156 @@
+/*
+ * tlm-bench-runtime — baselines for scripts/bench-runtime.sh (a benchmark, not a test).
+ *
+ *   tlm-bench-runtime tcp --bytes N [--chunk SIZE]
+ *       a plain TCP stream of N bytes over loopback: a forked receiver reads and drops,
+ *       the sender writes SIZE bytes per write (default 1M); prints
+ *       "tcp_mb_per_s=X bytes=N seconds=S" (first write to the receiver's end of stream).
+ *       The yardstick for the page server's background stream, which carries pages over the
+ *       same kind of connection in the same run.
+ */
+#include "runtime/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define RECV_BUF (256u << 10)
+
+static const char usage[] =
+	"usage: tlm-bench-runtime tcp --bytes N [--chunk SIZE]\n"
+	"  a plain TCP stream of N bytes over loopback (k/M/G suffixes); prints tcp_mb_per_s=X\n";
+
+/* Receiver: read until end of stream. Exit status 0 if exactly want bytes came. */
+static int tcp_sink(int lfd, uint64_t want)
+{
+	static char buf[RECV_BUF];
+	uint64_t got = 0;
+	ssize_t n;
+	int fd = accept(lfd, NULL, NULL);
+
+	if (fd < 0)
+		return 1;
+	while ((n = read(fd, buf, sizeof(buf))) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return 1;
+		got += (uint64_t)n;
+	}
+	return got == want ? 0 : 1;
+}
+
+static int tcp_send(int fd, uint64_t bytes, size_t chunk)
+{
+	char *buf = calloc(1, chunk);
+	uint64_t left = bytes;
+
+	if (!buf)
+		return -ENOMEM;
+	while (left) {
+		ssize_t n = write(fd, buf, left < chunk ? (size_t)left : chunk);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			free(buf);
+			return -errno;
+		}
+		left -= (uint64_t)n;
+	}
+	free(buf);
+	return 0;
+}
+
+static int listen_loopback(struct sockaddr_in *a)
+{
+	socklen_t len = sizeof(*a);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	memset(a, 0, sizeof(*a));
+	a->sin_family = AF_INET;
+	a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd < 0 || bind(fd, (struct sockaddr *)a, sizeof(*a)) < 0 || listen(fd, 1) < 0 ||
+	    getsockname(fd, (struct sockaddr *)a, &len) < 0) {
+		if (fd >= 0)
+			close(fd);
+		return -errno;
+	}
+	return fd;
+}
+
+static int tcp_stream(uint64_t bytes, size_t chunk)
+{
+	struct sockaddr_in a;
+	int lfd = listen_loopback(&a), fd, st, rc;
+	uint64_t t0;
+	double secs;
+	pid_t pid;
+
+	if (lfd < 0 || (pid = fork()) < 0) {
+		fprintf(stderr, "tlm-bench-runtime: loopback listener: %s\n", strerror(errno));
+		return 1;
+	}
+	if (pid == 0)
+		_exit(tcp_sink(lfd, bytes));
+	close(lfd);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		fprintf(stderr, "tlm-bench-runtime: connect: %s\n", strerror(errno));
+		kill(pid, SIGTERM);
+		return 1;
+	}
+	t0 = tlm_now_ns();
+	rc = tcp_send(fd, bytes, chunk);
+	close(fd);
+	if (waitpid(pid, &st, 0) < 0 || rc < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		fprintf(stderr, "tlm-bench-runtime: the stream did not arrive whole%s%s\n",
+			rc < 0 ? ": " : "", rc < 0 ? strerror(-rc) : "");
+		return 1;
+	}
+	secs = (double)(tlm_now_ns() - t0) / 1e9;
+	printf("tcp_mb_per_s=%.1f bytes=%llu seconds=%.3f\n", (double)bytes / 1e6 / secs,
+	       (unsigned long long)bytes, secs);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "bytes", required_argument, NULL, 'b' }, { "chunk", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+	};
+	uint64_t bytes = 0, chunk = 1u << 20;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(usage, stdout);
+			return 0;
+		}
+		if (c == 'b' && tlm_parse_size(optarg, &bytes) == 0 && bytes)
+			continue;
+		if (c == 'c' && tlm_parse_size(optarg, &chunk) == 0 && chunk &&
+		    chunk <= (64u << 20))
+			continue;
+		if (c == 'b' || c == 'c')
+			fprintf(stderr, "tlm-bench-runtime: bad --%s '%s' (a size > 0%s)\n",
+				c == 'b' ? "bytes" : "chunk", optarg, c == 'c' ? ", <= 64M" : "");
+		else
+			fputs(usage, stderr);
+		return 2;
+	}
+	if (optind + 1 != argc || strcmp(argv[optind], "tcp") != 0 || !bytes) {
+		fprintf(stderr, "tlm-bench-runtime: want: tcp --bytes N (try --help)\n");
+		return 2;
+	}
+	return tcp_stream(bytes, (size_t)chunk);
+}
