@@ -1,4 +1,6 @@
 /* samples.c — one valid message of every type, shared by the protocol tests. */
+#include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,4 +110,15 @@ size_t sample_frame(enum tlm_msg_type t, uint8_t *buf, size_t cap)
 	if (n <= 0)
 		abort();
 	return (size_t)n;
+}
+
+void sample_corpus_name(enum tlm_msg_type t, char *name, size_t len)
+{
+	char lower[32];
+	size_t i;
+
+	for (i = 0; tlm_msg_name(t)[i] && i < sizeof(lower) - 1; i++)
+		lower[i] = (char)tolower((unsigned char)tlm_msg_name(t)[i]);
+	lower[i] = '\0';
+	snprintf(name, len, "%02d-%s.bin", (int)t, lower);
 }

@@ -1,10 +1,8 @@
 /*
- * test_corpus.c — the seed frames in tests/proto/corpus/ (one valid frame per message
- * type, for later fuzzing) must still decode with the current decoder. With
- * TLM_PROTO_WRITE_CORPUS=DIR the seeds are (re)written to DIR first:
- *   TLM_PROTO_WRITE_CORPUS=tests/proto/corpus build/tests/proto/proto_corpus
+ * test_corpus.c — the wire fuzzer's seed frames in tests/fuzz/corpus/wire/ (one valid
+ * frame per message type, written by tests/fuzz/mkseeds.c) must still decode, each as its
+ * own type, with the current decoder.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -22,39 +20,17 @@
 static void corpus_path(char *path, size_t len, const char *dir, enum tlm_msg_type t)
 {
 	char name[32];
-	size_t i;
 
-	for (i = 0; tlm_msg_name(t)[i] && i < sizeof(name) - 1; i++)
-		name[i] = (char)tolower((unsigned char)tlm_msg_name(t)[i]);
-	name[i] = '\0';
-	snprintf(path, len, "%s/%02d-%s.bin", dir, (int)t, name);
-}
-
-static void write_corpus(const char *dir)
-{
-	for (int t = TLM_MSG_HELLO; t < TLM_MSG__MAX; t++) {
-		uint8_t f[SAMPLE_FRAME_MAX];
-		size_t n = sample_frame(t, f, sizeof(f));
-		char path[512];
-		FILE *fp;
-
-		corpus_path(path, sizeof(path), dir, t);
-		fp = fopen(path, "wb");
-		assert_non_null(fp);
-		assert_int_equal(fwrite(f, 1, n, fp), n);
-		assert_int_equal(fclose(fp), 0);
-	}
+	sample_corpus_name(t, name, sizeof(name));
+	snprintf(path, len, "%s/%s", dir, name);
 }
 
 static void test_corpus_decodes(void **state)
 {
 	const char *src = getenv("TLM_SOURCE_DIR");
-	const char *w = getenv("TLM_PROTO_WRITE_CORPUS");
 	char dir[512];
 
-	if (w && *w)
-		write_corpus(w);
-	snprintf(dir, sizeof(dir), "%s/tests/proto/corpus", src);
+	snprintf(dir, sizeof(dir), "%s/tests/fuzz/corpus/wire", src);
 	for (int t = TLM_MSG_HELLO; t < TLM_MSG__MAX; t++) {
 		uint8_t f[SAMPLE_FRAME_MAX + 1];
 		struct tlm_run runs[16];
