@@ -20,8 +20,9 @@ kill_after_switch() {
 
 	src=$TLM_RUN_DIR/g.$((gen - 1))
 	for i in $(seq 1000); do
+		# only this test's daemon: its command line names our TMPDIR (other tests run)
 		if [ "$(qmp "$src/qmp.sock" query-status --get status 2>/dev/null)" = postmigrate ] &&
-			pkill -9 -x "$daemon"; then
+			pkill -9 -f "^[^ ]*/$daemon .*$TMPDIR/"; then
 			echo "killed $daemon after $((i * 10)) ms of watching"
 			return 0
 		fi
