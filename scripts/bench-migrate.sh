@@ -14,7 +14,7 @@
 #                    loopback: two emulated hosts, scripts/lib/netns.sh (which says what the
 #                    kernel allowed: no sch_netem = rate only, no namespaces = loopback)
 #   --modes LIST     which migrations (default tlm,qemu,precopy; tlm gives the lower bound)
-#   --out DIR        results directory (default bench-results/<link>-<date>)
+#   --out DIR        results directory (default build/bench-results/<link>-<date>)
 #   --quick          --counts 1 --mem 160 --dirty-mib 4 (the CI smoke test)
 #
 # For every N and mode: fresh clones of the template started in the source namespace with
@@ -59,7 +59,7 @@ done
 [[ "$modes" =~ ^(tlm|qemu|precopy)(,(tlm|qemu|precopy))*$ ]] ||
 	tlm_die "--modes: a list of tlm, qemu, precopy, not '$modes'"
 case "$link" in lan|wan|loopback) ;; *) tlm_die "--link: lan, wan or loopback, not '$link'" ;; esac
-: "${out:=bench-results/$link-$(date -u +%Y%m%dT%H%M%SZ)}"
+: "${out:=$tlm_root/build/bench-results/$link-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out/logs"
 out=$(cd "$out" && pwd)
 
@@ -68,7 +68,7 @@ export TLM_GLUE=${TLM_GLUE:-$tlm_root/build/qemu-glue/libtlm-glue.so}
 for f in "$TLM_BIN_DIR/tlm-page-server" "$TLM_BIN_DIR/tlm-uffd-server" "$TLM_GLUE"; do
 	[ -e "$f" ] || tlm_die "$f is missing: build tlm first (scripts/setup.sh)"
 done
-base=$(mktemp -d /dev/shm/tlm-bench.XXXXXX)
+base=$(mktemp -d /dev/shm/tlm-benchmig.XXXXXX)
 export TLM_RUN_DIR=$base/run TMPDIR=$base/tmp
 mkdir -p "$TMPDIR"
 tdir=$base/template
@@ -95,7 +95,7 @@ s.sendall(b"shutdown\n")' "$s" 2>/dev/null || true
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-tlm_need_packages gnuplot-nox
+( tlm_need_packages gnuplot-nox ) || tlm_log "no gnuplot: the plots are left out"
 "$tlm_root/scripts/mkguest.sh" >/dev/null
 tlm_link_up "$link"
 echo "link: $TLM_LINK_DESC" | tee "$out/link.txt"
