@@ -532,6 +532,41 @@ static void test_prefreeze(void **state)
 	expect_ctl("stats a", "\"state\":\"configured\"");
 }
 
+/* The next message must be an ERROR saying `want`, then the server closes. */
+static void expect_error(struct tlm_conn *c, const char *want)
+{
+	struct tlm_msg m;
+	int rc;
+
+	while ((rc = next_msg(c, &m, IO_MS)) == 1 && m.type != TLM_MSG_ERROR)
+		;
+	assert_int_equal(rc, 1);
+	print_message("server: %s\n", m.u.error.msg);
+	if (!strstr(m.u.error.msg, want))
+		fail_msg("ERROR '%s', want '%s'", m.u.error.msg, want);
+	assert_int_equal(next_msg(c, &m, IO_MS), -1);
+	tlm_conn_fini(c);
+}
+
+/* A session is bound to the VM it opened: it can neither reach pages past that VM's end
+ * (b has 256 pages, a has 24576) nor open another VM. */
+static void test_session_bound_to_vm(void **state)
+{
+	struct tlm_msg open = { .type = TLM_MSG_VM_OPEN };
+	struct tlm_conn c;
+
+	open_conn(&c, "b", TLM_CHAN_URGENT, B_PAGES, NULL);
+	demand(&c, B_PAGES - 1, 2);
+	expect_error(&c, "DEMAND 255+2 past the last page 255");
+	open_conn(&c, "b", TLM_CHAN_URGENT, B_PAGES, NULL);
+	open.u.vm_open.ram_size = (uint64_t)A_PAGES * PG;
+	open.u.vm_open.page_size = PG;
+	memcpy(open.u.vm_open.digest, E.digest.b, 16);
+	strcpy(open.u.vm_open.vm_id, "a");
+	send_msg(&c, &open);
+	expect_error(&c, "unexpected VM_OPEN on the urgent channel");
+}
+
 /* A malformed frame drops that connection only; a new session of the same VM works. */
 static void test_malformed_frame(void **state)
 {
@@ -740,6 +775,7 @@ int main(void)
 		cmocka_unit_test(test_unknown_vm),
 		cmocka_unit_test(test_mismatch),
 		cmocka_unit_test(test_prefreeze),
+		cmocka_unit_test(test_session_bound_to_vm),
 		cmocka_unit_test(test_malformed_frame),
 		cmocka_unit_test(test_freeze_stream),
 		cmocka_unit_test(test_template_less),
