@@ -2,6 +2,7 @@
 #include "runtime/json.h"
 #include "runtime/log.h"
 #include "runtime/util.h"
+#include "protocol/tlm_proto.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -57,12 +58,22 @@ void tlm_ctl_serve_one(int lfd, tlm_ctl_fn fn, void *ctx)
 {
 	char line[CTL_LINE_MAX];
 	struct tlm_sbuf reply;
+	pid_t pid = 0;
+	uid_t uid = 0;
 	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 
 	if (fd < 0)
 		return;
-	/* Only the socket's 0600 mode guards the control socket; the peer is the local
-	 * operator. Bound the time a slow client can hold the daemon's loop. */
+	/* The socket is 0600 in a private directory; SO_PEERCRED checks it again, so a
+	 * socket reached some other way (a wider directory, an inherited fd) still only
+	 * serves root and our own uid. */
+	if (tlm_local_peer_ok(fd, &pid, &uid) < 0) {
+		log_warn("ctl: connection from pid %d uid %u refused: not root or our uid",
+			 (int)pid, (unsigned)uid);
+		close(fd);
+		return;
+	}
+	/* Bound the time a slow client can hold the daemon's loop. */
 	set_timeouts(fd, 1000);
 	if (read_line(fd, line, sizeof(line)) <= 0) {
 		close(fd);
@@ -89,6 +100,12 @@ int tlm_ctl_request(const char *path, const char *cmd, struct tlm_sbuf *reply, i
 	fd = tlm_unix_connect(path, SOCK_STREAM, err, sizeof(err));
 	if (fd < 0)
 		return fd;
+	/* Commands may carry paths and addresses: only a daemon run by root or by us. */
+	rc = tlm_local_peer_ok(fd, NULL, NULL);
+	if (rc < 0) {
+		close(fd);
+		return rc;
+	}
 	set_timeouts(fd, timeout_ms);
 	rc = tlm_write_full(fd, cmd, strlen(cmd));
 	if (rc == 0)

@@ -274,20 +274,37 @@ static int unix_addr(const char *path, struct sockaddr_un *sa, char *err, size_t
 	return 0;
 }
 
-/* Create the socket's directory 0700 when it does not exist yet. */
+/* Create the socket's directory 0700 when it does not exist yet. An existing one must be
+ * ours and writable by nobody else: whoever can write there can replace our socket with
+ * their own and receive the glue's uffd or the operator's commands. */
 static int ensure_private_dir(const char *path, char *err, size_t errlen)
 {
 	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct stat st;
 	char *slash;
 
 	snprintf(dir, sizeof(dir), "%s", path);
 	slash = strrchr(dir, '/');
-	if (!slash || slash == dir)
-		return 0;
-	*slash = '\0';
+	if (!slash)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == dir)
+		dir[1] = '\0';
+	else
+		*slash = '\0';
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		snprintf(err, errlen, "%s: cannot create directory: %s", dir, strerror(errno));
 		return -errno;
+	}
+	if (stat(dir, &st) < 0) {
+		snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+		return -errno;
+	}
+	if (st.st_uid != geteuid() || (st.st_mode & 022)) {
+		snprintf(err, errlen, "%s: socket directory is %s (mode %04o, owner uid %u): "
+			 "others could replace the socket; use a private directory (0700)", dir,
+			 st.st_uid != geteuid() ? "not ours" : "writable by group or others",
+			 (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+		return -EPERM;
 	}
 	return 0;
 }

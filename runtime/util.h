@@ -32,8 +32,9 @@ int tlm_tcp_nodelay(int fd);
  * fails (ETIMEDOUT) once probes or sent data stay unacknowledged for timeout_s seconds. */
 int tlm_tcp_keepalive(int fd, unsigned idle_s, unsigned timeout_s);
 
-/* Unix stream/seqpacket listening socket at path: parent dir created 0700 if missing,
- * socket chmod 0600, a stale socket file replaced. Returns fd or -errno. */
+/* Unix stream/seqpacket listening socket at path: parent dir created 0700 if missing (an
+ * existing one must be ours and not group/world-writable: -EPERM), socket chmod 0600, a
+ * stale socket file replaced. Returns fd or -errno. */
 int tlm_unix_listen(const char *path, int type, char *err, size_t errlen);
 int tlm_unix_connect(const char *path, int type, char *err, size_t errlen);
 

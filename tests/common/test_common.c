@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +163,63 @@ static void test_ctl_roundtrip(void **state)
 	rmdir(dir);
 }
 
+/* A socket directory others may write to is refused (they could replace the socket). */
+static void test_ctl_dir_refused(void **state)
+{
+	char dir[] = "/tmp/tlm-ctl-XXXXXX", path[256], err[256] = "";
+
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(chmod(dir, 0777), 0);
+	snprintf(path, sizeof(path), "%s/ctl.sock", dir);
+	assert_int_equal(tlm_ctl_listen(path, err, sizeof(err)), -EPERM);
+	print_message("%s\n", err);
+	assert_non_null(strstr(err, "writable by group or others (mode 0777"));
+	assert_int_equal(chmod(dir, 0700), 0);
+	int lfd = tlm_ctl_listen(path, err, sizeof(err));
+	assert_true(lfd >= 0);
+	close(lfd);
+	unlink(path);
+	rmdir(dir);
+}
+
+/* SO_PEERCRED: a client of another uid gets no answer, even with access to the socket. */
+static void test_ctl_other_uid(void **state)
+{
+	char dir[] = "/tmp/tlm-ctl-XXXXXX", path[256], err[256];
+	int lfd, calls = 0, status;
+	pid_t pid;
+
+	if (geteuid() != 0)
+		skip();         /* switching to another uid needs root */
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/ctl.sock", dir);
+	lfd = tlm_ctl_listen(path, err, sizeof(err));
+	assert_true(lfd >= 0);
+	/* Let the other uid reach the socket: only the peer check stands in its way. */
+	assert_int_equal(chmod(dir, 0711), 0);
+	assert_int_equal(chmod(path, 0666), 0);
+	pid = fork();
+	if (pid == 0) {
+		struct tlm_sbuf reply;
+
+		if (setgid(65534) || setuid(65534))
+			_exit(2);
+		signal(SIGPIPE, SIG_IGN);       /* the daemon may close before we write */
+		tlm_sbuf_init(&reply);
+		tlm_ctl_request(path, "stats", &reply, 3000);
+		_exit(reply.len == 0 ? 0 : 1);
+	}
+	for (int i = 0; i < 300 && waitpid(pid, &status, WNOHANG) == 0; i++) {
+		tlm_ctl_serve_one(lfd, echo_handler, &calls);
+		usleep(10000);
+	}
+	assert_int_equal(calls, 0);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	close(lfd);
+	unlink(path);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -171,6 +229,8 @@ int main(void)
 		cmocka_unit_test(test_parse),
 		cmocka_unit_test(test_atomic_write),
 		cmocka_unit_test(test_ctl_roundtrip),
+		cmocka_unit_test(test_ctl_dir_refused),
+		cmocka_unit_test(test_ctl_other_uid),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
