@@ -113,7 +113,8 @@ wait_phase() {	# CTL ID PHASE... : until the region is in one of the phases
 	tlm_die "$id: phase '$ph' after 60 s, want $*"
 }
 
-pss_kb() { awk '/^Pss:/ { print $2 }' "/proc/$1/smaps_rollup"; }
+# "Pss Pss_Shmem" of PID in kB (template frames are tmpfs pages: Pss_Shmem)
+pss_kb() { awk '/^Pss:/ { p = $2 } /^Pss_Shmem:/ { s = $2 } END { print p, s }' "/proc/$1/smaps_rollup"; }
 
 # ---- setup: template, key, source guest -------------------------------------------------------
 
@@ -139,7 +140,7 @@ kill -STOP "$spid"		# the source "VM" is stopped before freeze, as QEMU would be
 # the regions complete); WHEN=after: they read only once the regions are complete.
 # Stats in $work/LABEL.{dst,src}.json, Pss of the guests / the uffd-server in LABEL.pss.
 migrate() {
-	local label=$1 n=$2 when=$3 k port pss=0 first=${#pids[@]} held=0
+	local label=$1 n=$2 when=$3 k port first=${#pids[@]} held=0
 	local regions=() dst=() order
 	shift 3
 	case " $* " in *" --bulk-delay "*) held=1 ;; esac
@@ -176,8 +177,8 @@ migrate() {
 			tlm_die "$label: vm$k: $(grep -m1 '^verify:' "$work/$label.dst$k.out")"
 		[ "$held" = 1 ] || wait_phase "$work/$label.ud.ctl" "vm$k" complete
 	done
-	for k in "${dst[@]}"; do pss=$((pss + $(pss_kb "$k"))); done
-	echo "$pss $(pss_kb "$udpid")" > "$work/$label.pss"
+	for k in "${dst[@]}"; do echo "vm $(pss_kb "$k")"; done > "$work/$label.pss"
+	echo "daemon $(pss_kb "$udpid")" >> "$work/$label.pss"
 	ctl "$work/$label.ud.ctl" stats > "$work/$label.dst.json"
 	ctl "$work/$label.ps.ctl" stats > "$work/$label.src.json"
 	for k in "${pids[@]:$first}"; do kill "$k" 2>/dev/null || true; done
@@ -217,10 +218,15 @@ c_src, c_dst = load("C.src")[0], load("C.dst")[0]
 lat = lambda r, c: r["latency_by_class"][c]
 bvm = {r["id"]: r for r in b_dst}
 pages = b_src[0]["pages"]
-pss_kb, ud_pss_kb = map(int, open(f"{work}/B.pss").read().split())
+# Destination memory: the template file (tmpfs, resident once, its frames shared by every
+# clone) + everything else the VMs and the uffd-server hold (Pss - Pss_Shmem).
+pss = [l.split() for l in open(f"{work}/B.pss")]
+pss_kb = sum(int(p[1]) for p in pss if p[0] == "vm")
+own_kb = sum(int(p[1]) - int(p[2]) for p in pss)
+dst_mem_kb = size // 1024 + own_kb
 data_payload = len(b_dst) * pages["data"] * 4096        # what the destinations need
 wire = sum(r["wire"]["in_bytes"] + r["wire"]["out_bytes"] for r in b_dst)
-bound_kb = (pages["template"] + len(b_dst) * (pages["data"] + pages["ref"])) * 4
+bound_kb = size // 1024 + len(b_dst) * (pages["data"] + pages["ref"]) * 4
 # The stream carries the class map, then the DATA pages. At the destination the map is
 # applied (every TEMPLATE/ZERO/REF run placed) before the pages are read: DATA throughput
 # is timed there from map applied to DONE; the whole stream from the end of classification.
@@ -249,8 +255,9 @@ fig = {
     "data_stream_ms": data_s * 1e3,
     "wire_bytes": wire, "data_payload_bytes": data_payload,
     "wire_over_payload": wire / data_payload,
-    "pss_two_vms_kb": pss_kb, "template_plus_data_kb": bound_kb,
-    "pss_over_bound": pss_kb / bound_kb, "uffd_server_pss_kb": ud_pss_kb,
+    "pss_two_vms_kb": pss_kb, "dst_memory_kb": dst_mem_kb,
+    "template_plus_data_kb": bound_kb, "dst_memory_over_bound": dst_mem_kb / bound_kb,
+    "pss_processes": pss,
 }
 fig["bulk_over_tcp"] = fig["bulk_mb_per_s"] / tcp_mbs
 f = fig
@@ -275,10 +282,11 @@ rows = [
      f"(DATA part {f['data_stream_ms']:.0f} ms)", "-"),
     ("bytes on the wire / DATA payload, MB", f"{wire / 1e6:.1f} / {data_payload / 1e6:.1f} = "
      f"{f['wire_over_payload']:.3f}x", "<= 1.02x"),
-    ("Pss 2 VMs / (template + DATA + REF), MiB", f"{pss_kb >> 10} / {bound_kb >> 10} = "
-     f"{f['pss_over_bound']:.3f}x", "<= 1.05x"),
+    ("dst memory, 2 VMs / (template + DATA + REF), MiB", f"{dst_mem_kb >> 10} / "
+     f"{bound_kb >> 10} = {f['dst_memory_over_bound']:.3f}x", "<= 1.05x"),
 ]
-print(f"\nregion {size >> 20} MiB, pages: {fig['pages']}; uffd-server Pss {ud_pss_kb >> 10} MiB")
+print(f"\nregion {size >> 20} MiB, pages: {fig['pages']}; Pss of the 2 VMs {pss_kb >> 10} MiB; "
+      "dst memory = template file + Pss - Pss_Shmem of the VMs and tlm-uffd-server")
 print(f"| {'figure':48} | {'measured':46} | target |")
 print(f"|{'-' * 50}|{'-' * 48}|--------|")
 for name, val, target in rows:
