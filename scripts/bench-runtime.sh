@@ -47,7 +47,8 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-bytes=$(numfmt --from=iec "${size%B}" 2>/dev/null) ||
+bytes=${size^^}
+bytes=$(numfmt --from=iec "${bytes%IB}" 2>/dev/null) ||
 	{ echo "$tlm_prog: --size: not a size: '$size'" >&2; exit 2; }
 [ $((bytes % 4096)) = 0 ] && [ "$bytes" -ge $((16 << 20)) ] ||
 	{ echo "$tlm_prog: --size: a multiple of 4 KiB, at least 16M" >&2; exit 2; }
