@@ -548,6 +548,8 @@ static void src_go(struct h_src *s)
 	uint64_t per = (s->npages + frames - 1) / frames, data = 0;
 	struct tlm_msg m;
 
+	for (unsigned i = 0; i < s->ninject; i++)
+		src_send(s->bulk, &s->inject[i]);
 	for (uint64_t first = 0; runs && first < s->npages; first += per) {
 		uint64_t end = first + per < s->npages ? first + per : s->npages;
 

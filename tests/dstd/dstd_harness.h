@@ -126,6 +126,8 @@ struct h_src {
 	const struct tlm_key *key;
 	char err[256];
 	unsigned frames_per_map;       /* CLASS_MAP frames to split the map into */
+	const struct tlm_msg *inject;  /* a hostile source: sent on bulk before the map */
+	unsigned ninject;
 };
 
 int h_src_start(struct h_src *s, const struct tlm_key *key, const struct h_page *pages,

@@ -467,6 +467,60 @@ static void test_checksum_twice_fails(void **state)
 	assert_true(h_touch_wait(t, 5000));
 }
 
+/* A source that sends what cannot be true of this region fails it with a clear reason;
+ * a page past the end is never placed (page < NP: checked not present). */
+static void hostile_source(void **state, const struct tlm_msg *inject, unsigned n,
+			   uint64_t page, const char *want)
+{
+	struct fixture *f = *state;
+	struct tlm_local_msg m;
+	int fd = -1;
+
+	if (fx_setup(f, NP, true, NULL))
+		fail_msg("setup failed");
+	layout_small(f->pages);
+	f->src.inject = inject;
+	f->src.ninject = n;
+	assert_int_equal(h_guest_send_region(&f->guest, &f->env, "vm1", true), 0);
+	assert_true(h_src_wait(&f->src, src_ready, 5000));
+	h_src_cmd(&f->src, 'G');
+	assert_int_equal(h_guest_recv(&f->guest, &m, &fd, 5000), 0);
+	print_message("daemon: %s\n", m.text);
+	assert_int_equal(m.type, TLM_LOCAL_ERROR);
+	if (!strstr(m.text, want))
+		fail_msg("ERROR '%s', want '%s'", m.text, want);
+	if (page < NP)
+		assert_false(h_pagemap(ram_page(f, page)) & H_PM_PRESENT);
+	assert_int_equal(h_daemon_stop(&f->env, SIGTERM, 3000), 0);
+}
+
+/* PAGE for page 64 of a 64-page region (past the end of guest RAM). */
+static void test_page_past_end(void **state)
+{
+	static uint8_t data[H_PS];
+	struct tlm_msg m = { .type = TLM_MSG_PAGE };
+
+	m.u.page.page = NP;
+	m.u.page.data = data;
+	m.u.page.xxh64 = tlm_proto_page_sum(data);
+	hostile_source(state, &m, 1, NP, "PAGE for pages 64+1 beyond the region's 64 pages");
+}
+
+/* Overlapping class maps: pages 0..3 said ZERO, then TEMPLATE by the real map. The first
+ * claim may already be placed (nothing told it apart from the truth then): the point is
+ * that the contradiction is caught and the region stops. */
+static void test_map_overlap(void **state)
+{
+	static struct tlm_run zero_run = { TLM_CLASS_ZERO, 4, 0 };
+	struct tlm_msg m = { .type = TLM_MSG_CLASS_MAP };
+
+	m.u.class_map.first_page = 0;
+	m.u.class_map.nruns = 1;
+	m.u.class_map.runs = &zero_run;
+	hostile_source(state, &m, 1, UINT64_MAX,
+		       "CLASS_MAP says page 0 is template, earlier it was zero");
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -566,6 +620,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reconnect, fx_alloc, fx_free),
 		cmocka_unit_test_setup_teardown(test_discard_while_waiting, fx_alloc, fx_free),
 		cmocka_unit_test_setup_teardown(test_checksum_twice_fails, fx_alloc, fx_free),
+		cmocka_unit_test_setup_teardown(test_page_past_end, fx_alloc, fx_free),
+		cmocka_unit_test_setup_teardown(test_map_overlap, fx_alloc, fx_free),
 		cmocka_unit_test_setup_teardown(test_template_fault_latency, fx_alloc, fx_free),
 	};
 
