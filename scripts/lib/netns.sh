@@ -16,7 +16,7 @@
 # pair so far, both directions).
 #
 # Presets: lan = 10 Gbit/s, 0.1 ms RTT; wan = 1 Gbit/s, 20 ms RTT (inter-DC migration).
-# The rate is a tbf qdisc on both veth ends; the delay (RTT/2 per direction) and loss
+# The rate is a tbf qdisc on both veth ends (queue: one RTT, at least 5 ms); the delay (RTT/2 per direction) and loss
 # ($TLM_LINK_LOSS percent, default 0) need netem: on a kernel without sch_netem the link is
 # rate-shaped only and TLM_LINK_DESC says "delay not emulated". Without namespaces (not
 # root, no iproute2, no veth) the link is loopback, and it says so.
@@ -42,18 +42,22 @@ tlm_link_loopback() {
 
 # tbf for the rate, netem (when the kernel has it) for delay and loss, on one veth end.
 tlm_link_shape() {
-	local ns=$1 dev=$2 bps=$3 delay_us=$4 burst
+	local ns=$1 dev=$2 bps=$3 delay_us=$4 burst queue_ms
 
 	burst=$((bps / 8 / 1000))       # 1 ms at line rate (tbf needs >= rate / HZ)
 	[ "$burst" -ge 262144 ] || burst=262144
+	# the queue: one RTT at line rate, 5 ms at least (a deep queue would delay demand
+	# faults behind bulk data: 100 ms gave tlm fault p50 of 15-100 ms on the wan preset)
+	queue_ms=$((delay_us * 2 / 1000))
+	[ "$queue_ms" -ge 5 ] || queue_ms=5
 	if tc -n "$ns" qdisc add dev "$dev" root handle 1: netem delay "${delay_us}us" \
 		loss "${TLM_LINK_LOSS:-0}%" limit 100000 2>/dev/null; then
 		tc -n "$ns" qdisc add dev "$dev" parent 1: handle 2: tbf rate "${bps}bit" \
-			burst "$burst" latency 100ms || return 1
+			burst "$burst" latency "${queue_ms}ms" || return 1
 		echo netem
 	else
 		tc -n "$ns" qdisc add dev "$dev" root tbf rate "${bps}bit" burst "$burst" \
-			latency 100ms || return 1
+			latency "${queue_ms}ms" || return 1
 		echo tbf
 	fi
 }
