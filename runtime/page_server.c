@@ -9,6 +9,7 @@
  * there), then gives each streaming bulk connection a bounded batch.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <signal.h>
@@ -315,6 +316,9 @@ static void dispatch(struct tlm_ps *ps, struct epoll_event *e)
 	case PS_EV_SESS:
 		tlm_ps_sess_event((struct tlm_ps_sess *)ev, e->events);
 		break;
+	case PS_EV_HANDSHAKE:
+		tlm_ps_handshakes_done(ps);
+		break;
 	}
 }
 
@@ -367,6 +371,7 @@ static int setup_fds(struct tlm_ps *ps)
 	ps->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	ps->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	if (ps->epfd < 0 || ps->sigfd < 0 || ps->tfd < 0 ||
+	    pipe2(ps->hs_pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
 	    timerfd_settime(ps->tfd, 0, &its, NULL) < 0)
 		return -errno;
 	if (tlm_set_nonblock(ps->lfd, 1) < 0)
@@ -374,7 +379,8 @@ static int setup_fds(struct tlm_ps *ps)
 	if (watch(ps, ps->lfd, &ps->ev_listen, PS_EV_LISTEN) < 0 ||
 	    watch(ps, ps->ctlfd, &ps->ev_ctl, PS_EV_CTL) < 0 ||
 	    watch(ps, ps->sigfd, &ps->ev_sig, PS_EV_SIGNAL) < 0 ||
-	    watch(ps, ps->tfd, &ps->ev_timer, PS_EV_TIMER) < 0)
+	    watch(ps, ps->tfd, &ps->ev_timer, PS_EV_TIMER) < 0 ||
+	    watch(ps, ps->hs_pipe[0], &ps->ev_hs, PS_EV_HANDSHAKE) < 0)
 		return -errno;
 	return 0;
 }
@@ -400,6 +406,7 @@ static void announce(struct tlm_ps *ps)
 
 static void cleanup(struct tlm_ps *ps)
 {
+	tlm_ps_handshakes_drain(ps);
 	tlm_ps_reap(ps, true);
 	while (ps->regions) {
 		struct tlm_src_region *r = ps->regions;
@@ -419,6 +426,9 @@ static void cleanup(struct tlm_ps *ps)
 		close(ps->tfd);
 	if (ps->epfd >= 0)
 		close(ps->epfd);
+	for (int i = 0; i < 2; i++)
+		if (ps->hs_pipe[i] >= 0)
+			close(ps->hs_pipe[i]);
 	memset(&ps->key, 0, sizeof(ps->key));
 }
 
@@ -535,7 +545,8 @@ static int start(struct tlm_ps *ps, const struct opts *o)
 
 int main(int argc, char **argv)
 {
-	struct tlm_ps ps = { .epfd = -1, .lfd = -1, .ctlfd = -1, .sigfd = -1, .tfd = -1 };
+	struct tlm_ps ps = { .epfd = -1, .lfd = -1, .ctlfd = -1, .sigfd = -1, .tfd = -1,
+			     .hs_pipe = { -1, -1 } };
 	struct opts o = { 0 };
 	int rc;
 

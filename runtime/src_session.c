@@ -12,6 +12,8 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +28,7 @@
 #include "runtime/util.h"
 
 #define PS_HANDSHAKE_MS 3000
+#define PS_HANDSHAKES_MAX 16u       /* handshakes in progress at once */
 #define PS_URGENT_WCAP (2u << 20)
 #define PS_BULK_WCAP (4u << 20)
 #define PS_BULK_BATCH 256u          /* pages queued on bulk per loop iteration */
@@ -705,27 +708,79 @@ static int sess_register(struct tlm_ps *ps, struct tlm_src_region *r, int fd, ui
 	return 0;
 }
 
-static void sess_open(struct tlm_ps *ps, int fd, const char *peer)
-{
-	struct tlm_msg open, acc = { .type = TLM_MSG_VM_ACCEPT };
-	struct tlm_src_region *r;
-	char err[TLM_PROTO_ERRMSG_MAX + 1];
+/* One connection's handshake, run by its own thread. */
+struct ps_handshake {
+	struct tlm_ps *ps;
+	int fd, rc;
 	uint8_t chan;
-	uint32_t code;
+	char peer[64];
+	struct tlm_msg open;
+	char err[TLM_PROTO_ERRMSG_MAX + 1];
+};
+
+static void *handshake_main(void *arg)
+{
+	struct ps_handshake *h = arg;
+	ssize_t n;
+
+	h->rc = tlm_proto_server_handshake(h->fd, &h->ps->key, &h->chan, &h->open,
+					   PS_HANDSHAKE_MS, h->err, sizeof(h->err));
+	/* A pointer-sized pipe write is atomic, and the pipe holds far more than
+	 * PS_HANDSHAKES_MAX of them: it cannot block or be cut short. */
+	do
+		n = write(h->ps->hs_pipe[1], &h, sizeof(h));
+	while (n < 0 && errno == EINTR);
+	return NULL;
+}
+
+static void handshake_start(struct tlm_ps *ps, int fd, const char *peer)
+{
+	struct ps_handshake *h;
+	pthread_attr_t attr;
+	pthread_t th;
 	int rc;
 
-	tlm_tcp_nodelay(fd);
-	rc = tlm_proto_server_handshake(fd, &ps->key, &chan, &open, PS_HANDSHAKE_MS, err,
-					sizeof(err));
-	if (rc < 0) {
-		log_warn("%s: handshake failed: %s", peer, err);
+	if (ps->handshakes >= PS_HANDSHAKES_MAX) {
+		log_warn("%s: refused: %u handshakes already in progress", peer, ps->handshakes);
 		close(fd);
 		return;
 	}
-	code = vm_open_refusal(ps, &open, chan, &r, err, sizeof(err));
+	h = calloc(1, sizeof(*h));
+	if (!h) {
+		close(fd);
+		return;
+	}
+	*h = (struct ps_handshake){ .ps = ps, .fd = fd };
+	snprintf(h->peer, sizeof(h->peer), "%s", peer);
+	tlm_tcp_nodelay(fd);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&th, &attr, handshake_main, h);
+	pthread_attr_destroy(&attr);
+	if (rc) {
+		log_warn("%s: cannot start its handshake: %s", peer, strerror(rc));
+		close(fd);
+		free(h);
+		return;
+	}
+	ps->handshakes++;
+}
+
+/* The handshake succeeded: check the VM_OPEN, answer, register the session. */
+static void sess_admit(struct tlm_ps *ps, struct ps_handshake *h)
+{
+	struct tlm_msg acc = { .type = TLM_MSG_VM_ACCEPT };
+	struct tlm_src_region *r;
+	char err[TLM_PROTO_ERRMSG_MAX + 1];
+	const char *peer = h->peer;
+	uint8_t chan = h->chan;
+	int fd = h->fd, rc;
+	uint32_t code;
+
+	code = vm_open_refusal(ps, &h->open, chan, &r, err, sizeof(err));
 	if (code) {
 		log_warn("%s: refused %s session from %s: %s",
-			 r ? r->id : open.u.vm_open.vm_id, chan_name(chan), peer, err);
+			 r ? r->id : h->open.u.vm_open.vm_id, chan_name(chan), peer, err);
 		tlm_proto_send_error(fd, code, "%s", err);
 		close(fd);
 		return;
@@ -733,12 +788,44 @@ static void sess_open(struct tlm_ps *ps, int fd, const char *peer)
 	acc.u.vm_accept.page_count = r->page_count;
 	rc = tlm_proto_send(fd, &acc, PS_HANDSHAKE_MS);
 	if (rc == 0)
-		rc = sess_register(ps, r, fd, chan, peer, &open);
+		rc = sess_register(ps, r, fd, chan, peer, &h->open);
 	if (rc < 0) {
 		log_warn("%s: %s session from %s failed: %s", r->id, chan_name(chan), peer,
 			 strerror(-rc));
 		close(fd);
 	}
+}
+
+/* Take finished handshakes off the pipe; admit = false only closes them (shutdown). */
+static void handshakes_collect(struct tlm_ps *ps, bool admit)
+{
+	struct ps_handshake *h;
+
+	while (read(ps->hs_pipe[0], &h, sizeof(h)) == (ssize_t)sizeof(h)) {
+		ps->handshakes--;
+		if (h->rc < 0) {
+			log_warn("%s: handshake failed: %s", h->peer, h->err);
+			close(h->fd);
+		} else if (admit) {
+			sess_admit(ps, h);
+		} else {
+			close(h->fd);
+		}
+		free(h);
+	}
+}
+
+void tlm_ps_handshakes_done(struct tlm_ps *ps)
+{
+	handshakes_collect(ps, true);
+}
+
+void tlm_ps_handshakes_drain(struct tlm_ps *ps)
+{
+	struct pollfd p = { .fd = ps->hs_pipe[0], .events = POLLIN };
+
+	while (ps->handshakes && poll(&p, 1, -1) >= 0)
+		handshakes_collect(ps, false);
 }
 
 void tlm_ps_accept(struct tlm_ps *ps)
@@ -763,6 +850,6 @@ void tlm_ps_accept(struct tlm_ps *ps)
 			snprintf(peer, sizeof(peer), "?");
 		else
 			snprintf(peer, sizeof(peer), "%.48s:%.8s", host, serv);
-		sess_open(ps, fd, peer);
+		handshake_start(ps, fd, peer);
 	}
 }

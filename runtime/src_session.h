@@ -17,7 +17,8 @@
 #include "runtime/src_region.h"
 
 /* What an epoll event's data.ptr points at (first member of its owner). */
-enum tlm_ps_ev_kind { PS_EV_LISTEN = 1, PS_EV_CTL, PS_EV_SIGNAL, PS_EV_TIMER, PS_EV_SESS };
+enum tlm_ps_ev_kind { PS_EV_LISTEN = 1, PS_EV_CTL, PS_EV_SIGNAL, PS_EV_TIMER, PS_EV_SESS,
+		     PS_EV_HANDSHAKE };
 
 struct tlm_ps_ev {
 	enum tlm_ps_ev_kind kind;
@@ -33,7 +34,11 @@ struct tlm_ps {
 	                                     * after freeze (benchmarks: demand-only faults) */
 	uint64_t bulk_ahead_max;            /* --bulk-ahead: see demand_rides_bulk */
 	bool stop;
-	struct tlm_ps_ev ev_listen, ev_ctl, ev_sig, ev_timer;
+	/* Handshakes run in threads of their own (an unauthenticated peer must not hold
+	 * the loop); each finished one comes back as a pointer on hs_pipe. */
+	int hs_pipe[2];
+	unsigned handshakes;                /* in progress; written by the loop only */
+	struct tlm_ps_ev ev_listen, ev_ctl, ev_sig, ev_timer, ev_hs;
 };
 
 /* Where a bulk session stands; the region's phase says the same from the VM's view. */
@@ -81,8 +86,14 @@ struct tlm_ps_sess {
 	struct tlm_ps_sess *next;
 };
 
-/* Listening socket readable: accept, handshake (blocking, bounded), register sessions. */
+/* Listening socket readable: accept, start each connection's handshake in a thread (at
+ * most PS_HANDSHAKES_MAX at a time, more are closed at once). */
 void tlm_ps_accept(struct tlm_ps *ps);
+/* hs_pipe readable: admit the sessions whose handshake finished (VM_OPEN checked,
+ * VM_ACCEPT or ERROR sent). */
+void tlm_ps_handshakes_done(struct tlm_ps *ps);
+/* Shutdown: wait for the handshakes in progress (each ends within its timeout), close them. */
+void tlm_ps_handshakes_drain(struct tlm_ps *ps);
 /* epoll event on a session; urgent input is served at once, bulk only flagged. */
 void tlm_ps_sess_event(struct tlm_ps_sess *s, uint32_t events);
 /* Queue a bounded batch of bulk output while the connection has room. */

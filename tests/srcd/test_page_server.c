@@ -567,6 +567,37 @@ static void test_session_bound_to_vm(void **state)
 	expect_error(&c, "unexpected VM_OPEN on the urgent channel");
 }
 
+/* A peer that connects and never speaks holds only its own handshake thread: a real
+ * destination connecting meanwhile gets its session first, and the silent peer is dropped
+ * when its handshake times out (3 s) - in the log, in that order. */
+static void test_silent_peer(void **state)
+{
+	static char buf[1 << 20];
+	char err[300];
+	struct tlm_conn c;
+	off_t start;
+	ssize_t n;
+	int silent, fd = open(E.log, O_RDONLY);
+	char *sess, *timeout;
+
+	assert_true(fd >= 0);
+	start = lseek(fd, 0, SEEK_END);
+	silent = tlm_tcp_connect(E.hostport, 2000, err, sizeof(err));
+	assert_true(silent >= 0);
+	open_conn(&c, "b", TLM_CHAN_URGENT, B_PAGES, NULL);
+	assert_true(peer_closed(silent, IO_MS));
+	close(silent);
+	tlm_conn_fini(&c);
+	n = pread(fd, buf, sizeof(buf) - 1, start);
+	close(fd);
+	assert_true(n > 0);
+	buf[n] = '\0';
+	sess = strstr(buf, "b: urgent session from");
+	timeout = strstr(buf, "handshake failed: handshake timed out");
+	if (!sess || !timeout || sess > timeout)
+		fail_msg("the session must come before the silent peer's timeout:\n%s", buf);
+}
+
 /* A malformed frame drops that connection only; a new session of the same VM works. */
 static void test_malformed_frame(void **state)
 {
@@ -776,6 +807,7 @@ int main(void)
 		cmocka_unit_test(test_mismatch),
 		cmocka_unit_test(test_prefreeze),
 		cmocka_unit_test(test_session_bound_to_vm),
+		cmocka_unit_test(test_silent_peer),
 		cmocka_unit_test(test_malformed_frame),
 		cmocka_unit_test(test_freeze_stream),
 		cmocka_unit_test(test_template_less),
