@@ -1,6 +1,7 @@
 /*
- * ctl.h — the daemons' control socket: a unix stream socket (0600, in a 0700 directory),
- * one command line per connection, one reply, then close.
+ * ctl.h — the daemons' control socket: a unix stream socket (0600, in a directory only we
+ * can write), one command line per connection, one reply, then close. Both ends check the
+ * other with SO_PEERCRED: root or the same uid only.
  *
  * Commands (each daemon documents the ones it takes in its --help):
  *   stats [VMID]      JSON stats of every region (or one)
