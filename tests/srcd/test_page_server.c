@@ -484,6 +484,49 @@ static void test_wrong_key(void **state)
 	assert_non_null(strstr(err, "authentication"));
 }
 
+/* HELLO .. AUTH by hand on a new connection; returns the server's answer to AUTH. With
+ * auth NULL the proof is computed for this connection's challenge and stored in *proof. */
+static void raw_auth(const struct tlm_msg *hello, const struct tlm_msg *auth,
+		     struct tlm_msg *proof, struct tlm_msg *answer)
+{
+	char err[300];
+	struct tlm_conn c;
+	struct tlm_msg ch;
+	int fd = tlm_tcp_connect(E.hostport, 2000, err, sizeof(err));
+
+	assert_true(fd >= 0);
+	assert_int_equal(tlm_conn_init(&c, fd, 0), 0);
+	send_msg(&c, hello);
+	assert_int_equal(next_msg(&c, &ch, IO_MS), 1);
+	assert_int_equal(ch.type, TLM_MSG_CHALLENGE);
+	if (!auth) {
+		*proof = (struct tlm_msg){ .type = TLM_MSG_AUTH };
+		tlm_proto_mac(&E.k, "tlm1-cli", ch.u.challenge.nonce, hello->u.hello.nonce,
+			      hello->u.hello.channel, proof->u.auth.mac);
+		auth = proof;
+	}
+	send_msg(&c, auth);
+	assert_int_equal(next_msg(&c, answer, IO_MS), 1);
+	tlm_conn_fini(&c);
+}
+
+/* A recorded handshake (HELLO and AUTH of a session the server accepted) replayed on a new
+ * connection to the real daemon: the server's fresh nonce makes the old proof worthless. */
+static void test_replayed_handshake(void **state)
+{
+	struct tlm_msg hello = { .type = TLM_MSG_HELLO }, auth, m;
+
+	hello.u.hello.ver_min = hello.u.hello.ver_max = TLM_PROTO_VERSION;
+	hello.u.hello.channel = TLM_CHAN_URGENT;
+	assert_int_equal(tlm_proto_random(hello.u.hello.nonce, 32), 0);
+	raw_auth(&hello, NULL, &auth, &m);
+	assert_int_equal(m.type, TLM_MSG_AUTH_OK);
+	raw_auth(&hello, &auth, NULL, &m);
+	assert_int_equal(m.type, TLM_MSG_ERROR);
+	assert_int_equal(m.u.error.code, TLM_ERR_AUTH);
+	print_message("replay: %s\n", m.u.error.msg);
+}
+
 static void test_unknown_vm(void **state)
 {
 	char err[300] = "";
@@ -803,6 +846,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_wrong_key),
+		cmocka_unit_test(test_replayed_handshake),
 		cmocka_unit_test(test_unknown_vm),
 		cmocka_unit_test(test_mismatch),
 		cmocka_unit_test(test_prefreeze),
