@@ -69,7 +69,11 @@ work=$(mktemp -d /dev/shm/tlm-bench.XXXXXX)
 pids=()
 cleanup() {
 	local rc=$? p
+	# A guest whose daemon is gone waits in its page faults for good (by design): after
+	# SIGTERM (and SIGCONT for the stopped source), SIGKILL what is left.
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null && kill -CONT "$p" 2>/dev/null || true; done
+	sleep 0.3
+	for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	[ "$keep" = 1 ] || rm -rf "$work"
 	exit "$rc"
