@@ -842,6 +842,50 @@ static void test_logs_and_shutdown(void **state)
 	assert_non_null(strstr(buf, "listening on 127.0.0.1:"));
 }
 
+/* tlm-page-server ARGS...: its exit status; its stderr (one line expected) in err. */
+static int run_bad(char *err, size_t len, const char *a1, const char *a2)
+{
+	const char *bindir = getenv("TLM_BIN_DIR");
+	char bin[512];
+	int pfd[2], status;
+	ssize_t n;
+	pid_t pid;
+
+	snprintf(bin, sizeof(bin), "%s/tlm-page-server", bindir ? bindir : ".");
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		dup2(pfd[1], 2);
+		execl(bin, bin, "--listen", "127.0.0.1:0", "--key", E.key, "--ctl", E.ctl, a1, a2,
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	n = read(pfd[0], err, len - 1);
+	err[n > 0 ? n : 0] = '\0';
+	close(pfd[0]);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* The background stream's knobs refuse bad values with one line naming the option. */
+static void test_bulk_options(void **state)
+{
+	static const char *const bad[][2] = {
+		{ "--bulk-ahead", "2G" }, { "--bulk-ahead", "8Q" }, { "--bulk-delay", "-1" },
+		{ "--bulk-delay", "3600001" },
+	};
+	char err[512];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(run_bad(err, sizeof(err), bad[i][0], bad[i][1]), 2);
+		if (!strstr(err, bad[i][0]) || strchr(err, '\n') != err + strlen(err) - 1)
+			fail_msg("%s %s: want one line naming the option, got '%s'", bad[i][0],
+				 bad[i][1], err);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -860,6 +904,7 @@ int main(void)
 		cmocka_unit_test(test_bulk_reconnect),
 		cmocka_unit_test(test_ctl_and_stats),
 		cmocka_unit_test(test_logs_and_shutdown),
+		cmocka_unit_test(test_bulk_options),
 	};
 
 	signal(SIGPIPE, SIG_IGN);
