@@ -120,15 +120,16 @@ def fmt(v, unit=1, nd=1):
 
 def markdown(rows, out):
     L = ["| link | N | mode | wire MB | veth MB | DATA bound MB | DATA/link s | time s | "
-         "downtime ms | dst Pss MiB | faults | fault p50/p99 us | max TICK gap s |",
-         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "slowest VM s | downtime ms | dst Pss MiB | faults | fault p50/p99 us | max TICK gap s |",
+         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lat = "-" if r["fault_p50_us"] is None else \
             f"{r['fault_p50_us']:.0f}/{r['fault_p99_us']:.0f}"
         L.append(f"| {r['link']} | {r['n']} | {MODE_NAME[r['mode']]} | "
                  f"{fmt(r['wire_bytes'], 1e6)} | {fmt(r['link_bytes'], 1e6)} | "
                  f"{fmt(r['data_bytes'], 1e6)} | {fmt(r['data_link_s'], 1, 2)} | "
-                 f"{r['time_s']:.2f} | {r['downtime_ms']:.0f} | {r['dst_pss_mib']:.0f} | "
+                 f"{r['time_s']:.2f} | {r['slowest_vm_s']:.2f} | {r['downtime_ms']:.0f} | "
+                 f"{r['dst_pss_mib']:.0f} | "
                  f"{r['demand_faults']} | {lat} | {r['max_tick_gap_s']:.2f} |")
     L += ["", "Ratios tlm / baseline, same N, same link, same run:", "",
           "| N | baseline | bytes | time | dst memory |", "|---:|---|---:|---:|---:|"]

@@ -16,10 +16,11 @@
 # pair so far, both directions).
 #
 # Presets: lan = 10 Gbit/s, 0.1 ms RTT; wan = 1 Gbit/s, 20 ms RTT (inter-DC migration).
-# The rate is a tbf qdisc on both veth ends (queue: one RTT, at least 5 ms); the delay (RTT/2 per direction) and loss
-# ($TLM_LINK_LOSS percent, default 0) need netem: on a kernel without sch_netem the link is
-# rate-shaped only and TLM_LINK_DESC says "delay not emulated". Without namespaces (not
-# root, no iproute2, no veth) the link is loopback, and it says so.
+# The rate is a tbf qdisc on both veth ends (queue: one RTT, at least 5 ms); the delay
+# (RTT/2 per direction) and loss ($TLM_LINK_LOSS percent, default 0) need netem: on a
+# kernel without sch_netem the link is rate-shaped only and TLM_LINK_DESC says "delay not
+# emulated". Without namespaces (not root, no iproute2, no veth) the link is loopback, and
+# it says so.
 # Namespace names: ${TLM_NETNS_PREFIX:-tlm}-src and -dst, addresses 10.77.0.1 and .2/24.
 
 [ -n "${tlm_root:-}" ] || . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -34,7 +35,7 @@ tlm_link_down() {
 }
 
 tlm_link_loopback() {
-	TLM_LINK=loopback TLM_SRC_NS= TLM_DST_NS= TLM_SRC_ADDR=127.0.0.1 TLM_DST_ADDR=127.0.0.1
+	TLM_LINK=loopback TLM_SRC_NS='' TLM_DST_NS='' TLM_SRC_ADDR=127.0.0.1 TLM_DST_ADDR=127.0.0.1
 	TLM_LINK_BPS=0 TLM_LINK_RTT_MS=0
 	TLM_LINK_DESC="loopback (one host, unshaped)${1:+: $1}"
 	[ -z "${1:-}" ] || tlm_log "no emulated hosts: $1; using plain loopback"
