@@ -582,7 +582,7 @@ static bool can_take(const struct dst_conn *c)
 
 /*
  * Handle buffered frames. Returns 0 when a partial frame remains (read more), 1 when it
- * stopped early (budget, bulk paused behind a class map frame, region stopped), -1 when
+ * stopped early (budget, yield to waiting events, region stopped), -1 when
  * the session or the region broke. A message the region refuses means the source said
  * something impossible: the region fails (nothing it sends can be trusted).
  */
@@ -596,8 +596,6 @@ static int handle_frames(struct dst_conn *c, unsigned budget)
 	for (unsigned done = 0; done < budget; done++) {
 		if (!can_take(c))
 			return -1;
-		if (c->chan == TLM_CHAN_BULK && dst_region_map_pending(r))
-			return 1;
 		if (c->chan == TLM_CHAN_BULK && done && !(done % YIELD_FRAMES) &&
 		    dst_should_yield(r->srv))
 			return 1;
@@ -623,7 +621,8 @@ static int handle_frames(struct dst_conn *c, unsigned budget)
 	return 1;
 }
 
-/* Bulk waits while a class map frame is applied: stop reading it (TCP backpressure). */
+/* Bulk stopped by its frame budget or to yield to waiting events: stop reading it until
+ * the background slice (dst_peer_work) resumes it (TCP backpressure meanwhile). */
 static void bulk_pause(struct dst_conn *c)
 {
 	c->r->peer.bulk_more = true;
@@ -675,13 +674,13 @@ void dst_peer_event(struct dst_conn *c, uint32_t events)
 	check_lost(r);
 }
 
-/* Resume bulk once the class map frame is applied; handle what it buffered. */
+/* Resume bulk input stopped by its budget (or a yield); handle what it buffered. */
 bool dst_peer_work(struct dst_region *r)
 {
 	struct dst_peer *p = &r->peer;
 	struct dst_conn *c = &p->bulk;
 
-	if (!c->up || dst_region_map_pending(r)) {
+	if (!c->up) {
 		check_lost(r);
 		return p->bulk_more && c->up;
 	}
@@ -689,7 +688,7 @@ bool dst_peer_work(struct dst_region *r)
 		p->bulk_more = false;
 		conn_input(c);
 	}
-	if (c->up && !p->bulk_more && !dst_region_map_pending(r))
+	if (c->up && !p->bulk_more)
 		set_events(c, EPOLLIN);
 	check_lost(r);
 	return p->bulk_more;

@@ -392,10 +392,10 @@ static int place_template(struct dst_region *r, uint64_t page, uint64_t n, unsig
 
 bool dst_region_map_pending(const struct dst_region *r)
 {
-	return r->nmruns > 0;
+	return r->mcur < r->nmruns;
 }
 
-/* REF page's template page, from the frame being swept; -ENOENT if not there. */
+/* REF page's template page, from the runs received; -ENOENT if not there. */
 static int ref_lookup(const struct dst_region *r, uint64_t page, uint64_t *k)
 {
 	uint32_t lo = 0, hi = r->nmruns;
@@ -489,7 +489,7 @@ static void map_applied(struct dst_region *r)
 {
 	const uint64_t *c = r->st.pages_by_class;
 
-	if (!r->map_final || r->nmruns || r->phase != DST_MAPPING)
+	if (!r->map_final || dst_region_map_pending(r) || r->phase != DST_MAPPING)
 		return;
 	r->phase = DST_FETCHING;
 	if (!r->t_map_ns)
@@ -500,6 +500,53 @@ static void map_applied(struct dst_region *r)
 		 (unsigned long long)c[TLM_CLASS_DATA], c[0] ? " (some pages not covered)" : "");
 }
 
+static int map_grow(struct dst_region *r, char *err, size_t errlen)
+{
+	uint32_t cap = r->mcap ? r->mcap * 2 : 1024;
+	struct tlm_run *runs = realloc(r->mruns, cap * sizeof(*runs));
+	uint64_t *start = runs ? realloc(r->mstart, cap * sizeof(*start)) : NULL;
+
+	if (runs)
+		r->mruns = runs;
+	if (!start) {
+		snprintf(err, errlen, "out of memory for the class map (%u runs)", cap);
+		return -ENOMEM;
+	}
+	r->mstart = start;
+	r->mcap = cap;
+	return 0;
+}
+
+/* One run of a frame: the part below mend was received before (a resent map): its
+ * classes must agree; the rest is appended for the sweep. */
+static int map_take_run(struct dst_region *r, struct tlm_run run, uint64_t page, char *err,
+			size_t errlen)
+{
+	uint64_t seen = r->mend > page ? r->mend - page : 0;
+	int rc;
+
+	if (seen) {
+		struct tlm_run old = run;
+
+		old.len = (uint32_t)(seen < run.len ? seen : run.len);
+		rc = map_classes(r, &old, page, err, errlen);
+		if (rc || seen >= run.len)
+			return rc;
+		run.len -= (uint32_t)seen;
+		run.arg += run.cls == TLM_CLASS_REF ? seen : 0;
+		page += seen;
+	}
+	if (r->nmruns == r->mcap && (rc = map_grow(r, err, errlen)) < 0)
+		return rc;
+	rc = map_classes(r, &run, page, err, errlen);
+	if (rc)
+		return rc;
+	r->mruns[r->nmruns] = run;
+	r->mstart[r->nmruns++] = page;
+	r->mend = page + run.len;
+	return 0;
+}
+
 int dst_region_map(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen)
 {
 	uint32_t n = m->u.class_map.nruns;
@@ -508,30 +555,21 @@ int dst_region_map(struct dst_region *r, const struct tlm_msg *m, char *err, siz
 
 	if (rc)
 		return rc;
-	if (n) {
-		struct tlm_run *runs = realloc(r->mruns, n * sizeof(*runs));
-		uint64_t *start = runs ? realloc(r->mstart, n * sizeof(*start)) : NULL;
-
-		if (runs)
-			r->mruns = runs;
-		if (!start) {
-			snprintf(err, errlen, "out of memory for a class map frame");
-			return -ENOMEM;
-		}
-		r->mstart = start;
+	if (page > r->mend) {
+		snprintf(err, errlen, "CLASS_MAP frame starts at page %llu, after a gap (pages "
+			 "from %llu not described)", (unsigned long long)page,
+			 (unsigned long long)r->mend);
+		return -EPROTO;
 	}
 	for (uint32_t i = 0; i < n; i++) {
-		r->mruns[i] = m->u.class_map.runs[i];
-		r->mstart[i] = page;
-		rc = map_classes(r, &r->mruns[i], page, err, errlen);
+		rc = map_take_run(r, m->u.class_map.runs[i], page, err, errlen);
 		if (rc)
 			return rc;
-		page += r->mruns[i].len;
+		page += m->u.class_map.runs[i].len;
 	}
-	r->nmruns = n;
-	r->mcur = 0;
-	r->mpos = 0;
 	r->map_final |= m->u.class_map.final;
+	if (r->map_final && !r->t_map_rcvd_ns)
+		r->t_map_rcvd_ns = tlm_now_ns();
 	map_applied(r);
 	log_debug("%s: class map frame: pages %llu..%llu, %u runs%s", r->id,
 		  (unsigned long long)m->u.class_map.first_page, (unsigned long long)page, n,
@@ -576,10 +614,8 @@ static void map_sweep(struct dst_region *r, uint64_t budget)
 			r->mpos = 0;
 		}
 	}
-	if (r->mcur == r->nmruns && live(r)) {
-		r->nmruns = 0;
+	if (!dst_region_map_pending(r) && live(r))
 		map_applied(r);
-	}
 }
 
 /* ---- faults ------------------------------------------------------------------------------------ */
@@ -988,7 +1024,7 @@ static void finish_sweep(struct dst_region *r)
 {
 	uint64_t i = r->finish_cursor, end = r->npages;
 
-	if (!finishing(r) || r->nmruns || !dst_peer_up(r))
+	if (!finishing(r) || dst_region_map_pending(r) || !dst_peer_up(r))
 		return;
 	if (end - i > FINISH_BUDGET)
 		end = i + FINISH_BUDGET;
@@ -1019,7 +1055,7 @@ static void finish_sweep(struct dst_region *r)
 
 static bool settled(const struct dst_region *r)
 {
-	return finishing(r) && !r->nmruns && !r->nredo &&
+	return finishing(r) && !dst_region_map_pending(r) && !r->nredo &&
 	       r->n_present + r->n_removed == r->npages;
 }
 
@@ -1044,7 +1080,7 @@ static void release(struct dst_region *r)
 	r->mstart = NULL;
 	r->faults = NULL;
 	r->redo = NULL;
-	r->nmruns = 0;
+	r->nmruns = r->mcap = r->mcur = 0;
 	r->nfaults = r->faults_cap = r->nredo = r->redo_cap = 0;
 }
 
@@ -1075,7 +1111,7 @@ bool dst_region_busy(const struct dst_region *r)
 {
 	if (!live(r))
 		return r->dead ? !r->released : r->phase == DST_FAILED && !r->released;
-	return r->nredo || r->nmruns || r->peer.bulk_more ||
+	return r->nredo || dst_region_map_pending(r) || r->peer.bulk_more ||
 	       (finishing(r) && r->finish_cursor < r->npages && dst_peer_up(r) &&
 		!sweep_blocked(r));
 }
@@ -1090,9 +1126,9 @@ bool dst_region_work(struct dst_region *r)
 		return false;
 	if (r->nredo)
 		redo_drain(r);
-	if (r->nmruns && live(r))
+	if (dst_region_map_pending(r) && live(r))
 		map_sweep(r, SWEEP_BUDGET);
-	if (!r->nmruns && live(r))
+	if (live(r))
 		dst_peer_work(r);
 	if (live(r))
 		finish_sweep(r);

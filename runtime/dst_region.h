@@ -145,11 +145,15 @@ struct dst_region {
 	uint8_t *pg;                      /* page-state table, npages bytes */
 	uint64_t n_present, n_removed, n_requested;
 
-	/* Class map frame being applied: its runs, in page order from map_first. */
+	/* The class map as received, runs in page order (kept until the region is released:
+	 * REF lookups of faulted pages search it). Frames are appended, so the bulk stream
+	 * never waits for the sweep; a map resent after a reconnect only checks what is
+	 * covered already. At most one run per page: bounded by the region. */
 	struct tlm_run *mruns;
 	uint64_t *mstart;                 /* first page of mruns[i] */
-	uint32_t nmruns, mcur;            /* runs; the run being swept */
+	uint32_t nmruns, mcap, mcur;      /* runs, allocated, the run being swept */
 	uint64_t mpos;                    /* pages of mruns[mcur] already swept */
+	uint64_t mend;                    /* first page no recorded run covers */
 	bool map_final;                   /* the final CLASS_MAP frame was ingested */
 	bool done_rcvd;                   /* DONE came on bulk */
 	/* A session after one that brought the whole class map: the pages still missing are
@@ -168,6 +172,7 @@ struct dst_region {
 	struct dst_region_stats st;
 	uint64_t t_start_ns, t_end_ns;    /* REGION received; COMPLETE/FAILED */
 	uint64_t t_map_ns, t_done_ns;     /* class map applied; first DONE (stats) */
+	uint64_t t_map_rcvd_ns;           /* final class map frame received (stats) */
 	uint64_t last_progress_ns, last_progress_present;
 	char fail_reason[TLM_LOCAL_PATH_MAX];
 };

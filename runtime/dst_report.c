@@ -53,6 +53,7 @@ static void json_wire(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_double(j, "restore_mb_per_s", (double)(r->n_present * PS) / 1e6 / s);
 	tlm_json_u64(j, "elapsed_ms", elapsed_ns(r) / 1000000);
 	/* Since REGION; 0 = not yet. Between the two only DATA pages move (benchmarks). */
+	tlm_json_double(j, "map_received_ms", since_start_ms(r, r->t_map_rcvd_ns));
 	tlm_json_double(j, "map_applied_ms", since_start_ms(r, r->t_map_ns));
 	tlm_json_double(j, "done_ms", since_start_ms(r, r->t_done_ns));
 }
