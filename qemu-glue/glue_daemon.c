@@ -41,6 +41,7 @@ static const char *glue_vm(void)
 int glue_daemon_connect(const char *path, char *err, size_t errlen)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uid_t uid = (uid_t)-1;
 	int fd, rc;
 
 	if (strlen(path) >= sizeof(sa.sun_path)) {
@@ -58,6 +59,15 @@ int glue_daemon_connect(const char *path, char *err, size_t errlen)
 		rc = -errno;
 		snprintf(err, errlen, "cannot reach tlm-uffd-server at %s: %s", path,
 			 strerror(errno));
+		close(fd);
+		return rc;
+	}
+	/* The uffd goes to whoever listens there: only to root or our own user. */
+	rc = tlm_local_peer_ok(fd, NULL, &uid);
+	if (rc < 0) {
+		snprintf(err, errlen, "TLM_SOCK %s: %s (uid %u); not handing guest RAM to it", path,
+			 rc == -EPERM ? "the listener is neither root nor our user" :
+			 strerror(-rc), (unsigned)uid);
 		close(fd);
 		return rc;
 	}
