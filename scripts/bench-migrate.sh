@@ -12,7 +12,8 @@
 #                    the part that differs from the template (the DATA a migration must send)
 #   --link L         wan (default: 1 Gbit/s, 20 ms RTT), lan (10 Gbit/s, 0.1 ms) or
 #                    loopback: two emulated hosts, scripts/lib/netns.sh (which says what the
-#                    kernel allowed: no sch_netem = rate only, no namespaces = loopback)
+#                    kernel allowed: no sch_netem = wan through tunlink.py, lan rate only;
+#                    no namespaces = loopback)
 #   --modes LIST     which migrations (default tlm,qemu,precopy; tlm gives the lower bound)
 #   --out DIR        results directory (default build/bench-results/<link>-<date>)
 #   --quick          --counts 1 --mem 160 --dirty-mib 4 (the CI smoke test)

@@ -119,7 +119,7 @@ def fmt(v, unit=1, nd=1):
 
 
 def markdown(rows, out):
-    L = ["| link | N | mode | wire MB | veth MB | DATA bound MB | DATA/link s | time s | "
+    L = ["| link | N | mode | wire MB | link MB | DATA bound MB | DATA/link s | time s | "
          "slowest VM s | downtime ms | dst Pss MiB | faults | fault p50/p99 us | max TICK gap s |",
          "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
