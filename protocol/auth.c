@@ -36,7 +36,7 @@
 
 /* ---- key file ------------------------------------------------------------------------------ */
 
-static int hexval(uint8_t c)
+int tlm_hex_digit(int c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';
@@ -59,7 +59,7 @@ static int key_parse(const char *path, const uint8_t *b, size_t n, struct tlm_ke
 		nl = true;
 	}
 	for (size_t i = 0; i < digits && hex; i++)
-		hex = hexval(b[i]) >= 0;
+		hex = tlm_hex_digit(b[i]) >= 0;
 	hex = hex && digits > 0;
 	if (hex && digits % 2 == 0) {
 		if (digits / 2 < TLM_KEY_MIN || digits / 2 > TLM_PROTO_KEY_MAX) {
@@ -68,7 +68,7 @@ static int key_parse(const char *path, const uint8_t *b, size_t n, struct tlm_ke
 			return -EINVAL;
 		}
 		for (size_t i = 0; i < digits / 2; i++)
-			k->b[i] = hexval(b[2 * i]) << 4 | hexval(b[2 * i + 1]);
+			k->b[i] = (uint8_t)(tlm_hex_digit(b[2 * i]) << 4 | tlm_hex_digit(b[2 * i + 1]));
 		k->len = digits / 2;
 		return 0;
 	}

@@ -1,4 +1,5 @@
 /* Template store: hashing, digests and writing the index (format in template.h). */
+#include "protocol/tlm_proto.h"
 #include "runtime/template.h"
 #include "runtime/template_int.h"
 #include "runtime/util.h"
@@ -81,23 +82,12 @@ void tlm_digest_hex(const struct tlm_digest *d, char out[33])
 	out[32] = '\0';
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 int tlm_digest_parse(const char *hex, struct tlm_digest *out)
 {
 	if (!hex || strlen(hex) != 32)
 		return -EINVAL;
 	for (int i = 0; i < 16; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		int hi = tlm_hex_digit(hex[2 * i]), lo = tlm_hex_digit(hex[2 * i + 1]);
 
 		if (hi < 0 || lo < 0)
 			return -EINVAL;
