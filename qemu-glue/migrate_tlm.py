@@ -71,10 +71,14 @@ def ctl(path, line, timeout=30):
     return text
 
 
+def all_region_stats(ctl_path):
+    """Every region's stats by VM id, in one `stats` round trip."""
+    return {r.get("id"): r for r in json.loads(ctl(ctl_path, "stats")).get("regions", [])}
+
+
 def region_stats(ctl_path, vm_id):
     """The region's stats, None if the daemon does not know it (yet, or any more)."""
-    regions = json.loads(ctl(ctl_path, "stats")).get("regions", [])
-    return next((r for r in regions if r.get("id") == vm_id), None)
+    return all_region_stats(ctl_path).get(vm_id)
 
 
 def netns_argv(ns):
@@ -160,6 +164,7 @@ class Mig:
             raise Fail(f"{arg}: QEMU is not running")
         self.name, self.opt, self.phase = self.src["name"], opt, "new"
         self.dst = None
+        self.lost = None            # since when the daemon does not know the region
         self.sum_before = self.sum_after = self.tick = None
         self.t = {}
         self.tmpl_src = self.tmpl_dst = None
@@ -271,10 +276,11 @@ class Mig:
         self.t["running"] = time.time()
         self.phase = "switched"
 
-    def poll_complete(self, ctl_path):
-        r = region_stats(ctl_path, self.name)
+    def poll_complete(self, regions):
+        """regions: all_region_stats() of the destination daemon."""
+        r = regions.get(self.name)
         if r is None:       # a restarted daemon: the glue announces the region again
-            self.lost = getattr(self, "lost", None) or time.monotonic()
+            self.lost = self.lost or time.monotonic()
             if time.monotonic() - self.lost > REANNOUNCE_S:
                 raise Fail(f"{self.name}: tlm-uffd-server lost the region (not announced "
                            f"again in {REANNOUNCE_S} s)")
@@ -297,14 +303,12 @@ class Mig:
             return
         self.tick = V.wait_ticks(self.dst, 2, 30)
         self.sum_after = V.guest_cmd(self.dst, "sum")
-        b, a = self.sum_before.split(), self.sum_after.split()
-        if a[1:3] != b[1:3] or a[4] != "bad=0" or int(a[3]) < int(b[3]):
-            raise Fail(f"{self.name}: guest memory differs after migration: before "
-                       f"'{self.sum_before}', after '{self.sum_after}'")
+        why = V.sum_differs(self.sum_before, self.sum_after)
+        if why:
+            raise Fail(f"{self.name}: {why}")
 
-    def finish(self, ps_ctl):
+    def finish(self):
         self.check_guest()
-        self.ps_stats = region_stats(ps_ctl, self.name)
         V.stop(self.src)
         V.set_link(self.dst)
         self.phase = "done"
@@ -400,7 +404,8 @@ class Run:
             while any(m.phase == "switched" for m in self.migs):
                 now = time.time()
                 try:
-                    samples = [(m, m.poll_complete(self.dst_ctl)) for m in self.migs]
+                    regions = all_region_stats(self.dst_ctl)
+                    samples = [(m, m.poll_complete(regions)) for m in self.migs]
                 except Fail:
                     if self.watch_daemons():        # it died while we asked
                         continue
@@ -440,7 +445,7 @@ class Run:
             m.switch(self.ps.ctl)
             m.resume_dst()
         self.wait_complete()
-        self.each(Mig.finish, self.ps.ctl)
+        self.each(Mig.finish)
 
     def cleanup(self, ok):
         left = False

@@ -22,6 +22,7 @@ facts 3-4, 8).
     vm.py wait-ready VM [--timeout S]           waits for the workload's READY
     vm.py cmd VM LINE [--timeout S]             one workload command, prints the reply
     vm.py ticks VM [--count N] [--timeout S]    waits for N new TICK lines
+    vm.py sum-check BEFORE AFTER                same guest memory after a migration?
     vm.py wait-migration VM --until ST[,ST] [--timeout S]   polls query-migrate
     vm.py link VM                               makes VM the current generation of its name
     vm.py stop VM [--keep] [--timeout S]        quit (then SIGKILL), remove its directory
@@ -428,6 +429,17 @@ def read_reply(s, buf, want, word, until):
         buf += chunk
 
 
+def sum_differs(before, after):
+    """Two workload "SUM <hash> <pages> <rewrites> bad=<n>" replies of one guest, before
+    and after a migration: None if the memory is the same (hash and pages), no page is bad
+    and time went on (rewrites did not go back); else why not."""
+    b, a = before.split(), after.split()
+    if len(a) != 5 or len(b) != 5 or a[1:3] != b[1:3] or a[4] != "bad=0" or \
+       int(a[3]) < int(b[3]):
+        return f"guest memory differs after migration: before '{before}', after '{after}'"
+    return None
+
+
 def wait_ticks(cfg, count, timeout):
     """Wait for `count` TICK lines written after now; return the last."""
     path = os.path.join(cfg["dir"], "console.log")
@@ -610,6 +622,10 @@ def parser():
     p.add_argument("vm")
     p.add_argument("line")
     p.add_argument("--timeout", type=float, default=60)
+    p = sub.add_parser("sum-check", help="compare SUM replies from before/after a "
+                       "migration (exit 1 and why if they differ)")
+    p.add_argument("before")
+    p.add_argument("after")
     p = sub.add_parser("ticks", help="wait for new TICK lines")
     p.add_argument("vm")
     p.add_argument("--count", type=int, default=2)
@@ -643,6 +659,10 @@ def main(argv):
         cmd_wait_ready(opt)
     elif opt.cmd == "cmd":
         print(guest_cmd(resolve(opt.vm), opt.line, opt.timeout))
+    elif opt.cmd == "sum-check":
+        why = sum_differs(opt.before, opt.after)
+        if why:
+            raise VMError(why)
     elif opt.cmd == "ticks":
         print(wait_ticks(resolve(opt.vm), opt.count, opt.timeout))
     elif opt.cmd == "wait-migration":
