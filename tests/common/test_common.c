@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/lib/tlm_test.h"
 #include "runtime/ctl.h"
 #include "runtime/json.h"
 #include "runtime/stats.h"
@@ -189,8 +190,8 @@ static void test_ctl_other_uid(void **state)
 	int lfd, calls = 0, status;
 	pid_t pid;
 
-	if (geteuid() != 0)
-		skip();         /* switching to another uid needs root */
+	if (geteuid() != 0)     /* switching to another uid needs root */
+		TT_SKIP_CASE("root", "test_ctl_other_uid: needs root to switch uid\n");
 	assert_non_null(mkdtemp(dir));
 	snprintf(path, sizeof(path), "%s/ctl.sock", dir);
 	lfd = tlm_ctl_listen(path, err, sizeof(err));

@@ -23,6 +23,7 @@
 #include "runtime/json.h"
 #include "runtime/ctl.h"
 #include "runtime/util.h"
+#include "tests/lib/tlm_test.h"
 
 static char bin_path[512];
 
@@ -36,19 +37,21 @@ static void msleep(int ms)
 const char *h_uffd_unavailable(void)
 {
 	static char why[600];
-	uint64_t features = 0;
 	struct statfs sf;
-	const char *dir = getenv("TLM_BIN_DIR");
-	int rc = tlm_uffd_probe(&features, NULL);
 
-	if (rc < 0) {
-		snprintf(why, sizeof(why), "userfaultfd unavailable: %s", strerror(-rc));
+	if (tt_uffd_missing(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_EVENT_REMOVE, why,
+			    sizeof(why)))
 		return why;
-	}
-	if (!(features & UFFD_FEATURE_MINOR_SHMEM) || !(features & UFFD_FEATURE_EVENT_REMOVE))
-		return "kernel lacks UFFD_FEATURE_MINOR_SHMEM / EVENT_REMOVE";
 	if (statfs("/dev/shm", &sf) < 0 || sf.f_type != TMPFS_MAGIC)
 		return "/dev/shm is not tmpfs (MINOR faults need shmem)";
+	return NULL;
+}
+
+const char *h_bin_missing(void)
+{
+	static char why[600];
+	const char *dir = getenv("TLM_BIN_DIR");
+
 	if (!dir)
 		return "TLM_BIN_DIR not set (run through ctest)";
 	snprintf(bin_path, sizeof(bin_path), "%s/tlm-uffd-server", dir);

@@ -21,6 +21,8 @@
 
 /* Why the test cannot run here, or NULL. */
 const char *h_uffd_unavailable(void);
+/* NULL when tlm-uffd-server is built; else why not (a failure, never a skip). */
+const char *h_bin_missing(void);
 
 /* ---- files and the daemon ------------------------------------------------------------- */
 

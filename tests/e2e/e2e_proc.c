@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "runtime/ctl.h"
+#include "tests/lib/tlm_test.h"
 #include "runtime/json.h"
 #include "uffd/tlm_uffd.h"
 
@@ -205,20 +206,15 @@ char *e2e_ctl(const char *ctl, const char *cmd)
 	return b.p;           /* the caller frees */
 }
 
-bool e2e_skip_unless_uffd_root(const char *why_root)
+int e2e_skip_unless_uffd_root(const char *why_root)
 {
-	uint64_t feat = 0, ioctls = 0;
-	int rc = tlm_uffd_probe(&feat, &ioctls);
+	char why[160];
 
-	if (rc < 0 || !(feat & UFFD_FEATURE_MINOR_SHMEM)) {
-		printf("SKIP: userfaultfd %s\n", rc < 0 ? strerror(-rc) : "lacks MINOR_SHMEM");
-		return true;
-	}
-	if (geteuid() != 0) {
-		printf("SKIP: needs root (%s)\n", why_root);
-		return true;
-	}
-	return false;
+	if (tt_uffd_missing(UFFD_FEATURE_MINOR_SHMEM, why, sizeof(why)))
+		return tt_skip("uffd", "%s", why);
+	if (geteuid() != 0)
+		return tt_skip("root", "needs root (%s)", why_root);
+	return 0;
 }
 
 void e2e_pathf(char *out, size_t len, const char *dir, const char *fmt, ...)

@@ -58,8 +58,8 @@ int e2e_json_u64(const char *json, const char *after, const char *key, uint64_t 
 int e2e_json_str(const char *json, const char *after, const char *key, char *out,
 		 size_t len);
 uint64_t e2e_now_ms(void);
-/* Prints "SKIP: ..." and returns true unless userfaultfd with MINOR_SHMEM is there and we
- * are root (why_root says what needs root). */
-bool e2e_skip_unless_uffd_root(const char *why_root);
+/* 0 when userfaultfd with MINOR_SHMEM is there and we are root (why_root says what needs
+ * root); else the exit code of tt_skip() (77, or 1 under TLM_REQUIRE). */
+int e2e_skip_unless_uffd_root(const char *why_root);
 
 #endif

@@ -5,15 +5,11 @@
 # fails the test and is printed. lsan_probe (a planted leak) must be reported first, so a
 # LeakSanitizer that cannot work here (e.g. ptrace denied) fails instead of passing.
 #
-#   leaks_e2e.sh SANITIZED(0|1) TEST_E2E LSAN_PROBE
+# Registered only in --sanitize builds (scripts/test.sh --sanitize -L leaks).
+#
+#   leaks_e2e.sh TEST_E2E LSAN_PROBE
 set -u
-sanitized=$1 test_e2e=$2 probe=$3
-
-if [ "$sanitized" != 1 ]; then
-	echo "SKIP: the daemons are not built with AddressSanitizer" \
-		"(scripts/test.sh --sanitize -L leaks runs this)"
-	exit 77
-fi
+test_e2e=$1 probe=$2
 dir=$(mktemp -d "${TMPDIR:-/tmp}/tlm-leaks.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 opts="verify_asan_link_order=0:detect_leaks=1:log_path=$dir"

@@ -702,9 +702,10 @@ int main(void)
 		cmocka_unit_test(test_digest_mismatch),
 		cmocka_unit_test(test_others_untouched),
 	};
+	int rc;
 
-	if (e2e_skip_unless_uffd_root("process_vm_readv of another process, pagemap PFNs"))
-		return 77;
+	if ((rc = e2e_skip_unless_uffd_root("process_vm_readv of another process, pagemap PFNs")) != 0)
+		return rc;
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, w_setup, w_teardown);
 }

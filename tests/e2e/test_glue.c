@@ -29,6 +29,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "tests/lib/tlm_test.h"
 #include "protocol/tlm_proto.h"
 #include "runtime/util.h"
 #include "tests/e2e/e2e_manifest.h"
@@ -538,13 +539,11 @@ int main(void)
 	int rc = tlm_uffd_probe(&feat, &ioctls);
 
 	if (rc < 0) {
-		printf("SKIP: userfaultfd unavailable: %s\n", strerror(-rc));
-		return 77;
+		return tt_skip("uffd", "userfaultfd unavailable: %s", strerror(-rc));
 	}
 	if (!(feat & UFFD_FEATURE_MINOR_SHMEM) || !(feat & UFFD_FEATURE_EVENT_REMOVE)) {
-		printf("SKIP: userfaultfd lacks MINOR_SHMEM or EVENT_REMOVE (features 0x%llx)\n",
-		       (unsigned long long)feat);
-		return 77;
+		return tt_skip("uffd", "userfaultfd lacks MINOR_SHMEM or EVENT_REMOVE "
+			       "(features 0x%llx)", (unsigned long long)feat);
 	}
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -602,13 +602,14 @@ static int f_args(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = { cmocka_unit_test(test_campaign) };
+	int rc;
 
 	if (f_args(argc, argv) < 0) {
 		fprintf(stderr, "usage: test_faults [--runs N>0] [--seed S] [--keep]\n");
 		return 2;
 	}
-	if (e2e_skip_unless_uffd_root("process_vm_readv of another process, its pagemap"))
-		return 77;
+	if ((rc = e2e_skip_unless_uffd_root("process_vm_readv of another process, its pagemap")) != 0)
+		return rc;
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, f_setup, f_teardown);
 }

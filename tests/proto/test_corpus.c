@@ -59,8 +59,8 @@ int main(void)
 	};
 
 	if (!getenv("TLM_SOURCE_DIR")) {
-		fprintf(stderr, "proto_corpus: TLM_SOURCE_DIR not set (run through ctest)\n");
-		return 77;
+		fprintf(stderr, "FAIL proto_corpus: TLM_SOURCE_DIR not set (run through ctest)\n");
+		return 1;
 	}
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,7 @@
 /*
  * harness.c — see harness.h.
  */
+#include "tests/lib/tlm_test.h"
 #include "harness.h"
 
 #include <errno.h>
@@ -304,9 +305,8 @@ void run_case(void **state)
 		char names[256];
 
 		feature_list(missing, names, sizeof(names));
-		print_message("%s: kernel lacks userfaultfd feature(s) %s: skipped\n",
-			      c->name, names);
-		skip();
+		TT_SKIP_CASE("uffd", "%s: kernel lacks userfaultfd feature(s) %s: skipped\n",
+			     c->name, names);
 	}
 	setup_memory(t);
 	flags = c->blocking ? 0 : TLM_UFFD_NONBLOCK;
@@ -317,8 +317,7 @@ void run_case(void **state)
 		rc = tlm_uffd_open(&t->u, flags, features);
 	}
 	if (rc == -EPERM) {
-		print_message("%s: userfaultfd refused (EPERM): skipped\n", c->name);
-		skip();
+		TT_SKIP_CASE("uffd", "%s: userfaultfd refused (EPERM): skipped\n", c->name);
 	}
 	assert_int_equal(rc, 0);
 	t->open_flags = flags;

@@ -4,6 +4,7 @@
  * memory type it needs; a case whose feature the kernel lacks is skipped.
  * No userfaultfd at all: exit 77.
  */
+#include "tests/lib/tlm_test.h"
 #include "harness.h"
 
 #include <errno.h>
@@ -620,8 +621,7 @@ int main(void)
 
 	signal(SIGALRM, on_alarm);
 	if (rc < 0) {
-		printf("test_uffd: no usable userfaultfd (%s): skipping\n", strerror(-rc));
-		return 77;
+		return tt_skip("uffd", "test_uffd: no usable userfaultfd (%s)", strerror(-rc));
 	}
 	for (i = 0; i < NCASES; i++) {
 		tests[i] = (struct CMUnitTest){
