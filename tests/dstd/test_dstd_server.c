@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "dstd_harness.h"
+#include "tests/lib/tlm_test.h"
 
 #define NP 64
 
@@ -262,6 +263,11 @@ static void test_bad_options(void **state)
 }
 
 /* The main scenario: see the top of the file. */
+static bool page10_mapped(void *arg)
+{
+	return h_pagemap(ram_page(arg, 10)) & H_PM_FILE;
+}
+
 static void test_migration(void **state)
 {
 	struct fixture *f = *state;
@@ -298,8 +304,10 @@ static void test_migration(void **state)
 		fail_msg("page 40 was not re-requested after its checksum mismatch");
 	}
 	assert_false(h_pagemap(ram_page(f, 40)) & H_PM_PRESENT);
-	/* Proactive: template pages are mapped without any fault. */
-	assert_true(h_pagemap(ram_page(f, 10)) & H_PM_FILE);
+	/* Proactive: template pages are mapped without any fault (by the background sweep,
+	 * so wait for it). */
+	if (!tt_wait(page10_mapped, f, 20000))
+		fail_msg("template page 10 was not mapped by the sweep within 20 s");
 	t40 = fx_touch(f, ram_page(f, 40));
 	assert_false(h_touch_wait(t40, 300));       /* waits for a correct copy */
 	assert_false(h_pagemap(ram_page(f, 40)) & H_PM_PRESENT);
@@ -352,9 +360,17 @@ static void test_deferred_arm(void **state)
 		fail_msg("setup failed");
 	layout_small(f->pages);
 	assert_int_equal(h_guest_send_region(&f->guest, &f->env, "vm1", false), 0);
-	usleep(100000);
-	assert_int_equal(h_ctl(&f->env, "arm vm1", &reply), 0);
-	assert_non_null(strstr(reply, "ok"));
+	/* `arm` is refused until the daemon has read the REGION: retry until it is taken. */
+	for (uint64_t end = tt_now_ms() + 20000;; tt_sleep_ms(5)) {
+		assert_int_equal(h_ctl(&f->env, "arm vm1", &reply), 0);
+		if (strstr(reply, "ok arm sent"))
+			break;
+		if (!strstr(reply, "no region") && !strstr(reply, "not waiting"))
+			fail_msg("arm vm1: %s", reply);
+		if (tt_now_ms() > end)
+			fail_msg("the daemon never took REGION vm1: %s", reply);
+		free(reply);
+	}
 	free(reply);
 	assert_int_equal(h_guest_recv(&f->guest, &m, &fd, 5000), 0);
 	assert_int_equal(m.type, TLM_LOCAL_ARM);
@@ -625,9 +641,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_template_fault_latency, fx_alloc, fx_free),
 	};
 
+	if (why)
+		return tt_skip("uffd", "%s", why);
+	why = h_bin_missing();
 	if (why) {
-		printf("SKIP: %s\n", why);
-		return 77;
+		fprintf(stderr, "FAIL: %s\n", why);
+		return 1;
 	}
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

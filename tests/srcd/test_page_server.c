@@ -26,6 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/lib/tlm_test.h"
 #include "protocol/tlm_proto.h"
 #include "runtime/ctl.h"
 #include "runtime/json.h"
@@ -786,8 +787,15 @@ static void test_bulk_reconnect(void **state)
 	assert_true(fd < 0);
 	assert_non_null(strstr(err, "already has an open bulk session"));
 	tlm_conn_fini(&E.a_bulk);
-	usleep(200 * 1000);       /* let the server see the close */
-	open_conn(&E.a_bulk, "a", TLM_CHAN_BULK, A_PAGES, E.digest.b);
+	/* Refused until the server has seen the close: retry until it has. */
+	for (uint64_t end = tt_now_ms() + 20000;; tt_sleep_ms(10)) {
+		fd = open_session("a", TLM_CHAN_BULK, A_PAGES, E.digest.b, &E.k, err, sizeof(err));
+		if (fd >= 0)
+			break;
+		if (!strstr(err, "already has an open bulk session") || tt_now_ms() > end)
+			fail_msg("reopen bulk after close: %s", err);
+	}
+	assert_int_equal(tlm_conn_init(&E.a_bulk, fd, 0), 0);
 	read_stream(&E.a_bulk, E.a, A_PAGES, 0, E.a_sent_urgent, &s);
 	assert_int_equal(s.done_pages, E.a_data);
 	free(s.cls);
