@@ -27,8 +27,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#include "protocol/tlm_proto.h"
-#include "protocol/proto_int.h"
+#include "tlm_proto.h"
+#include "proto_int.h"
 
 #define TLM_KEY_MIN 16u
 #define TLM_HS_FRAME_MAX 256u        /* largest handshake frame: ERROR, 8 + 208 */

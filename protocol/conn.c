@@ -17,7 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "protocol/tlm_proto.h"
+#include "tlm_proto.h"
 
 #define TLM_CONN_RCAP (TLM_PROTO_HDR_SIZE + TLM_PROTO_MAX_PAYLOAD)
 #define TLM_CONN_WCAP_DEFAULT (2 * TLM_CONN_RCAP)

@@ -14,8 +14,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "protocol/tlm_proto.h"
-#include "protocol/proto_int.h"
+#include "tlm_proto.h"
+#include "proto_int.h"
 
 #define TLM_LOCAL_MAX_FDS 8     /* room to receive (and close) a few unexpected fds */
 

@@ -23,8 +23,8 @@
 
 #include <xxhash.h>
 
-#include "protocol/tlm_proto.h"
-#include "protocol/proto_int.h"
+#include "tlm_proto.h"
+#include "proto_int.h"
 
 #define TLM_WIRE_PAGE_LIMIT (1ull << 52)
 

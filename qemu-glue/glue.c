@@ -46,7 +46,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#include "qemu-glue/glue_int.h"
+#include "glue_int.h"
 
 typedef void *(*glue_mmap_fn)(void *, size_t, int, int, int, off_t);
 

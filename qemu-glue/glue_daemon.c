@@ -26,7 +26,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "qemu-glue/glue_int.h"
+#include "glue_int.h"
 
 #define GLUE_RETRY_MIN_MS 50
 #define GLUE_RETRY_MAX_MS 2000

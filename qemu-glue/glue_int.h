@@ -13,8 +13,8 @@
 #include <pthread.h>
 #include <sys/types.h>
 
-#include "protocol/tlm_proto.h"
-#include "uffd/tlm_uffd.h"
+#include "tlm_proto.h"
+#include "tlm_uffd.h"
 
 #define GLUE_HIDDEN __attribute__((visibility("hidden")))
 #define GLUE_PAGE 4096u

@@ -1,7 +1,7 @@
 /*
  * event.c — reading and decoding userfaultfd events (struct uffd_msg).
  */
-#include "uffd/tlm_uffd.h"
+#include "tlm_uffd.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -3,7 +3,7 @@
  * register/unregister, and the range calls (COPY / ZEROPAGE / CONTINUE / WAKE)
  * with partial-progress handling. Events are decoded in event.c.
  */
-#include "uffd/tlm_uffd.h"
+#include "tlm_uffd.h"
 
 #include <errno.h>
 #include <fcntl.h>

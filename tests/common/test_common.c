@@ -17,11 +17,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "tests/lib/tlm_test.h"
-#include "runtime/ctl.h"
-#include "runtime/json.h"
-#include "runtime/stats.h"
-#include "runtime/util.h"
+#include "tlm_test.h"
+#include "ctl.h"
+#include "json.h"
+#include "stats.h"
+#include "util.h"
 
 static void test_hist_quantiles(void **state)
 {

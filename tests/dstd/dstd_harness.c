@@ -20,10 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/json.h"
-#include "runtime/ctl.h"
-#include "runtime/util.h"
-#include "tests/lib/tlm_test.h"
+#include "json.h"
+#include "ctl.h"
+#include "util.h"
+#include "tlm_test.h"
 
 static char bin_path[512];
 

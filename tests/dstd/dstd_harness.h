@@ -13,9 +13,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "protocol/tlm_proto.h"
-#include "runtime/template.h"
-#include "uffd/tlm_uffd.h"
+#include "tlm_proto.h"
+#include "template.h"
+#include "tlm_uffd.h"
 
 #define H_PS 4096u
 

@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #include "dstd_harness.h"
-#include "tests/lib/tlm_test.h"
+#include "tlm_test.h"
 
 #define NP 64
 

@@ -1,4 +1,4 @@
-#include "tests/e2e/e2e_manifest.h"
+#include "e2e_manifest.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -7,8 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "protocol/tlm_proto.h"
-#include "runtime/util.h"
+#include "tlm_proto.h"
+#include "util.h"
 
 #define E2E_MAGIC "TLMMAN1\0"
 #define E2E_HDR 56u

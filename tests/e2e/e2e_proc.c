@@ -1,4 +1,4 @@
-#include "tests/e2e/e2e_proc.h"
+#include "e2e_proc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,10 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/ctl.h"
-#include "tests/lib/tlm_test.h"
-#include "runtime/json.h"
-#include "uffd/tlm_uffd.h"
+#include "ctl.h"
+#include "tlm_test.h"
+#include "json.h"
+#include "tlm_uffd.h"
 
 uint64_t e2e_now_ms(void)
 {

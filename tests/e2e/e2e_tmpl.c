@@ -1,4 +1,4 @@
-#include "tests/e2e/e2e_tmpl.h"
+#include "e2e_tmpl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,7 +10,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "runtime/util.h"
+#include "util.h"
 
 static uint64_t e2e_rand(uint64_t *s)
 {

@@ -29,9 +29,9 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "protocol/tlm_proto.h"
-#include "runtime/util.h"
-#include "tests/e2e/e2e_manifest.h"
+#include "tlm_proto.h"
+#include "util.h"
+#include "e2e_manifest.h"
 
 struct sg_opts {
 	const char *mode, *ram, *tmpl, *manifest, *mix;

@@ -38,14 +38,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "protocol/tlm_proto.h"
-#include "runtime/ctl.h"
-#include "runtime/json.h"
-#include "runtime/util.h"
-#include "tests/e2e/e2e_manifest.h"
-#include "tests/e2e/e2e_proc.h"
-#include "tests/e2e/e2e_tmpl.h"
-#include "uffd/tlm_uffd.h"
+#include "tlm_proto.h"
+#include "ctl.h"
+#include "json.h"
+#include "util.h"
+#include "e2e_manifest.h"
+#include "e2e_proc.h"
+#include "e2e_tmpl.h"
+#include "tlm_uffd.h"
 
 #define W_SIZE (64ull << 20)
 #define W_PAGES (W_SIZE / E2E_PAGE)

@@ -29,13 +29,13 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "tests/lib/tlm_test.h"
-#include "protocol/tlm_proto.h"
-#include "runtime/util.h"
-#include "tests/e2e/e2e_manifest.h"
-#include "tests/e2e/e2e_proc.h"
-#include "tests/e2e/e2e_tmpl.h"
-#include "uffd/tlm_uffd.h"
+#include "tlm_test.h"
+#include "tlm_proto.h"
+#include "util.h"
+#include "e2e_manifest.h"
+#include "e2e_proc.h"
+#include "e2e_tmpl.h"
+#include "tlm_uffd.h"
 
 #define FX_PAGES 512u
 #define FX_SIZE (FX_PAGES * E2E_PAGE)

@@ -38,7 +38,7 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
-#include "runtime/util.h"
+#include "util.h"
 
 #define BUF_CAP   (1u << 20)
 #define MAX_SEGS  256               /* delayed chunks per direction */

@@ -35,11 +35,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "runtime/ctl.h"
-#include "runtime/json.h"
-#include "tests/e2e/e2e_manifest.h"
-#include "tests/e2e/e2e_proc.h"
-#include "tests/e2e/e2e_tmpl.h"
+#include "ctl.h"
+#include "json.h"
+#include "e2e_manifest.h"
+#include "e2e_proc.h"
+#include "e2e_tmpl.h"
 
 #define F_TMPL_SIZE (64ull << 20)
 #define F_MIX "template=60,zero=10,ref=5,data=25,dirty=2"

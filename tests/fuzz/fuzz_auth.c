@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "fuzz.h"
-#include "protocol/tlm_proto.h"
+#include "tlm_proto.h"
 
 static const struct tlm_key fuzz_key = { .b = "0123456789abcdef0123456789abcdef", .len = 32 };
 

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "fuzz.h"
-#include "protocol/tlm_proto.h"
+#include "tlm_proto.h"
 
 static void check_accepted(const struct tlm_local_msg *m)
 {

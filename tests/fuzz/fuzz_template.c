@@ -19,7 +19,7 @@
 #include <xxhash.h>
 
 #include "fuzz.h"
-#include "runtime/template_int.h"
+#include "template_int.h"
 
 #define FIX_HDR 0x1u
 #define FIX_TRAILER 0x2u

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "protocol/tlm_proto.h"
+#include "tlm_proto.h"
 
 #define WIRE_RUNS 4096u
 

@@ -14,9 +14,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "protocol/tlm_proto.h"
-#include "runtime/template_int.h"
-#include "tests/proto/samples.h"
+#include "tlm_proto.h"
+#include "template_int.h"
+#include "samples.h"
 
 static const char *root;
 

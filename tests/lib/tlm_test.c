@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "uffd/tlm_uffd.h"
+#include "tlm_uffd.h"
 
 bool tt_required(const char *kind)
 {

@@ -2,7 +2,7 @@
 #ifndef TLM_TEST_PROTO_SAMPLES_H
 #define TLM_TEST_PROTO_SAMPLES_H
 
-#include "protocol/tlm_proto.h"
+#include "tlm_proto.h"
 
 /* Fill *m with a valid message of type t (CLASS_MAP runs and PAGE data point into static
  * storage). */

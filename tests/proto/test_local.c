@@ -16,7 +16,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "protocol/tlm_proto.h"
+#include "tlm_proto.h"
 
 static int count_fds(void)
 {

@@ -21,10 +21,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "runtime/classify.h"
-#include "runtime/src_region.h"
-#include "runtime/template.h"
-#include "runtime/util.h"
+#include "classify.h"
+#include "src_region.h"
+#include "template.h"
+#include "util.h"
 
 #define PG TLM_PAGE_SIZE
 #define NPAGES 512u

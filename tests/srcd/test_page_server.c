@@ -26,12 +26,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "tests/lib/tlm_test.h"
-#include "protocol/tlm_proto.h"
-#include "runtime/ctl.h"
-#include "runtime/json.h"
-#include "runtime/template.h"
-#include "runtime/util.h"
+#include "tlm_test.h"
+#include "tlm_proto.h"
+#include "ctl.h"
+#include "json.h"
+#include "template.h"
+#include "util.h"
 
 #define PG TLM_PAGE_SIZE
 #define T_PAGES 4096u          /* template: 16 MiB */

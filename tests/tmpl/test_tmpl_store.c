@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
-#include "runtime/template_int.h"
+#include "template_int.h"
 #include "tmpl_fixture.h"
 
 static const uint32_t ids8[8] = { 1, 2, 3, 1, 0, 4, 2, 0 };

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "runtime/template.h"
+#include "template.h"
 
 struct fx {
 	char dir[64];

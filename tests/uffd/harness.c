@@ -1,7 +1,7 @@
 /*
  * harness.c — see harness.h.
  */
-#include "tests/lib/tlm_test.h"
+#include "tlm_test.h"
 #include "harness.h"
 
 #include <errno.h>

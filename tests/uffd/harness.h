@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "uffd/tlm_uffd.h"
+#include "tlm_uffd.h"
 
 #define WAIT_MS		5000	/* longest wait for an event or a thread */
 #define CASE_WATCHDOG_S	30	/* a whole case, in case a wait is missing somewhere */

@@ -4,7 +4,7 @@
  * memory type it needs; a case whose feature the kernel lacks is skipped.
  * No userfaultfd at all: exit 77.
  */
-#include "tests/lib/tlm_test.h"
+#include "tlm_test.h"
 #include "harness.h"
 
 #include <errno.h>

@@ -8,7 +8,7 @@
  *       The yardstick for the page server's background stream, which carries pages over the
  *       same kind of connection in the same run.
  */
-#include "runtime/util.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -8,9 +8,9 @@
  */
 #include <stdio.h>
 
-#include "runtime/dst_region.h"
-#include "runtime/json.h"
-#include "runtime/util.h"
+#include "dst_region.h"
+#include "json.h"
+#include "util.h"
 
 #define PS TLM_PAGE_SIZE
 

@@ -2,10 +2,10 @@
  * tlm-template — build, select, inspect and verify tlm templates.
  * Errors: one line "tlm-template: FILE: problem" on stderr, exit 1; usage errors exit 2.
  */
-#include "runtime/log.h"
-#include "runtime/template.h"
-#include "runtime/template_int.h"
-#include "runtime/util.h"
+#include "log.h"
+#include "template.h"
+#include "template_int.h"
+#include "util.h"
 
 #include <errno.h>
 #include <getopt.h>

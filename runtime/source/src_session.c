@@ -8,7 +8,7 @@
  * the loop calls after it has handled every event of an iteration, a bounded batch at a
  * time and only while the bulk connection has room (EPOLLOUT driven).
  */
-#include "runtime/src_session.h"
+#include "src_session.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -24,8 +24,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "runtime/log.h"
-#include "runtime/util.h"
+#include "log.h"
+#include "util.h"
 
 #define PS_HANDSHAKE_MS 3000
 #define PS_HANDSHAKES_MAX 16u       /* handshakes in progress at once */

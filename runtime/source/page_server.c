@@ -22,11 +22,11 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
-#include "runtime/ctl.h"
-#include "runtime/json.h"
-#include "runtime/log.h"
-#include "runtime/src_session.h"
-#include "runtime/util.h"
+#include "ctl.h"
+#include "json.h"
+#include "log.h"
+#include "src_session.h"
+#include "util.h"
 
 #define PROGRESS_NS (100 * 1000 * 1000)
 

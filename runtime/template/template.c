@@ -1,6 +1,6 @@
 /* Template store: loading, validating and querying a template (format in template.h). */
-#include "runtime/template.h"
-#include "runtime/template_int.h"
+#include "template.h"
+#include "template_int.h"
 
 #include <errno.h>
 #include <fcntl.h>

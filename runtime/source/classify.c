@@ -7,13 +7,13 @@
  * template sits shifted in the guest), and only then the hash lookup (one XXH3 pass plus a
  * verified probe).
  */
-#include "runtime/classify.h"
+#include "classify.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/template.h"
+#include "template.h"
 
 int tlm_cls_map_init(struct tlm_cls_map *m, uint64_t page_count, const struct tlm_tmpl *tmpl,
 		     uint64_t tmpl_base)

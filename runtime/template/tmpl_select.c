@@ -2,9 +2,9 @@
  * Template selection by page count (page-count-based dedup): count how often every page
  * content occurs across several VM memory images and keep the most frequent ones.
  */
-#include "runtime/template.h"
-#include "runtime/template_int.h"
-#include "runtime/util.h"
+#include "template.h"
+#include "template_int.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -23,9 +23,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "protocol/tlm_proto.h"
-#include "runtime/classify.h"
-#include "runtime/template.h"
+#include "tlm_proto.h"
+#include "classify.h"
+#include "template.h"
 
 enum tlm_src_kind { TLM_SRC_FILE = 1, TLM_SRC_PID = 2 };
 

@@ -12,7 +12,7 @@
  * loop (dst_region_work / dst_region_release): deep inside a placement or a frame loop a
  * failure only sets the phase, and every loop checks it.
  */
-#include "runtime/dst_region.h"
+#include "dst_region.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,8 +24,8 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#include "runtime/log.h"
-#include "runtime/util.h"
+#include "log.h"
+#include "util.h"
 
 #define PS               TLM_PAGE_SIZE
 #define EV_BATCH         32

@@ -2,7 +2,7 @@
  * src_region.c — region sources for tlm-page-server (src_region.h): SPEC parsing, the
  * read-only RAM file mapping, process_vm_readv batches for pid sources, classification.
  */
-#include "runtime/src_region.h"
+#include "src_region.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,8 +16,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "runtime/log.h"
-#include "runtime/util.h"
+#include "log.h"
+#include "util.h"
 
 /* Pages per process_vm_readv call while classifying: 256 KiB. */
 #define CLASSIFY_BATCH 64u

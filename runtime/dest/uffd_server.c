@@ -27,11 +27,11 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
-#include "runtime/ctl.h"
-#include "runtime/dst_region.h"
-#include "runtime/json.h"
-#include "runtime/log.h"
-#include "runtime/util.h"
+#include "ctl.h"
+#include "dst_region.h"
+#include "json.h"
+#include "log.h"
+#include "util.h"
 
 #define TICK_MS     100
 #define MAX_EVENTS  64

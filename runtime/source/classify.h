@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "protocol/tlm_proto.h"
+#include "tlm_proto.h"
 
 struct tlm_tmpl;
 

@@ -5,7 +5,7 @@
 #ifndef TLM_TEMPLATE_INT_H
 #define TLM_TEMPLATE_INT_H
 
-#include "runtime/template.h"
+#include "template.h"
 
 #define TLM_IDX_MAGIC "TLMIDX\0\0"
 #define TLM_IDX_HDR_SIZE 48u

@@ -1,8 +1,8 @@
-#include "runtime/ctl.h"
-#include "runtime/json.h"
-#include "runtime/log.h"
-#include "runtime/util.h"
-#include "protocol/tlm_proto.h"
+#include "ctl.h"
+#include "json.h"
+#include "log.h"
+#include "util.h"
+#include "tlm_proto.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -1,6 +1,6 @@
 /* tlmctl — send one command to a tlm daemon's control socket and print the reply. */
-#include "runtime/ctl.h"
-#include "runtime/json.h"
+#include "ctl.h"
+#include "json.h"
 
 #include <getopt.h>
 #include <stdio.h>

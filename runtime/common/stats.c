@@ -1,5 +1,5 @@
-#include "runtime/stats.h"
-#include "runtime/json.h"
+#include "stats.h"
+#include "json.h"
 
 #include <string.h>
 

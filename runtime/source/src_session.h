@@ -13,8 +13,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "protocol/tlm_proto.h"
-#include "runtime/src_region.h"
+#include "tlm_proto.h"
+#include "src_region.h"
 
 /* What an epoll event's data.ptr points at (first member of its owner). */
 enum tlm_ps_ev_kind { PS_EV_LISTEN = 1, PS_EV_CTL, PS_EV_SIGNAL, PS_EV_TIMER, PS_EV_SESS,

@@ -1,8 +1,8 @@
 /* Template store: hashing, digests and writing the index (format in template.h). */
-#include "protocol/tlm_proto.h"
-#include "runtime/template.h"
-#include "runtime/template_int.h"
-#include "runtime/util.h"
+#include "tlm_proto.h"
+#include "template.h"
+#include "template_int.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>

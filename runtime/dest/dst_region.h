@@ -32,11 +32,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "protocol/tlm_proto.h"
-#include "runtime/stats.h"
-#include "runtime/template.h"
-#include "uffd/tlm_uffd.h"
-#include "runtime/dst_peer.h"
+#include "tlm_proto.h"
+#include "stats.h"
+#include "template.h"
+#include "tlm_uffd.h"
+#include "dst_peer.h"
 
 struct tlm_json;
 

@@ -3,8 +3,8 @@
  * XXH3 page hashing (one core and all cores), hash-table probes and byte-verified content
  * lookups per second, index build and open time. A benchmark, not a test: it prints.
  */
-#include "runtime/template.h"
-#include "runtime/util.h"
+#include "template.h"
+#include "util.h"
 
 #include <errno.h>
 #include <getopt.h>

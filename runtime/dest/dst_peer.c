@@ -7,7 +7,7 @@
  * broken session is only flagged (peer->lost) where it is found and closed at the next
  * safe point (end of the event, dst_peer_work).
  */
-#include "runtime/dst_peer.h"
+#include "dst_peer.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -19,9 +19,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "runtime/dst_region.h"
-#include "runtime/log.h"
-#include "runtime/util.h"
+#include "dst_region.h"
+#include "log.h"
+#include "util.h"
 
 #define CONNECT_TIMEOUT_MS   3000
 #define HANDSHAKE_TIMEOUT_MS 5000
