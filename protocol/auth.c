@@ -29,23 +29,14 @@
 
 #include "tlm_proto.h"
 #include "proto_int.h"
+#include "tlm_bytes.h"
+#include "tlm_io.h"
 
 #define TLM_KEY_MIN 16u
 #define TLM_HS_FRAME_MAX 256u        /* largest handshake frame: ERROR, 8 + 208 */
 #define TLM_ERR_SEND_TIMEOUT_MS 1000
 
 /* ---- key file ------------------------------------------------------------------------------ */
-
-int tlm_hex_digit(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 /* Hex text (all hex digits, optional trailing newline, even count) or raw bytes. */
 static int key_parse(const char *path, const uint8_t *b, size_t n, struct tlm_key *k,
@@ -196,108 +187,6 @@ struct hs {
 	size_t errlen;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
-static uint64_t deadline_of(int timeout_ms)
-{
-	return timeout_ms > 0 ? now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
-}
-
-/* Wait for ev on fd until the deadline. 0 or -ETIMEDOUT / -errno. */
-static int wait_fd(int fd, short ev, uint64_t deadline)
-{
-	struct pollfd pfd = { .fd = fd, .events = ev };
-	int ms = -1, r;
-
-	if (deadline) {
-		uint64_t now = now_ns();
-
-		if (now >= deadline)
-			return -ETIMEDOUT;
-		ms = (int)((deadline - now + 999999) / 1000000);
-	}
-	r = poll(&pfd, 1, ms);
-	if (r < 0)
-		return errno == EINTR ? 0 : -errno;
-	return r == 0 ? -ETIMEDOUT : 0;
-}
-
-/* The fd may be blocking: with a deadline, poll before every read/write. */
-static int write_deadline(int fd, const uint8_t *p, size_t len, uint64_t deadline)
-{
-	bool sock = true;
-
-	while (len) {
-		ssize_t r;
-
-		if (deadline) {
-			int ret = wait_fd(fd, POLLOUT, deadline);
-
-			if (ret)
-				return ret;
-		}
-		r = sock ? send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT) : write(fd, p, len);
-
-		if (r < 0 && errno == ENOTSOCK && sock) {
-			sock = false;
-			continue;
-		}
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0 && errno == EAGAIN) {
-			int ret = wait_fd(fd, POLLOUT, deadline);
-
-			if (ret)
-				return ret;
-			continue;
-		}
-		if (r < 0)
-			return -errno;
-		p += r;
-		len -= r;
-	}
-	return 0;
-}
-
-/* Read exactly len bytes. -ECONNRESET if the peer closed first. */
-static int read_deadline(int fd, uint8_t *p, size_t len, uint64_t deadline)
-{
-	while (len) {
-		ssize_t r;
-
-		if (deadline) {
-			int ret = wait_fd(fd, POLLIN, deadline);
-
-			if (ret)
-				return ret;
-		}
-		r = read(fd, p, len);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0 && errno == EAGAIN) {
-			int ret = wait_fd(fd, POLLIN, deadline);
-
-			if (ret)
-				return ret;
-			continue;
-		}
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -ECONNRESET;
-		p += r;
-		len -= r;
-	}
-	return 0;
-}
-
 static int send_deadline(int fd, const struct tlm_msg *m, uint64_t deadline)
 {
 	uint8_t small[TLM_PROTO_HDR_SIZE + 16 + TLM_PROTO_PAGE_SIZE];
@@ -309,7 +198,7 @@ static int send_deadline(int fd, const struct tlm_msg *m, uint64_t deadline)
 	if (!buf)
 		return -ENOMEM;
 	n = tlm_proto_encode(m, buf, fsize);
-	ret = n < 0 ? (int)n : write_deadline(fd, buf, n, deadline);
+	ret = n < 0 ? (int)n : tlm_io_write(fd, buf, n, deadline);
 	if (buf != small)
 		free(buf);
 	return ret;
@@ -317,7 +206,7 @@ static int send_deadline(int fd, const struct tlm_msg *m, uint64_t deadline)
 
 int tlm_proto_send(int fd, const struct tlm_msg *m, int timeout_ms)
 {
-	return send_deadline(fd, m, deadline_of(timeout_ms));
+	return send_deadline(fd, m, tlm_io_deadline(timeout_ms));
 }
 
 int tlm_proto_send_error(int fd, uint32_t code, const char *fmt, ...)
@@ -371,7 +260,7 @@ static int hs_recv(struct hs *h, struct tlm_msg *m)
 	ssize_t flen;
 	int ret;
 
-	ret = read_deadline(h->fd, buf, TLM_PROTO_HDR_SIZE, h->deadline);
+	ret = tlm_io_read(h->fd, buf, TLM_PROTO_HDR_SIZE, h->deadline);
 	if (ret)
 		return hs_ioerr(h, ret);
 	flen = tlm_proto_frame_len(buf, TLM_PROTO_HDR_SIZE, why, sizeof(why));
@@ -382,7 +271,7 @@ static int hs_recv(struct hs *h, struct tlm_msg *m)
 			 tlm_msg_name(buf[4] | buf[5] << 8));
 		return hs_refuse(h, TLM_ERR_PROTOCOL, -EPROTO, why);
 	}
-	ret = read_deadline(h->fd, buf + TLM_PROTO_HDR_SIZE, flen - TLM_PROTO_HDR_SIZE,
+	ret = tlm_io_read(h->fd, buf + TLM_PROTO_HDR_SIZE, flen - TLM_PROTO_HDR_SIZE,
 			    h->deadline);
 	if (ret)
 		return hs_ioerr(h, ret);
@@ -468,7 +357,7 @@ static int server_auth(struct hs *h, const struct tlm_key *k, uint8_t *channel)
 int tlm_proto_server_handshake(int fd, const struct tlm_key *k, uint8_t *channel,
 			       struct tlm_msg *open, int timeout_ms, char *err, size_t errlen)
 {
-	struct hs h = { fd, deadline_of(timeout_ms), err, errlen };
+	struct hs h = { fd, tlm_io_deadline(timeout_ms), err, errlen };
 	int ret = server_auth(&h, k, channel);
 
 	if (ret)
@@ -542,7 +431,7 @@ int tlm_proto_client_handshake(int fd, const struct tlm_key *k, uint8_t channel,
 			       const struct tlm_msg *vm_open, struct tlm_msg *accept,
 			       int timeout_ms, char *err, size_t errlen)
 {
-	struct hs h = { fd, deadline_of(timeout_ms), err, errlen };
+	struct hs h = { fd, tlm_io_deadline(timeout_ms), err, errlen };
 	int ret;
 
 	if (channel != TLM_CHAN_URGENT && channel != TLM_CHAN_BULK) {

@@ -145,9 +145,6 @@ struct tlm_key {
 	size_t len;
 };
 
-/* Value of a hex digit (either case), -1 if c is none: key files and digests are hex. */
-int tlm_hex_digit(int c);
-
 /* Load a pre-shared key: the file must be a regular file not readable or writable by group
  * or others (0600/0400), holding 16..64 bytes (raw, or hex text with optional newline). */
 int tlm_key_load(const char *path, struct tlm_key *k, char *err, size_t errlen);

@@ -25,6 +25,7 @@
 
 #include "tlm_proto.h"
 #include "proto_int.h"
+#include "tlm_bytes.h"
 
 #define TLM_WIRE_PAGE_LIMIT (1ull << 52)
 
@@ -39,42 +40,6 @@ void tlm_proto_seterr(char *err, size_t errlen, const char *fmt, ...)
 	va_end(ap);
 }
 
-
-/* ---- little-endian byte helpers --------------------------------------------------------- */
-
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = v;
-	p[1] = v >> 8;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = v >> (8 * i);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = v >> (8 * i);
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 static bool all_zero(const uint8_t *p, size_t n)
 {
@@ -393,14 +358,14 @@ static void enc_session(const struct tlm_msg *m, uint8_t *p)
 
 	switch (m->type) {
 	case TLM_MSG_HELLO:
-		put32(p, TLM_PROTO_MAGIC);
-		put16(p + 4, m->u.hello.ver_min);
-		put16(p + 6, m->u.hello.ver_max);
+		tlm_le32_put(p, TLM_PROTO_MAGIC);
+		tlm_le16_put(p + 4, m->u.hello.ver_min);
+		tlm_le16_put(p + 6, m->u.hello.ver_max);
 		p[8] = m->u.hello.channel;
 		memcpy(p + 16, m->u.hello.nonce, TLM_PROTO_NONCE_LEN);
 		break;
 	case TLM_MSG_CHALLENGE:
-		put16(p, m->u.challenge.version);
+		tlm_le16_put(p, m->u.challenge.version);
 		memcpy(p + 8, m->u.challenge.nonce, TLM_PROTO_NONCE_LEN);
 		memcpy(p + 40, m->u.challenge.mac, TLM_PROTO_MAC_LEN);
 		break;
@@ -409,14 +374,14 @@ static void enc_session(const struct tlm_msg *m, uint8_t *p)
 		break;
 	case TLM_MSG_VM_OPEN:
 		n = strnlen(m->u.vm_open.vm_id, TLM_PROTO_VMID_MAX);
-		put64(p, m->u.vm_open.ram_size);
-		put32(p + 8, m->u.vm_open.page_size);
+		tlm_le64_put(p, m->u.vm_open.ram_size);
+		tlm_le32_put(p + 8, m->u.vm_open.page_size);
 		p[12] = n;
 		memcpy(p + 16, m->u.vm_open.digest, 16);
 		memcpy(p + 32, m->u.vm_open.vm_id, n);
 		break;
 	case TLM_MSG_VM_ACCEPT:
-		put64(p, m->u.vm_accept.page_count);
+		tlm_le64_put(p, m->u.vm_accept.page_count);
 		break;
 	default:
 		break;
@@ -428,19 +393,19 @@ static int dec_session(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
 {
 	switch (m->type) {
 	case TLM_MSG_HELLO:
-		if (get32(p) != TLM_PROTO_MAGIC)
-			return BAD("HELLO: bad magic 0x%08x (not a tlm peer?)", get32(p));
+		if (tlm_le32_get(p) != TLM_PROTO_MAGIC)
+			return BAD("HELLO: bad magic 0x%08x (not a tlm peer?)", tlm_le32_get(p));
 		if (!all_zero(p + 9, 7))
 			return BAD("HELLO: reserved bytes not zero");
-		m->u.hello.ver_min = get16(p + 4);
-		m->u.hello.ver_max = get16(p + 6);
+		m->u.hello.ver_min = tlm_le16_get(p + 4);
+		m->u.hello.ver_max = tlm_le16_get(p + 6);
 		m->u.hello.channel = p[8];
 		memcpy(m->u.hello.nonce, p + 16, TLM_PROTO_NONCE_LEN);
 		return 0;
 	case TLM_MSG_CHALLENGE:
 		if (!all_zero(p + 2, 6))
 			return BAD("CHALLENGE: reserved bytes not zero");
-		m->u.challenge.version = get16(p);
+		m->u.challenge.version = tlm_le16_get(p);
 		memcpy(m->u.challenge.nonce, p + 8, TLM_PROTO_NONCE_LEN);
 		memcpy(m->u.challenge.mac, p + 40, TLM_PROTO_MAC_LEN);
 		return 0;
@@ -455,14 +420,14 @@ static int dec_session(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
 			return BAD("VM_OPEN: reserved bytes not zero");
 		if (memchr(p + 32, '\0', plen - 32))
 			return BAD("VM_OPEN: NUL byte in vm id");
-		m->u.vm_open.ram_size = get64(p);
-		m->u.vm_open.page_size = get32(p + 8);
+		m->u.vm_open.ram_size = tlm_le64_get(p);
+		m->u.vm_open.page_size = tlm_le32_get(p + 8);
 		memcpy(m->u.vm_open.digest, p + 16, 16);
 		memcpy(m->u.vm_open.vm_id, p + 32, plen - 32);
 		m->u.vm_open.vm_id[plen - 32] = '\0';
 		return 0;
 	case TLM_MSG_VM_ACCEPT:
-		m->u.vm_accept.page_count = get64(p);
+		m->u.vm_accept.page_count = tlm_le64_get(p);
 		return 0;
 	default:
 		return 0;
@@ -487,23 +452,23 @@ static int dec_session(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
 
 static void enc_class_map(const struct tlm_msg *m, uint8_t *p)
 {
-	put64(p, m->u.class_map.first_page);
-	put32(p + 8, m->u.class_map.nruns);
-	put32(p + 12, m->u.class_map.final ? TLM_MAP_FINAL : 0);
+	tlm_le64_put(p, m->u.class_map.first_page);
+	tlm_le32_put(p + 8, m->u.class_map.nruns);
+	tlm_le32_put(p + 12, m->u.class_map.final ? TLM_MAP_FINAL : 0);
 	for (uint32_t i = 0; i < m->u.class_map.nruns; i++) {
 		const struct tlm_run *r = &m->u.class_map.runs[i];
 		uint8_t *q = p + 16 + 16 * (size_t)i;
 
 		q[0] = r->cls;
-		put32(q + 4, r->len);
-		put64(q + 8, r->arg);
+		tlm_le32_put(q + 4, r->len);
+		tlm_le64_put(q + 8, r->arg);
 	}
 }
 
 static int dec_class_map(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
 			 struct tlm_run *runs, uint32_t max_runs, char *err, size_t errlen)
 {
-	uint32_t n = get32(p + 8), flags = get32(p + 12);
+	uint32_t n = tlm_le32_get(p + 8), flags = tlm_le32_get(p + 12);
 
 	if (n != (plen - 16) / 16)
 		return BAD("CLASS_MAP: nruns %u does not match payload length %u (%u runs)",
@@ -512,7 +477,7 @@ static int dec_class_map(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
 		return BAD("CLASS_MAP: unknown flags 0x%x", flags & ~TLM_MAP_FINAL);
 	if (n > max_runs || (n && !runs))
 		return BAD("CLASS_MAP: %u runs exceed the receiver's limit %u", n, max_runs);
-	m->u.class_map.first_page = get64(p);
+	m->u.class_map.first_page = tlm_le64_get(p);
 	m->u.class_map.nruns = n;
 	m->u.class_map.final = flags & TLM_MAP_FINAL;
 	m->u.class_map.runs = runs;
@@ -522,8 +487,8 @@ static int dec_class_map(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
 		if (!all_zero(q + 1, 3))
 			return BAD("CLASS_MAP: run %u reserved bytes not zero", i);
 		runs[i].cls = q[0];
-		runs[i].len = get32(q + 4);
-		runs[i].arg = get64(q + 8);
+		runs[i].len = tlm_le32_get(q + 4);
+		runs[i].arg = tlm_le64_get(q + 8);
 	}
 	return 0;
 }
@@ -561,30 +526,30 @@ static void enc_data(const struct tlm_msg *m, uint8_t *p)
 {
 	switch (m->type) {
 	case TLM_MSG_DEMAND:
-		put64(p, m->u.demand.page);
-		put32(p + 8, m->u.demand.count);
+		tlm_le64_put(p, m->u.demand.page);
+		tlm_le32_put(p + 8, m->u.demand.count);
 		break;
 	case TLM_MSG_PAGE:
-		put64(p, m->u.page.page);
-		put64(p + 8, m->u.page.xxh64);
+		tlm_le64_put(p, m->u.page.page);
+		tlm_le64_put(p + 8, m->u.page.xxh64);
 		memcpy(p + 16, m->u.page.data, TLM_PROTO_PAGE_SIZE);
 		break;
 	case TLM_MSG_ZERO:
-		put64(p, m->u.zero.page);
-		put64(p + 8, m->u.zero.count);
+		tlm_le64_put(p, m->u.zero.page);
+		tlm_le64_put(p + 8, m->u.zero.count);
 		break;
 	case TLM_MSG_REF:
-		put64(p, m->u.ref.page);
-		put64(p + 8, m->u.ref.count);
-		put64(p + 16, m->u.ref.tmpl_page);
+		tlm_le64_put(p, m->u.ref.page);
+		tlm_le64_put(p + 8, m->u.ref.count);
+		tlm_le64_put(p + 16, m->u.ref.tmpl_page);
 		break;
 	case TLM_MSG_PROGRESS:
-		put64(p, m->u.progress.pages_sent);
-		put64(p + 8, m->u.progress.pages_total);
+		tlm_le64_put(p, m->u.progress.pages_sent);
+		tlm_le64_put(p + 8, m->u.progress.pages_total);
 		break;
 	case TLM_MSG_DONE:
-		put64(p, m->u.done.data_pages);
-		put64(p + 8, m->u.done.bytes);
+		tlm_le64_put(p, m->u.done.data_pages);
+		tlm_le64_put(p + 8, m->u.done.bytes);
 		break;
 	default:
 		break;
@@ -597,30 +562,30 @@ static int dec_data(const uint8_t *p, struct tlm_msg *m, char *err, size_t errle
 	case TLM_MSG_DEMAND:
 		if (!all_zero(p + 12, 4))
 			return BAD("DEMAND: reserved bytes not zero");
-		m->u.demand.page = get64(p);
-		m->u.demand.count = get32(p + 8);
+		m->u.demand.page = tlm_le64_get(p);
+		m->u.demand.count = tlm_le32_get(p + 8);
 		return 0;
 	case TLM_MSG_PAGE:
-		m->u.page.page = get64(p);
-		m->u.page.xxh64 = get64(p + 8);
+		m->u.page.page = tlm_le64_get(p);
+		m->u.page.xxh64 = tlm_le64_get(p + 8);
 		m->u.page.data = p + 16;
 		return 0;
 	case TLM_MSG_ZERO:
-		m->u.zero.page = get64(p);
-		m->u.zero.count = get64(p + 8);
+		m->u.zero.page = tlm_le64_get(p);
+		m->u.zero.count = tlm_le64_get(p + 8);
 		return 0;
 	case TLM_MSG_REF:
-		m->u.ref.page = get64(p);
-		m->u.ref.count = get64(p + 8);
-		m->u.ref.tmpl_page = get64(p + 16);
+		m->u.ref.page = tlm_le64_get(p);
+		m->u.ref.count = tlm_le64_get(p + 8);
+		m->u.ref.tmpl_page = tlm_le64_get(p + 16);
 		return 0;
 	case TLM_MSG_PROGRESS:
-		m->u.progress.pages_sent = get64(p);
-		m->u.progress.pages_total = get64(p + 8);
+		m->u.progress.pages_sent = tlm_le64_get(p);
+		m->u.progress.pages_total = tlm_le64_get(p + 8);
 		return 0;
 	case TLM_MSG_DONE:
-		m->u.done.data_pages = get64(p);
-		m->u.done.bytes = get64(p + 8);
+		m->u.done.data_pages = tlm_le64_get(p);
+		m->u.done.bytes = tlm_le64_get(p + 8);
 		return 0;
 	default:
 		return 0;
@@ -639,21 +604,21 @@ static void enc_error(const struct tlm_msg *m, uint8_t *p)
 {
 	size_t n = strnlen(m->u.error.msg, TLM_PROTO_ERRMSG_MAX);
 
-	put32(p, m->u.error.code);
-	put16(p + 4, n);
+	tlm_le32_put(p, m->u.error.code);
+	tlm_le16_put(p + 4, n);
 	memcpy(p + 8, m->u.error.msg, n);
 }
 
 static int dec_error(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
 		     char *err, size_t errlen)
 {
-	uint16_t n = get16(p + 4);
+	uint16_t n = tlm_le16_get(p + 4);
 
 	if (n != plen - 8)
 		return BAD("ERROR: text length %u does not match payload length %u", n, plen);
 	if (!all_zero(p + 6, 2))
 		return BAD("ERROR: reserved bytes not zero");
-	m->u.error.code = get32(p);
+	m->u.error.code = tlm_le32_get(p);
 	memcpy(m->u.error.msg, p + 8, n);
 	m->u.error.msg[n] = '\0';
 	if (!printable(m->u.error.msg, n))
@@ -696,9 +661,9 @@ ssize_t tlm_proto_encode(const struct tlm_msg *m, uint8_t *buf, size_t cap)
 	plen = payload_size(m);
 	if (cap < TLM_PROTO_HDR_SIZE + plen)
 		return -ENOBUFS;
-	put32(buf, plen);
-	put16(buf + 4, m->type);
-	put16(buf + 6, 0);
+	tlm_le32_put(buf, plen);
+	tlm_le16_put(buf + 4, m->type);
+	tlm_le16_put(buf + 6, 0);
 	memset(p, 0, plen);     /* reserved bytes */
 	if (m->type <= TLM_MSG_VM_ACCEPT)
 		enc_session(m, p);
@@ -719,9 +684,9 @@ ssize_t tlm_proto_frame_len(const uint8_t *buf, size_t len, char *err, size_t er
 
 	if (len < TLM_PROTO_HDR_SIZE)
 		return 0;
-	plen = get32(buf);
-	type = get16(buf + 4);
-	flags = get16(buf + 6);
+	plen = tlm_le32_get(buf);
+	type = tlm_le16_get(buf + 4);
+	flags = tlm_le16_get(buf + 6);
 	if (type < TLM_MSG_HELLO || type >= TLM_MSG__MAX)
 		return BAD("frame: unknown message type %u", type);
 	if (flags)
@@ -749,10 +714,10 @@ int tlm_proto_decode(const uint8_t *frame, size_t len, struct tlm_msg *m,
 		return BAD("frame: truncated header (%zu of %u bytes)", len, TLM_PROTO_HDR_SIZE);
 	if ((size_t)flen != len)
 		return BAD("frame: %s length %zd, but %zu bytes given",
-			   msg_info[get16(frame + 4)].name, flen, len);
+			   msg_info[tlm_le16_get(frame + 4)].name, flen, len);
 	plen = flen - TLM_PROTO_HDR_SIZE;
 	memset(m, 0, sizeof(*m));
-	m->type = get16(frame + 4);
+	m->type = tlm_le16_get(frame + 4);
 	if (m->type <= TLM_MSG_VM_ACCEPT)
 		ret = dec_session(p, plen, m, err, errlen);
 	else if (m->type == TLM_MSG_CLASS_MAP)

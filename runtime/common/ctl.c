@@ -1,4 +1,5 @@
 #include "ctl.h"
+#include "tlm_io.h"
 #include "json.h"
 #include "log.h"
 #include "util.h"

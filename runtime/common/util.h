@@ -12,10 +12,6 @@
 
 uint64_t tlm_now_ns(void);                        /* CLOCK_MONOTONIC */
 
-/* Full read/write, retrying on EINTR and short transfers. 0 or -errno (-EIO on EOF). */
-int tlm_read_full(int fd, void *buf, size_t len);
-int tlm_write_full(int fd, const void *buf, size_t len);
-
 /* Parse "123", "4k", "256M", "1G" (binary units). 0 or -EINVAL. */
 int tlm_parse_size(const char *s, uint64_t *out);
 /* Parse an unsigned integer (decimal or 0x hex), whole string. 0 or -EINVAL/-ERANGE. */

@@ -3,6 +3,7 @@
  * content occurs across several VM memory images and keep the most frequent ones.
  */
 #include "template.h"
+#include "tlm_io.h"
 #include "template_int.h"
 #include "util.h"
 

@@ -2,6 +2,7 @@
  * dstd_harness.c — see dstd_harness.h.
  */
 #include "dstd_harness.h"
+#include "tlm_io.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,5 @@
 #include "e2e_manifest.h"
+#include "tlm_io.h"
 
 #include <errno.h>
 #include <fcntl.h>

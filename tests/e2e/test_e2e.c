@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "tlm_proto.h"
+#include "tlm_io.h"
 #include "ctl.h"
 #include "json.h"
 #include "util.h"

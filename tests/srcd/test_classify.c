@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "classify.h"
+#include "tlm_io.h"
 #include "src_region.h"
 #include "template.h"
 #include "util.h"

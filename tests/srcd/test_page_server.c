@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "tlm_test.h"
+#include "tlm_io.h"
 #include "tlm_proto.h"
 #include "ctl.h"
 #include "json.h"
