@@ -37,16 +37,15 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/magic.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include "glue_int.h"
+#include "format.h"
 
 typedef void *(*glue_mmap_fn)(void *, size_t, int, int, int, off_t);
 
@@ -150,48 +149,27 @@ static void *glue_real_mmap(void *addr, size_t len, int prot, int flags, int fd,
 
 /* ---- template checks -------------------------------------------------------------------- */
 
-/* Read and validate the index header (runtime/template.h), return the digest. */
+/* Read and validate the index header (format.h), return the digest. */
 static int glue_read_digest(const char *pages, uint64_t pages_size, uint8_t digest[16],
 			    char *err, size_t errlen)
 {
 	char path[4096];
-	uint8_t h[48];
-	uint32_t ver, psize, sum;
-	uint64_t count;
-	int fd, n;
+	struct tlm_idx_header h;
 
-	if (snprintf(path, sizeof(path), "%s.tlmi", pages) >= (int)sizeof(path)) {
+	if (snprintf(path, sizeof(path), "%s%s", pages, TLM_TMPL_INDEX_SUFFIX) >=
+	    (int)sizeof(path)) {
 		snprintf(err, errlen, "template path too long");
 		return -1;
 	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		snprintf(err, errlen, "template index %.300s: %s", path, strerror(errno));
+	if (tlm_idx_header_read(path, &h, err, errlen) < 0)
 		return -1;
-	}
-	n = (int)pread(fd, h, sizeof(h), 0);
-	close(fd);
-	if (n != (int)sizeof(h) || memcmp(h, "TLMIDX\0\0", 8) != 0) {
-		snprintf(err, errlen, "template index %.300s: not a tlm index (bad magic or short)",
-			 path);
-		return -1;
-	}
-	memcpy(&ver, h + 8, 4);
-	memcpy(&psize, h + 12, 4);
-	memcpy(&count, h + 16, 8);
-	memcpy(&sum, h + 44, 4);
-	if (ver != 1 || psize != GLUE_PAGE || sum != (uint32_t)XXH3_64bits(h, 44)) {
-		snprintf(err, errlen, "template index %.300s: bad header (version %u, page size %u, "
-			 "or checksum)", path, ver, psize);
-		return -1;
-	}
-	if (count * GLUE_PAGE != pages_size) {
+	if (h.page_count * TLM_PAGE_SIZE != pages_size) {
 		snprintf(err, errlen, "template index %.200s describes %llu pages but %.200s holds %llu "
-			 "bytes", path, (unsigned long long)count, pages,
+			 "bytes", path, (unsigned long long)h.page_count, pages,
 			 (unsigned long long)pages_size);
 		return -1;
 	}
-	memcpy(digest, h + 24, 16);
+	memcpy(digest, h.digest.b, 16);
 	return 0;
 }
 

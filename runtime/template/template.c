@@ -1,4 +1,4 @@
-/* Template store: loading, validating and querying a template (format in template.h). */
+/* Template store: loading, validating and querying a template (format in format.h). */
 #include "template.h"
 #include "template_int.h"
 
@@ -10,7 +10,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 /* One slot of the lookup table: 16 bytes, 4 per cache line. page_plus1 == 0: empty. */
 struct tmpl_slot {
@@ -99,48 +98,23 @@ static int read_index_file(const char *path, uint8_t **buf, size_t *len, char *e
 static int parse_index(struct tlm_tmpl *t, const char *path, const uint8_t *b, size_t len,
 		       char *err, size_t errlen)
 {
-	uint64_t n, trailer;
-	uint32_t version, psize, hsum;
-	struct tlm_digest d;
+	struct tlm_idx_header h;
+	int rc = tlm_idx_header_decode(b, len, &h, path, err, errlen);
 
-#define BAD(...) do { snprintf(err, errlen, __VA_ARGS__); return -EINVAL; } while (0)
-	if (len < TLM_IDX_HDR_SIZE)
-		BAD("%s: truncated index header (%zu bytes)", path, len);
-	if (memcmp(b, TLM_IDX_MAGIC, 8) != 0)
-		BAD("%s: not a tlm template index (bad magic)", path);
-	hsum = (uint32_t)(tlm_get_le64(b + 40) >> 32);
-	if (hsum != (uint32_t)XXH3_64bits(b, 44))
-		BAD("%s: corrupt index header (checksum mismatch)", path);
-	version = (uint32_t)tlm_get_le64(b + 8);
-	psize = (uint32_t)(tlm_get_le64(b + 8) >> 32);
-	if (version != TLM_TMPL_VERSION)
-		BAD("%s: unsupported index version %u (this tlm reads %u)", path, version,
-		    TLM_TMPL_VERSION);
-	if (psize != TLM_PAGE_SIZE)
-		BAD("%s: page size %u does not match %u", path, psize, TLM_PAGE_SIZE);
-	if ((uint32_t)tlm_get_le64(b + 40) != 0)
-		BAD("%s: unknown index flags", path);
-	n = tlm_get_le64(b + 16);
-	if (n != t->n)
-		BAD("%s: index has %llu pages but %s has %llu", path, (unsigned long long)n,
-		    t->pages_path, (unsigned long long)t->n);
-	if (len != TLM_IDX_HDR_SIZE + 8 * n + 8)
-		BAD("%s: truncated or oversized index (%zu bytes, expected %llu)", path, len,
-		    (unsigned long long)(TLM_IDX_HDR_SIZE + 8 * n + 8));
-	trailer = tlm_get_le64(b + len - 8);
-	if (trailer != XXH3_64bits(b + TLM_IDX_HDR_SIZE, 8 * n))
-		BAD("%s: corrupt page hash array (checksum mismatch)", path);
-	t->hashes = malloc(n * sizeof(uint64_t));
-	if (!t->hashes)
-		BAD("%s: out of memory", path);
-	for (uint64_t i = 0; i < n; i++)
-		t->hashes[i] = tlm_get_le64(b + TLM_IDX_HDR_SIZE + 8 * i);
-	memcpy(t->digest.b, b + 24, 16);
-	tlm_digest_of_hashes(t->hashes, n, &d);
-	if (memcmp(d.b, t->digest.b, 16) != 0)
-		BAD("%s: digest does not match the page hashes", path);
-#undef BAD
-	return 0;
+	if (rc < 0)
+		return rc;
+	if (h.page_count != t->n) {
+		snprintf(err, errlen, "%s: index has %llu pages but %s has %llu", path,
+			 (unsigned long long)h.page_count, t->pages_path, (unsigned long long)t->n);
+		return -EINVAL;
+	}
+	t->hashes = malloc(t->n * sizeof(uint64_t) + 1);
+	if (!t->hashes) {
+		snprintf(err, errlen, "%s: out of memory", path);
+		return -ENOMEM;
+	}
+	t->digest = h.digest;
+	return tlm_idx_decode(b, len, t->n, t->hashes, path, err, errlen);
 }
 
 static const uint8_t *page_at(const struct tlm_tmpl *t, uint64_t k)

@@ -9,9 +9,6 @@
  * first page of every distinct content; lookups by content verify the bytes on a hash hit,
  * so a hash collision can never return a page with other content.
  *
- * The template digest (XXH3-128 over the little-endian array of page hashes) names a
- * template on both hosts: two templates with equal digests hold equal pages.
- *
  * Usage:
  *     struct tlm_tmpl *t;
  *     char err[256];
@@ -20,17 +17,7 @@
  *     const void *p = tlm_tmpl_page(t, k);
  *     tlm_tmpl_close(t);
  *
- * Index file format (all integers little-endian), see template.c for the code:
- *   off  size  field
- *   0    8     magic "TLMIDX\0\0"
- *   8    4     version (1)
- *   12   4     page_size (4096)
- *   16   8     page_count
- *   24   16    digest (XXH3-128 of the hash array: low64, high64)
- *   40   4     flags (0)
- *   44   4     header checksum: low 32 bits of XXH3-64 over bytes 0..43
- *   48   8*N   page hashes (XXH3-64, seed 0), page 0 first
- *   ...  8     trailer: XXH3-64 over the hash array (detects a truncated/corrupt array)
+ * Index file format and digest: format.h.
  */
 #ifndef TLM_TEMPLATE_H
 #define TLM_TEMPLATE_H
@@ -39,13 +26,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 
-#define TLM_PAGE_SIZE 4096u
-#define TLM_TMPL_INDEX_SUFFIX ".tlmi"
-#define TLM_TMPL_VERSION 1u
-
-struct tlm_digest {
-	uint8_t b[16];
-};
+#include "format.h"
 
 struct tlm_tmpl;   /* opaque */
 
@@ -76,12 +57,6 @@ int64_t tlm_tmpl_lookup_hashed(const struct tlm_tmpl *t, const void *page, uint6
 int64_t tlm_tmpl_probe_hash(const struct tlm_tmpl *t, uint64_t hash);
 
 /* ---- building ----------------------------------------------------------------------- */
-
-uint64_t tlm_page_hash(const void *page);                  /* XXH3-64, seed 0 */
-bool tlm_page_is_zero(const void *page);
-void tlm_digest_of_hashes(const uint64_t *hashes, uint64_t n, struct tlm_digest *out);
-void tlm_digest_hex(const struct tlm_digest *d, char out[33]);
-int tlm_digest_parse(const char *hex, struct tlm_digest *out);   /* 0 or -EINVAL */
 
 /* Hash every page of `pages` (n pages) into hashes[] using `threads` threads (0 = all CPUs). */
 void tlm_hash_pages(const void *pages, uint64_t n, uint64_t *hashes, unsigned threads);

@@ -1,7 +1,7 @@
-/* Template store: hashing, digests and writing the index (format in template.h). */
-#include "tlm_proto.h"
+/* Template store: hashing a pages file and writing its index (format.h). */
 #include "template.h"
 #include "template_int.h"
+#include "tlm_io.h"
 #include "util.h"
 
 #include <errno.h>
@@ -13,88 +13,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
-
-uint64_t tlm_page_hash(const void *page)
-{
-	return XXH3_64bits(page, TLM_PAGE_SIZE);
-}
-
-bool tlm_page_is_zero(const void *page)
-{
-	const uint64_t *w = page;
-	uint64_t acc = 0;
-
-	/* OR-reduce in blocks: vectorises, and an early exit per block keeps random pages cheap. */
-	for (size_t i = 0; i < TLM_PAGE_SIZE / 8; i += 32) {
-		for (size_t j = 0; j < 32; j++)
-			acc |= w[i + j];
-		if (acc)
-			return false;
-	}
-	return true;
-}
-
-void tlm_put_le64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-uint64_t tlm_get_le64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 7; i >= 0; i--)
-		v = (v << 8) | p[i];
-	return v;
-}
-
-void tlm_digest_of_hashes(const uint64_t *hashes, uint64_t n, struct tlm_digest *out)
-{
-	XXH3_state_t *st = XXH3_createState();
-	uint8_t le[8 * 512];
-	XXH128_hash_t d;
-
-	/* Hash the little-endian encoding, so the digest is the same on every host. */
-	XXH3_128bits_reset(st);
-	for (uint64_t i = 0; i < n; i += 512) {
-		uint64_t m = n - i < 512 ? n - i : 512;
-
-		for (uint64_t j = 0; j < m; j++)
-			tlm_put_le64(le + 8 * j, hashes[i + j]);
-		XXH3_128bits_update(st, le, (size_t)m * 8);
-	}
-	d = XXH3_128bits_digest(st);
-	XXH3_freeState(st);
-	tlm_put_le64(out->b, d.low64);
-	tlm_put_le64(out->b + 8, d.high64);
-}
-
-void tlm_digest_hex(const struct tlm_digest *d, char out[33])
-{
-	static const char hex[] = "0123456789abcdef";
-
-	for (int i = 0; i < 16; i++) {
-		out[2 * i] = hex[d->b[i] >> 4];
-		out[2 * i + 1] = hex[d->b[i] & 15];
-	}
-	out[32] = '\0';
-}
-
-int tlm_digest_parse(const char *hex, struct tlm_digest *out)
-{
-	if (!hex || strlen(hex) != 32)
-		return -EINVAL;
-	for (int i = 0; i < 16; i++) {
-		int hi = tlm_hex_digit(hex[2 * i]), lo = tlm_hex_digit(hex[2 * i + 1]);
-
-		if (hi < 0 || lo < 0)
-			return -EINVAL;
-		out->b[i] = (uint8_t)(hi << 4 | lo);
-	}
-	return 0;
-}
 
 struct hash_job {
 	const uint8_t *pages;
@@ -140,29 +58,6 @@ void tlm_hash_pages(const void *pages, uint64_t n, uint64_t *hashes, unsigned th
 	}
 }
 
-/* Serialise header + hashes + trailer into one buffer. */
-static uint8_t *index_serialise(const uint64_t *hashes, uint64_t n, const struct tlm_digest *d,
-				size_t *len)
-{
-	size_t sz = TLM_IDX_HDR_SIZE + 8 * (size_t)n + 8;
-	uint8_t *b = calloc(1, sz);
-
-	if (!b)
-		return NULL;
-	memcpy(b, TLM_IDX_MAGIC, 8);
-	tlm_put_le64(b + 8, TLM_TMPL_VERSION | ((uint64_t)TLM_PAGE_SIZE << 32));
-	tlm_put_le64(b + 16, n);
-	memcpy(b + 24, d->b, 16);
-	/* flags (40..43) stay 0 */
-	uint32_t hsum = (uint32_t)XXH3_64bits(b, 44);
-	for (int i = 0; i < 4; i++)
-		b[44 + i] = (uint8_t)(hsum >> (8 * i));
-	for (uint64_t i = 0; i < n; i++)
-		tlm_put_le64(b + TLM_IDX_HDR_SIZE + 8 * i, hashes[i]);
-	tlm_put_le64(b + sz - 8, XXH3_64bits(b + TLM_IDX_HDR_SIZE, 8 * (size_t)n));
-	*len = sz;
-	return b;
-}
 
 int tlm_tmpl_write_index(const char *index_path, const uint64_t *hashes, uint64_t n,
 			 struct tlm_digest *digest_out, char *err, size_t errlen)
@@ -174,7 +69,7 @@ int tlm_tmpl_write_index(const char *index_path, const uint64_t *hashes, uint64_
 	int fd, rc;
 
 	tlm_digest_of_hashes(hashes, n, &d);
-	buf = index_serialise(hashes, n, &d, &len);
+	buf = tlm_idx_encode(hashes, n, &d, &len);
 	if (!buf) {
 		snprintf(err, errlen, "%s: out of memory", index_path);
 		return -ENOMEM;

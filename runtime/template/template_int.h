@@ -7,12 +7,6 @@
 
 #include "template.h"
 
-#define TLM_IDX_MAGIC "TLMIDX\0\0"
-#define TLM_IDX_HDR_SIZE 48u
-
-void tlm_put_le64(uint8_t *p, uint64_t v);
-uint64_t tlm_get_le64(const uint8_t *p);
-
 /* mmap a pages file read-only (MAP_SHARED); refuses empty files and sizes that are not
  * a multiple of TLM_PAGE_SIZE with a one-line "FILE: problem". */
 int tlm_map_pages_file(const char *path, const void **pages, size_t *len, char *err,

@@ -19,6 +19,7 @@
 #include <xxhash.h>
 
 #include "fuzz.h"
+#include "tlm_bytes.h"
 #include "template_int.h"
 
 #define FIX_HDR 0x1u
@@ -44,7 +45,7 @@ static void fix_up(uint8_t *b, size_t len, unsigned flags, uint64_t npages)
 		struct tlm_digest d;
 
 		for (uint64_t i = 0; i < npages; i++)
-			h[i] = tlm_get_le64(b + TLM_IDX_HDR_SIZE + 8 * i);
+			h[i] = tlm_le64_get(b + TLM_IDX_HDR_SIZE + 8 * i);
 		tlm_digest_of_hashes(h, npages, &d);
 		memcpy(b + 24, d.b, 16);
 	}
@@ -55,7 +56,7 @@ static void fix_up(uint8_t *b, size_t len, unsigned flags, uint64_t npages)
 			b[44 + i] = (uint8_t)(sum >> (8 * i));
 	}
 	if ((flags & FIX_TRAILER) && len >= TLM_IDX_HDR_SIZE + 8)
-		tlm_put_le64(b + len - 8, XXH3_64bits(b + TLM_IDX_HDR_SIZE,
+		tlm_le64_put(b + len - 8, XXH3_64bits(b + TLM_IDX_HDR_SIZE,
 						      len - 8 - TLM_IDX_HDR_SIZE));
 }
 
