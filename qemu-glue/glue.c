@@ -33,7 +33,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -55,73 +54,9 @@ static glue_mmap_fn real_mmap_fn;
 /* Set while the glue is working in this thread: nested mmap calls pass straight through. */
 static __thread int t_in_glue __attribute__((tls_model("initial-exec")));
 
-static struct glue_cfg cfg;
-static pthread_once_t cfg_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t region_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct glue_region region = { .sock = -1, .uffd = { .fd = -1 } };
 static bool warned_second_map;
-
-/* ---- configuration and logging --------------------------------------------------------- */
-
-static const char *glue_env(const char *name)
-{
-	const char *v = getenv(name);
-
-	return v && *v ? v : NULL;
-}
-
-static void glue_config_load(void)
-{
-	static const char *const levels[] = { "error", "warn", "info", "debug" };
-	const char *arm = glue_env("TLM_ARM");
-	const char *lvl = glue_env("TLM_LOG_LEVEL");
-
-	cfg.level = GLUE_INFO;
-	for (unsigned i = 0; lvl && i < 4; i++)
-		if (strcmp(lvl, levels[i]) == 0)
-			cfg.level = (enum glue_level)i;
-	cfg.ram_path = glue_env("TLM_RAM_PATH");
-	cfg.template_path = glue_env("TLM_TEMPLATE");
-	cfg.sock_path = glue_env("TLM_SOCK");
-	cfg.vm_id = glue_env("TLM_VM_ID");
-	cfg.source = glue_env("TLM_SOURCE");
-	cfg.region_file = glue_env("TLM_REGION_FILE");
-	cfg.arm = GLUE_ARM_DEFERRED;
-	if (arm && strcmp(arm, "map") == 0)
-		cfg.arm = GLUE_ARM_MAP;
-	else if (arm && strcmp(arm, "deferred") != 0)
-		glue_log(GLUE_WARN, "TLM_ARM=%s is neither map nor deferred; using deferred", arm);
-}
-
-const struct glue_cfg *glue_config(void)
-{
-	pthread_once(&cfg_once, glue_config_load);
-	return &cfg;
-}
-
-void glue_log(enum glue_level level, const char *fmt, ...)
-{
-	static const char *const names[] = { "error", "warn", "info", "debug" };
-	int saved = errno;
-	char line[640];
-	va_list ap;
-	int n;
-
-	/* Before the configuration is read cfg.level is 0: errors only. */
-	if (level > cfg.level)
-		goto out;
-	n = snprintf(line, sizeof(line), "tlm-glue: [%d] %s: ", (int)getpid(), names[level]);
-	va_start(ap, fmt);
-	vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-	va_end(ap);
-	n = (int)strlen(line);
-	line[n++] = '\n';
-	/* One write(2) per line: no stdio (it may allocate) and no interleaving. */
-	if (write(STDERR_FILENO, line, (size_t)n) < 0)
-		goto out;
-out:
-	errno = saved;
-}
 
 /* ---- the real mmap ---------------------------------------------------------------------- */
 

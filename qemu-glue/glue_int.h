@@ -58,11 +58,12 @@ struct glue_region {
 	bool thread_started;
 };
 
+/* glue_env.c (used by both files below) */
 GLUE_HIDDEN const struct glue_cfg *glue_config(void);
 GLUE_HIDDEN void glue_log(enum glue_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-/* glue_daemon.c */
+/* glue_daemon.c (used by glue.c; it calls nothing of glue.c) */
 GLUE_HIDDEN int glue_daemon_connect(const char *path, char *err, size_t errlen);
 GLUE_HIDDEN int glue_arm(struct glue_region *r, char *err, size_t errlen);
 GLUE_HIDDEN int glue_send_region(struct glue_region *r, char *err, size_t errlen);
