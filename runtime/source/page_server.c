@@ -1,34 +1,15 @@
 /*
- * tlm-page-server — the source-host daemon: serves a frozen guest's RAM to the
- * destination's tlm-uffd-server (ARCHITECTURE.md; protocol in protocol/tlm_proto.h).
- *
- * Single-threaded epoll loop over: the TCP listening socket, one tlm_conn per destination
- * connection (src_session.c), the control socket (runtime/ctl.h), a signalfd for
- * SIGTERM/SIGINT (clean shutdown) and a 100 ms timerfd (PROGRESS).
- * Each iteration handles every ready event first (urgent demands are answered right
- * there), then gives each streaming bulk connection a bounded batch.
+ * tlm-page-server — the source-host daemon's main: options, then the server
+ * (src_server.h) until SIGTERM/SIGINT or `shutdown`.
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <netdb.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/signalfd.h>
-#include <sys/socket.h>
-#include <sys/timerfd.h>
-#include <unistd.h>
 
-#include "ctl.h"
-#include "json.h"
 #include "log.h"
-#include "src_session.h"
+#include "src_server.h"
 #include "util.h"
-
-#define PROGRESS_NS (100 * 1000 * 1000)
 
 static const char usage[] =
 "usage: tlm-page-server --listen HOST:PORT --key KEYFILE --ctl CTLSOCK\n"
@@ -80,379 +61,24 @@ static const char usage[] =
 "\n"
 "Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad options.\n";
 
-/* ---- control commands ------------------------------------------------------------------ */
-
-static struct tlm_src_region *region_by_id(struct tlm_ps *ps, const char *id)
-{
-	for (struct tlm_src_region *r = ps->regions; r; r = r->next)
-		if (strcmp(r->id, id) == 0)
-			return r;
-	return NULL;
-}
-
-static int region_add(struct tlm_ps *ps, const char *spec, char *err, size_t errlen)
-{
-	struct tlm_src_region *r, **pp = &ps->regions;
-	char id[TLM_PROTO_VMID_MAX + 2];
-	int rc;
-
-	snprintf(id, sizeof(id), "%.*s", (int)strcspn(spec, ","), spec);
-	if (region_by_id(ps, id)) {
-		snprintf(err, errlen, "region '%s' already exists", id);
-		return -EEXIST;
-	}
-	rc = tlm_src_region_new(&r, spec, err, errlen);
-	if (rc < 0)
-		return rc;
-	while (*pp)
-		pp = &(*pp)->next;
-	*pp = r;
-	log_info("%s: %s source, %llu pages, template %s", r->id, tlm_src_kind_name(r->kind),
-		 (unsigned long long)r->page_count, r->tmpl ? r->tmpl_path : "none");
-	return 0;
-}
-
-static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
-{
-	const uint64_t *cnt = r->map.count;
-	uint64_t wire = tlm_ps_wire_bytes(r), now = tlm_now_ns();
-	char hex[33];
-
-	tlm_json_obj_begin(j, NULL);
-	tlm_json_str(j, "id", r->id);
-	tlm_json_str(j, "state", tlm_src_phase_name(r->phase));
-	tlm_json_str(j, "source", tlm_src_kind_name(r->kind));
-	if (r->kind == TLM_SRC_FILE) {
-		tlm_json_str(j, "path", r->path);
-		tlm_json_u64(j, "offset", r->offset);
-	} else {
-		tlm_json_i64(j, "pid", r->pid);
-		tlm_json_u64(j, "addr", r->addr);
-	}
-	tlm_json_u64(j, "size", r->size);
-	tlm_json_u64(j, "page_count", r->page_count);
-	tlm_json_str(j, "template", r->tmpl ? r->tmpl_path : "");
-	tlm_digest_hex(&r->digest, hex);
-	tlm_json_str(j, "digest", r->tmpl ? hex : "");
-	tlm_json_obj_begin(j, "pages");
-	tlm_json_u64(j, "template", cnt[TLM_CLASS_TEMPLATE]);
-	tlm_json_u64(j, "zero", cnt[TLM_CLASS_ZERO]);
-	tlm_json_u64(j, "ref", cnt[TLM_CLASS_REF]);
-	tlm_json_u64(j, "data", cnt[TLM_CLASS_DATA]);
-	tlm_json_u64(j, "classified", r->map.added);
-	tlm_json_u64(j, "known_from_pagemap", r->map.known_pages);
-	tlm_json_u64(j, "runs", r->map.nruns);
-	tlm_json_obj_end(j);
-	tlm_json_obj_begin(j, "bytes");
-	tlm_json_u64(j, "payload", r->st.payload_bytes);
-	tlm_json_u64(j, "overhead", wire - r->st.payload_bytes);
-	tlm_json_obj_end(j);
-	tlm_json_u64(j, "demand_requests", r->st.demand_requests);
-	tlm_json_u64(j, "demand_pages", r->st.demand_pages);
-	tlm_json_u64(j, "data_sent_bulk", r->st.data_sent_bulk);
-	tlm_json_u64(j, "data_sent_urgent", r->st.data_sent_urgent);
-	tlm_json_u64(j, "demand_on_bulk", r->st.demand_on_bulk);
-	tlm_json_u64(j, "bulk_rounds", r->st.bulk_rounds);
-	tlm_json_bool(j, "urgent_connected", r->urgent != NULL);
-	tlm_json_bool(j, "bulk_connected", r->bulk != NULL);
-	tlm_json_u64(j, "sessions_opened", r->st.sessions_opened);
-	tlm_json_u64(j, "sessions_dropped", r->st.sessions_dropped);
-	tlm_json_double(j, "elapsed_ms", r->st.freeze_ns ?
-			(double)(now - r->st.freeze_ns) / 1e6 : 0.0);
-	tlm_json_double(j, "classify_ms", (double)r->st.classify_ns / 1e6);
-	tlm_json_double(j, "stream_ms", r->st.done_ns ?
-			(double)(r->st.done_ns - r->st.freeze_ns) / 1e6 : 0.0);
-	if (r->phase == TLM_SRC_FAILED)
-		tlm_json_str(j, "error", r->fail);
-	tlm_json_obj_end(j);
-}
-
-static void cmd_stats(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply)
-{
-	struct tlm_json j;
-
-	if (id && !region_by_id(ps, id)) {
-		tlm_sbuf_printf(reply, "error: unknown region '%s'\n", id);
-		return;
-	}
-	tlm_json_init(&j, reply);
-	tlm_json_obj_begin(&j, NULL);
-	tlm_json_arr_begin(&j, "regions");
-	for (struct tlm_src_region *r = ps->regions; r; r = r->next)
-		if (!id || strcmp(id, r->id) == 0)
-			stats_region(&j, r);
-	tlm_json_arr_end(&j);
-	tlm_json_obj_end(&j);
-	tlm_sbuf_putc(reply, '\n');
-}
-
-/* Freeze one region: classify it now and start serving. 0 or -errno (err filled). */
-static int freeze_one(struct tlm_ps *ps, struct tlm_src_region *r, struct tlm_sbuf *ok,
-		      char *err, size_t errlen)
-{
-	const uint64_t *c = r->map.count;
-	int rc;
-
-	if (r->phase != TLM_SRC_CONFIGURED && r->phase != TLM_SRC_FAILED) {
-		tlm_sbuf_printf(ok, "%s%s: already frozen (%s)", ok->len ? "; " : "", r->id,
-				tlm_src_phase_name(r->phase));
-		return 0;
-	}
-	r->phase = TLM_SRC_FROZEN;
-	r->st.freeze_ns = tlm_now_ns();
-	rc = tlm_src_classify(r, err, errlen);
-	if (rc < 0) {
-		r->phase = TLM_SRC_FAILED;
-		snprintf(r->fail, sizeof(r->fail), "%.150s", err);
-		log_error("%s", err);
-		tlm_ps_region_ready(ps, r);
-		return rc;
-	}
-	r->phase = TLM_SRC_CLASSIFIED;
-	log_info("%s: frozen, %llu pages classified in %.1f ms: %llu template, %llu zero, "
-		 "%llu ref, %llu data, %zu runs (%llu known from pagemap)", r->id,
-		 (unsigned long long)r->page_count, (double)r->st.classify_ns / 1e6,
-		 (unsigned long long)c[TLM_CLASS_TEMPLATE], (unsigned long long)c[TLM_CLASS_ZERO],
-		 (unsigned long long)c[TLM_CLASS_REF], (unsigned long long)c[TLM_CLASS_DATA],
-		 r->map.nruns, (unsigned long long)r->map.known_pages);
-	tlm_sbuf_printf(ok, "%s%s: %llu template, %llu zero, %llu ref, %llu data in %.1f ms",
-			ok->len ? "; " : "", r->id, (unsigned long long)c[TLM_CLASS_TEMPLATE],
-			(unsigned long long)c[TLM_CLASS_ZERO], (unsigned long long)c[TLM_CLASS_REF],
-			(unsigned long long)c[TLM_CLASS_DATA], (double)r->st.classify_ns / 1e6);
-	tlm_ps_region_ready(ps, r);
-	return 0;
-}
-
-static void cmd_freeze(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply)
-{
-	struct tlm_src_region *only = NULL;
-	struct tlm_sbuf ok;
-	char err[256];
-	int failed = 0;
-
-	if (!id || (strcmp(id, "all") != 0 && !(only = region_by_id(ps, id)))) {
-		tlm_sbuf_printf(reply, "error: freeze needs a known region id or 'all' (got '%s')\n",
-				id ? id : "");
-		return;
-	}
-	tlm_sbuf_init(&ok);
-	for (struct tlm_src_region *r = ps->regions; r; r = r->next) {
-		if (only && r != only)
-			continue;
-		if (freeze_one(ps, r, &ok, err, sizeof(err)) < 0 && !failed++)
-			tlm_sbuf_printf(reply, "error: %s\n", err);
-	}
-	if (!failed)
-		tlm_sbuf_printf(reply, "ok frozen %s\n", ok.len ? ok.p : "(no regions)");
-	tlm_sbuf_fini(&ok);
-}
-
-static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
-{
-	struct tlm_ps *ps = ctx;
-	char *save = NULL, *cmd = strtok_r(line, " \t\r\n", &save);
-	char *arg = strtok_r(NULL, " \t\r\n", &save), err[512];
-
-	if (!cmd) {
-		tlm_sbuf_printf(reply, "error: empty command\n");
-	} else if (strcmp(cmd, "stats") == 0) {
-		cmd_stats(ps, arg, reply);
-	} else if (strcmp(cmd, "freeze") == 0) {
-		cmd_freeze(ps, arg, reply);
-	} else if (strcmp(cmd, "add-region") == 0) {
-		if (!arg)
-			tlm_sbuf_printf(reply, "error: add-region needs a SPEC\n");
-		else if (region_add(ps, arg, err, sizeof(err)) < 0)
-			tlm_sbuf_printf(reply, "error: %s\n", err);
-		else
-			tlm_sbuf_printf(reply, "ok added %.*s\n", (int)strcspn(arg, ","), arg);
-	} else if (strcmp(cmd, "shutdown") == 0) {
-		ps->stop = true;
-		tlm_sbuf_printf(reply, "ok shutting down\n");
-	} else {
-		tlm_sbuf_printf(reply, "error: unknown command '%s' (stats [ID] | freeze ID|all | "
-				"add-region SPEC | shutdown)\n", cmd);
-	}
-	return reply->len && reply->p[0] == 'e' ? -1 : 0;
-}
-
-/* ---- event loop ------------------------------------------------------------------------ */
-
-static void on_signal(struct tlm_ps *ps)
-{
-	struct signalfd_siginfo si;
-
-	if (read(ps->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-		log_info("signal %u: shutting down", si.ssi_signo);
-		ps->stop = true;
-	}
-}
-
-static void on_timer(struct tlm_ps *ps)
-{
-	uint64_t ticks;
-
-	if (read(ps->tfd, &ticks, sizeof(ticks)) == (ssize_t)sizeof(ticks))
-		tlm_ps_progress_tick(ps);
-}
-
-static void dispatch(struct tlm_ps *ps, struct epoll_event *e)
-{
-	struct tlm_ps_ev *ev = e->data.ptr;
-
-	switch (ev->kind) {
-	case PS_EV_LISTEN:
-		tlm_ps_accept(ps);
-		break;
-	case PS_EV_CTL:
-		tlm_ctl_serve_one(ps->ctlfd, ctl_handler, ps);
-		break;
-	case PS_EV_SIGNAL:
-		on_signal(ps);
-		break;
-	case PS_EV_TIMER:
-		on_timer(ps);
-		break;
-	case PS_EV_SESS:
-		tlm_ps_sess_event((struct tlm_ps_sess *)ev, e->events);
-		break;
-	case PS_EV_HANDSHAKE:
-		tlm_ps_handshakes_done(ps);
-		break;
-	}
-}
-
-static int run(struct tlm_ps *ps)
-{
-	struct epoll_event evs[64];
-
-	while (!ps->stop) {
-		int n = epoll_wait(ps->epfd, evs, (int)TLM_ARRAY_SIZE(evs), -1);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			log_error("epoll_wait: %s", strerror(errno));
-			return -errno;
-		}
-		for (int i = 0; i < n; i++)
-			dispatch(ps, &evs[i]);
-		/* Bulk after every urgent request of this round has been answered. */
-		for (struct tlm_src_region *r = ps->regions; r; r = r->next)
-			if (r->bulk)
-				tlm_ps_bulk_pump(r->bulk);
-		tlm_ps_reap(ps, false);
-	}
-	return 0;
-}
-
-/* ---- setup ----------------------------------------------------------------------------- */
-
-static int watch(struct tlm_ps *ps, int fd, struct tlm_ps_ev *ev, enum tlm_ps_ev_kind kind)
-{
-	struct epoll_event e = { .events = EPOLLIN, .data.ptr = ev };
-
-	ev->kind = kind;
-	return epoll_ctl(ps->epfd, EPOLL_CTL_ADD, fd, &e) < 0 ? -errno : 0;
-}
-
-static int setup_fds(struct tlm_ps *ps)
-{
-	struct itimerspec its = { .it_interval = { 0, PROGRESS_NS }, .it_value = { 0, PROGRESS_NS } };
-	sigset_t set;
-
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-		return -errno;
-	signal(SIGPIPE, SIG_IGN);
-	ps->epfd = epoll_create1(EPOLL_CLOEXEC);
-	ps->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-	ps->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-	if (ps->epfd < 0 || ps->sigfd < 0 || ps->tfd < 0 ||
-	    pipe2(ps->hs_pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
-	    timerfd_settime(ps->tfd, 0, &its, NULL) < 0)
-		return -errno;
-	if (tlm_set_nonblock(ps->lfd, 1) < 0)
-		return -errno;
-	if (watch(ps, ps->lfd, &ps->ev_listen, PS_EV_LISTEN) < 0 ||
-	    watch(ps, ps->ctlfd, &ps->ev_ctl, PS_EV_CTL) < 0 ||
-	    watch(ps, ps->sigfd, &ps->ev_sig, PS_EV_SIGNAL) < 0 ||
-	    watch(ps, ps->tfd, &ps->ev_timer, PS_EV_TIMER) < 0 ||
-	    watch(ps, ps->hs_pipe[0], &ps->ev_hs, PS_EV_HANDSHAKE) < 0)
-		return -errno;
-	return 0;
-}
-
-/* "listening on HOST:PORT" (log) and "port N" on stdout for the chosen port. */
-static void announce(struct tlm_ps *ps)
-{
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-	char host[NI_MAXHOST], serv[NI_MAXSERV];
-
-	if (getsockname(ps->lfd, (struct sockaddr *)&ss, &len) < 0 ||
-	    getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), serv, sizeof(serv),
-			NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-		log_warn("cannot tell the listening address: %s", strerror(errno));
-		return;
-	}
-	log_info("listening on %s%s%s:%s", strchr(host, ':') ? "[" : "", host,
-		 strchr(host, ':') ? "]" : "", serv);
-	printf("port %s\n", serv);
-	fflush(stdout);
-}
-
-static void cleanup(struct tlm_ps *ps)
-{
-	tlm_ps_handshakes_drain(ps);
-	tlm_ps_reap(ps, true);
-	while (ps->regions) {
-		struct tlm_src_region *r = ps->regions;
-
-		ps->regions = r->next;
-		tlm_src_region_free(r);
-	}
-	if (ps->ctlfd >= 0) {
-		close(ps->ctlfd);
-		unlink(ps->ctl_path);
-	}
-	if (ps->lfd >= 0)
-		close(ps->lfd);
-	if (ps->sigfd >= 0)
-		close(ps->sigfd);
-	if (ps->tfd >= 0)
-		close(ps->tfd);
-	if (ps->epfd >= 0)
-		close(ps->epfd);
-	for (int i = 0; i < 2; i++)
-		if (ps->hs_pipe[i] >= 0)
-			close(ps->hs_pipe[i]);
-	memset(&ps->key, 0, sizeof(ps->key));
-}
-
 /* ---- options --------------------------------------------------------------------------- */
 
 struct opts {
-	const char *listen, *key, *ctl;
-	const char **regions;
-	int nregions;
+	struct tlm_ps_config c;
 	int level;
-	uint64_t bulk_delay_ms, bulk_ahead;
 };
 
 /* --bulk-delay and --bulk-ahead (the background stream's knobs). 0, or -1 if bad. */
 static int parse_bulk_opt(int c, const char *arg, struct opts *o)
 {
-	if (c == 'D' && (tlm_parse_u64(arg, &o->bulk_delay_ms) < 0 ||
-			 o->bulk_delay_ms > 3600000)) {
+	if (c == 'D' && (tlm_parse_u64(arg, &o->c.bulk_delay_ms) < 0 ||
+			 o->c.bulk_delay_ms > 3600000)) {
 		fprintf(stderr, "tlm-page-server: bad --bulk-delay '%s' (milliseconds, "
 			"0..3600000)\n", arg);
 		return -1;
 	}
-	if (c == 'A' && (tlm_parse_size(arg, &o->bulk_ahead) < 0 ||
-			 o->bulk_ahead > (1ull << 30))) {
+	if (c == 'A' && (tlm_parse_size(arg, &o->c.bulk_ahead) < 0 ||
+			 o->c.bulk_ahead > (1ull << 30))) {
 		fprintf(stderr, "tlm-page-server: bad --bulk-ahead '%s' (bytes, k/M/G, "
 			"0..1G)\n", arg);
 		return -1;
@@ -473,17 +99,17 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	int c;
 
 	o->level = TLM_LOG_INFO;
-	o->bulk_ahead = 8u << 20;
-	o->regions = calloc((size_t)argc, sizeof(*o->regions));
-	if (!o->regions)
+	o->c.bulk_ahead = 8u << 20;
+	o->c.regions = calloc((size_t)argc, sizeof(*o->c.regions));
+	if (!o->c.regions)
 		return -1;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":", lo, NULL)) != -1) {
 		switch (c) {
-		case 'l': o->listen = optarg; break;
-		case 'k': o->key = optarg; break;
-		case 'c': o->ctl = optarg; break;
-		case 'r': o->regions[o->nregions++] = optarg; break;
+		case 'l': o->c.listen = optarg; break;
+		case 'k': o->c.key = optarg; break;
+		case 'c': o->c.ctl = optarg; break;
+		case 'r': o->c.regions[o->c.nregions++] = optarg; break;
 		case 'h': fputs(usage, stdout); exit(0);
 		case 'D': case 'A':
 			if (parse_bulk_opt(c, optarg, o) < 0)
@@ -510,58 +136,32 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		fprintf(stderr, "tlm-page-server: unexpected argument '%s'\n", argv[optind]);
 		return -1;
 	}
-	if (!o->listen || !o->key || !o->ctl) {
+	if (!o->c.listen || !o->c.key || !o->c.ctl) {
 		fprintf(stderr, "tlm-page-server: --%s is required (see --help)\n",
-			!o->listen ? "listen" : !o->key ? "key" : "ctl");
+			!o->c.listen ? "listen" : !o->c.key ? "key" : "ctl");
 		return -1;
 	}
 	return 0;
 }
 
-static int start(struct tlm_ps *ps, const struct opts *o)
-{
-	char err[512], kerr[400];
-	int rc;
-
-	ps->bulk_hold_ns = o->bulk_delay_ms * 1000000ull;
-	ps->bulk_ahead_max = o->bulk_ahead;
-	rc = tlm_key_load(o->key, &ps->key, kerr, sizeof(kerr));
-	if (rc < 0)
-		snprintf(err, sizeof(err), "--key: %s", kerr);
-	for (int i = 0; rc == 0 && i < o->nregions; i++)
-		rc = region_add(ps, o->regions[i], err, sizeof(err));
-	if (rc == 0 && (ps->lfd = tlm_tcp_listen(o->listen, err, sizeof(err))) < 0)
-		rc = ps->lfd;
-	if (rc == 0 && (ps->ctlfd = tlm_ctl_listen(o->ctl, err, sizeof(err))) < 0)
-		rc = ps->ctlfd;
-	if (rc == 0)
-		ps->ctl_path = o->ctl;
-	if (rc == 0 && (rc = setup_fds(ps)) < 0)
-		snprintf(err, sizeof(err), "event loop setup: %s", strerror(-rc));
-	if (rc < 0)
-		log_error("%s", err);
-	return rc;
-}
-
 int main(int argc, char **argv)
 {
-	struct tlm_ps ps = { .epfd = -1, .lfd = -1, .ctlfd = -1, .sigfd = -1, .tfd = -1,
-			     .hs_pipe = { -1, -1 } };
+	struct tlm_ps ps = TLM_PS_INIT;
 	struct opts o = { 0 };
 	int rc;
 
 	if (parse_opts(argc, argv, &o) < 0) {
-		free(o.regions);
+		free(o.c.regions);
 		return 2;
 	}
 	tlm_log_init("tlm-page-server", (enum tlm_log_level)o.level);
-	rc = start(&ps, &o);
+	rc = tlm_ps_start(&ps, &o.c);
 	if (rc == 0) {
-		announce(&ps);
-		rc = run(&ps);
+		tlm_ps_announce(&ps);
+		rc = tlm_ps_run(&ps);
 	}
-	cleanup(&ps);
-	free(o.regions);
+	tlm_ps_cleanup(&ps);
+	free(o.c.regions);
 	if (rc == 0)
 		log_info("clean exit");
 	return rc == 0 ? 0 : 1;
