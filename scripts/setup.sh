@@ -14,9 +14,10 @@ cmake_opts=()
 do_build=1
 
 # Why each package: compiler/build tools; liburing (io_uring, probed by the daemons);
-# libxxhash (XXH3 page hashes); libcmocka (tests); libssl (HMAC-SHA256 authentication).
+# libxxhash (XXH3 page hashes); libcmocka (tests); libssl (HMAC-SHA256 authentication);
+# libjansson (tests read the daemons' stats JSON with a real parser).
 packages=(gcc make cmake ninja-build pkg-config liburing-dev libxxhash-dev libcmocka-dev
-	  libssl-dev)
+	  libssl-dev libjansson-dev)
 
 while [ $# -gt 0 ]; do
 	case "$1" in

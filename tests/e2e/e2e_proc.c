@@ -330,38 +330,3 @@ int e2e_bin(char *out, size_t len, const char *env_dir, const char *rel)
 	return 0;
 }
 
-int e2e_json_u64(const char *json, const char *after, const char *key, uint64_t *out)
-{
-	char pat[128];
-	const char *s = after ? strstr(json, after) : json;
-	unsigned long long v;
-
-	if (!s)
-		return -ENOENT;
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	s = strstr(s, pat);
-	if (!s || sscanf(s + strlen(pat), " %llu", &v) != 1)
-		return -ENOENT;
-	*out = v;
-	return 0;
-}
-
-int e2e_json_str(const char *json, const char *after, const char *key, char *out,
-		 size_t len)
-{
-	char pat[128];
-	const char *s = after ? strstr(json, after) : json, *e;
-
-	if (!s)
-		return -ENOENT;
-	snprintf(pat, sizeof(pat), "\"%s\":\"", key);
-	s = strstr(s, pat);
-	if (!s)
-		return -ENOENT;
-	s += strlen(pat);
-	e = strchr(s, '"');
-	if (!e)
-		return -EINVAL;
-	snprintf(out, len, "%.*s", (int)(e - s), s);
-	return 0;
-}

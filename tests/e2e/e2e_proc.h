@@ -53,10 +53,6 @@ bool e2e_file_contains(const char *path, const char *needle);   /* case-insensit
 /* Path of a built binary: $env_dir/rel, or $env_dir itself when rel is NULL/""
  * (env_dir names an env var set by tlm_test). */
 int e2e_bin(char *out, size_t len, const char *env_dir, const char *rel);
-/* Find "key": NUMBER after the first occurrence of `after` (NULL: from the start). */
-int e2e_json_u64(const char *json, const char *after, const char *key, uint64_t *out);
-int e2e_json_str(const char *json, const char *after, const char *key, char *out,
-		 size_t len);
 uint64_t e2e_now_ms(void);
 /* 0 when userfaultfd with MINOR_SHMEM is there and we are root (why_root says what needs
  * root); else the exit code of tt_skip() (77, or 1 under TLM_REQUIRE). */

@@ -1,4 +1,5 @@
 #include "e2e_tmpl.h"
+#include "tlm_test.h"
 #include "tlm_io.h"
 
 #include <errno.h>
@@ -13,15 +14,6 @@
 
 #include "util.h"
 
-static uint64_t e2e_rand(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 /* Page i starts with its index and the seed: distinct and never zero. */
 int e2e_make_pages(const char *path, uint64_t pages, uint64_t seed)
 {
@@ -33,7 +25,7 @@ int e2e_make_pages(const char *path, uint64_t pages, uint64_t seed)
 		return -errno;
 	for (uint64_t i = 0; i < pages && !rc; i++) {
 		for (int w = 0; w < 512; w++)
-			page[w] = e2e_rand(&rng);
+			page[w] = tt_rand(&rng);
 		page[0] = i + 1;
 		page[1] = seed;
 		rc = tlm_write_full(fd, page, sizeof(page));

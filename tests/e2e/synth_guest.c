@@ -30,6 +30,7 @@
 #include <xxhash.h>
 
 #include "tlm_proto.h"
+#include "tlm_test.h"
 #include "util.h"
 #include "e2e_manifest.h"
 
@@ -52,15 +53,6 @@ static void sg_usage(FILE *f)
 		"--mix template=70,zero=10,ref=5,data=15[,dirty=P] --manifest OUT\n"
 		"       tlm-synth-guest dest --ram F --size N --manifest IN [--write-check] "
 		"[--discard-check] [--wait-signal] [--hold] [--reverse]\n");
-}
-
-static uint64_t sg_rand(uint64_t *s)       /* splitmix64 */
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
 }
 
 static int sg_parse_mix(const char *s, struct sg_mix *mx)
@@ -157,7 +149,7 @@ static void sg_plan(uint8_t *cls, uint64_t n, const struct sg_mix *mx, uint64_t 
 	while (i < n)
 		cls[i++] = TLM_CLASS_TEMPLATE;
 	for (i = n - 1; i > 0; i--) {
-		uint64_t j = sg_rand(rng) % (i + 1);
+		uint64_t j = tt_rand(rng) % (i + 1);
 		uint8_t t = cls[i];
 
 		cls[i] = cls[j];
@@ -168,7 +160,7 @@ static void sg_plan(uint8_t *cls, uint64_t n, const struct sg_mix *mx, uint64_t 
 static void sg_fill_random(uint8_t *p, uint64_t *rng)
 {
 	for (unsigned o = 0; o < E2E_PAGE; o += 8) {
-		uint64_t v = sg_rand(rng);
+		uint64_t v = tt_rand(rng);
 
 		memcpy(p + o, &v, 8);
 	}
@@ -185,7 +177,7 @@ static bool sg_is_zero(const uint8_t *p)
 static uint64_t sg_pick_ref(const uint8_t *t, uint64_t tpages, uint64_t i, uint64_t *rng)
 {
 	for (int tries = 0; tries < 64; tries++) {
-		uint64_t k = sg_rand(rng) % tpages;
+		uint64_t k = tt_rand(rng) % tpages;
 		const uint8_t *tk = t + k * E2E_PAGE;
 
 		if (k != i && !sg_is_zero(tk) &&
@@ -209,9 +201,9 @@ static uint8_t sg_build_page(uint8_t *p, uint64_t i, uint8_t want, const uint8_t
 	} else if (want == TLM_CLASS_REF && t &&
 		   (k = sg_pick_ref(t, tpages, i, rng)) != UINT64_MAX) {
 		memcpy(p, t + k * E2E_PAGE, E2E_PAGE);
-	} else if (want == TLM_CLASS_TEMPLATE && ti && sg_rand(rng) % 100 < mx->dirty) {
+	} else if (want == TLM_CLASS_TEMPLATE && ti && tt_rand(rng) % 100 < mx->dirty) {
 		for (int b = 0; b < 4; b++)
-			p[sg_rand(rng) % E2E_PAGE] ^= (uint8_t)(1 + sg_rand(rng) % 255);
+			p[tt_rand(rng) % E2E_PAGE] ^= (uint8_t)(1 + tt_rand(rng) % 255);
 	}
 	/* What the page-server will find: TEMPLATE first, then ZERO, REF, DATA. */
 	if (ti && memcmp(p, ti, E2E_PAGE) == 0)

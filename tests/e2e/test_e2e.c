@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "tlm_proto.h"
+#include "tlm_test.h"
 #include "tlm_io.h"
 #include "ctl.h"
 #include "json.h"
@@ -106,7 +107,7 @@ static char *w_wait_state(const char *ctl, const char *id, const char *key, cons
 	do {
 		free(js);
 		js = w_ctl(ctl, cmd);
-		if (js && e2e_json_str(js, NULL, key, val, sizeof(val)) == 0 &&
+		if (js && tt_json_str(js, NULL, key, val, sizeof(val)) == 0 &&
 		    (strcmp(val, want1) == 0 || (want2 && strcmp(val, want2) == 0)))
 			return js;
 		usleep(50000);
@@ -296,15 +297,15 @@ static void w_check_source_stats(struct w_vm *v)
 	js = w_ctl(W->ps_ctl, cmd);
 	assert_non_null(js);
 	for (int c = 1; c <= 4; c++) {
-		assert_int_equal(e2e_json_u64(js, "\"pages\":{", keys[c], &cnt), 0);
+		assert_int_equal(tt_json_u64(js, "pages", keys[c], &cnt), 0);
 		if (cnt != v->m.count[c])
 			fail_msg("%s: page-server found %llu %s pages, the manifest says %llu", v->id,
 				 (unsigned long long)cnt, keys[c],
 				 (unsigned long long)v->m.count[c]);
 	}
-	assert_int_equal(e2e_json_u64(js, "\"bytes\":{", "payload", &payload), 0);
-	assert_int_equal(e2e_json_u64(js, "\"bytes\":{", "overhead", &overhead), 0);
-	e2e_json_u64(js, NULL, "data_sent_urgent", &v->urgent_pages);
+	assert_int_equal(tt_json_u64(js, "bytes", "payload", &payload), 0);
+	assert_int_equal(tt_json_u64(js, "bytes", "overhead", &overhead), 0);
+	tt_json_u64(js, NULL, "data_sent_urgent", &v->urgent_pages);
 	v->wire_src = payload + overhead;
 	free(js);
 }
@@ -314,21 +315,21 @@ static void w_check_dest_stats(struct w_vm *v, const char *js)
 	uint64_t in = 0, out = 0, cerr = 1;
 	char phase[32] = "";
 
-	e2e_json_str(js, NULL, "phase", phase, sizeof(phase));
+	tt_json_str(js, NULL, "phase", phase, sizeof(phase));
 	if (strcmp(phase, "complete") != 0)
 		fail_msg("%s: tlm-uffd-server phase '%s', expected complete (see %s)", v->id,
 			 phase, W->us_log);
-	assert_int_equal(e2e_json_u64(js, "\"wire\":{", "in_bytes", &in), 0);
-	assert_int_equal(e2e_json_u64(js, "\"wire\":{", "out_bytes", &out), 0);
-	assert_int_equal(e2e_json_u64(js, NULL, "checksum_errors", &cerr), 0);
+	assert_int_equal(tt_json_u64(js, "wire", "in_bytes", &in), 0);
+	assert_int_equal(tt_json_u64(js, "wire", "out_bytes", &out), 0);
+	assert_int_equal(tt_json_u64(js, NULL, "checksum_errors", &cerr), 0);
 	assert_int_equal(cerr, 0);
 	v->wire_dst = in + out;
-	e2e_json_u64(js, NULL, "elapsed_ms", &v->dst_elapsed_ms);
-	e2e_json_u64(js, "\"faults\":{", "total", &v->faults);
-	e2e_json_u64(js, "\"latency\":{", "p50_us", &v->p50_us);
-	e2e_json_u64(js, "\"latency\":{", "p99_us", &v->p99_us);
-	e2e_json_u64(js, "\"latency\":{", "max_us", &v->max_us);
-	e2e_json_u64(js, NULL, "data_pages_dropped", &v->dropped);
+	tt_json_u64(js, NULL, "elapsed_ms", &v->dst_elapsed_ms);
+	tt_json_u64(js, "faults", "total", &v->faults);
+	tt_json_u64(js, "latency", "p50_us", &v->p50_us);
+	tt_json_u64(js, "latency", "p99_us", &v->p99_us);
+	tt_json_u64(js, "latency", "max_us", &v->max_us);
+	tt_json_u64(js, NULL, "data_pages_dropped", &v->dropped);
 }
 
 static uint64_t w_bound(const struct w_vm *v)
@@ -364,7 +365,7 @@ static void w_arm(struct w_vm *v)
 
 	js = w_wait_state(W->us_ctl, v->id, "phase", "waiting_uffd", NULL, 10000);
 	if (js)
-		e2e_json_str(js, NULL, "phase", phase, sizeof(phase));
+		tt_json_str(js, NULL, "phase", phase, sizeof(phase));
 	free(js);
 	if (strcmp(phase, "waiting_uffd") != 0)
 		fail_msg("%s: region not waiting to be armed (phase '%s')", v->id, phase);
@@ -520,8 +521,8 @@ static void w_assert_failed_with(const char *ctl, const char *log, const char *i
 	char phase[32] = "", error[400] = "";
 
 	if (js) {
-		e2e_json_str(js, NULL, "phase", phase, sizeof(phase));
-		e2e_json_str(js, NULL, "error", error, sizeof(error));
+		tt_json_str(js, NULL, "phase", phase, sizeof(phase));
+		tt_json_str(js, NULL, "error", error, sizeof(error));
 	}
 	free(js);
 	print_message("%s: phase %s, error \"%s\"\n", id, phase, error);
@@ -577,7 +578,7 @@ static void test_others_untouched(void **state)
 		snprintf(cmd, sizeof(cmd), "stats %s", v->id);
 		js = w_ctl(W->us_ctl, cmd);
 		assert_non_null(js);
-		e2e_json_str(js, NULL, "phase", phase, sizeof(phase));
+		tt_json_str(js, NULL, "phase", phase, sizeof(phase));
 		free(js);
 		assert_string_equal(phase, "complete");
 		assert_int_equal(kill(v->dst.pid, 0), 0);

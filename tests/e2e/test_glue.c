@@ -272,7 +272,8 @@ static void fx_pump(struct fx_daemon *d)
 	d->npend = keep;
 }
 
-/* Map the template pages of the first half with no fault pending (fact 2). */
+/* Map the template pages of the first half with no fault pending
+ * (docs/ARCHITECTURE.md F2). */
 static void fx_proactive(struct fx_daemon *d)
 {
 	for (uint32_t i = 0; i < FX_PAGES / 2; i++) {

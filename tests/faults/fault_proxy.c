@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "util.h"
+#include "tlm_test.h"
 
 #define BUF_CAP   (1u << 20)
 #define MAX_SEGS  256               /* delayed chunks per direction */
@@ -82,18 +83,9 @@ struct fp {
 	struct fp_pair *pairs;
 };
 
-static uint64_t fp_rand(uint64_t *s)        /* splitmix64 */
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 static uint64_t fp_range(struct fp *f, uint64_t lo, uint64_t hi)
 {
-	return lo + fp_rand(&f->rng) % (hi - lo + 1);
+	return lo + tt_rand(&f->rng) % (hi - lo + 1);
 }
 
 static void fp_count(struct fp *f, struct fp_pair *p, enum fp_kind k, const char *what)

@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "tlm_test.h"
 #include "json.h"
 #include "e2e_manifest.h"
 #include "e2e_proc.h"
@@ -85,15 +86,6 @@ struct f_run {
 enum { LOG_SRC, LOG_PS, LOG_PX, LOG_US, LOG_DST };
 
 static struct f_world F;
-
-static uint64_t f_rand(uint64_t *s)        /* splitmix64 */
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
 
 static void f_path(char *out, size_t len, const char *name)
 {
@@ -225,7 +217,7 @@ static void f_start_dest(struct f_run *x)
 /* Somewhere in the migration: once 5..max_pct % of the pages are present (or 3 s). */
 static void f_kill_point(struct f_run *x, unsigned max_pct)
 {
-	uint64_t pct = 5 + f_rand(&x->rng) % (max_pct - 4);
+	uint64_t pct = 5 + tt_rand(&x->rng) % (max_pct - 4);
 	uint64_t want = (x->size / E2E_PAGE) * pct / 100, have = 0;
 	uint64_t end = e2e_now_ms() + 3000;
 	char cmd[64], *js;
@@ -234,7 +226,7 @@ static void f_kill_point(struct f_run *x, unsigned max_pct)
 	while (have < want && e2e_now_ms() < end) {
 		js = e2e_ctl(F.us_ctl, cmd);
 		if (js)
-			e2e_json_u64(js, "\"pages\":{", "present", &have);
+			tt_json_u64(js, "pages", "present", &have);
 		free(js);
 		usleep(2000);
 	}
@@ -246,7 +238,7 @@ static void f_kill_page_server(struct f_run *x)
 	e2e_stop(&x->ps, SIGKILL, 5000);
 	e2e_close(&x->ps);
 	F.t.kills_ps++;
-	usleep((useconds_t)(f_rand(&x->rng) % 500) * 1000);      /* the link stays down */
+	usleep((useconds_t)(tt_rand(&x->rng) % 500) * 1000);      /* the link stays down */
 	f_start_page_server(x);        /* same port, same region: the source is still frozen */
 	f_freeze(x);
 }
@@ -257,7 +249,7 @@ static void f_kill_uffd_server(struct f_run *x)
 	e2e_stop(&x->us, SIGKILL, 5000);
 	e2e_close(&x->us);
 	F.t.kills_us++;
-	usleep((useconds_t)(f_rand(&x->rng) % 300) * 1000);
+	usleep((useconds_t)(tt_rand(&x->rng) % 300) * 1000);
 	f_start_uffd_server(x);
 }
 
@@ -314,7 +306,7 @@ static char *f_wait_phase(struct f_run *x, const char *want, int timeout_ms)
 	for (;;) {
 		free(js);
 		js = e2e_ctl(F.us_ctl, cmd);
-		if (!js || e2e_json_str(js, NULL, "phase", phase, sizeof(phase)) < 0)
+		if (!js || tt_json_str(js, NULL, "phase", phase, sizeof(phase)) < 0)
 			phase[0] = '\0';
 		if (strcmp(phase, want) == 0 || e2e_now_ms() >= end)
 			return js;
@@ -333,8 +325,8 @@ static void f_outage(struct f_run *x)
 	F.t.kills_ps++;
 	js = f_wait_phase(x, "paused", 15000);
 	if (js) {
-		e2e_json_str(js, NULL, "phase", phase, sizeof(phase));
-		e2e_json_str(js, NULL, "error", why, sizeof(why));
+		tt_json_str(js, NULL, "phase", phase, sizeof(phase));
+		tt_json_str(js, NULL, "error", why, sizeof(why));
 	}
 	free(js);
 	if (strcmp(phase, "paused") != 0 || !strstr(why, "unreachable"))
@@ -402,11 +394,11 @@ static void f_check_complete(struct f_run *x)
 	uint64_t rec = 0;
 
 	if (js)
-		e2e_json_str(js, NULL, "phase", phase, sizeof(phase));
+		tt_json_str(js, NULL, "phase", phase, sizeof(phase));
 	if (strcmp(phase, "complete") != 0)
 		fail_msg("%s (seed %" PRIu64 "): region phase '%s', expected complete (see %s)",
 			 x->id, x->seed, phase, x->log[LOG_US]);
-	if (js && e2e_json_u64(js, NULL, "reconnects", &rec) == 0)
+	if (js && tt_json_u64(js, NULL, "reconnects", &rec) == 0)
 		F.t.reconnects += rec;
 	free(js);
 	F.t.completed++;
@@ -440,7 +432,7 @@ static void f_run_init(struct f_run *x, unsigned n)
 	x->kind = f_rotation[n % (sizeof(f_rotation) / sizeof(f_rotation[0]))];
 	if (n + 1 == F.runs)
 		x->kind = F_OUTAGE;
-	x->size = (f_rand(&x->rng) % 8 == 0 ? 64ull : 16ull) << 20;
+	x->size = (tt_rand(&x->rng) % 8 == 0 ? 64ull : 16ull) << 20;
 	snprintf(x->id, sizeof(x->id), "f%u", n);
 	e2e_pathf(x->ram_src, sizeof(x->ram_src), F.dir, "%s.src.ram", x->id);
 	e2e_pathf(x->ram_dst, sizeof(x->ram_dst), F.dir, "%s.dst.ram", x->id);

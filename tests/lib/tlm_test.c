@@ -2,6 +2,7 @@
 #include "tlm_test.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,4 +107,71 @@ bool tt_wait(bool (*cond)(void *arg), void *arg, int ms)
 			return false;
 		tt_sleep_ms(1);
 	}
+}
+
+/* Depth-first: the first member named key anywhere under v (v itself excluded); with
+ * obj, the first such member whose value is an object. */
+static json_t *json_find(json_t *v, const char *key, bool obj)
+{
+	const char *k;
+	json_t *m, *hit;
+	size_t i;
+
+	if (json_is_object(v)) {
+		if ((m = json_object_get(v, key)) && (!obj || json_is_object(m)))
+			return m;
+		json_object_foreach(v, k, m)
+			if ((hit = json_find(m, key, obj)))
+				return hit;
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, i, m)
+			if ((hit = json_find(m, key, obj)))
+				return hit;
+	}
+	return NULL;
+}
+
+/* The member key inside the first object member named in; a new reference or NULL. */
+static json_t *json_lookup(const char *json, const char *in, const char *key, int *rc)
+{
+	json_t *root = json_loads(json, JSON_DECODE_ANY, NULL), *scope, *v = NULL;
+
+	*rc = -EINVAL;
+	if (!root)
+		return NULL;
+	*rc = -ENOENT;
+	scope = in ? json_find(root, in, true) : root;
+	if (scope && (v = json_find(scope, key, false)))
+		json_incref(v);
+	json_decref(root);
+	return v;
+}
+
+int tt_json_u64(const char *json, const char *in, const char *key, uint64_t *out)
+{
+	int rc;
+	json_t *v = json_lookup(json, in, key, &rc);
+
+	if (v && json_is_integer(v) && json_integer_value(v) >= 0) {
+		*out = (uint64_t)json_integer_value(v);
+		rc = 0;
+	} else if (v && json_is_real(v) && json_real_value(v) >= 0) {
+		*out = (uint64_t)json_real_value(v);
+		rc = 0;
+	}
+	json_decref(v);
+	return rc;
+}
+
+int tt_json_str(const char *json, const char *in, const char *key, char *out, size_t len)
+{
+	int rc;
+	json_t *v = json_lookup(json, in, key, &rc);
+
+	if (v && json_is_string(v)) {
+		snprintf(out, len, "%s", json_string_value(v));
+		rc = 0;
+	}
+	json_decref(v);
+	return rc;
 }

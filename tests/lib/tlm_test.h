@@ -57,6 +57,12 @@ bool tt_wait(bool (*cond)(void *arg), void *arg, int ms);
 
 #endif
 
+/* Stats JSON (the daemons' `stats` replies), parsed with jansson. The value of the first
+ * member named key (depth first) inside the first object member named in (NULL: anywhere).
+ * 0, -ENOENT (absent or another type) or -EINVAL (not JSON). */
+int tt_json_u64(const char *json, const char *in, const char *key, uint64_t *out);
+int tt_json_str(const char *json, const char *in, const char *key, char *out, size_t len);
+
 /* Inside a cmocka case (include <cmocka.h> first): skip this case for what the machine
  * lacks, or fail it when TLM_REQUIRE names kind. The reason goes to the output. */
 #define TT_SKIP_CASE(kind, ...)                                                    \

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "classify.h"
+#include "tlm_test.h"
 #include "tlm_io.h"
 #include "src_region.h"
 #include "template.h"
@@ -40,23 +41,11 @@ struct fixture {
 	bool written[NPAGES];     /* differs from a fresh MAP_PRIVATE template mapping */
 };
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rnd(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return rng_state;
-}
+static uint64_t rng_state = 1;
 
 static void fill_random(uint8_t *p, size_t len)
 {
-	for (size_t i = 0; i < len; i += 8) {
-		uint64_t v = rnd();
-
-		memcpy(p + i, &v, 8);
-	}
+	tt_fill(p, len, &rng_state);
 }
 
 static void write_file(const char *path, const void *data, size_t len)

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "template.h"
+#include "tlm_test.h"
 
 struct fx {
 	char dir[64];
@@ -20,17 +21,13 @@ struct fx {
  * unique to the id (so equal ids mean equal pages). */
 static inline void fx_fill_page(uint8_t *p, uint32_t id)
 {
-	uint64_t x = id * 0x9e3779b97f4a7c15ull;
+	uint64_t x = id;
 
 	if (id == 0) {
 		memset(p, 0, TLM_PAGE_SIZE);
 		return;
 	}
-	for (size_t i = 0; i < TLM_PAGE_SIZE; i += 8) {
-		x ^= x >> 31;
-		x *= 0xbf58476d1ce4e5b9ull;
-		memcpy(p + i, &x, 8);
-	}
+	tt_fill(p, TLM_PAGE_SIZE, &x);
 }
 
 static inline void fx_write_pages(const char *path, const uint32_t *ids, size_t n)
