@@ -61,7 +61,7 @@ enum tlm_msg_type {
 
 enum tlm_channel { TLM_CHAN_URGENT = 1, TLM_CHAN_BULK = 2 };
 
-/* Page classes (ARCHITECTURE.md). Values are on the wire. */
+/* Page classes (docs/ARCHITECTURE.md). Values are on the wire. */
 enum tlm_page_class {
 	TLM_CLASS_TEMPLATE = 1, /* same as the template page at the same offset */
 	TLM_CLASS_ZERO = 2,

@@ -4,7 +4,7 @@
  *
  * When the program maps the file named by TLM_RAM_PATH (MAP_SHARED, length a multiple of
  * 4 KiB; QEMU maps memory-backend-file RAM with MAP_FIXED over a PROT_NONE reservation,
- * ARCHITECTURE fact 10), the mapping is replaced at the same address by
+ * docs/ARCHITECTURE.md F10), the mapping is replaced at the same address by
  *   - MAP_PRIVATE of TLM_TEMPLATE opened O_RDONLY: copy-on-write over the template, whose
  *     pages share page-cache frames with every other clone; O_RDONLY so that nothing the
  *     program does can punch holes in the template; or
@@ -14,11 +14,11 @@
  *
  * Discards by the program. QEMU's ram_block_discard_range() (balloon, free page reporting,
  * postcopy init) does fallocate(PUNCH_HOLE) on its RAM fd and madvise(MADV_DONTNEED) on the
- * mapping (fact 9). The punch hits the RAM file, which is no longer mapped, so it does not
- * change guest memory. The MADV_DONTNEED drops the private pages of the range: while the
- * range is registered, the kernel reports UFFD_EVENT_REMOVE and the daemon marks the pages
- * REMOVED, so the next fault there gets a zero page (what a punched shared file would have
- * shown). After the migration is done (unregistered), a discarded page reads back as the
+ * mapping (docs/ARCHITECTURE.md F9). The punch hits the RAM file, which is no longer
+ * mapped, so it does not change guest memory. The MADV_DONTNEED drops the private pages
+ * of the range: while the range is registered, the kernel reports UFFD_EVENT_REMOVE and
+ * the daemon marks the pages REMOVED, so the next fault there gets a zero page (what a
+ * punched shared file would have shown). After the migration is done (unregistered), a discarded page reads back as the
  * template page at that offset rather than zeros; discards are only issued for memory the
  * guest gave up, whose content it does not rely on.
  *

@@ -1,5 +1,5 @@
 /*
- * classify.h — page classification at the source (ARCHITECTURE.md, "Page classes").
+ * classify.h — page classification at the source (docs/ARCHITECTURE.md, "Page classes").
  *
  * For every page of a frozen region, in page order:
  *   TEMPLATE  bytes equal the template page at the same offset (tmpl_base + page)
