@@ -153,13 +153,7 @@ int bg_join(struct bg *b, int timeout_ms)
 
 	if (!b->started)
 		return 0;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += timeout_ms / 1000;
-	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	ts = tt_deadline(timeout_ms);
 	rc = pthread_timedjoin_np(b->th, NULL, &ts);
 	if (!rc)
 		b->started = false;
