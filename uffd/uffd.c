@@ -14,22 +14,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/*
- * Feature bits newer than the installed headers (Debian 12 ships 6.1 headers; the
- * running kernel may well have them). The values are kernel ABI and never change.
- */
-#ifndef UFFD_FEATURE_WP_UNPOPULATED
-#define UFFD_FEATURE_WP_UNPOPULATED	(1 << 13)	/* Linux 6.4 */
-#endif
-#ifndef UFFD_FEATURE_POISON
-#define UFFD_FEATURE_POISON		(1 << 14)	/* Linux 6.6 */
-#endif
-#ifndef UFFD_FEATURE_WP_ASYNC
-#define UFFD_FEATURE_WP_ASYNC		(1 << 15)	/* Linux 6.7 */
-#endif
-#ifndef UFFD_FEATURE_MOVE
-#define UFFD_FEATURE_MOVE		(1 << 16)	/* Linux 6.8 */
-#endif
 #ifndef USERFAULTFD_IOC_NEW
 #define USERFAULTFD_IOC_NEW		_IO(0xAA, 0x00)	/* /dev/userfaultfd, Linux 6.1 */
 #endif
