@@ -4,7 +4,7 @@
 #   scripts/migrate-postcopy.sh --mode qemu|tlm [options] VM...
 #
 #   VM                 a VM name of the run dir ($TLM_RUN_DIR, default /dev/shm/tlm/run),
-#                      its run directory, or its QMP socket (started by qemu-glue/vm.py)
+#                      its run directory, or its QMP socket (started by tlm_qemu.vm)
 #   --mode qemu        stock QEMU postcopy-ram: the whole RAM goes through QEMU's stream
 #   --mode tlm         QEMU moves the device state only (x-ignore-shared), tlm moves the RAM
 #                      post-copy: tlm-page-server at the source, tlm-uffd-server at the
@@ -108,7 +108,7 @@ for n in "$precopy_s" "$bandwidth_mib" "$timeout_s"; do
 done
 [ ${#vms[@]} -gt 0 ] || { echo "$tlm_prog: no VM given (try --help)" >&2; exit 2; }
 
-# ---- tlm mode: qemu-glue/migrate_tlm.py runs it (the order of its steps is documented there)
+# ---- tlm mode: qemu-glue/tlm_qemu/migrate.py runs it (the order of its steps is documented there)
 migrate_tlm() {
 	local bin=${TLM_BIN_DIR:-$tlm_root/build/runtime} glue=${TLM_GLUE:-$tlm_root/build/qemu-glue/libtlm-glue.so}
 	local work rc=0 args=()
@@ -120,7 +120,7 @@ migrate_tlm() {
 	[ -z "$json_out" ] || args+=(--json "$json_out")
 	[ -z "$trace" ] || args+=(--trace "$trace")
 	work=$(mktemp -d "${TMPDIR:-/tmp}/tlm-migrate.XXXXXX")
-	python3 "$tlm_root/qemu-glue/migrate_tlm.py" --work "$work" --bin-dir "$bin" \
+	tlm_py migrate --work "$work" --bin-dir "$bin" \
 		--glue "$glue" --timeout "$timeout_s" ${tlm_opts[@]+"${tlm_opts[@]}"} \
 		${args[@]+"${args[@]}"} "${vms[@]}" || rc=$?
 	[ -e "$work/.keep" ] || rm -rf "$work"
@@ -165,7 +165,7 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 # x-ignore-shared off: a clone started from a template has it on, and QEMU refuses it
-# together with postcopy-ram (ARCHITECTURE.md fact 4); stock postcopy moves all RAM.
+# together with postcopy-ram (docs/ARCHITECTURE.md F4); stock postcopy moves all RAM.
 caps_json() {
 	local caps='{"capability":"x-ignore-shared","state":false}'
 
@@ -200,7 +200,7 @@ prepare() {
 }
 
 # With --precopy 0 the switch request follows `migrate` in the same QMP session: over
-# loopback a 256 MiB guest can finish precopy before a second qmp.py call even starts.
+# loopback a 256 MiB guest can finish precopy before a second tlm_qmp call even starts.
 start_migration() {
 	local i=$1 port uri
 
@@ -284,16 +284,16 @@ finish() {
 	phases[$i]="done"
 }
 
-# The guest's checksum after equals the one before (vm.py sum-check says what differs).
+# The guest's checksum after equals the one before (tlm_vm sum-check says what differs).
 check_sum() {
 	local why
 
 	why=$(tlm_vm sum-check "${sums[$1]}" "$(cat "$work/$1.sum")" 2>&1) ||
-		tlm_die "${names[$1]}: ${why#vm.py: error: }"
+		tlm_die "${names[$1]}: ${why#tlm_qemu.vm: error: }"
 }
 
 report() {
-	python3 "$tlm_root/qemu-glue/migrate_report.py" "$mode" "$work" "$json_out" "${names[@]}"
+	tlm_py report "$mode" "$work" "$json_out" "${names[@]}"
 }
 
 for i in "${!vms[@]}"; do prepare "$i"; done

@@ -31,12 +31,15 @@ step() {
 	echo "== $name: $*"
 }
 
+# shellcheck source=../../scripts/lib/py.sh
+. "$root/scripts/lib/py.sh"
+
 vm() {
-	python3 "$root/qemu-glue/vm.py" "$@"
+	tlm_vm "$@"
 }
 
 qmp() {
-	python3 "$root/qemu-glue/qmp.py" "$@"
+	tlm_qmp "$@"
 }
 
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not installed"

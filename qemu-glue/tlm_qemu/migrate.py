@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
-"""migrate_tlm.py — post-copy migration of running test VMs through tlm (the `--mode tlm`
+"""tlm_qemu.migrate — post-copy migration of running test VMs through tlm (the `--mode tlm`
 of scripts/migrate-postcopy.sh; see its --help for the user-facing options).
 
 QEMU moves the device state only (x-ignore-shared leaves the share=on RAM file out of its
-stream; QEMU refuses postcopy-ram together with it, ARCHITECTURE.md fact 4) and tlm moves
+stream; QEMU refuses postcopy-ram together with it, docs/ARCHITECTURE.md F4) and tlm moves
 the guest RAM: tlm-page-server reads it at the source, tlm-uffd-server fills the
 destination QEMU's RAM through the userfaultfd that libtlm-glue.so hands over.
 
@@ -33,13 +32,13 @@ import subprocess
 import sys
 import time
 
-sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import migrate_report                  # noqa: E402
-import vm as V                         # noqa: E402
-from qmp import QMP, QMPError, QMPConnectionError  # noqa: E402
+from . import report
+from . import vm as V
+from .qmp import QMP, QMPError, QMPConnectionError
 
 POLL_S = 0.05
+# where `python3 -m tlm_qemu.vm` finds the package (the destination QEMU's starter)
+PKG_PATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_RESTARTS = 3
 REANNOUNCE_S = 15
 
@@ -206,16 +205,18 @@ class Mig:
                "TLM_REGION_FILE": "{dir}/region"}
         if self.tmpl_dst:
             env["TLM_TEMPLATE"] = self.tmpl_dst
-        argv = [sys.executable, os.path.join(V.ROOT, "qemu-glue", "vm.py"), "start",
+        argv = [sys.executable, "-m", "tlm_qemu.vm", "start",
                 self.name, "--like", self.src["dir"], "--incoming", "defer", "--no-link"]
         if self.opt.dst_netns:
             argv += ["--netns", self.opt.dst_netns]
         for k, v in env.items():
             argv += ["--env", f"{k}={v}"]
-        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                               filter(None, (PKG_PATH, os.environ.get("PYTHONPATH"))))))
         if r.returncode:
             raise Fail(f"{self.name}: the destination QEMU did not start: "
-                       f"{r.stderr.strip().removeprefix('vm.py: error: ')}")
+                       f"{r.stderr.strip().removeprefix(V.PROG + ': error: ')}")
         self.dst = V.resolve(r.stdout.strip())
         self.phase = "prepared"
 
@@ -487,7 +488,7 @@ def tlm_row(m):
 
 
 def parser():
-    ap = argparse.ArgumentParser(prog="migrate_tlm.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="tlm_qemu.migrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("vms", nargs="+", metavar="VM")
     ap.add_argument("--work", required=True, help="work directory (keys, sockets, logs)")
     ap.add_argument("--key", help="pre-shared key file (0600); default: a new random key")
@@ -531,7 +532,7 @@ def main(argv):
     rows = [tlm_row(m) for m in run.migs]
     t0 = min(m.t["stop"] for m in run.migs)
     t1 = max(m.t["complete"] for m in run.migs)
-    migrate_report.emit("tlm", rows, t1 - t0, opt.json)
+    report.emit("tlm", rows, t1 - t0, opt.json)
     return 0
 
 
