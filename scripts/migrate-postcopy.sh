@@ -34,6 +34,17 @@
 #   --src-netns NS, --dst-netns NS
 #                      run the source / destination side in these network namespaces
 #                      (emulated hosts; the source VMs must already run in --src-netns)
+#   --bulk-delay MS    the page server starts its background DATA stream MS ms after the
+#                      freeze (tlm-page-server --bulk-delay; a page server restarted after
+#                      a crash streams at once): until then DATA pages move on demand only
+#   --after-switch CMD test hook: run `sh -c CMD` once every destination runs on its faults,
+#                      before the wait for completion (its output goes to stderr; a non-zero
+#                      exit fails the migration). Its environment names the daemons:
+#                      TLM_PAGE_SERVER_PID, TLM_PAGE_SERVER_CTL, TLM_UFFD_SERVER_PID (empty
+#                      with --dst-ctl), TLM_UFFD_SERVER_CTL, and TLM_MIGRATE_WORK (work
+#                      directory), TLM_MIGRATE_VMS (VM names). A daemon it kills is
+#                      restarted after it. With --bulk-delay longer than the hook takes,
+#                      pages are still missing while it runs (tests/qemu/qemu_tlm_faults.sh)
 # qemu and precopy modes take --dst-addr and --dst-netns (the destination QEMU runs there
 # and listens on --dst-addr; --src-netns is accepted and unused: the source QEMU connects).
 #
@@ -70,13 +81,16 @@ dst_netns=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-port|--dst-port|\
-	--src-reach|\
+	--src-reach|--after-switch|--bulk-delay|\
 	--src-netns|--dst-netns)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
 		tlm_opts+=("$1" "$2")
 		case "$1" in
 		--dst-addr) dst_addr=$2 ;;
 		--dst-netns) dst_netns=$2 ;;
+		--bulk-delay) [[ "$2" =~ ^[0-9]+$ ]] ||
+			{ echo "$tlm_prog: not a whole number: '$2'" >&2; exit 2; }
+			other_opt=${other_opt:-$1} ;;
 		--src-netns) ;;
 		*) other_opt=${other_opt:-$1} ;;
 		esac
