@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runtime benchmark (not a test): one region migrated by tlm-page-server -> tlm-uffd-server
-# over loopback into tlm-synth-guest processes, with the ARCHITECTURE.md page mix
+# over loopback into tlm-synth-guest processes, with the docs/ARCHITECTURE.md page mix
 # 70 % TEMPLATE, 10 % ZERO, 5 % REF, 15 % DATA, and the figures printed side by side with
 # their targets. Everything is measured in this one run, so ratios compare like with like
 # on a shared, noisy machine.

@@ -9,7 +9,8 @@
 #   --mem MiB     guest RAM (default 256; the workload fills a quarter of it)
 #   --clones N    how many clones (default 3)
 #   --keep        leave the VMs running afterwards (in $TLM_RUN_DIR, default
-#                 /dev/shm/tlm-demo/run; stop them with qemu-glue/vm.py stop NAME)
+#                 /dev/shm/tlm-demo/run; stop them with TLM_RUN_DIR=/dev/shm/tlm-demo/run
+#                 PYTHONPATH=qemu-glue python3 -m tlm_qemu.vm stop NAME)
 #
 # The "hosts" are two run directories on this machine and the link is loopback; for
 # emulated hosts with a shaped link see scripts/bench-migrate.sh.
@@ -70,4 +71,4 @@ echo "== the same VMs with stock QEMU postcopy-ram (scripts/migrate-postcopy.sh 
 "$here/scripts/migrate-postcopy.sh" --mode qemu "${names[@]}" --json "$work/qemu.json"
 
 echo
-python3 "$here/qemu-glue/migrate_report.py" compare "$work/tlm.json" "$work/qemu.json"
+tlm_py report compare "$work/tlm.json" "$work/qemu.json"

@@ -4,7 +4,7 @@
 #   scripts/migrate-postcopy.sh --mode qemu|tlm [options] VM...
 #
 #   VM                 a VM name of the run dir ($TLM_RUN_DIR, default /dev/shm/tlm/run),
-#                      its run directory, or its QMP socket (started by qemu-glue/vm.py)
+#                      its run directory, or its QMP socket (started by tlm_qemu.vm)
 #   --mode qemu        stock QEMU postcopy-ram: the whole RAM goes through QEMU's stream
 #   --mode tlm         QEMU moves the device state only (x-ignore-shared), tlm moves the RAM
 #                      post-copy: tlm-page-server at the source, tlm-uffd-server at the
@@ -34,6 +34,17 @@
 #   --src-netns NS, --dst-netns NS
 #                      run the source / destination side in these network namespaces
 #                      (emulated hosts; the source VMs must already run in --src-netns)
+#   --bulk-delay MS    the page server starts its background DATA stream MS ms after the
+#                      freeze (tlm-page-server --bulk-delay; a page server restarted after
+#                      a crash streams at once): until then DATA pages move on demand only
+#   --after-switch CMD test hook: run `sh -c CMD` once every destination runs on its faults,
+#                      before the wait for completion (its output goes to stderr; a non-zero
+#                      exit fails the migration). Its environment names the daemons:
+#                      TLM_PAGE_SERVER_PID, TLM_PAGE_SERVER_CTL, TLM_UFFD_SERVER_PID (empty
+#                      with --dst-ctl), TLM_UFFD_SERVER_CTL, and TLM_MIGRATE_WORK (work
+#                      directory), TLM_MIGRATE_VMS (VM names). A daemon it kills is
+#                      restarted after it. With --bulk-delay longer than the hook takes,
+#                      pages are still missing while it runs (tests/qemu/qemu_tlm_faults.sh)
 # qemu and precopy modes take --dst-addr and --dst-netns (the destination QEMU runs there
 # and listens on --dst-addr; --src-netns is accepted and unused: the source QEMU connects).
 #
@@ -70,13 +81,16 @@ dst_netns=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-port|--dst-port|\
-	--src-reach|\
+	--src-reach|--after-switch|--bulk-delay|\
 	--src-netns|--dst-netns)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
 		tlm_opts+=("$1" "$2")
 		case "$1" in
 		--dst-addr) dst_addr=$2 ;;
 		--dst-netns) dst_netns=$2 ;;
+		--bulk-delay) [[ "$2" =~ ^[0-9]+$ ]] ||
+			{ echo "$tlm_prog: not a whole number: '$2'" >&2; exit 2; }
+			other_opt=${other_opt:-$1} ;;
 		--src-netns) ;;
 		*) other_opt=${other_opt:-$1} ;;
 		esac
@@ -108,7 +122,7 @@ for n in "$precopy_s" "$bandwidth_mib" "$timeout_s"; do
 done
 [ ${#vms[@]} -gt 0 ] || { echo "$tlm_prog: no VM given (try --help)" >&2; exit 2; }
 
-# ---- tlm mode: qemu-glue/migrate_tlm.py runs it (the order of its steps is documented there)
+# ---- tlm mode: qemu-glue/tlm_qemu/migrate.py runs it (the order of its steps is documented there)
 migrate_tlm() {
 	local bin=${TLM_BIN_DIR:-$tlm_root/build/runtime} glue=${TLM_GLUE:-$tlm_root/build/qemu-glue/libtlm-glue.so}
 	local work rc=0 args=()
@@ -120,7 +134,7 @@ migrate_tlm() {
 	[ -z "$json_out" ] || args+=(--json "$json_out")
 	[ -z "$trace" ] || args+=(--trace "$trace")
 	work=$(mktemp -d "${TMPDIR:-/tmp}/tlm-migrate.XXXXXX")
-	python3 "$tlm_root/qemu-glue/migrate_tlm.py" --work "$work" --bin-dir "$bin" \
+	tlm_py migrate --work "$work" --bin-dir "$bin" \
 		--glue "$glue" --timeout "$timeout_s" ${tlm_opts[@]+"${tlm_opts[@]}"} \
 		${args[@]+"${args[@]}"} "${vms[@]}" || rc=$?
 	[ -e "$work/.keep" ] || rm -rf "$work"
@@ -165,7 +179,7 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 # x-ignore-shared off: a clone started from a template has it on, and QEMU refuses it
-# together with postcopy-ram (ARCHITECTURE.md fact 4); stock postcopy moves all RAM.
+# together with postcopy-ram (docs/ARCHITECTURE.md F4); stock postcopy moves all RAM.
 caps_json() {
 	local caps='{"capability":"x-ignore-shared","state":false}'
 
@@ -200,7 +214,7 @@ prepare() {
 }
 
 # With --precopy 0 the switch request follows `migrate` in the same QMP session: over
-# loopback a 256 MiB guest can finish precopy before a second qmp.py call even starts.
+# loopback a 256 MiB guest can finish precopy before a second tlm_qmp call even starts.
 start_migration() {
 	local i=$1 port uri
 
@@ -284,16 +298,16 @@ finish() {
 	phases[$i]="done"
 }
 
-# The guest's checksum after equals the one before (vm.py sum-check says what differs).
+# The guest's checksum after equals the one before (tlm_vm sum-check says what differs).
 check_sum() {
 	local why
 
 	why=$(tlm_vm sum-check "${sums[$1]}" "$(cat "$work/$1.sum")" 2>&1) ||
-		tlm_die "${names[$1]}: ${why#vm.py: error: }"
+		tlm_die "${names[$1]}: ${why#tlm_qemu.vm: error: }"
 }
 
 report() {
-	python3 "$tlm_root/qemu-glue/migrate_report.py" "$mode" "$work" "$json_out" "${names[@]}"
+	tlm_py report "$mode" "$work" "$json_out" "${names[@]}"
 }
 
 for i in "${!vms[@]}"; do prepare "$i"; done

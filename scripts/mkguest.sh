@@ -7,7 +7,7 @@
 #   --out DIR      build directory (default build/guest/)
 #   --flavour F    kernel flavour: cloud (default, fewer drivers, boots faster) or standard
 #   --new-kernel   look for a newer linux-image-6.1.0-* package even if one is cached
-#   --no-probe     do not run the KVM/TCG probe (qemu-glue/vm.py probe-accel)
+#   --no-probe     do not run the KVM/TCG probe (tlm_qemu.vm probe-accel)
 #
 # Produces DIR/vmlinuz, DIR/initrd.gz, DIR/memload, DIR/accel (probe result).
 # Idempotent: each step is skipped when its inputs (recorded in DIR/*.stamp) are unchanged;

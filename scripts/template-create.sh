@@ -14,7 +14,7 @@
 #   ram          the guest RAM = the template pages (memory-backend-file, share=on)
 #   ram.tlmi     the tlm index, when tlm-template is built ($TLM_BIN_DIR or build/runtime)
 #   state        QEMU device state (a migration stream with x-ignore-shared: no guest RAM)
-#   vm.json      the machine configuration clones must use (vm.py start --like)
+#   vm.json      the machine configuration clones must use (tlm_qemu.vm start --like)
 #   template.json  what was made: sizes, the guest checksum at save time, timings
 # Clones start from it with scripts/clone-start.sh.
 set -euo pipefail

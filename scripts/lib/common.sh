@@ -3,8 +3,9 @@
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 #
-# Defines: tlm_root, tlm_die, tlm_log, tlm_usage, tlm_need_packages, tlm_py (python3 with the
-# QMP/VM helpers), TLM_RUN_DIR (where running VMs live), TLM_GUEST_DIR (guest images).
+# Defines: tlm_root, tlm_die, tlm_log, tlm_usage, tlm_need_packages, TLM_RUN_DIR (where
+# running VMs live), TLM_GUEST_DIR (guest images), and from lib/py.sh tlm_py, tlm_vm,
+# tlm_qmp (python3 -m tlm_qemu.MODULE: the VM, QMP, migration and report helpers).
 
 tlm_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 : "${TLM_RUN_DIR:=/dev/shm/tlm/run}"
@@ -49,11 +50,6 @@ tlm_need_packages() {
 	} || tlm_die "apt-get install ${missing[*]} failed"
 }
 
-# The VM and QMP helpers (qemu-glue/vm.py, qemu-glue/qmp.py).
-tlm_vm() {
-	python3 "$tlm_root/qemu-glue/vm.py" "$@"
-}
-
-tlm_qmp() {
-	python3 "$tlm_root/qemu-glue/qmp.py" "$@"
-}
+# The VM, QMP, migration and report helpers (the package qemu-glue/tlm_qemu).
+# shellcheck source=py.sh
+. "$tlm_root/scripts/lib/py.sh"

@@ -2,12 +2,22 @@
 # Shared part of the QEMU tests (sourced). Skips (exit 77, reason on stdout) when QEMU is
 # missing or the guest cannot be built; gives each test its own run directory and stops
 # every VM left in it on exit.
+#
+# TLM_REQUIRE (comma-separated kinds, e.g. "uffd,qemu"): if it names qemu, a test that
+# would skip fails instead (exit 1, "FAIL NAME: required qemu unavailable: REASON" on
+# stderr), so that CI, where QEMU must be there, never counts a missing QEMU as a pass.
 set -euo pipefail
 
 root=${TLM_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 name=$(basename "$0" .sh)
 
 skip() {
+	local req=",${TLM_REQUIRE:-},"
+
+	if [[ "${req//[[:space:]]/}" == *,qemu,* ]]; then
+		echo "FAIL $name: required qemu unavailable: $*" >&2
+		exit 1
+	fi
 	echo "SKIP $name: $*"
 	exit 77
 }
@@ -21,12 +31,15 @@ step() {
 	echo "== $name: $*"
 }
 
+# shellcheck source=../../scripts/lib/py.sh
+. "$root/scripts/lib/py.sh"
+
 vm() {
-	python3 "$root/qemu-glue/vm.py" "$@"
+	tlm_vm "$@"
 }
 
 qmp() {
-	python3 "$root/qemu-glue/qmp.py" "$@"
+	tlm_qmp "$@"
 }
 
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not installed"

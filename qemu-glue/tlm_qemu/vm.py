@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""vm.py — launch and drive tlm's test guests (QEMU + the memload workload).
+"""tlm_qemu.vm — launch and drive tlm's test guests (QEMU + the memload workload).
 
 Each VM lives in a run directory RUN/NAME.GEN (RUN = $TLM_RUN_DIR, default
 /dev/shm/tlm/run) holding:
@@ -12,21 +11,24 @@ to it and flips the link once the destination runs (socket paths are never reuse
 A VM is named by NAME, by its directory, or by any file in that directory (qmp.sock).
 
 Guest RAM is always `-object memory-backend-file,share=on` on a named file, so that
-x-ignore-shared can leave it out of QEMU's stream and tlm can map it (ARCHITECTURE.md,
-facts 3-4, 8).
+x-ignore-shared can leave it out of QEMU's stream and tlm can map it (docs/ARCHITECTURE.md
+F3-F4, F8).
 
-    vm.py probe-accel [--force]                 kvm or tcg, probed once, cached (fact 6)
-    vm.py start NAME [--mem MiB] [--wl-mem MiB] [--seed N] [--dirty N] [--like VM]
-                [--incoming URI] [--ram-file F] [--ram-copy-from F] [--env K=V]... [--no-link]
-                [--netns NS]
-    vm.py wait-ready VM [--timeout S]           waits for the workload's READY
-    vm.py cmd VM LINE [--timeout S]             one workload command, prints the reply
-    vm.py ticks VM [--count N] [--timeout S]    waits for N new TICK lines
-    vm.py sum-check BEFORE AFTER                same guest memory after a migration?
-    vm.py wait-migration VM --until ST[,ST] [--timeout S]   polls query-migrate
-    vm.py link VM                               makes VM the current generation of its name
-    vm.py stop VM [--keep] [--timeout S]        quit (then SIGKILL), remove its directory
-    vm.py pss VM | info VM [--get FIELD] | list
+Run as `python3 -m tlm_qemu.vm` with qemu-glue on PYTHONPATH (the scripts' tlm_vm, from
+scripts/lib/py.sh, does both); below, `vm` stands for that command.
+
+    vm probe-accel [--force]      kvm or tcg, probed once, cached (docs/ARCHITECTURE.md F6)
+    vm start NAME [--mem MiB] [--wl-mem MiB] [--seed N] [--dirty N] [--like VM]
+             [--incoming URI] [--ram-file F] [--ram-copy-from F] [--env K=V]... [--no-link]
+             [--netns NS]
+    vm wait-ready VM [--timeout S]              waits for the workload's READY
+    vm cmd VM LINE [--timeout S]                one workload command, prints the reply
+    vm ticks VM [--count N] [--timeout S]       waits for N new TICK lines
+    vm sum-check BEFORE AFTER                   same guest memory after a migration?
+    vm wait-migration VM --until ST[,ST] [--timeout S]      polls query-migrate
+    vm link VM                                  makes VM the current generation of its name
+    vm stop VM [--keep] [--timeout S]           quit (then SIGKILL), remove its directory
+    vm pss VM | info VM [--get FIELD] | list
 Exit status: 0 success, 1 failure (one line on stderr says what), 2 usage.
 """
 
@@ -40,11 +42,10 @@ import subprocess
 import sys
 import time
 
-sys.dont_write_bytecode = True     # no __pycache__ in the source tree
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qmp import QMP, QMPError, QMPConnectionError, get_field  # noqa: E402
+from .qmp import QMP, QMPError, QMPConnectionError, get_field
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROG = "tlm_qemu.vm"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QEMU = os.environ.get("TLM_QEMU", "qemu-system-x86_64")
 KVM_PROBE_SECONDS = 8
 
@@ -161,7 +162,7 @@ def probe_accel(gdir, force=False, quiet=False):
         f.write("\n")
     os.replace(cache + ".tmp", cache)
     if not quiet:
-        print(f"vm.py: accelerator: {res['accel']} ({res['reason']})", file=sys.stderr)
+        print(f"{PROG}: accelerator: {res['accel']} ({res['reason']})", file=sys.stderr)
     return res
 
 
@@ -582,7 +583,7 @@ def cmd_wait_ready(opt):
 
 
 def parser():
-    ap = argparse.ArgumentParser(prog="vm.py", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("probe-accel", help="decide kvm or tcg (cached in the guest dir)")
@@ -651,7 +652,7 @@ def main(argv):
     opt = parser().parse_args(argv)
     if opt.cmd == "probe-accel":
         res = probe_accel(opt.guest_dir or guest_dir(), opt.force, quiet=True)
-        print(f"vm.py: accelerator: {res['accel']} ({res['reason']})", file=sys.stderr)
+        print(f"{PROG}: accelerator: {res['accel']} ({res['reason']})", file=sys.stderr)
         print(res["accel"])
     elif opt.cmd == "start":
         cmd_start(opt)
@@ -690,8 +691,8 @@ if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
     except (VMError, QMPError, QMPConnectionError) as e:
-        print(f"vm.py: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyError as e:
-        print(f"vm.py: error: no field {e}", file=sys.stderr)
+        print(f"{PROG}: error: no field {e}", file=sys.stderr)
         sys.exit(1)

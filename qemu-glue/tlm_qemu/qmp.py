@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
-"""qmp.py — a small QMP (QEMU Machine Protocol) client, Python 3 standard library only.
+"""tlm_qemu.qmp — a small QMP (QEMU Machine Protocol) client, Python 3 standard library only.
 
 Library use:
 
-    from qmp import QMP, QMPError
+    from tlm_qemu.qmp import QMP, QMPError
     with QMP("/run/vm/qmp.sock", timeout=10) as q:       # connects, negotiates
         q.execute("stop")
         info = q.execute("query-migrate")                 # the "return" value
@@ -11,15 +10,16 @@ Library use:
         ev = q.wait_event("MIGRATION", timeout=60,
                           match=lambda e: e["data"]["status"] == "completed")
 
-Command line (used by the shell scripts; prints the result as JSON):
+Command line (used by the shell scripts; prints the result as JSON; PYTHONPATH=qemu-glue,
+scripts/lib/py.sh's tlm_py sets it):
 
-    qmp.py [--timeout S] [--get FIELD] SOCK COMMAND [JSON-ARGS]
-    qmp.py [--timeout S] --batch SOCK < COMMANDS
-    qmp.py SOCK query-migrate --get ram.transferred      # one field, dotted path
-    qmp.py SOCK migrate-set-capabilities \\
+    python3 -m tlm_qemu.qmp [--timeout S] [--get FIELD] SOCK COMMAND [JSON-ARGS]
+    python3 -m tlm_qemu.qmp [--timeout S] --batch SOCK < COMMANDS
+    python3 -m tlm_qemu.qmp SOCK query-migrate --get ram.transferred      # one field, dotted path
+    python3 -m tlm_qemu.qmp SOCK migrate-set-capabilities \\
         '{"capabilities": [{"capability": "postcopy-ram", "state": true}]}'
     printf '%s\\n' 'migrate {"uri": "tcp:127.0.0.1:4444"}' migrate-start-postcopy |
-        qmp.py --batch SOCK       # one session, one command per line, back to back
+        python3 -m tlm_qemu.qmp --batch SOCK     # one session, one command per line, back to back
 
 Exit status: 0 success, 1 QEMU answered with an error (its class and description are
 printed) or --get names a missing field, 2 usage error, 3 cannot connect, timeout or
@@ -38,6 +38,8 @@ import json
 import socket
 import sys
 import time
+
+PROG = "tlm_qemu.qmp"
 
 
 class QMPError(Exception):
@@ -198,7 +200,7 @@ def parse_cmd(line):
 
 def main(argv):
     ap = argparse.ArgumentParser(
-        prog="qmp.py", description="Run one QMP command and print its result as JSON.")
+        prog=PROG, description="Run one QMP command and print its result as JSON.")
     ap.add_argument("--timeout", type=float, default=10.0,
                     help="seconds to wait for the socket and the reply (default 10)")
     ap.add_argument("--get", metavar="FIELD",
@@ -226,10 +228,10 @@ def main(argv):
                 if opt.batch:
                     print(json.dumps(results[-1]), flush=True)
     except QMPError as e:
-        print(f"qmp.py: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     except QMPConnectionError as e:
-        print(f"qmp.py: {cmds[len(results)][0]}: {e}", file=sys.stderr)
+        print(f"{PROG}: {cmds[len(results)][0]}: {e}", file=sys.stderr)
         return 3
     if opt.batch:
         return 0
@@ -238,7 +240,7 @@ def main(argv):
         try:
             result = get_field(result, opt.get)
         except (KeyError, IndexError, ValueError):
-            print(f"qmp.py: {opt.command}: the result has no field '{opt.get}'",
+            print(f"{PROG}: {opt.command}: the result has no field '{opt.get}'",
                   file=sys.stderr)
             return 1
         if not isinstance(result, (dict, list)):

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
-"""migrate_tlm.py — post-copy migration of running test VMs through tlm (the `--mode tlm`
+"""tlm_qemu.migrate — post-copy migration of running test VMs through tlm (the `--mode tlm`
 of scripts/migrate-postcopy.sh; see its --help for the user-facing options).
 
 QEMU moves the device state only (x-ignore-shared leaves the share=on RAM file out of its
-stream; QEMU refuses postcopy-ram together with it, ARCHITECTURE.md fact 4) and tlm moves
+stream; QEMU refuses postcopy-ram together with it, docs/ARCHITECTURE.md F4) and tlm moves
 the guest RAM: tlm-page-server reads it at the source, tlm-uffd-server fills the
 destination QEMU's RAM through the userfaultfd that libtlm-glue.so hands over.
 
@@ -16,6 +15,7 @@ Per VM, in this order (the order is what keeps the guest's memory right):
   3. switch-over: QMP `stop` on the source, `freeze` (classification), device state over
      QEMU's migration stream, `cont` on the destination: the guest runs there at once and
      its RAM arrives on demand and in the background;
+     then, once for all VMs, the --after-switch hook (a test's fault injection point);
   4. every page present (the daemon's region phase "complete"): guest checks, the source
      QEMU is shut down, the destination becomes the VM's current generation.
 A failure before the destination runs stops it and lets the source run on (its RAM was
@@ -33,13 +33,13 @@ import subprocess
 import sys
 import time
 
-sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import migrate_report                  # noqa: E402
-import vm as V                         # noqa: E402
-from qmp import QMP, QMPError, QMPConnectionError  # noqa: E402
+from . import report
+from . import vm as V
+from .qmp import QMP, QMPError, QMPConnectionError
 
 POLL_S = 0.05
+# where `python3 -m tlm_qemu.vm` finds the package (the destination QEMU's starter)
+PKG_PATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_RESTARTS = 3
 REANNOUNCE_S = 15
 
@@ -134,6 +134,12 @@ class Daemon:
                                f"{self.tail()}") from None
             time.sleep(POLL_S)
 
+    def drop_option(self, opt):
+        """Leave `opt VALUE` out of the command line of later restarts."""
+        if opt in self.argv:
+            i = self.argv.index(opt)
+            del self.argv[i:i + 2]
+
     def port(self):
         with open(self.out) as f:
             for line in f:
@@ -206,16 +212,18 @@ class Mig:
                "TLM_REGION_FILE": "{dir}/region"}
         if self.tmpl_dst:
             env["TLM_TEMPLATE"] = self.tmpl_dst
-        argv = [sys.executable, os.path.join(V.ROOT, "qemu-glue", "vm.py"), "start",
+        argv = [sys.executable, "-m", "tlm_qemu.vm", "start",
                 self.name, "--like", self.src["dir"], "--incoming", "defer", "--no-link"]
         if self.opt.dst_netns:
             argv += ["--netns", self.opt.dst_netns]
         for k, v in env.items():
             argv += ["--env", f"{k}={v}"]
-        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                               filter(None, (PKG_PATH, os.environ.get("PYTHONPATH"))))))
         if r.returncode:
             raise Fail(f"{self.name}: the destination QEMU did not start: "
-                       f"{r.stderr.strip().removeprefix('vm.py: error: ')}")
+                       f"{r.stderr.strip().removeprefix(V.PROG + ': error: ')}")
         self.dst = V.resolve(r.stdout.strip())
         self.phase = "prepared"
 
@@ -369,9 +377,12 @@ class Run:
             "--log-level", self.opt.log_level]
         for m in self.migs:
             argv += ["--region", m.spec]
+        if self.opt.bulk_delay is not None:
+            argv += ["--bulk-delay", str(self.opt.bulk_delay)]
         self.ps = Daemon("tlm-page-server", argv, self.work,
                          os.path.join(self.work, "src", "ctl.sock"))
         self.ps.wait_ready()
+        self.ps.drop_option("--bulk-delay")     # a restarted page server streams at once
         listen = f"{self.opt.src_addr}:{self.ps.port()}"
         self.ps.argv[self.ps.argv.index("--listen") + 1] = listen   # same port on restart
         self.source = self.opt.src_reach or listen
@@ -423,6 +434,36 @@ class Run:
             if trace:
                 trace.close()
 
+    def after_switch(self):
+        """--after-switch CMD: run `sh -c CMD` once every destination runs on its faults
+        and before any completion is looked at (the caller's fault injection point), its
+        stdout to our stderr. It gets the daemons in its environment (TLM_PAGE_SERVER_PID,
+        TLM_PAGE_SERVER_CTL, TLM_UFFD_SERVER_PID (empty: not ours), TLM_UFFD_SERVER_CTL),
+        the work directory (TLM_MIGRATE_WORK) and the VM names (TLM_MIGRATE_VMS). Pages
+        are still missing while it runs if the page server holds its background stream
+        (--bulk-delay) and the hook ends within the hold. A daemon it kills is restarted
+        afterwards; a non-zero exit fails the migration (both sides left as they are)."""
+        if not self.opt.after_switch:
+            return
+        env = dict(os.environ, TLM_MIGRATE_WORK=self.work,
+                   TLM_MIGRATE_VMS=" ".join(m.name for m in self.migs),
+                   TLM_PAGE_SERVER_PID=str(self.ps.p.pid), TLM_PAGE_SERVER_CTL=self.ps.ctl,
+                   TLM_UFFD_SERVER_PID=str(self.ud.p.pid) if self.ud else "",
+                   TLM_UFFD_SERVER_CTL=self.dst_ctl)
+        try:
+            r = subprocess.run(["/bin/sh", "-c", self.opt.after_switch], env=env,
+                               stdin=subprocess.DEVNULL, stdout=sys.stderr)
+        except OSError as e:
+            raise Fail(f"--after-switch: {e}") from None
+        if r.returncode:
+            raise Fail(f"the --after-switch command exited with status {r.returncode}")
+        if self.opt.bulk_delay is not None:
+            held_ms = (time.time() - min(m.t["freeze"] for m in self.migs)) * 1000
+            if held_ms >= self.opt.bulk_delay:
+                log(f"warning: the --after-switch command ended {held_ms:.0f} ms after the "
+                    f"first freeze, past --bulk-delay {self.opt.bulk_delay}: the background "
+                    "stream may have run during it")
+
     def watch_daemons(self):
         """Restart a daemon of this run that died; True if one did."""
         dead = [d for d in (self.ps, self.ud) if d and d.p.poll() is not None]
@@ -444,6 +485,7 @@ class Run:
             m.stop_source()
             m.switch(self.ps.ctl)
             m.resume_dst()
+        self.after_switch()
         self.wait_complete()
         self.each(Mig.finish)
 
@@ -487,7 +529,7 @@ def tlm_row(m):
 
 
 def parser():
-    ap = argparse.ArgumentParser(prog="migrate_tlm.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="tlm_qemu.migrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("vms", nargs="+", metavar="VM")
     ap.add_argument("--work", required=True, help="work directory (keys, sockets, logs)")
     ap.add_argument("--key", help="pre-shared key file (0600); default: a new random key")
@@ -509,6 +551,12 @@ def parser():
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--glue", required=True)
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--after-switch", metavar="CMD",
+                    help="shell command run once every destination runs, before the "
+                         "completion wait (see Run.after_switch)")
+    ap.add_argument("--bulk-delay", type=int, metavar="MS",
+                    help="tlm-page-server --bulk-delay: the background DATA stream starts "
+                         "MS ms after freeze (not after a page-server restart)")
     return ap
 
 
@@ -531,7 +579,7 @@ def main(argv):
     rows = [tlm_row(m) for m in run.migs]
     t0 = min(m.t["stop"] for m in run.migs)
     t1 = max(m.t["complete"] for m in run.migs)
-    migrate_report.emit("tlm", rows, t1 - t0, opt.json)
+    report.emit("tlm", rows, t1 - t0, opt.json)
     return 0
 
 

@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""migrate_report.py — the report of scripts/migrate-postcopy.sh, the same for every mode
+"""tlm_qemu.report — the report of scripts/migrate-postcopy.sh, the same for every mode
 (tlm, qemu = stock postcopy-ram, precopy), so that runs compare field by field.
 
 Per VM, one row (also the JSON of --json):
@@ -16,8 +15,9 @@ Per VM, one row (also the JSON of --json):
                           QEMU has gone
   checksum                the guest's memory checksum, compared before/after
 
-    migrate_report.py compare RUN.json RUN.json...    a table of the same VMs in several modes
-    migrate_report.py qemu WORKDIR JSON_OUT NAME...   (the bash qemu/precopy mode's files)
+    python3 -m tlm_qemu.report compare RUN.json RUN.json...   a table of the same VMs in
+                                                              several modes
+    python3 -m tlm_qemu.report qemu WORKDIR JSON_OUT NAME...  (the bash qemu/precopy mode)
 """
 
 import json

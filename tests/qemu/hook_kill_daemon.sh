@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The --after-switch hook of qemu_tlm_faults.sh (not a test by itself):
+#
+#   migrate-postcopy.sh --mode tlm VM --bulk-delay MS \
+#       --after-switch "bash tests/qemu/hook_kill_daemon.sh DAEMON TLMCTL"
+#
+# SIGKILLs DAEMON (tlm-page-server | tlm-uffd-server: TLM_*_PID from migrate-postcopy.sh)
+# and proves that not every page of the VM (TLM_MIGRATE_VMS, one) was present at the
+# destination at that moment:
+#   - before the kill, the page server has sent no DATA page on its background stream
+#     (--bulk-delay holds it): DATA pages have moved only as the guest demanded them;
+#   - once the daemon is dead (its sockets closed), the survivor counts fewer pages than
+#     the VM has: tlm-uffd-server fewer present pages, and not "complete" (it can get no
+#     more from a dead page server); the page server fewer DATA pages sent (an upper bound
+#     of what the dead tlm-uffd-server received).
+# Prints "hook: killed DAEMON ..." with the counts; "HOOK FAIL: why" and exit 1 if a proof
+# does not hold (the migration then fails, and the test says why).
+set -euo pipefail
+daemon=$1 tlmctl=$2
+
+no() {			# stderr: also from within $(...)
+	echo "HOOK FAIL: $*" >&2
+	exit 1
+}
+
+# The VM's region at control socket CTL: page server "DATA BULK URGENT" (DATA pages, sent
+# on the background stream, sent on demand), tlm-uffd-server "PRESENT TOTAL PHASE".
+stats() {
+	local out
+
+	out=$("$tlmctl" -s "$1" stats) || no "no stats from $1"
+	python3 -c 'import json, sys
+r = [r for r in json.load(sys.stdin)["regions"] if r["id"] == sys.argv[1]][0]
+print(*([r["pages"]["data"], r["data_sent_bulk"], r["data_sent_urgent"]]
+        if "data_sent_bulk" in r else [r["pages"]["present"], r["pages"]["total"], r["phase"]]))
+' "$TLM_MIGRATE_VMS" <<< "$out" || no "no region $TLM_MIGRATE_VMS in the stats of $1"
+}
+
+# SIGKILL PID and return once it is dead: gone, or a zombie (migrate-postcopy.sh reaps it
+# after the hook), so its sockets are closed and it sends or receives nothing more.
+kill9() {
+	local i st
+
+	kill -9 "$1"
+	for i in $(seq 3000); do
+		st=$(sed -E 's/.*\) (.).*/\1/' "/proc/$1/stat" 2>/dev/null) || return 0
+		[ "$st" != Z ] || return 0
+		sleep 0.01
+	done
+	no "pid $1 still alive $((i / 100)) s after SIGKILL"
+}
+
+s=$(stats "$TLM_PAGE_SERVER_CTL")
+read -r data bulk urgent <<< "$s"
+[ "$bulk" = 0 ] || no "the background stream runs already ($bulk DATA pages sent on it)"
+case $daemon in
+tlm-page-server)
+	kill9 "$TLM_PAGE_SERVER_PID"
+	s=$(stats "$TLM_UFFD_SERVER_CTL")
+	read -r present total phase <<< "$s"
+	echo "hook: killed tlm-page-server after it sent $urgent of $data DATA pages (demand" \
+		"only); destination: $present of $total pages present, $phase"
+	if [ "$phase" = complete ] || [ "$present" -ge "$total" ]; then
+		no "the destination was complete"
+	fi ;;
+tlm-uffd-server)
+	kill9 "$TLM_UFFD_SERVER_PID"
+	s=$(stats "$TLM_PAGE_SERVER_CTL")
+	read -r data bulk urgent <<< "$s"
+	echo "hook: killed tlm-uffd-server; the page server had sent $((bulk + urgent)) of" \
+		"$data DATA pages ($bulk on the background stream)"
+	[ $((bulk + urgent)) -lt "$data" ] || no "every DATA page was sent" ;;
+*)
+	no "unknown daemon '$daemon'" ;;
+esac
