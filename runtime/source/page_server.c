@@ -14,7 +14,7 @@
 static const char usage[] =
 "usage: tlm-page-server --listen HOST:PORT --key KEYFILE --ctl CTLSOCK\n"
 "                       [--region SPEC]... [--log-level L] [--bulk-delay MS]\n"
-"                       [--bulk-ahead SIZE]\n"
+"                       [--bulk-ahead SIZE] [--bulk-hold]\n"
 "\n"
 "Source side of a tlm post-copy migration: serves guest RAM regions to the destination's\n"
 "tlm-uffd-server. Nothing of a region is read before `freeze`; then every page is\n"
@@ -31,6 +31,9 @@ static const char usage[] =
 "  --bulk-delay MS     start the background DATA stream MS ms after freeze (the class\n"
 "                      map goes at once): until then DATA pages move only on demand\n"
 "                      (benchmarks measure demand latency without background load)\n"
+"  --bulk-hold         hold the background DATA stream after freeze until the control\n"
+"                      command bulk-release (tests make a fault happen while pages are\n"
+"                      certainly still missing)\n"
 "  --bulk-ahead SIZE   a demand for a DATA page already queued on the background stream\n"
 "                      is left to that copy while at most SIZE bytes of the stream are\n"
 "                      ahead of it (k/M/G; default 8M, 0 = always answer on urgent):\n"
@@ -56,6 +59,8 @@ static const char usage[] =
 "                      stream ms (freeze to the first DONE)\n"
 "  freeze ID|all       the source VM is stopped: classify now (the reply comes after\n"
 "                      classification) and start serving\n"
+"  bulk-hold ID|all    as --bulk-hold, for these regions (before or after freeze)\n"
+"  bulk-release ID|all the held DATA stream starts\n"
 "  add-region SPEC     add a region at run time\n"
 "  shutdown            exit cleanly (as on SIGTERM/SIGINT)\n"
 "\n"
@@ -94,6 +99,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "log-level", required_argument, NULL, 'L' }, { "help", no_argument, NULL, 'h' },
 		{ "bulk-delay", required_argument, NULL, 'D' },
 		{ "bulk-ahead", required_argument, NULL, 'A' },
+		{ "bulk-hold", no_argument, NULL, 'H' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -110,6 +116,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'k': o->c.key = optarg; break;
 		case 'c': o->c.ctl = optarg; break;
 		case 'r': o->c.regions[o->c.nregions++] = optarg; break;
+		case 'H': o->c.bulk_hold = true; break;
 		case 'h': fputs(usage, stdout); exit(0);
 		case 'D': case 'A':
 			if (parse_bulk_opt(c, optarg, o) < 0)

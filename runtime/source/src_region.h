@@ -76,6 +76,7 @@ struct tlm_src_region {
 	char id[TLM_PROTO_VMID_MAX + 1];
 	enum tlm_src_kind kind;
 	enum tlm_src_phase phase;
+	bool bulk_hold;              /* --bulk-hold: no DATA on bulk until `bulk-release` */
 	uint64_t size, page_count;
 
 	char path[PATH_MAX];         /* file source */

@@ -57,6 +57,7 @@ static int region_add(struct tlm_ps *ps, const char *spec, char *err, size_t err
 	while (*pp)
 		pp = &(*pp)->next;
 	*pp = r;
+	r->bulk_hold = ps->bulk_hold;
 	log_info("%s: %s source, %llu pages, template %s", r->id, tlm_src_kind_name(r->kind),
 		 (unsigned long long)r->page_count, r->tmpl ? r->tmpl_path : "none");
 	return 0;
@@ -71,6 +72,7 @@ static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 	tlm_json_obj_begin(j, NULL);
 	tlm_json_str(j, "id", r->id);
 	tlm_json_str(j, "state", tlm_src_phase_name(r->phase));
+	tlm_json_bool(j, "bulk_held", r->bulk_hold);
 	tlm_json_str(j, "source", tlm_src_kind_name(r->kind));
 	if (r->kind == TLM_SRC_FILE) {
 		tlm_json_str(j, "path", r->path);
@@ -197,6 +199,30 @@ static void cmd_freeze(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply
 	tlm_sbuf_fini(&ok);
 }
 
+/* `bulk-hold ID|all` / `bulk-release ID|all`: hold a region's DATA stream after freeze
+ * (the class map still goes, demands are answered) or let it start now. With 'all' the
+ * choice also applies to regions added later. */
+static void cmd_bulk(struct tlm_ps *ps, const char *id, bool hold, struct tlm_sbuf *reply)
+{
+	struct tlm_src_region *only = NULL;
+
+	if (!id || (strcmp(id, "all") != 0 && !(only = region_by_id(ps, id)))) {
+		tlm_sbuf_printf(reply, "error: bulk-%s needs a known region id or 'all' "
+				"(got '%s')\n", hold ? "hold" : "release", id ? id : "");
+		return;
+	}
+	for (struct tlm_src_region *r = ps->regions; r; r = r->next) {
+		if (only && r != only)
+			continue;
+		r->bulk_hold = hold;
+		if (!hold && r->bulk)
+			tlm_ps_bulk_pump(r->bulk);
+	}
+	if (!only)
+		ps->bulk_hold = hold;
+	tlm_sbuf_printf(reply, "ok %s %s\n", hold ? "holding" : "released", id);
+}
+
 static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
 {
 	struct tlm_ps *ps = ctx;
@@ -209,6 +235,8 @@ static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
 		cmd_stats(ps, arg, reply);
 	} else if (strcmp(cmd, "freeze") == 0) {
 		cmd_freeze(ps, arg, reply);
+	} else if (strcmp(cmd, "bulk-hold") == 0 || strcmp(cmd, "bulk-release") == 0) {
+		cmd_bulk(ps, arg, cmd[5] == 'h', reply);
 	} else if (strcmp(cmd, "add-region") == 0) {
 		if (!arg)
 			tlm_sbuf_printf(reply, "error: add-region needs a SPEC\n");
@@ -221,7 +249,7 @@ static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
 		tlm_sbuf_printf(reply, "ok shutting down\n");
 	} else {
 		tlm_sbuf_printf(reply, "error: unknown command '%s' (stats [ID] | freeze ID|all | "
-				"add-region SPEC | shutdown)\n", cmd);
+				"bulk-hold|bulk-release ID|all | add-region SPEC | shutdown)\n", cmd);
 	}
 	return reply->len && reply->p[0] == 'e' ? -1 : 0;
 }
@@ -388,6 +416,7 @@ int tlm_ps_start(struct tlm_ps *ps, const struct tlm_ps_config *o)
 	int rc;
 
 	ps->bulk_hold_ns = o->bulk_delay_ms * 1000000ull;
+	ps->bulk_hold = o->bulk_hold;
 	ps->bulk_ahead_max = o->bulk_ahead;
 	rc = tlm_key_load(o->key, &ps->key, kerr, sizeof(kerr));
 	if (rc < 0)

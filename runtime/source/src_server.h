@@ -11,6 +11,7 @@
 #ifndef TLM_SRC_SERVER_H
 #define TLM_SRC_SERVER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "src_session.h"
@@ -20,6 +21,7 @@ struct tlm_ps_config {
 	const char **regions;               /* region SPECs (see --help) */
 	int nregions;
 	uint64_t bulk_delay_ms;             /* DATA stream starts this long after freeze */
+	bool bulk_hold;                     /* DATA stream starts at `bulk-release` */
 	uint64_t bulk_ahead;                /* see demand_rides_bulk (src_session.c) */
 };
 

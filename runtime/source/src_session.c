@@ -45,11 +45,13 @@ static bool region_serving(const struct tlm_src_region *r)
 	       r->phase == TLM_SRC_DONE;
 }
 
-/* --bulk-delay: the DATA stream has not started yet (the class map goes at once). */
+/* --bulk-delay / --bulk-hold: the DATA stream has not started yet (the class map goes at
+ * once; demands are answered on urgent meanwhile). */
 static bool bulk_held(const struct tlm_ps_sess *s)
 {
-	return s->bstate == BULK_PAGES && s->ps->bulk_hold_ns &&
-	       tlm_now_ns() < s->r->st.freeze_ns + s->ps->bulk_hold_ns;
+	return s->bstate == BULK_PAGES &&
+	       (s->r->bulk_hold || (s->ps->bulk_hold_ns &&
+				    tlm_now_ns() < s->r->st.freeze_ns + s->ps->bulk_hold_ns));
 }
 
 static void sess_set_events(struct tlm_ps_sess *s)

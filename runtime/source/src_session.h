@@ -33,6 +33,7 @@ struct tlm_ps {
 	uint64_t bulk_hold_ns;              /* --bulk-delay: DATA stream starts this long
 	                                     * after freeze (benchmarks: demand-only faults) */
 	uint64_t bulk_ahead_max;            /* --bulk-ahead: see demand_rides_bulk */
+	bool bulk_hold;                     /* --bulk-hold: new regions hold their stream */
 	bool stop;
 	/* Handshakes run in threads of their own (an unauthenticated peer must not hold
 	 * the loop); each finished one comes back as a pointer on hs_pipe. */
