@@ -4,7 +4,7 @@
 #
 #   scripts/bench-migrate.sh [--counts 1,2,4,8] [--mem MiB] [--dirty-mib MiB]
 #                            [--link lan|wan|loopback] [--modes tlm,qemu,precopy]
-#                            [--out DIR] [--quick]
+#                            [--out DIR] [--plots-dir DIR] [--quick]
 #
 #   --counts LIST    numbers of clones (default 1,2,4,8)
 #   --mem MiB        guest RAM (default 192; the workload fills a quarter of it)
@@ -16,6 +16,7 @@
 #                    no namespaces = loopback)
 #   --modes LIST     which migrations (default tlm,qemu,precopy; tlm gives the lower bound)
 #   --out DIR        results directory (default build/bench-results/<link>-<date>)
+#   --plots-dir DIR  also copy the plots there (docs/img: the ones the README shows)
 #   --quick          --counts 1 --mem 160 --dirty-mib 4 (the CI smoke test)
 #
 # For every N and mode: fresh clones of the template started in the source namespace with
@@ -25,7 +26,7 @@
 # two TICKs (one per guest second) is the guest's worst stall (1 s = no stall).
 # Writes in DIR: results.csv (one row per run), results.md (the table and the ratios
 # tlm / baseline per N), bytes.png, memory.png, progress.png (gnuplot), trace.csv, runs.jsonl,
-# and logs/. Columns: see the Results section of README.md.
+# and logs/. Columns: see docs/BENCHMARKS.md.
 # TCG guests on 2 cores: N=8 at 192 MiB takes minutes per mode.
 set -euo pipefail
 # shellcheck source=lib/common.sh
@@ -39,6 +40,7 @@ dirty_mib=8
 link=wan
 modes=tlm,qemu,precopy
 out=
+plots_dir=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--counts) counts=${2:-}; shift ;;
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
 	--link) link=${2:-}; shift ;;
 	--modes) modes=${2:-}; shift ;;
 	--out) out=${2:-}; shift ;;
+	--plots-dir) plots_dir=${2:-}; shift ;;
 	--quick) counts=1 mem=160 dirty_mib=4 ;;
 	-h|--help) tlm_usage; exit 0 ;;
 	*) echo "$tlm_prog: unknown option '$1' (try --help)" >&2; exit 2 ;;
@@ -167,3 +170,11 @@ python3 "$tlm_root/scripts/lib/bench_report.py" report "$out/runs.jsonl" "$out" 
 	"$out/trace.csv"
 echo
 echo "results: $out/results.csv, $out/results.md; plots: $out/{bytes,memory,progress}.png"
+if [ -n "$plots_dir" ]; then
+	mkdir -p "$plots_dir"
+	for p in bytes memory progress; do
+		[ -e "$out/$p.png" ] && cp "$out/$p.png" "$plots_dir/bench-$p.png"
+	done
+	cp "$out/results.md" "$plots_dir/bench-results.md"
+	echo "plots copied to $plots_dir"
+fi

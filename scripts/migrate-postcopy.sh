@@ -43,8 +43,9 @@
 #                      TLM_PAGE_SERVER_PID, TLM_PAGE_SERVER_CTL, TLM_UFFD_SERVER_PID (empty
 #                      with --dst-ctl), TLM_UFFD_SERVER_CTL, and TLM_MIGRATE_WORK (work
 #                      directory), TLM_MIGRATE_VMS (VM names). A daemon it kills is
-#                      restarted after it. With --bulk-delay longer than the hook takes,
-#                      pages are still missing while it runs (tests/qemu/qemu_tlm_faults.sh)
+#                      restarted after it. The page server holds its background DATA stream
+#                      until the hook returns (tlm-page-server --bulk-hold), so pages are
+#                      still missing while it runs (tests/qemu/qemu_tlm_faults.sh)
 # qemu and precopy modes take --dst-addr and --dst-netns (the destination QEMU runs there
 # and listens on --dst-addr; --src-netns is accepted and unused: the source QEMU connects).
 #

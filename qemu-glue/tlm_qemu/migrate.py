@@ -140,6 +140,11 @@ class Daemon:
             i = self.argv.index(opt)
             del self.argv[i:i + 2]
 
+    def drop_flag(self, opt):
+        """Leave the flag `opt` out of the command line of later restarts."""
+        if opt in self.argv:
+            self.argv.remove(opt)
+
     def port(self):
         with open(self.out) as f:
             for line in f:
@@ -379,10 +384,13 @@ class Run:
             argv += ["--region", m.spec]
         if self.opt.bulk_delay is not None:
             argv += ["--bulk-delay", str(self.opt.bulk_delay)]
+        if self.opt.after_switch:   # no DATA on bulk until the hook has run (after_switch)
+            argv += ["--bulk-hold"]
         self.ps = Daemon("tlm-page-server", argv, self.work,
                          os.path.join(self.work, "src", "ctl.sock"))
         self.ps.wait_ready()
         self.ps.drop_option("--bulk-delay")     # a restarted page server streams at once
+        self.ps.drop_flag("--bulk-hold")
         listen = f"{self.opt.src_addr}:{self.ps.port()}"
         self.ps.argv[self.ps.argv.index("--listen") + 1] = listen   # same port on restart
         self.source = self.opt.src_reach or listen
@@ -440,9 +448,10 @@ class Run:
         stdout to our stderr. It gets the daemons in its environment (TLM_PAGE_SERVER_PID,
         TLM_PAGE_SERVER_CTL, TLM_UFFD_SERVER_PID (empty: not ours), TLM_UFFD_SERVER_CTL),
         the work directory (TLM_MIGRATE_WORK) and the VM names (TLM_MIGRATE_VMS). Pages
-        are still missing while it runs if the page server holds its background stream
-        (--bulk-delay) and the hook ends within the hold. A daemon it kills is restarted
-        afterwards; a non-zero exit fails the migration (both sides left as they are)."""
+        are still missing while it runs: the page server holds its background stream
+        (--bulk-hold) until the hook returns, so DATA moves only as the guest demands it.
+        A daemon it kills is restarted afterwards (a restarted page server streams at
+        once); a non-zero exit fails the migration (both sides left as they are)."""
         if not self.opt.after_switch:
             return
         env = dict(os.environ, TLM_MIGRATE_WORK=self.work,
@@ -457,12 +466,8 @@ class Run:
             raise Fail(f"--after-switch: {e}") from None
         if r.returncode:
             raise Fail(f"the --after-switch command exited with status {r.returncode}")
-        if self.opt.bulk_delay is not None:
-            held_ms = (time.time() - min(m.t["freeze"] for m in self.migs)) * 1000
-            if held_ms >= self.opt.bulk_delay:
-                log(f"warning: the --after-switch command ended {held_ms:.0f} ms after the "
-                    f"first freeze, past --bulk-delay {self.opt.bulk_delay}: the background "
-                    "stream may have run during it")
+        if self.ps.p.poll() is None:
+            ctl(self.ps.ctl, "bulk-release all")
 
     def watch_daemons(self):
         """Restart a daemon of this run that died; True if one did."""

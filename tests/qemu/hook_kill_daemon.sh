@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The --after-switch hook of qemu_tlm_faults.sh (not a test by itself):
 #
-#   migrate-postcopy.sh --mode tlm VM --bulk-delay MS \
+#   migrate-postcopy.sh --mode tlm VM \
 #       --after-switch "bash tests/qemu/hook_kill_daemon.sh DAEMON TLMCTL"
 #
 # SIGKILLs DAEMON (tlm-page-server | tlm-uffd-server: TLM_*_PID from migrate-postcopy.sh)
 # and proves that not every page of the VM (TLM_MIGRATE_VMS, one) was present at the
 # destination at that moment:
 #   - before the kill, the page server has sent no DATA page on its background stream
-#     (--bulk-delay holds it): DATA pages have moved only as the guest demanded them;
+#     (tlm-page-server --bulk-hold holds it until the hook returns): DATA pages have moved only as the guest demanded them;
 #   - once the daemon is dead (its sockets closed), the survivor counts fewer pages than
 #     the VM has: tlm-uffd-server fewer present pages, and not "complete" (it can get no
 #     more from a dead page server); the page server fewer DATA pages sent (an upper bound

@@ -17,12 +17,9 @@ echo "before: $before"
 # The kill happens at the point wanted, whatever the machine's speed: migrate-postcopy.sh
 # runs it as its --after-switch hook (hook_kill_daemon.sh), once the destination guest
 # runs on its faults and before it looks for completion, and the page server holds its
-# background stream meanwhile (--bulk-delay; a restarted page server streams at once), so
-# DATA pages move only as the guest demands them, a small part of its 192 MiB. The hook
-# proves that pages were missing at the kill, or says "HOOK FAIL". The hold only has to
-# outlast the hook (well under a second, seconds on a loaded machine); the migration waits
-# for it once, in the tlm-uffd-server run.
-hold_ms=20000
+# background stream until the hook returns (--bulk-hold; a restarted page server streams
+# at once), so DATA pages move only as the guest demands them, a small part of its
+# 192 MiB. The hook proves that pages were missing at the kill, or says "HOOK FAIL".
 tlmctl=${TLM_BIN_DIR:-$root/build/runtime}/tlmctl
 [ -x "$tlmctl" ] || fail "no $tlmctl (TLM_BIN_DIR)"
 
@@ -32,7 +29,7 @@ for daemon in tlm-page-server tlm-uffd-server; do
 	hook=$(printf 'bash %q %q %q' "$root/tests/qemu/hook_kill_daemon.sh" "$daemon" "$tlmctl")
 	rc=0
 	"$root/scripts/migrate-postcopy.sh" --mode tlm g --json "$TLM_RUN_DIR/r.json" \
-		--bulk-delay "$hold_ms" --after-switch "$hook" > "$TLM_RUN_DIR/mig.log" 2>&1 || rc=$?
+		--after-switch "$hook" > "$TLM_RUN_DIR/mig.log" 2>&1 || rc=$?
 	cat "$TLM_RUN_DIR/mig.log"
 	if grep -q "^HOOK FAIL" "$TLM_RUN_DIR/mig.log"; then
 		fail "$daemon was not killed with pages missing:" \
