@@ -41,7 +41,7 @@
  * and says it is done on job->efd; the loop then takes the sockets (dst_peer_job_event).
  */
 struct dst_connect_job {
-	struct dst_ev ev;                 /* DST_EV_CONNECT */
+	struct tlm_evsrc src;             /* efd */
 	struct dst_server *srv;
 	struct dst_region *r;             /* NULL once the region let go of it */
 	pthread_t thread;
@@ -55,12 +55,15 @@ struct dst_connect_job {
 	char err[256];
 };
 
+static void on_conn(struct tlm_evsrc *src, uint32_t events);
+
 static void conn_init(struct dst_conn *c, struct dst_region *r, uint8_t chan)
 {
 	memset(c, 0, sizeof(*c));
 	c->r = r;
 	c->c.fd = -1;
-	c->ev = (struct dst_ev){ DST_EV_CONN, c };
+	c->src = (struct tlm_evsrc){ .fd = -1, .on_event = on_conn,
+				     .prio = chan == TLM_CHAN_URGENT ? DST_PRIO_URGENT : DST_PRIO_BULK };
 	c->chan = chan;
 }
 
@@ -102,10 +105,8 @@ uint64_t dst_peer_wire_out(const struct dst_region *r)
 
 static void set_events(struct dst_conn *c, uint32_t events)
 {
-	if (!c->up || c->events == events)
-		return;
-	if (dst_watch(c->r->srv, c->c.fd, &c->ev, events, false) == 0)
-		c->events = events;
+	if (c->up)
+		tlm_evloop_mod(&c->r->srv->loop, &c->src, events);
 }
 
 /* ---- sessions ------------------------------------------------------------------------------ */
@@ -118,10 +119,9 @@ static void conn_close(struct dst_conn *c)
 		return;
 	r->st.wire_in += c->c.bytes_in;
 	r->st.wire_out += c->c.bytes_out;
-	dst_unwatch(r->srv, c->c.fd);
+	tlm_evloop_del(&r->srv->loop, &c->src);
 	tlm_conn_fini(&c->c);          /* closes the fd */
 	c->up = false;
-	c->events = 0;
 }
 
 void dst_peer_close(struct dst_region *r)
@@ -202,6 +202,8 @@ static void *job_run(void *arg)
 	return NULL;
 }
 
+static void on_job(struct tlm_evsrc *src, uint32_t events);
+
 static struct dst_connect_job *job_start(struct dst_region *r)
 {
 	struct dst_connect_job *j = calloc(1, sizeof(*j));
@@ -209,8 +211,8 @@ static struct dst_connect_job *job_start(struct dst_region *r)
 
 	if (!j)
 		return NULL;
-	*j = (struct dst_connect_job){ .ev = { DST_EV_CONNECT, j }, .srv = r->srv, .r = r,
-				       .npages = r->npages, .fd = { -1, -1 } };
+	*j = (struct dst_connect_job){ .srv = r->srv, .r = r, .npages = r->npages,
+				       .fd = { -1, -1 } };
 	snprintf(j->source, sizeof(j->source), "%s", r->source);
 	o = &j->open;
 	o->type = TLM_MSG_VM_OPEN;
@@ -219,10 +221,11 @@ static struct dst_connect_job *job_start(struct dst_region *r)
 	memcpy(o->u.vm_open.digest, r->digest, sizeof(r->digest));
 	snprintf(o->u.vm_open.vm_id, sizeof(o->u.vm_open.vm_id), "%s", r->id);
 	j->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (j->efd >= 0 && dst_watch(r->srv, j->efd, &j->ev, EPOLLIN, true) == 0) {
+	j->src = (struct tlm_evsrc){ .fd = j->efd, .on_event = on_job, .prio = DST_PRIO_OTHER };
+	if (j->efd >= 0 && tlm_evloop_add(&r->srv->loop, &j->src, EPOLLIN) == 0) {
 		if (pthread_create(&j->thread, NULL, job_run, j) == 0)
 			return j;
-		dst_unwatch(r->srv, j->efd);
+		tlm_evloop_del(&r->srv->loop, &j->src);
 	}
 	if (j->efd >= 0)
 		close(j->efd);
@@ -240,13 +243,13 @@ static int attach_session(struct dst_region *r, struct dst_conn *c, int fd)
 		close(fd);
 		return rc;
 	}
-	rc = dst_watch(r->srv, fd, &c->ev, EPOLLIN, true);
+	c->src.fd = fd;
+	rc = tlm_evloop_add(&r->srv->loop, &c->src, EPOLLIN);
 	if (rc) {
 		tlm_conn_fini(&c->c);
 		return rc;
 	}
 	c->up = true;
-	c->events = EPOLLIN;
 	return 0;
 }
 
@@ -358,10 +361,13 @@ static void job_finish(struct dst_region *r, struct dst_connect_job *j)
 	flush_backlog(r);
 }
 
-void dst_peer_job_event(struct dst_connect_job *j)
+/* The attempt's thread is done (its eventfd is readable). */
+static void on_job(struct tlm_evsrc *src, uint32_t events)
 {
+	struct dst_connect_job *j = TLM_EVSRC_OWNER(src, struct dst_connect_job, src);
+
 	pthread_join(j->thread, NULL);
-	dst_unwatch(j->srv, j->efd);
+	tlm_evloop_del(&j->srv->loop, &j->src);
 	close(j->efd);
 	if (j->r) {
 		j->r->peer.job = NULL;
@@ -597,7 +603,7 @@ static int handle_frames(struct dst_conn *c, unsigned budget)
 		if (!can_take(c))
 			return -1;
 		if (c->chan == TLM_CHAN_BULK && done && !(done % YIELD_FRAMES) &&
-		    dst_should_yield(r->srv))
+		    tlm_evloop_should_yield(&r->srv->loop))
 			return 1;
 		err[0] = '\0';
 		rc = tlm_conn_next(&c->c, &m, err, sizeof(err));
@@ -661,8 +667,9 @@ static void conn_input(struct dst_conn *c)
 	}
 }
 
-void dst_peer_event(struct dst_conn *c, uint32_t events)
+static void on_conn(struct tlm_evsrc *src, uint32_t events)
 {
+	struct dst_conn *c = TLM_EVSRC_OWNER(src, struct dst_conn, src);
 	struct dst_region *r = c->r;
 
 	if (!can_take(c))

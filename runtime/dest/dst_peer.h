@@ -25,23 +25,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "evloop.h"
 #include "tlm_proto.h"
 
 struct dst_region;
 struct dst_connect_job;
 
-/* ---- epoll tags (shared by the whole daemon) ------------------------------------------- */
-
-enum dst_ev_kind {
-	DST_EV_GLUE_LISTEN = 1, DST_EV_CTL, DST_EV_SIGNAL, DST_EV_TIMER,
-	DST_EV_GLUE, DST_EV_UFFD, DST_EV_CONN, DST_EV_CONNECT,
-};
-
-/* What an epoll entry's data.ptr points at. */
-struct dst_ev {
-	enum dst_ev_kind kind;
-	void *obj;
-};
+/* Event-loop priorities of the whole daemon: guest faults first, then demand replies,
+ * then the bulk stream, then everything else. */
+enum { DST_PRIO_UFFD = 0, DST_PRIO_URGENT, DST_PRIO_BULK, DST_PRIO_OTHER };
 
 /* ---- sessions ---------------------------------------------------------------------------- */
 
@@ -50,10 +42,9 @@ struct dst_ev {
 struct dst_conn {
 	struct dst_region *r;
 	struct tlm_conn c;               /* c.fd -1 while down */
-	struct dst_ev ev;
+	struct tlm_evsrc src;            /* c.fd in the loop while up */
 	uint8_t chan;                    /* TLM_CHAN_URGENT / TLM_CHAN_BULK */
 	bool up;
-	uint32_t events;                 /* current epoll interest */
 };
 
 struct dst_peer {
@@ -75,13 +66,11 @@ struct dst_peer {
 void dst_peer_init(struct dst_region *r);
 void dst_peer_fini(struct dst_region *r);
 /* Start opening both sessions (in a thread: connect + handshake block); when it ends,
- * dst_peer_job_event attaches them, or a retry is scheduled (or the region fails). */
+ * the loop attaches them, or a retry is scheduled (or the region fails). */
 void dst_peer_connect(struct dst_region *r);
-void dst_peer_job_event(struct dst_connect_job *j);
 /* Close both sessions (counters are added to the region's stats). */
 void dst_peer_close(struct dst_region *r);
 bool dst_peer_up(const struct dst_region *r);
-void dst_peer_event(struct dst_conn *c, uint32_t events);
 /* Demand [page, page+count) (pages already REQUESTED/PRESENT/REMOVED are skipped).
  * Without an urgent session the pages stay MISSING and are demanded after connecting. */
 void dst_peer_demand(struct dst_region *r, uint64_t page, uint32_t count);

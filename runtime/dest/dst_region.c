@@ -44,33 +44,6 @@ enum dst_how { HOW_COPY, HOW_ZERO, HOW_CONT };
 
 static int read_events(struct dst_region *r);
 
-/* ---- epoll helpers ------------------------------------------------------------------------ */
-
-int dst_watch(struct dst_server *s, int fd, struct dst_ev *ev, uint32_t events, bool add)
-{
-	struct epoll_event e = { .events = events, .data.ptr = ev };
-
-	if (epoll_ctl(s->epfd, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &e) < 0)
-		return -errno;
-	return 0;
-}
-
-/* Always before close(): another process (the glue) holds the same uffd file, so closing
- * our fd alone would leave the epoll entry alive with a dangling pointer. */
-void dst_unwatch(struct dst_server *s, int fd)
-{
-	if (fd >= 0)
-		epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL);
-}
-
-/* Background work stops early when a fault (or anything else) is waiting. */
-bool dst_should_yield(struct dst_server *s)
-{
-	struct epoll_event e;
-
-	return epoll_wait(s->epfd, &e, 1, 0) > 0;
-}
-
 const char *dst_phase_name(enum dst_phase p)
 {
 	static const char *const names[] = {
@@ -589,7 +562,8 @@ static void map_sweep(struct dst_region *r, uint64_t budget)
 		uint64_t n = left < SWEEP_CHUNK ? left : SWEEP_CHUNK;
 		int rc = 0;
 
-		if (!first && run->cls != TLM_CLASS_DATA && dst_should_yield(r->srv))
+		if (!first && run->cls != TLM_CLASS_DATA &&
+		    tlm_evloop_should_yield(&r->srv->loop))
 			break;
 		first = false;
 		if (n > budget)
@@ -1067,7 +1041,8 @@ static void release(struct dst_region *r)
 	r->released = true;
 	dst_peer_fini(r);
 	if (r->uffd.fd >= 0) {
-		dst_unwatch(r->srv, r->uffd.fd);
+		/* before close: the glue holds the same uffd file, the epoll entry would stay */
+		tlm_evloop_del(&r->srv->loop, &r->uffd_src);
 		tlm_uffd_close(&r->uffd);
 	}
 	free(r->pg);
@@ -1247,6 +1222,15 @@ static int region_tmpl_check(const struct dst_region *r, char *err, size_t errle
 	return 0;
 }
 
+/* uffd readable: unless the region is going away. */
+static void on_uffd(struct tlm_evsrc *src, uint32_t events)
+{
+	struct dst_region *r = TLM_EVSRC_OWNER(src, struct dst_region, uffd_src);
+
+	if (!r->dead && r->uffd.fd >= 0)
+		dst_region_uffd_event(r);
+}
+
 struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,
 				  const struct tlm_local_msg *m, struct tlm_tmpl *tmpl,
 				  const char *source, char *err, size_t errlen)
@@ -1274,7 +1258,7 @@ struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,
 	r->tmpl = tmpl;
 	r->tmpl_base = m->offset / PS;
 	r->uffd.fd = -1;
-	r->uffd_ev = (struct dst_ev){ DST_EV_UFFD, r };
+	r->uffd_src = (struct tlm_evsrc){ .fd = -1, .on_event = on_uffd, .prio = DST_PRIO_UFFD };
 	r->st.pages_by_class[0] = r->npages;
 	tlm_hist_init(&r->st.lat_all);
 	tlm_hist_init(&r->st.lat_local);
@@ -1356,8 +1340,9 @@ int dst_region_attach_uffd(struct dst_region *r, int fd, uint64_t features)
 		log_warn("%s: uffd without EVENT_REMOVE: pages the guest discards are not seen "
 			 "(a fault on one would only be woken)", r->id);
 	rc = tlm_set_nonblock(fd, 1);
+	r->uffd_src.fd = fd;
 	if (!rc)
-		rc = dst_watch(r->srv, fd, &r->uffd_ev, EPOLLIN, true);
+		rc = tlm_evloop_add(&r->srv->loop, &r->uffd_src, EPOLLIN);
 	if (rc < 0) {
 		dst_region_fail(r, "watching the uffd: %s", strerror(-rc));
 		tlm_uffd_close(&r->uffd);

@@ -43,7 +43,7 @@ struct tlm_json;
 /* ---- the daemon ------------------------------------------------------------------------ */
 
 struct dst_server {
-	int epfd;
+	struct tlm_evloop loop;
 	struct tlm_key key;
 	const char *default_source;      /* --source, may be NULL */
 	struct tlm_tmpl **tmpls;         /* --template files, opened at startup */
@@ -61,7 +61,7 @@ struct dst_glue {
 	struct dst_glue *next;
 	int fd;                          /* SOCK_SEQPACKET, non-blocking */
 	pid_t pid;
-	struct dst_ev ev;
+	struct tlm_evsrc src;
 	bool dead;                       /* closed: freed at the end of the loop iteration */
 };
 
@@ -140,7 +140,7 @@ struct dst_region {
 	bool minor;                       /* registered MINOR: TEMPLATE pages via CONTINUE */
 
 	struct tlm_uffd uffd;
-	struct dst_ev uffd_ev;
+	struct tlm_evsrc uffd_src;        /* uffd.fd in the loop once attached */
 
 	uint8_t *pg;                      /* page-state table, npages bytes */
 	uint64_t n_present, n_removed, n_requested;
@@ -196,13 +196,6 @@ static inline bool dst_pg_placeable(const struct dst_region *r, uint64_t i)
 }
 
 void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s);
-
-/* ---- epoll helpers (dst_region.c) -------------------------------------------------------- */
-
-int dst_watch(struct dst_server *s, int fd, struct dst_ev *ev, uint32_t events, bool add);
-void dst_unwatch(struct dst_server *s, int fd);
-/* An event is ready: background work should return to the loop. */
-bool dst_should_yield(struct dst_server *s);
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 

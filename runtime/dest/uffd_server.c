@@ -34,7 +34,6 @@
 #include "util.h"
 
 #define TICK_MS     100
-#define MAX_EVENTS  64
 #define CTL_CMDS    "stats [ID] | arm ID | resume ID [HOST:PORT] | shutdown"
 
 struct opts {
@@ -50,7 +49,7 @@ struct opts {
 struct daemon {
 	struct dst_server s;
 	int glue_lfd, ctl_lfd, sig_fd, timer_fd;
-	struct dst_ev ev_glue, ev_ctl, ev_sig, ev_timer;
+	struct tlm_evsrc ev_glue, ev_ctl, ev_sig, ev_timer;
 	uint64_t last_progress_ns;
 };
 
@@ -336,7 +335,7 @@ static void glue_close(struct dst_glue *g, const char *why)
 	for (struct dst_region *r = g->srv->regions; r; r = r->next)
 		if (r->glue == g)
 			dst_region_drop(r, "the guest process disconnected");
-	dst_unwatch(g->srv, g->fd);
+	tlm_evloop_del(&g->srv->loop, &g->src);
 	close(g->fd);
 	g->fd = -1;
 	g->dead = true;
@@ -371,6 +370,14 @@ static void glue_input(struct dst_glue *g)
 	}
 }
 
+static void on_glue(struct tlm_evsrc *src, uint32_t events)
+{
+	struct dst_glue *g = TLM_EVSRC_OWNER(src, struct dst_glue, src);
+
+	if (!g->dead)
+		glue_input(g);
+}
+
 static void glue_accept(struct dst_server *s, int lfd)
 {
 	for (;;) {
@@ -393,8 +400,9 @@ static void glue_accept(struct dst_server *s, int lfd)
 			continue;
 		}
 		*g = (struct dst_glue){ .srv = s, .fd = fd, .pid = pid, .next = s->glues };
-		g->ev = (struct dst_ev){ DST_EV_GLUE, g };
-		if (dst_watch(s, fd, &g->ev, EPOLLIN, true) < 0) {
+		g->src = (struct tlm_evsrc){ .fd = fd, .on_event = on_glue,
+					     .prio = DST_PRIO_OTHER };
+		if (tlm_evloop_add(&s->loop, &g->src, EPOLLIN) < 0) {
 			close(fd);
 			free(g);
 			continue;
@@ -515,8 +523,23 @@ static int ctl_fn(void *ctx, char *line, struct tlm_sbuf *reply)
 
 /* ---- event loop ------------------------------------------------------------------------------- */
 
-static void on_signal(struct daemon *d)
+static void on_glue_listen(struct tlm_evsrc *src, uint32_t events)
 {
+	struct daemon *d = TLM_EVSRC_OWNER(src, struct daemon, ev_glue);
+
+	glue_accept(&d->s, d->glue_lfd);
+}
+
+static void on_ctl(struct tlm_evsrc *src, uint32_t events)
+{
+	struct daemon *d = TLM_EVSRC_OWNER(src, struct daemon, ev_ctl);
+
+	tlm_ctl_serve_one(d->ctl_lfd, ctl_fn, &d->s);
+}
+
+static void on_signal(struct tlm_evsrc *src, uint32_t events)
+{
+	struct daemon *d = TLM_EVSRC_OWNER(src, struct daemon, ev_sig);
 	struct signalfd_siginfo si;
 
 	while (read(d->sig_fd, &si, sizeof(si)) == sizeof(si)) {
@@ -526,8 +549,9 @@ static void on_signal(struct daemon *d)
 	}
 }
 
-static void on_timer(struct daemon *d)
+static void on_timer(struct tlm_evsrc *src, uint32_t events)
 {
+	struct daemon *d = TLM_EVSRC_OWNER(src, struct daemon, ev_timer);
 	uint64_t ticks, now = tlm_now_ns();
 	bool progress = d->s.progress && now - d->last_progress_ns >= 1000000000ull;
 
@@ -540,51 +564,6 @@ static void on_timer(struct daemon *d)
 	}
 	if (progress)
 		d->last_progress_ns = now;
-}
-
-static void dispatch(struct daemon *d, struct dst_ev *e, uint32_t events)
-{
-	switch (e->kind) {
-	case DST_EV_GLUE_LISTEN:
-		glue_accept(&d->s, d->glue_lfd);
-		break;
-	case DST_EV_CTL:
-		tlm_ctl_serve_one(d->ctl_lfd, ctl_fn, &d->s);
-		break;
-	case DST_EV_SIGNAL:
-		on_signal(d);
-		break;
-	case DST_EV_TIMER:
-		on_timer(d);
-		break;
-	case DST_EV_GLUE:
-		if (!((struct dst_glue *)e->obj)->dead)
-			glue_input(e->obj);
-		break;
-	case DST_EV_UFFD: {
-		struct dst_region *r = e->obj;
-
-		if (!r->dead && r->uffd.fd >= 0)
-			dst_region_uffd_event(r);
-		break;
-	}
-	case DST_EV_CONN:
-		dst_peer_event(e->obj, events);
-		break;
-	case DST_EV_CONNECT:
-		dst_peer_job_event(e->obj);
-		break;
-	}
-}
-
-/* Guest faults first, then demand replies, then the bulk stream, then the rest. */
-static int rank(const struct dst_ev *e)
-{
-	if (e->kind == DST_EV_UFFD)
-		return 0;
-	if (e->kind == DST_EV_CONN)
-		return ((const struct dst_conn *)e->obj)->chan == TLM_CHAN_URGENT ? 1 : 2;
-	return 3;
 }
 
 static void reap(struct dst_server *s)
@@ -630,20 +609,15 @@ static bool all_done(const struct dst_server *s)
 static int loop(struct daemon *d)
 {
 	struct dst_server *s = &d->s;
-	struct epoll_event ev[MAX_EVENTS];
 	bool busy = false;
 
 	while (!s->stop) {
-		int n = epoll_wait(s->epfd, ev, MAX_EVENTS, busy ? 0 : -1);
+		int n = tlm_evloop_run_once(&s->loop, busy ? 0 : -1);
 
-		if (n < 0 && errno != EINTR) {
-			log_error("epoll_wait: %s", strerror(errno));
+		if (n < 0) {
+			log_error("epoll_wait: %s", strerror(-n));
 			return 1;
 		}
-		for (int pass = 0; pass < 4; pass++)
-			for (int i = 0; i < n; i++)
-				if (rank(ev[i].data.ptr) == pass)
-					dispatch(d, ev[i].data.ptr, ev[i].events);
 		busy = false;
 		for (struct dst_region *r = s->regions; r; r = r->next)
 			busy |= dst_region_work(r);
@@ -680,10 +654,10 @@ static int open_templates(struct dst_server *s, const struct opts *o)
 	return 0;
 }
 
-static int add_fd(struct daemon *d, int fd, struct dst_ev *ev, enum dst_ev_kind kind)
+static int add_fd(struct daemon *d, int fd, struct tlm_evsrc *src, tlm_evsrc_fn fn)
 {
-	*ev = (struct dst_ev){ kind, d };
-	return dst_watch(&d->s, fd, ev, EPOLLIN, true);
+	*src = (struct tlm_evsrc){ .fd = fd, .on_event = fn, .prio = DST_PRIO_OTHER };
+	return tlm_evloop_add(&d->s.loop, src, EPOLLIN);
 }
 
 static int open_fds(struct daemon *d, const struct opts *o)
@@ -697,10 +671,9 @@ static int open_fds(struct daemon *d, const struct opts *o)
 	sigaddset(&set, SIGINT);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	d->s.epfd = epoll_create1(EPOLL_CLOEXEC);
 	d->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	d->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	if (d->s.epfd < 0 || d->sig_fd < 0 || d->timer_fd < 0 ||
+	if (tlm_evloop_init(&d->s.loop) < 0 || d->sig_fd < 0 || d->timer_fd < 0 ||
 	    timerfd_settime(d->timer_fd, 0, &its, NULL) < 0) {
 		log_error("setting up the event loop: %s", strerror(errno));
 		return -1;
@@ -716,9 +689,9 @@ static int open_fds(struct daemon *d, const struct opts *o)
 		log_error("--ctl %s", err);
 		return -1;
 	}
-	if (add_fd(d, d->sig_fd, &d->ev_sig, DST_EV_SIGNAL) || add_fd(d, d->timer_fd,
-	    &d->ev_timer, DST_EV_TIMER) || add_fd(d, d->glue_lfd, &d->ev_glue,
-	    DST_EV_GLUE_LISTEN) || add_fd(d, d->ctl_lfd, &d->ev_ctl, DST_EV_CTL)) {
+	if (add_fd(d, d->sig_fd, &d->ev_sig, on_signal) || add_fd(d, d->timer_fd,
+	    &d->ev_timer, on_timer) || add_fd(d, d->glue_lfd, &d->ev_glue, on_glue_listen) ||
+	    add_fd(d, d->ctl_lfd, &d->ev_ctl, on_ctl)) {
 		log_error("epoll: %s", strerror(errno));
 		return -1;
 	}
@@ -735,7 +708,7 @@ static void teardown(struct daemon *d, const struct opts *o)
 		r->dead = true;
 	for (struct dst_glue *g = s->glues; g; g = g->next)
 		if (!g->dead) {
-			dst_unwatch(s, g->fd);
+			tlm_evloop_del(&s->loop, &g->src);
 			close(g->fd);
 			g->dead = true;
 		}
@@ -751,8 +724,7 @@ static void teardown(struct daemon *d, const struct opts *o)
 		close(d->ctl_lfd);
 		unlink(o->ctl);
 	}
-	if (s->epfd >= 0)
-		close(s->epfd);
+	tlm_evloop_fini(&s->loop);
 }
 
 static bool any_failed(const struct dst_server *s)
@@ -770,7 +742,7 @@ int main(int argc, char **argv)
 	char err[320];
 	int rc;
 
-	d.s.epfd = -1;
+	d.s.loop.epfd = -1;
 	tlm_log_init(argv[0], TLM_LOG_INFO);
 	rc = parse_opts(argc, argv, &o);
 	if (rc)
