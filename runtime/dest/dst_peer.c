@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "dst_region.h"
+#include "dst_server.h"
 #include "log.h"
 #include "util.h"
 
@@ -160,7 +161,7 @@ static int job_channel(struct dst_connect_job *j, uint8_t chan)
 	fd = tlm_tcp_connect(j->source, CONNECT_TIMEOUT_MS, j->err, sizeof(j->err));
 	if (fd < 0)
 		return fd;
-	rc = tlm_proto_client_handshake(fd, &j->srv->key, chan, &j->open, &acc,
+	rc = tlm_proto_client_handshake(fd, &j->srv->peer.key, chan, &j->open, &acc,
 					HANDSHAKE_TIMEOUT_MS, j->err, sizeof(j->err));
 	if (!rc && acc.u.vm_accept.page_count != j->npages) {
 		snprintf(j->err, sizeof(j->err), "source has %llu pages for %s, the region has "
@@ -285,7 +286,7 @@ static void schedule_retry(struct dst_region *r, int rc, const char *why)
 	}
 	if (!p->outage_since)
 		p->outage_since = now;
-	if (now - p->outage_since >= r->srv->outage_limit_ms * 1000000ull) {
+	if (now - p->outage_since >= r->srv->peer.outage_limit_ms * 1000000ull) {
 		pause_peer(r, why);
 		return;
 	}
@@ -418,7 +419,7 @@ static void check_stall(struct dst_region *r, uint64_t now_ns)
 	char why[96];
 
 	if (!dst_peer_up(r) || !r->n_requested ||
-	    now_ns - p->last_input_ns < r->srv->stall_ms * 1000000ull)
+	    now_ns - p->last_input_ns < r->srv->peer.stall_ms * 1000000ull)
 		return;
 	snprintf(why, sizeof(why), "no reply to %llu demanded pages for %.1f s",
 		 (unsigned long long)r->n_requested, (double)(now_ns - p->last_input_ns) / 1e9);

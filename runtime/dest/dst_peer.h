@@ -39,6 +39,13 @@ enum { DST_PRIO_UFFD = 0, DST_PRIO_URGENT, DST_PRIO_BULK, DST_PRIO_OTHER };
 
 #define DST_PEER_RETRY_MAX_MS 2000      /* backoff ceiling between connection attempts */
 
+/* The daemon's settings every peer shares. */
+struct dst_peer_cfg {
+	struct tlm_key key;              /* --key: pre-shared with the source */
+	uint64_t outage_limit_ms;        /* --outage-limit: source unreachable -> paused */
+	uint64_t stall_ms;               /* --stall-timeout: demands unanswered -> reconnect */
+};
+
 struct dst_conn {
 	struct dst_region *r;
 	struct tlm_conn c;               /* c.fd -1 while down */

@@ -24,6 +24,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "dst_server.h"
 #include "log.h"
 #include "util.h"
 
@@ -43,6 +44,14 @@ enum dst_how { HOW_COPY, HOW_ZERO, HOW_CONT };
 #define ALLOW_REMOVED 0x2u           /* REMOVED (fault on a discarded page: zero page) */
 
 static int read_events(struct dst_region *r);
+
+struct dst_region *dst_region_find(struct dst_region *list, const char *id)
+{
+	for (struct dst_region *r = list; r; r = r->next)
+		if (!r->dead && strcmp(r->id, id) == 0)
+			return r;
+	return NULL;
+}
 
 const char *dst_phase_name(enum dst_phase p)
 {

@@ -40,20 +40,9 @@
 
 struct tlm_json;
 
-/* ---- the daemon ------------------------------------------------------------------------ */
+struct dst_server;
 
-struct dst_server {
-	struct tlm_evloop loop;
-	struct tlm_key key;
-	const char *default_source;      /* --source, may be NULL */
-	struct tlm_tmpl **tmpls;         /* --template files, opened at startup */
-	size_t ntmpls;
-	struct dst_region *regions;      /* every region, newest first */
-	struct dst_glue *glues;
-	bool exit_when_done, progress, stop;
-	uint64_t outage_limit_ms;        /* --outage-limit: source unreachable -> paused */
-	uint64_t stall_ms;               /* --stall-timeout: demands unanswered -> reconnect */
-};
+/* ---- the guest processes ------------------------------------------------------------------ */
 
 /* One accepted glue connection (one guest process). */
 struct dst_glue {
@@ -199,6 +188,8 @@ void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s);
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
+/* The live (not dead) region named id in list, or NULL. */
+struct dst_region *dst_region_find(struct dst_region *list, const char *id);
 const char *dst_phase_name(enum dst_phase p);
 /* The phase as reported: "paused" while the peer waits for `resume`. */
 const char *dst_region_phase_name(const struct dst_region *r);
