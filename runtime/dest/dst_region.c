@@ -24,7 +24,6 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#include "dst_server.h"
 #include "log.h"
 #include "util.h"
 
@@ -64,15 +63,8 @@ const char *dst_phase_name(enum dst_phase p)
 
 const char *dst_region_phase_name(const struct dst_region *r)
 {
-	return r->peer.paused && dst_region_active(r) ? "paused" : dst_phase_name(r->phase);
-}
-
-/* Placement allowed: alive and not finished. */
-static bool live(const struct dst_region *r)
-{
-	return !r->dead && r->uffd.fd >= 0 &&
-	       (r->phase == DST_CONNECTING || r->phase == DST_MAPPING ||
-		r->phase == DST_FETCHING);
+	return r->link && r->link->paused && dst_region_active(r) ? "paused" :
+	       dst_phase_name(r->phase);
 }
 
 bool dst_region_active(const struct dst_region *r)
@@ -276,7 +268,7 @@ static int place_range(struct dst_region *r, enum dst_how how, uint64_t first, u
 	bool set_cls = !(allow & ALLOW_REMOVED);
 	unsigned again = 0;
 
-	while (i < end && live(r)) {
+	while (i < end && dst_region_live(r)) {
 		uint64_t j;
 		size_t done = 0;
 		int rc;
@@ -565,14 +557,14 @@ static void map_sweep(struct dst_region *r, uint64_t budget)
 {
 	bool first = true;
 
-	while (budget && r->mcur < r->nmruns && live(r)) {
+	while (budget && r->mcur < r->nmruns && dst_region_live(r)) {
 		const struct tlm_run *run = &r->mruns[r->mcur];
 		uint64_t page = r->mstart[r->mcur] + r->mpos, left = run->len - r->mpos;
 		uint64_t n = left < SWEEP_CHUNK ? left : SWEEP_CHUNK;
 		int rc = 0;
 
 		if (!first && run->cls != TLM_CLASS_DATA &&
-		    tlm_evloop_should_yield(&r->srv->loop))
+		    tlm_evloop_should_yield(r->loop))
 			break;
 		first = false;
 		if (n > budget)
@@ -597,8 +589,38 @@ static void map_sweep(struct dst_region *r, uint64_t budget)
 			r->mpos = 0;
 		}
 	}
-	if (!dst_region_map_pending(r) && live(r))
+	if (!dst_region_map_pending(r) && dst_region_live(r))
 		map_applied(r);
+}
+
+/* ---- demand ------------------------------------------------------------------------------------ */
+
+/*
+ * Ask the source for the MISSING pages of [page, page + count): they become REQUESTED,
+ * at most once per session. Without a working link they stay MISSING and are demanded
+ * once it connects (dst_region_connected).
+ */
+static void demand(struct dst_region *r, uint64_t page, uint64_t count)
+{
+	uint64_t end = page + count < r->npages ? page + count : r->npages;
+
+	if (!dst_link_up(r))
+		return;
+	for (uint64_t i = page, j; i < end; i = j) {
+		for (j = i; j < end && dst_pg_state(r, j) == DST_MISSING; j++)
+			;
+		if (j == i) {
+			j++;
+			continue;
+		}
+		if (r->link->ops->demand(r->link, i, (uint32_t)(j - i)) < 0) {
+			log_error("%s: out of memory queueing a demand for page %llu", r->id,
+				  (unsigned long long)i);
+			return;
+		}
+		for (uint64_t k = i; k < j; k++)
+			dst_pg_set_state(r, k, DST_REQUESTED);
+	}
 }
 
 /* ---- faults ------------------------------------------------------------------------------------ */
@@ -656,7 +678,7 @@ static void fault_resolve(struct dst_region *r, uint64_t page)
 		else if (cls == TLM_CLASS_REF && ref_lookup(r, page, &k) == 0)
 			rc = place_copy_tmpl(r, page, 1, k, cls, ALLOW_NORMAL);
 		else
-			dst_peer_demand(r, page, 1);
+			demand(r, page, 1);
 	}
 	if (rc == -EAGAIN)
 		push_u64(&r->redo, &r->nredo, &r->redo_cap, page);
@@ -668,9 +690,9 @@ static void redo_drain(struct dst_region *r)
 {
 	size_t n = r->nredo, i;
 
-	for (i = 0; i < n && live(r); i++)
+	for (i = 0; i < n && dst_region_live(r); i++)
 		fault_resolve(r, r->redo[i]);
-	if (!live(r))
+	if (!dst_region_live(r))
 		return;
 	if (n) {
 		memmove(r->redo, r->redo + n, (r->nredo - n) * sizeof(*r->redo));
@@ -806,7 +828,7 @@ static int read_events(struct dst_region *r)
 void dst_region_uffd_event(struct dst_region *r)
 {
 	while (read_batch(r) > 0)
-		if (live(r))
+		if (dst_region_live(r))
 			redo_drain(r);
 	/* FAILED/WAITING: faults stay recorded and waiting; never answered here. */
 }
@@ -879,7 +901,7 @@ static void bad_sum(struct dst_region *r, uint64_t page, bool urgent, uint64_t g
 	if (!urgent && dst_pg_state(r, page) == DST_REQUESTED)
 		return;                 /* a demand reply for it is on its way */
 	dst_pg_set_state(r, page, DST_MISSING);
-	dst_peer_demand(r, page, 1);
+	demand(r, page, 1);
 }
 
 int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,
@@ -908,7 +930,7 @@ int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urge
 	if (rc == -EAGAIN && dst_pg_placeable(r, page)) {
 		/* The bytes live in the receive buffer only: ask for them again. */
 		dst_pg_set_state(r, page, DST_MISSING);
-		dst_peer_demand(r, page, 1);
+		demand(r, page, 1);
 	}
 	return 0;
 }
@@ -994,7 +1016,7 @@ static bool finishing(const struct dst_region *r)
  */
 static bool sweep_blocked(const struct dst_region *r)
 {
-	return !dst_peer_demand_room(r) ||
+	return !r->link || !r->link->ops->demand_room(r->link) ||
 	       (r->resumed && !r->done_rcvd && r->n_requested >= RESUME_INFLIGHT);
 }
 
@@ -1007,11 +1029,11 @@ static void finish_sweep(struct dst_region *r)
 {
 	uint64_t i = r->finish_cursor, end = r->npages;
 
-	if (!finishing(r) || dst_region_map_pending(r) || !dst_peer_up(r))
+	if (!finishing(r) || dst_region_map_pending(r) || !dst_link_up(r))
 		return;
 	if (end - i > FINISH_BUDGET)
 		end = i + FINISH_BUDGET;
-	while (i < end && live(r)) {
+	while (i < end && dst_region_live(r)) {
 		uint64_t j = i + 1;
 
 		if (dst_pg_state(r, i) != DST_MISSING) {
@@ -1030,7 +1052,7 @@ static void finish_sweep(struct dst_region *r)
 			log_warn("%s: page %llu missing after DONE: demanding it (and any other)",
 				 r->id, (unsigned long long)i);
 		r->st.finish_demanded += j - i;
-		dst_peer_demand(r, i, (uint32_t)(j - i));
+		demand(r, i, (uint32_t)(j - i));
 		i = j;
 	}
 	r->finish_cursor = i;
@@ -1048,10 +1070,13 @@ static void release(struct dst_region *r)
 	if (r->released)
 		return;
 	r->released = true;
-	dst_peer_fini(r);
+	if (r->link) {
+		r->link->ops->release(r->link);
+		r->link = NULL;
+	}
 	if (r->uffd.fd >= 0) {
 		/* before close: the glue holds the same uffd file, the epoll entry would stay */
-		tlm_evloop_del(&r->srv->loop, &r->uffd_src);
+		tlm_evloop_del(r->loop, &r->uffd_src);
 		tlm_uffd_close(&r->uffd);
 	}
 	free(r->pg);
@@ -1093,10 +1118,10 @@ static void complete(struct dst_region *r)
 
 bool dst_region_busy(const struct dst_region *r)
 {
-	if (!live(r))
+	if (!dst_region_live(r))
 		return r->dead ? !r->released : r->phase == DST_FAILED && !r->released;
-	return r->nredo || dst_region_map_pending(r) || r->peer.bulk_more ||
-	       (finishing(r) && r->finish_cursor < r->npages && dst_peer_up(r) &&
+	return r->nredo || dst_region_map_pending(r) || r->link_more ||
+	       (finishing(r) && r->finish_cursor < r->npages && dst_link_up(r) &&
 		!sweep_blocked(r));
 }
 
@@ -1106,17 +1131,17 @@ bool dst_region_work(struct dst_region *r)
 		release(r);
 		return false;
 	}
-	if (!live(r))
+	if (!dst_region_live(r))
 		return false;
 	if (r->nredo)
 		redo_drain(r);
-	if (dst_region_map_pending(r) && live(r))
+	if (dst_region_map_pending(r) && dst_region_live(r))
 		map_sweep(r, SWEEP_BUDGET);
-	if (live(r))
-		dst_peer_work(r);
-	if (live(r))
+	if (dst_region_live(r))
+		r->link_more = r->link->ops->pump(r->link);
+	if (dst_region_live(r))
 		finish_sweep(r);
-	if (live(r) && settled(r))
+	if (dst_region_live(r) && settled(r))
 		complete(r);
 	if (r->dead || r->phase == DST_FAILED)
 		release(r);
@@ -1125,11 +1150,11 @@ bool dst_region_work(struct dst_region *r)
 
 void dst_region_tick(struct dst_region *r, uint64_t now_ns)
 {
-	if (live(r))
-		dst_peer_tick(r, now_ns);
+	if (dst_region_live(r))
+		r->link->ops->tick(r->link, now_ns);
 }
 
-/* ---- from the peer --------------------------------------------------------------------------------- */
+/* ---- from the link --------------------------------------------------------------------------------- */
 
 /* Both sessions are open: faults recorded meanwhile get their pages demanded. */
 void dst_region_connected(struct dst_region *r)
@@ -1141,9 +1166,9 @@ void dst_region_connected(struct dst_region *r)
 			 "missing", r->id, (unsigned long long)(r->npages - r->n_present -
 								 r->n_removed));
 	r->resumed = r->map_final;
-	for (uint64_t i = 0; i < r->npages && live(r); i++)
+	for (uint64_t i = 0; i < r->npages && dst_region_live(r); i++)
 		if ((r->pg[i] & DST_PG_FAULTED) && wants_data(r, i))
-			dst_peer_demand(r, i, 1);
+			demand(r, i, 1);
 	r->finish_cursor = 0;
 }
 
@@ -1240,7 +1265,7 @@ static void on_uffd(struct tlm_evsrc *src, uint32_t events)
 		dst_region_uffd_event(r);
 }
 
-struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,
+struct dst_region *dst_region_new(struct tlm_evloop *loop, struct dst_glue *g,
 				  const struct tlm_local_msg *m, struct tlm_tmpl *tmpl,
 				  const char *source, char *err, size_t errlen)
 {
@@ -1254,7 +1279,7 @@ struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,
 			 (unsigned long long)(m->size / PS));
 		return NULL;
 	}
-	r->srv = s;
+	r->loop = loop;
 	r->glue = g;
 	snprintf(r->id, sizeof(r->id), "%s", m->vm_id);
 	snprintf(r->source, sizeof(r->source), "%s", source);
@@ -1280,9 +1305,6 @@ struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,
 		free(r);
 		return NULL;
 	}
-	dst_peer_init(r);
-	r->next = s->regions;
-	s->regions = r;
 	return r;
 }
 
@@ -1351,7 +1373,7 @@ int dst_region_attach_uffd(struct dst_region *r, int fd, uint64_t features)
 	rc = tlm_set_nonblock(fd, 1);
 	r->uffd_src.fd = fd;
 	if (!rc)
-		rc = tlm_evloop_add(&r->srv->loop, &r->uffd_src, EPOLLIN);
+		rc = tlm_evloop_add(r->loop, &r->uffd_src, EPOLLIN);
 	if (rc < 0) {
 		dst_region_fail(r, "watching the uffd: %s", strerror(-rc));
 		tlm_uffd_close(&r->uffd);
@@ -1369,6 +1391,6 @@ int dst_region_attach_uffd(struct dst_region *r, int fd, uint64_t features)
 		 (unsigned long long)r->npages, (unsigned long long)(uintptr_t)r->base,
 		 r->minor ? " (template-backed, MINOR)" : "", r->source);
 	read_events(r);          /* faults that came before we watched */
-	dst_peer_connect(r);
+	r->link->ops->connect(r->link);
 	return 0;
 }

@@ -32,15 +32,18 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "evloop.h"
 #include "tlm_proto.h"
 #include "stats.h"
 #include "template.h"
 #include "tlm_uffd.h"
-#include "dst_peer.h"
 
 struct tlm_json;
-
 struct dst_server;
+
+/* Event-loop priorities of the whole daemon: guest faults first, then demand replies,
+ * then the bulk stream, then everything else. */
+enum { DST_PRIO_UFFD = 0, DST_PRIO_URGENT, DST_PRIO_BULK, DST_PRIO_OTHER };
 
 /* ---- the guest processes ------------------------------------------------------------------ */
 
@@ -52,6 +55,41 @@ struct dst_glue {
 	pid_t pid;
 	struct tlm_evsrc src;
 	bool dead;                       /* closed: freed at the end of the loop iteration */
+};
+
+/* ---- the link to the source ------------------------------------------------------------------ */
+
+/*
+ * What a region needs from its link to the source page server (the urgent and bulk
+ * sessions): dst_peer.c implements it over TCP, the unit tests fake it. The link tells
+ * the region what happens through the calls under "from the link" below; the region
+ * never sees how the link works.
+ */
+struct dst_link;
+
+struct dst_link_ops {
+	/* Start opening the sessions; dst_region_connected follows once both are open. */
+	void (*connect)(struct dst_link *l);
+	/* Both sessions are open and working: demands can be sent. */
+	bool (*up)(const struct dst_link *l);
+	/* Send DEMANDs for [page, page + count), pages the region just marked REQUESTED
+	 * (what does not fit the output waits in order). 0, or -ENOMEM: nothing queued. */
+	int (*demand)(struct dst_link *l, uint64_t page, uint32_t count);
+	/* DEMAND frames that fit in the output right now (0 while demands wait). */
+	size_t (*demand_room)(const struct dst_link *l);
+	/* Handle input held back (bulk frame budget, a yield); true if more is pending. */
+	bool (*pump)(struct dst_link *l);
+	/* Timer tick: retries, stalls, lost sessions. */
+	void (*tick)(struct dst_link *l, uint64_t now_ns);
+	/* Bytes of the open sessions (closed ones are in the region's stats). */
+	void (*wire)(const struct dst_link *l, uint64_t *in, uint64_t *out);
+	/* Close everything and free the link (the region is released). */
+	void (*release)(struct dst_link *l);
+};
+
+struct dst_link {
+	const struct dst_link_ops *ops;
+	bool paused;                     /* gave up after the outage limit: waits for resume */
 };
 
 /* ---- page-state table -------------------------------------------------------------------- */
@@ -102,6 +140,7 @@ struct dst_region_stats {
 	uint64_t finish_demanded;                         /* DATA pages missing after DONE */
 	uint64_t wire_in, wire_out;                       /* of closed sessions */
 	uint64_t sessions, reconnects;
+	uint64_t source_sent, source_total;               /* last PROGRESS of the source */
 	uint64_t adopted;                                 /* found present when attaching */
 	/* Fault service latency, from reading the fault to the placing ioctl (which wakes):
 	 * all faults, by class placed, and split by how: from local knowledge (template,
@@ -110,11 +149,13 @@ struct dst_region_stats {
 };
 
 struct dst_region {
-	struct dst_server *srv;
+	struct tlm_evloop *loop;          /* the daemon's: the uffd is watched there */
+	struct dst_link *link;            /* to the source (NULL once released) */
+	bool link_more;                   /* the link holds input back: pump it again */
 	struct dst_glue *glue;            /* NULL once the guest process is gone */
 	struct dst_region *next;
 	char id[TLM_PROTO_VMID_MAX + 1];
-	char source[TLM_LOCAL_PATH_MAX];  /* host:port of tlm-page-server */
+	char source[TLM_LOCAL_PATH_MAX];  /* host:port of tlm-page-server (`resume` may change) */
 	enum dst_phase phase;
 	bool dead;                        /* dropped: freed at the end of the loop iteration */
 	bool released;                    /* sessions, uffd and tables released */
@@ -157,7 +198,6 @@ struct dst_region {
 	uint64_t *redo;                   /* pages whose waiting fault must be re-handled */
 	size_t nredo, redo_cap;
 
-	struct dst_peer peer;
 	struct dst_region_stats st;
 	uint64_t t_start_ns, t_end_ns;    /* REGION received; COMPLETE/FAILED */
 	uint64_t t_map_ns, t_done_ns;     /* class map applied; first DONE (stats) */
@@ -186,6 +226,19 @@ static inline bool dst_pg_placeable(const struct dst_region *r, uint64_t i)
 
 void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s);
 
+/* Placement allowed: alive, holding the uffd, not finished. */
+static inline bool dst_region_live(const struct dst_region *r)
+{
+	return !r->dead && r->uffd.fd >= 0 &&
+	       (r->phase == DST_CONNECTING || r->phase == DST_MAPPING ||
+		r->phase == DST_FETCHING);
+}
+
+static inline bool dst_link_up(const struct dst_region *r)
+{
+	return r->link && r->link->ops->up(r->link);
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
 /* The live (not dead) region named id in list, or NULL. */
@@ -194,8 +247,9 @@ const char *dst_phase_name(enum dst_phase p);
 /* The phase as reported: "paused" while the peer waits for `resume`. */
 const char *dst_region_phase_name(const struct dst_region *r);
 
-/* From a checked REGION message. Returns NULL with err set. */
-struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,
+/* From a checked REGION message; whoever creates it gives it its link. Returns NULL
+ * with err set. */
+struct dst_region *dst_region_new(struct tlm_evloop *loop, struct dst_glue *g,
 				  const struct tlm_local_msg *m, struct tlm_tmpl *tmpl,
 				  const char *source, char *err, size_t errlen);
 /* Take the uffd (ownership passes); phase -> CONNECTING and the peer starts. */
@@ -219,7 +273,7 @@ bool dst_region_work(struct dst_region *r);
 bool dst_region_busy(const struct dst_region *r);
 void dst_region_tick(struct dst_region *r, uint64_t now_ns);
 
-/* ---- from the peer ------------------------------------------------------------------------ */
+/* ---- from the link ------------------------------------------------------------------------ */
 
 void dst_region_connected(struct dst_region *r);
 void dst_region_disconnected(struct dst_region *r);

@@ -104,12 +104,19 @@ static void glue_region(struct dst_glue *g, const struct tlm_local_msg *m, int f
 		glue_refuse(g, m, fd, why);
 		return;
 	}
-	r = dst_region_new(s, g, m, t, m->source[0] ? m->source : s->default_source, buf,
-			   sizeof(buf));
+	r = dst_region_new(&s->loop, g, m, t, m->source[0] ? m->source : s->default_source,
+			   buf, sizeof(buf));
+	if (r && dst_peer_attach(r, &s->peer) < 0) {
+		dst_region_free(r);
+		r = NULL;
+		snprintf(buf, sizeof(buf), "%s: out of memory for its link", m->vm_id);
+	}
 	if (!r) {
 		glue_refuse(g, m, fd, buf);
 		return;
 	}
+	r->next = s->regions;
+	s->regions = r;
 	log_info("%s: region from pid %d: %llu MiB at 0x%llx, offset %llu, %s, source %s",
 		 r->id, (int)g->pid, (unsigned long long)(r->size >> 20),
 		 (unsigned long long)m->base, (unsigned long long)m->offset,
