@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dst_report.h"
 #include "dst_server.h"
 #include "json.h"
 #include "log.h"

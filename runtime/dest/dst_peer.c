@@ -19,6 +19,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "dst_fetch.h"
 #include "dst_region.h"
 #include "evloop.h"
 #include "log.h"
@@ -526,7 +527,7 @@ static int handle_msg(struct dst_conn *c, const struct tlm_msg *m, char *err, si
 		return dst_region_ref_msg(r, m, err, errlen);
 	case TLM_MSG_CLASS_MAP:
 		rc = on_bulk_only(c, m, err, errlen);
-		return rc ? rc : dst_region_map(r, m, err, errlen);
+		return rc ? rc : dst_region_map_msg(r, m, err, errlen);
 	case TLM_MSG_PROGRESS:
 		r->st.source_sent = m->u.progress.pages_sent;
 		r->st.source_total = m->u.progress.pages_total;

@@ -1,7 +1,20 @@
 /*
- * dst_region.h — tlm-uffd-server's state: the daemon (struct dst_server), the glue
- * connections (struct dst_glue) and one migrating guest RAM region (struct dst_region)
- * with its page-state table, fault handling and page placement.
+ * dst_region.h — one migrating guest RAM region at the destination (struct dst_region):
+ * its page-state table, its phase, the two things it talks to through ops tables (the
+ * guest's userfaultfd and the link to the source) and its life: created from a REGION,
+ * failed, completed, dropped, freed (dst_region.c).
+ *
+ * The rest of the region's work is one file per concern, each with its header:
+ *   dst_pages   page-state transitions and waiting faults: the one place states change
+ *   dst_uevent  reading the uffd's events and recording what they say (never places)
+ *   dst_place   placing pages: CONTINUE / ZEROPAGE / COPY, EEXIST and EAGAIN handling
+ *   dst_map     the class map: ingest, checks, the sweep that places known classes
+ *   dst_fault   the fault path: the uffd arrives, a fault is read, resolved, answered
+ *   dst_fetch   what the link brings (messages, sessions), the finish sweep, the
+ *               background work slice; the link's way in
+ * Calls only go down that list (dst_fetch -> dst_fault -> dst_map -> dst_place ->
+ * dst_uevent -> dst_pages, and everything -> dst_region.c); the peer (dst_peer.c) calls
+ * dst_fetch.h and dst_region.h, the region reaches the peer only through struct dst_link.
  *
  * Page-state table: one byte per page (memory stays at 1 byte per guest page):
  *   bits 0-2  class (enum tlm_page_class; 0 = not known yet: the class map has not
@@ -38,7 +51,6 @@
 #include "template.h"
 #include "tlm_uffd.h"
 
-struct tlm_json;
 struct dst_server;
 
 /* Event-loop priorities of the whole daemon: guest faults first, then demand replies,
@@ -62,8 +74,8 @@ struct dst_glue {
 /*
  * What a region needs from its link to the source page server (the urgent and bulk
  * sessions): dst_peer.c implements it over TCP, the unit tests fake it. The link tells
- * the region what happens through the calls under "from the link" below; the region
- * never sees how the link works.
+ * the region what happens through dst_fetch.h (and dst_region_fail); the region never
+ * sees how the link works.
  */
 struct dst_link;
 
@@ -92,6 +104,23 @@ struct dst_link {
 	bool paused;                     /* gave up after the outage limit: waits for resume */
 };
 
+/* ---- the guest's userfaultfd --------------------------------------------------------------- */
+
+/*
+ * The uffd as the region uses it (tlm_uffd.h semantics: 0 or -errno, *done = bytes placed
+ * before an error). dst_place.c has the real one over struct tlm_uffd (ctx); the unit
+ * tests substitute a fake that records every call.
+ */
+struct dst_uffd_ops {
+	int (*copy)(void *ctx, void *dst, const void *src, size_t len, size_t *done);
+	int (*zeropage)(void *ctx, void *dst, size_t len, size_t *done);
+	int (*cont)(void *ctx, void *dst, size_t len, size_t *done);
+	int (*wake)(void *ctx, void *addr, size_t len);
+	/* Up to max pending events: the count, -EAGAIN when none, or -errno. */
+	int (*read_events)(void *ctx, struct tlm_uffd_event *ev, int max);
+	int (*unregister)(void *ctx, void *addr, size_t len);
+};
+
 /* ---- page-state table -------------------------------------------------------------------- */
 
 #define DST_PG_CLS      0x07u
@@ -107,17 +136,17 @@ enum dst_pg_state { DST_MISSING = 0, DST_REQUESTED = 1, DST_PRESENT = 2, DST_REM
  * Phase of a region. Who moves it:
  *   WAITING_UFFD  REGION came without a uffd; `arm ID` (ctl) sends ARM, the glue's UFFD
  *                 reply moves it to CONNECTING (dst_region_attach_uffd).
- *   CONNECTING    uffd held, faults recorded; the peer connects urgent + bulk to the source
- *                 (dst_peer) and moves it to MAPPING once both sessions are open.
- *   MAPPING       the class map is arriving on bulk and being applied (dst_region_map and
+ *   CONNECTING    uffd held, faults recorded; the link connects urgent + bulk to the source
+ *                 and moves it to MAPPING once both sessions are open (dst_region_connected).
+ *   MAPPING       the class map is arriving on bulk and being applied (dst_map_frame and
  *                 the sweep in dst_region_work); once the final frame is applied -> FETCHING.
  *   FETCHING      DATA pages arrive (bulk stream, demand replies); when every page is
  *                 PRESENT/REMOVED and DONE came, dst_region_work -> COMPLETE.
  *   COMPLETE      unregistered, glue told DONE, sessions closed; kept for stats.
  *   FAILED        unrecoverable (second checksum mismatch, inconsistent source, no source
  *                 after retries): nothing more is placed, guest faults stay waiting.
- * A lost source connection does not change the phase: the peer reconnects (faults wait).
- * After --outage-limit without a working session the peer is paused (stats show phase
+ * A lost source connection does not change the phase: the link reconnects (faults wait).
+ * After --outage-limit without a working session the link is paused (stats show phase
  * "paused"; faults whose content is known locally are still served) until `resume ID`.
  */
 enum dst_phase {
@@ -169,7 +198,9 @@ struct dst_region {
 	uint64_t tmpl_base;               /* template page of region page 0: offset / 4096 */
 	bool minor;                       /* registered MINOR: TEMPLATE pages via CONTINUE */
 
-	struct tlm_uffd uffd;
+	const struct dst_uffd_ops *uops;  /* NULL until attached and once released */
+	void *uctx;
+	struct tlm_uffd uffd;             /* the real one (uctx), fd -1 without */
 	struct tlm_evsrc uffd_src;        /* uffd.fd in the loop once attached */
 
 	uint8_t *pg;                      /* page-state table, npages bytes */
@@ -224,14 +255,17 @@ static inline bool dst_pg_placeable(const struct dst_region *r, uint64_t i)
 	return s == DST_MISSING || s == DST_REQUESTED;
 }
 
-void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s);
-
 /* Placement allowed: alive, holding the uffd, not finished. */
 static inline bool dst_region_live(const struct dst_region *r)
 {
-	return !r->dead && r->uffd.fd >= 0 &&
+	return !r->dead && r->uops &&
 	       (r->phase == DST_CONNECTING || r->phase == DST_MAPPING ||
 		r->phase == DST_FETCHING);
+}
+
+static inline bool dst_region_active(const struct dst_region *r)
+{
+	return !r->dead && r->phase != DST_COMPLETE && r->phase != DST_FAILED;
 }
 
 static inline bool dst_link_up(const struct dst_region *r)
@@ -239,12 +273,12 @@ static inline bool dst_link_up(const struct dst_region *r)
 	return r->link && r->link->ops->up(r->link);
 }
 
-/* ---- lifecycle ---------------------------------------------------------------------------- */
+/* ---- lifecycle (dst_region.c) ---------------------------------------------------------------- */
 
 /* The live (not dead) region named id in list, or NULL. */
 struct dst_region *dst_region_find(struct dst_region *list, const char *id);
 const char *dst_phase_name(enum dst_phase p);
-/* The phase as reported: "paused" while the peer waits for `resume`. */
+/* The phase as reported: "paused" while the link waits for `resume`. */
 const char *dst_region_phase_name(const struct dst_region *r);
 
 /* From a checked REGION message; whoever creates it gives it its link. Returns NULL
@@ -252,42 +286,17 @@ const char *dst_region_phase_name(const struct dst_region *r);
 struct dst_region *dst_region_new(struct tlm_evloop *loop, struct dst_glue *g,
 				  const struct tlm_local_msg *m, struct tlm_tmpl *tmpl,
 				  const char *source, char *err, size_t errlen);
-/* Take the uffd (ownership passes); phase -> CONNECTING and the peer starts. */
-int dst_region_attach_uffd(struct dst_region *r, int fd, uint64_t features);
-/* The guest is gone or the region is refused: release everything but the stats. */
-void dst_region_drop(struct dst_region *r, const char *why);
-void dst_region_free(struct dst_region *r);
 /* Nothing more is placed; the glue gets ERROR; faults keep waiting. */
 void dst_region_fail(struct dst_region *r, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
-bool dst_region_active(const struct dst_region *r);
 void dst_region_notify_glue(struct dst_region *r, uint32_t type, const char *text);
-
-/* ---- events ------------------------------------------------------------------------------- */
-
-/* uffd readable: read every pending event and handle it. */
-void dst_region_uffd_event(struct dst_region *r);
-/* Bounded background work: sweep the class map, re-handle faults, pump bulk frames,
- * finish after DONE, complete. Returns true when more work is pending. */
-bool dst_region_work(struct dst_region *r);
-bool dst_region_busy(const struct dst_region *r);
-void dst_region_tick(struct dst_region *r, uint64_t now_ns);
-
-/* ---- from the link ------------------------------------------------------------------------ */
-
-void dst_region_connected(struct dst_region *r);
-void dst_region_disconnected(struct dst_region *r);
-bool dst_region_map_pending(const struct dst_region *r);
-int dst_region_map(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
-int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,
-			char *err, size_t errlen);
-int dst_region_zero_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
-int dst_region_ref_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
-void dst_region_done_msg(struct dst_region *r, const struct tlm_msg *m);
-
-/* ---- reporting ------------------------------------------------------------------------------ */
-
-void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j);
-void dst_region_progress(struct dst_region *r, uint64_t now_ns);
+/* Every page is present: unregister, tell the glue DONE, release. */
+void dst_region_complete(struct dst_region *r);
+/* Sessions, uffd and tables go; the counters stay for stats. Only at safe points of the
+ * loop: deep inside a placement or a frame loop a failure only sets the phase. */
+void dst_region_release(struct dst_region *r);
+/* The guest is gone or the region is refused: release everything but the stats. */
+void dst_region_drop(struct dst_region *r, const char *why);
+void dst_region_free(struct dst_region *r);
 
 #endif /* TLM_DST_REGION_H */

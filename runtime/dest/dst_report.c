@@ -6,9 +6,10 @@
  * 4 KiB of every PAGE received; overhead is everything else (frame headers, class map,
  * DEMANDs, handshakes).
  */
+#include "dst_report.h"
+
 #include <stdio.h>
 
-#include "dst_region.h"
 #include "json.h"
 #include "util.h"
 

@@ -18,6 +18,9 @@
 
 #include "ctl.h"
 #include "dst_ctl.h"
+#include "dst_fault.h"
+#include "dst_fetch.h"
+#include "dst_report.h"
 #include "log.h"
 #include "util.h"
 
