@@ -6,11 +6,12 @@
  * pages wait for their PAGE. A page whose guest fault was waiting for its class is queued
  * to be resolved at once.
  *
- * A frame that contradicts what the region knows (another class for a page, a gap,
- * runs beyond the region or the template) is refused whole: the source cannot be
- * trusted, the caller fails the region. Frames are appended, so the bulk stream never
- * waits for the sweep; the runs are kept until the region is released (a fault on a REF
- * page looks its template page up in them).
+ * A malformed frame (a bad run, runs beyond the region or the template, a gap) is
+ * refused before anything is used; a class that contradicts what the region knew is
+ * found while recording. Either way the source cannot be trusted and the caller fails
+ * the region. Frames are appended, so the bulk stream never waits for the sweep; the
+ * runs are kept until the region is released (a fault on a REF page looks its template
+ * page up in them).
  */
 #ifndef TLM_DST_MAP_H
 #define TLM_DST_MAP_H
