@@ -88,8 +88,8 @@ int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urge
 		return 0;
 	}
 	dst_pg_learn_cls(r, page, 1, TLM_CLASS_DATA);
-	rc = dst_place_range(r, DST_HOW_COPY, page, 1, m->u.page.data, TLM_CLASS_DATA, DST_ALLOW_NORMAL,
-			 NULL);
+	rc = dst_place_range(r, DST_HOW_COPY, page, 1, m->u.page.data, TLM_CLASS_DATA,
+			     DST_ALLOW_NORMAL, NULL);
 	if (rc == -EAGAIN && dst_pg_placeable(r, page)) {
 		/* The bytes live in the receive buffer only: ask for them again. */
 		dst_pg_set_state(r, page, DST_MISSING);
@@ -108,7 +108,8 @@ int dst_region_zero_msg(struct dst_region *r, const struct tlm_msg *m, char *err
 	if (rc)
 		return rc;
 	dst_pg_learn_cls(r, page, n, TLM_CLASS_ZERO);
-	rc = dst_place_range(r, DST_HOW_ZERO, page, n, NULL, TLM_CLASS_ZERO, DST_ALLOW_NORMAL, NULL);
+	rc = dst_place_range(r, DST_HOW_ZERO, page, n, NULL, TLM_CLASS_ZERO, DST_ALLOW_NORMAL,
+			     NULL);
 	if (rc == -EAGAIN)
 		dst_pg_defer(r, page, n);
 	return 0;
@@ -145,6 +146,7 @@ int dst_region_ref_msg(struct dst_region *r, const struct tlm_msg *m, char *err,
 	return 0;
 }
 
+/* Recorded and checked by dst_map; placed by the sweep in dst_region_work. */
 int dst_region_map_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen)
 {
 	return dst_map_frame(r, m, err, errlen);

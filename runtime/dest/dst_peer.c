@@ -97,8 +97,9 @@ static void conn_init(struct dst_conn *c, struct dst_peer *p, uint8_t chan)
 	memset(c, 0, sizeof(*c));
 	c->p = p;
 	c->c.fd = -1;
-	c->src = (struct tlm_evsrc){ .fd = -1, .on_event = on_conn,
-				     .prio = chan == TLM_CHAN_URGENT ? DST_PRIO_URGENT : DST_PRIO_BULK };
+	c->src = (struct tlm_evsrc){ .fd = -1, .on_event = on_conn, .prio = DST_PRIO_BULK };
+	if (chan == TLM_CHAN_URGENT)
+		c->src.prio = DST_PRIO_URGENT;       /* demand replies before the stream */
 	c->chan = chan;
 }
 
