@@ -19,7 +19,7 @@
  * keeps memory bounded).
  *
  * The region sees a peer only as its struct dst_link (dst_region.h); the peer tells the
- * region what arrives through the region's "from the link" calls.
+ * region what arrives through dst_fetch.h (and dst_region_fail).
  */
 #ifndef TLM_DST_PEER_H
 #define TLM_DST_PEER_H
