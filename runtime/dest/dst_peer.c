@@ -1,11 +1,11 @@
 /*
  * dst_peer.c — the urgent and bulk sessions of one region to the source page server
- * (dst_peer.h). Messages are checked against the channel they may arrive on and handed to
- * dst_region.c, which validates their contents against the region.
+ * (dst_peer.h), behind the region's struct dst_link. Messages are checked against the
+ * channel they may arrive on and handed to the region, which validates their contents.
  *
  * Closing a session frees its buffers, and a frame being handled points into them; so a
  * broken session is only flagged (peer->lost) where it is found and closed at the next
- * safe point (end of the event, dst_peer_work).
+ * safe point (end of the event, the pump).
  */
 #include "dst_peer.h"
 
@@ -19,7 +19,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "dst_fetch.h"
 #include "dst_region.h"
+#include "evloop.h"
 #include "log.h"
 #include "util.h"
 
@@ -34,16 +36,44 @@
 #define KEEPALIVE_IDLE_S     5               /* a silent link is probed after this */
 #define KEEPALIVE_TIMEOUT_S  20              /* unanswered this long: the session is lost */
 
+struct dst_peer;
+
+struct dst_conn {
+	struct dst_peer *p;
+	struct tlm_conn c;               /* c.fd -1 while down */
+	struct tlm_evsrc src;            /* c.fd in the loop while up */
+	uint8_t chan;                    /* TLM_CHAN_URGENT / TLM_CHAN_BULK */
+	bool up;
+};
+
+struct dst_peer {
+	struct dst_link link;            /* what the region sees (first member) */
+	struct dst_region *r;
+	const struct dst_peer_cfg *cfg;
+	struct dst_conn urg, bulk;
+	unsigned attempts;               /* failed attempts in a row */
+	uint64_t retry_at;               /* CLOCK_MONOTONIC ns of the next attempt, 0 = none */
+	uint64_t outage_since;           /* first failure since a frame was handled, 0 = none */
+	uint64_t last_input_ns;          /* last byte read on either channel (or connected) */
+	struct dst_connect_job *job;     /* connection attempt under way (its own thread) */
+	bool bulk_more;                  /* bulk frames may be buffered (paused / budget) */
+	bool lost;                       /* a session broke: closed at the next safe point */
+	uint64_t *backlog;               /* REQUESTED pages not yet queued on urgent */
+	size_t nbacklog, backlog_cap;
+	char last_err[256];
+};
+
 /*
  * A connection attempt (TCP connect + handshake of both channels) blocks for seconds when
  * the source is down or hung, so it runs in a thread of its own while the loop goes on
  * serving faults. The thread touches only the job (the key is the daemon's, read-only)
- * and says it is done on job->efd; the loop then takes the sockets (dst_peer_job_event).
+ * and says it is done on job->efd; the loop then takes the sockets (on_job).
  */
 struct dst_connect_job {
-	struct dst_ev ev;                 /* DST_EV_CONNECT */
-	struct dst_server *srv;
-	struct dst_region *r;             /* NULL once the region let go of it */
+	struct tlm_evsrc src;             /* efd */
+	struct tlm_evloop *loop;
+	const struct dst_peer_cfg *cfg;
+	struct dst_peer *p;               /* NULL once the peer let go of it */
 	pthread_t thread;
 	int efd;
 	char source[TLM_LOCAL_PATH_MAX];
@@ -55,22 +85,22 @@ struct dst_connect_job {
 	char err[256];
 };
 
-static void conn_init(struct dst_conn *c, struct dst_region *r, uint8_t chan)
+static struct dst_peer *peer_of(const struct dst_link *l)
 {
-	memset(c, 0, sizeof(*c));
-	c->r = r;
-	c->c.fd = -1;
-	c->ev = (struct dst_ev){ DST_EV_CONN, c };
-	c->chan = chan;
+	return (struct dst_peer *)(void *)l;     /* link is the first member */
 }
 
-void dst_peer_init(struct dst_region *r)
-{
-	struct dst_peer *p = &r->peer;
+static void on_conn(struct tlm_evsrc *src, uint32_t events);
 
-	memset(p, 0, sizeof(*p));
-	conn_init(&p->urg, r, TLM_CHAN_URGENT);
-	conn_init(&p->bulk, r, TLM_CHAN_BULK);
+static void conn_init(struct dst_conn *c, struct dst_peer *p, uint8_t chan)
+{
+	memset(c, 0, sizeof(*c));
+	c->p = p;
+	c->c.fd = -1;
+	c->src = (struct tlm_evsrc){ .fd = -1, .on_event = on_conn, .prio = DST_PRIO_BULK };
+	if (chan == TLM_CHAN_URGENT)
+		c->src.prio = DST_PRIO_URGENT;       /* demand replies before the stream */
+	c->chan = chan;
 }
 
 static const char *chan_str(uint8_t chan)
@@ -83,50 +113,36 @@ static const char *chan_name(const struct dst_conn *c)
 	return chan_str(c->chan);
 }
 
-bool dst_peer_up(const struct dst_region *r)
+static bool peer_up(const struct dst_peer *p)
 {
-	return r->peer.urg.up && r->peer.bulk.up && !r->peer.lost;
-}
-
-uint64_t dst_peer_wire_in(const struct dst_region *r)
-{
-	return (r->peer.urg.up ? r->peer.urg.c.bytes_in : 0) +
-	       (r->peer.bulk.up ? r->peer.bulk.c.bytes_in : 0);
-}
-
-uint64_t dst_peer_wire_out(const struct dst_region *r)
-{
-	return (r->peer.urg.up ? r->peer.urg.c.bytes_out : 0) +
-	       (r->peer.bulk.up ? r->peer.bulk.c.bytes_out : 0);
+	return p->urg.up && p->bulk.up && !p->lost;
 }
 
 static void set_events(struct dst_conn *c, uint32_t events)
 {
-	if (!c->up || c->events == events)
-		return;
-	if (dst_watch(c->r->srv, c->c.fd, &c->ev, events, false) == 0)
-		c->events = events;
+	if (c->up)
+		tlm_evloop_mod(c->p->r->loop, &c->src, events);
 }
 
 /* ---- sessions ------------------------------------------------------------------------------ */
 
 static void conn_close(struct dst_conn *c)
 {
-	struct dst_region *r = c->r;
+	struct dst_region *r = c->p->r;
 
 	if (!c->up)
 		return;
 	r->st.wire_in += c->c.bytes_in;
 	r->st.wire_out += c->c.bytes_out;
-	dst_unwatch(r->srv, c->c.fd);
+	tlm_evloop_del(r->loop, &c->src);
 	tlm_conn_fini(&c->c);          /* closes the fd */
 	c->up = false;
-	c->events = 0;
 }
 
-void dst_peer_close(struct dst_region *r)
+/* Close both sessions (counters are added to the region's stats); tell the region unless
+ * it is the one letting go. */
+static void peer_close(struct dst_peer *p, bool tell)
 {
-	struct dst_peer *p = &r->peer;
 	bool was_up = p->urg.up || p->bulk.up;
 
 	conn_close(&p->urg);
@@ -134,21 +150,8 @@ void dst_peer_close(struct dst_region *r)
 	p->nbacklog = 0;
 	p->bulk_more = false;
 	p->lost = false;
-	if (was_up && !r->released)
-		dst_region_disconnected(r);
-}
-
-void dst_peer_fini(struct dst_region *r)
-{
-	dst_peer_close(r);
-	if (r->peer.job) {
-		r->peer.job->r = NULL;   /* its event frees it */
-		r->peer.job = NULL;
-	}
-	free(r->peer.backlog);
-	r->peer.backlog = NULL;
-	r->peer.backlog_cap = 0;
-	r->peer.retry_at = 0;
+	if (was_up && tell)
+		dst_region_disconnected(p->r);
 }
 
 /* Thread side: connect and authenticate one channel. Returns the fd or -errno. */
@@ -160,7 +163,7 @@ static int job_channel(struct dst_connect_job *j, uint8_t chan)
 	fd = tlm_tcp_connect(j->source, CONNECT_TIMEOUT_MS, j->err, sizeof(j->err));
 	if (fd < 0)
 		return fd;
-	rc = tlm_proto_client_handshake(fd, &j->srv->key, chan, &j->open, &acc,
+	rc = tlm_proto_client_handshake(fd, &j->cfg->key, chan, &j->open, &acc,
 					HANDSHAKE_TIMEOUT_MS, j->err, sizeof(j->err));
 	if (!rc && acc.u.vm_accept.page_count != j->npages) {
 		snprintf(j->err, sizeof(j->err), "source has %llu pages for %s, the region has "
@@ -202,14 +205,17 @@ static void *job_run(void *arg)
 	return NULL;
 }
 
-static struct dst_connect_job *job_start(struct dst_region *r)
+static void on_job(struct tlm_evsrc *src, uint32_t events);
+
+static struct dst_connect_job *job_start(struct dst_peer *p)
 {
+	struct dst_region *r = p->r;
 	struct dst_connect_job *j = calloc(1, sizeof(*j));
 	struct tlm_msg *o;
 
 	if (!j)
 		return NULL;
-	*j = (struct dst_connect_job){ .ev = { DST_EV_CONNECT, j }, .srv = r->srv, .r = r,
+	*j = (struct dst_connect_job){ .loop = r->loop, .cfg = p->cfg, .p = p,
 				       .npages = r->npages, .fd = { -1, -1 } };
 	snprintf(j->source, sizeof(j->source), "%s", r->source);
 	o = &j->open;
@@ -219,10 +225,11 @@ static struct dst_connect_job *job_start(struct dst_region *r)
 	memcpy(o->u.vm_open.digest, r->digest, sizeof(r->digest));
 	snprintf(o->u.vm_open.vm_id, sizeof(o->u.vm_open.vm_id), "%s", r->id);
 	j->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (j->efd >= 0 && dst_watch(r->srv, j->efd, &j->ev, EPOLLIN, true) == 0) {
+	j->src = (struct tlm_evsrc){ .fd = j->efd, .on_event = on_job, .prio = DST_PRIO_OTHER };
+	if (j->efd >= 0 && tlm_evloop_add(j->loop, &j->src, EPOLLIN) == 0) {
 		if (pthread_create(&j->thread, NULL, job_run, j) == 0)
 			return j;
-		dst_unwatch(r->srv, j->efd);
+		tlm_evloop_del(j->loop, &j->src);
 	}
 	if (j->efd >= 0)
 		close(j->efd);
@@ -231,7 +238,7 @@ static struct dst_connect_job *job_start(struct dst_region *r)
 }
 
 /* A handshaken socket joins the event loop; closed on failure. */
-static int attach_session(struct dst_region *r, struct dst_conn *c, int fd)
+static int attach_session(struct dst_conn *c, int fd)
 {
 	size_t wcap = c->chan == TLM_CHAN_URGENT ? URG_WCAP : BULK_WCAP;
 	int rc = tlm_conn_init(&c->c, fd, wcap);
@@ -240,13 +247,13 @@ static int attach_session(struct dst_region *r, struct dst_conn *c, int fd)
 		close(fd);
 		return rc;
 	}
-	rc = dst_watch(r->srv, fd, &c->ev, EPOLLIN, true);
+	c->src.fd = fd;
+	rc = tlm_evloop_add(c->p->r->loop, &c->src, EPOLLIN);
 	if (rc) {
 		tlm_conn_fini(&c->c);
 		return rc;
 	}
 	c->up = true;
-	c->events = EPOLLIN;
 	return 0;
 }
 
@@ -258,11 +265,11 @@ static bool fatal_errno(int rc)
 }
 
 /* The outage lasted longer than the limit: stop trying, faults keep waiting. */
-static void pause_peer(struct dst_region *r, const char *why)
+static void pause_peer(struct dst_peer *p, const char *why)
 {
-	struct dst_peer *p = &r->peer;
+	struct dst_region *r = p->r;
 
-	p->paused = true;
+	p->link.paused = true;
 	p->retry_at = 0;
 	log_error("%s: source %s unreachable for %llu s (%s): paused, guest faults wait; "
 		  "`resume %s [HOST:PORT]` tries again", r->id, r->source,
@@ -271,9 +278,9 @@ static void pause_peer(struct dst_region *r, const char *why)
 	snprintf(r->fail_reason, sizeof(r->fail_reason), "paused: source unreachable: %s", why);
 }
 
-static void schedule_retry(struct dst_region *r, int rc, const char *why)
+static void schedule_retry(struct dst_peer *p, int rc, const char *why)
 {
-	struct dst_peer *p = &r->peer;
+	struct dst_region *r = p->r;
 	uint64_t now = tlm_now_ns(), ms;
 
 	if (fatal_errno(rc)) {
@@ -282,8 +289,8 @@ static void schedule_retry(struct dst_region *r, int rc, const char *why)
 	}
 	if (!p->outage_since)
 		p->outage_since = now;
-	if (now - p->outage_since >= r->srv->outage_limit_ms * 1000000ull) {
-		pause_peer(r, why);
+	if (now - p->outage_since >= p->cfg->outage_limit_ms * 1000000ull) {
+		pause_peer(p, why);
 		return;
 	}
 	p->attempts++;
@@ -297,13 +304,13 @@ static void schedule_retry(struct dst_region *r, int rc, const char *why)
 
 int dst_peer_resume(struct dst_region *r, const char *source)
 {
-	struct dst_peer *p = &r->peer;
+	struct dst_peer *p = r->link ? peer_of(r->link) : NULL;
 
-	if (!p->paused)
+	if (!p || !p->link.paused)
 		return -EINVAL;
 	if (source)
 		snprintf(r->source, sizeof(r->source), "%s", source);
-	p->paused = false;
+	p->link.paused = false;
 	p->attempts = 0;
 	p->outage_since = 0;
 	p->retry_at = tlm_now_ns();
@@ -312,60 +319,61 @@ int dst_peer_resume(struct dst_region *r, const char *source)
 	return 0;
 }
 
-static void flush_backlog(struct dst_region *r);
+static void flush_backlog(struct dst_peer *p);
 
-void dst_peer_connect(struct dst_region *r)
+static void peer_connect(struct dst_peer *p)
 {
-	struct dst_peer *p = &r->peer;
-
 	p->retry_at = 0;
 	if (p->job)
 		return;
-	p->job = job_start(r);
+	p->job = job_start(p);
 	if (!p->job)
-		schedule_retry(r, -ENOMEM, "cannot start a connection attempt");
+		schedule_retry(p, -ENOMEM, "cannot start a connection attempt");
 }
 
 /* The attempt's sockets join the loop, or a retry is scheduled. */
-static void job_finish(struct dst_region *r, struct dst_connect_job *j)
+static void job_finish(struct dst_peer *p, struct dst_connect_job *j)
 {
-	struct dst_peer *p = &r->peer;
+	struct dst_region *r = p->r;
 	int rc = j->rc, fd;
 
 	if (!rc) {
 		fd = j->fd[0];
 		j->fd[0] = -1;
-		rc = attach_session(r, &p->urg, fd);
+		rc = attach_session(&p->urg, fd);
 	}
 	if (!rc) {
 		fd = j->fd[1];
 		j->fd[1] = -1;
-		rc = attach_session(r, &p->bulk, fd);
+		rc = attach_session(&p->bulk, fd);
 	}
 	if (rc) {
 		char why[320];
 
 		snprintf(why, sizeof(why), "%s channel: %s", chan_str(j->rc ? j->chan : 0),
 			 j->rc ? j->err : strerror(-rc));
-		dst_peer_close(r);
-		schedule_retry(r, rc, why);
+		peer_close(p, true);
+		schedule_retry(p, rc, why);
 		return;
 	}
 	r->st.sessions++;
 	p->last_input_ns = tlm_now_ns();
 	log_info("%s: connected to the source %s (urgent + bulk)", r->id, r->source);
 	dst_region_connected(r);
-	flush_backlog(r);
+	flush_backlog(p);
 }
 
-void dst_peer_job_event(struct dst_connect_job *j)
+/* The attempt's thread is done (its eventfd is readable). */
+static void on_job(struct tlm_evsrc *src, uint32_t events)
 {
+	struct dst_connect_job *j = TLM_EVSRC_OWNER(src, struct dst_connect_job, src);
+
 	pthread_join(j->thread, NULL);
-	dst_unwatch(j->srv, j->efd);
+	tlm_evloop_del(j->loop, &j->src);
 	close(j->efd);
-	if (j->r) {
-		j->r->peer.job = NULL;
-		job_finish(j->r, j);
+	if (j->p) {
+		j->p->job = NULL;
+		job_finish(j->p, j);
 	}
 	for (int i = 0; i < 2; i++)
 		if (j->fd[i] >= 0)
@@ -376,7 +384,7 @@ void dst_peer_job_event(struct dst_connect_job *j)
 /* Flag a broken session; it is closed at the next safe point. */
 static void conn_broken(struct dst_conn *c, const char *why)
 {
-	struct dst_peer *p = &c->r->peer;
+	struct dst_peer *p = c->p;
 
 	if (p->lost)
 		return;
@@ -384,21 +392,21 @@ static void conn_broken(struct dst_conn *c, const char *why)
 	snprintf(p->last_err, sizeof(p->last_err), "%s channel: %s", chan_name(c), why);
 }
 
-static void check_lost(struct dst_region *r)
+static void check_lost(struct dst_peer *p)
 {
-	struct dst_peer *p = &r->peer;
+	struct dst_region *r = p->r;
 	char why[sizeof(p->last_err)];
 
 	if (!p->lost)
 		return;
 	memcpy(why, p->last_err, sizeof(why));
-	dst_peer_close(r);
+	peer_close(p, true);
 	if (r->phase == DST_FAILED || r->phase == DST_COMPLETE || r->dead)
 		return;
 	r->st.reconnects++;
 	log_warn("%s: lost the source session (%s); faults wait while we reconnect", r->id,
 		 why);
-	schedule_retry(r, -ECONNRESET, why);
+	schedule_retry(p, -ECONNRESET, why);
 }
 
 /*
@@ -406,37 +414,35 @@ static void check_lost(struct dst_region *r)
  * session too, once a guest page has been waited for that long: demands are outstanding
  * and neither channel brought a byte for --stall-timeout.
  */
-static void check_stall(struct dst_region *r, uint64_t now_ns)
+static void check_stall(struct dst_peer *p, uint64_t now_ns)
 {
-	struct dst_peer *p = &r->peer;
+	struct dst_region *r = p->r;
 	char why[96];
 
-	if (!dst_peer_up(r) || !r->n_requested ||
-	    now_ns - p->last_input_ns < r->srv->stall_ms * 1000000ull)
+	if (!peer_up(p) || !r->n_requested ||
+	    now_ns - p->last_input_ns < p->cfg->stall_ms * 1000000ull)
 		return;
 	snprintf(why, sizeof(why), "no reply to %llu demanded pages for %.1f s",
 		 (unsigned long long)r->n_requested, (double)(now_ns - p->last_input_ns) / 1e9);
 	conn_broken(&p->urg, why);
 }
 
-void dst_peer_tick(struct dst_region *r, uint64_t now_ns)
+static void peer_tick(struct dst_peer *p, uint64_t now_ns)
 {
-	struct dst_peer *p = &r->peer;
-
-	check_stall(r, now_ns);
-	check_lost(r);
+	check_stall(p, now_ns);
+	check_lost(p);
 	if (!p->urg.up && !p->job && p->retry_at && now_ns >= p->retry_at)
-		dst_peer_connect(r);
+		peer_connect(p);
 }
 
 /* ---- demand -------------------------------------------------------------------------------- */
 
-static void flush_urgent(struct dst_region *r)
+static void flush_urgent(struct dst_peer *p)
 {
-	struct dst_conn *c = &r->peer.urg;
+	struct dst_conn *c = &p->urg;
 	int rc;
 
-	if (!c->up || r->peer.lost)
+	if (!c->up || p->lost)
 		return;
 	rc = tlm_conn_flush(&c->c);
 	if (rc == 0) {
@@ -452,9 +458,9 @@ static void flush_urgent(struct dst_region *r)
 }
 
 /* Queue DEMANDs for the backlog, consecutive pages merged, as far as urgent has room. */
-static void flush_backlog(struct dst_region *r)
+static void flush_backlog(struct dst_peer *p)
 {
-	struct dst_peer *p = &r->peer;
+	struct dst_region *r = p->r;
 	size_t i = 0;
 
 	while (i < p->nbacklog && p->urg.up && !p->lost) {
@@ -476,52 +482,25 @@ static void flush_backlog(struct dst_region *r)
 		memmove(p->backlog, p->backlog + i, (p->nbacklog - i) * sizeof(*p->backlog));
 		p->nbacklog -= i;
 	}
-	flush_urgent(r);
+	flush_urgent(p);
 }
 
-static int backlog_push(struct dst_peer *p, uint64_t page)
+/* Room for n more pages in the backlog: all or nothing. */
+static int backlog_reserve(struct dst_peer *p, size_t n)
 {
-	if (p->nbacklog == p->backlog_cap) {
-		size_t cap = p->backlog_cap ? p->backlog_cap * 2 : 256;
-		uint64_t *b = realloc(p->backlog, cap * sizeof(*b));
+	size_t cap = p->backlog_cap ? p->backlog_cap : 256;
+	uint64_t *b;
 
-		if (!b)
-			return -ENOMEM;
-		p->backlog = b;
-		p->backlog_cap = cap;
-	}
-	p->backlog[p->nbacklog++] = page;
-	return 0;
-}
-
-void dst_peer_demand(struct dst_region *r, uint64_t page, uint32_t count)
-{
-	struct dst_peer *p = &r->peer;
-
-	if (!dst_peer_up(r))
-		return;                  /* stays MISSING: demanded once connected */
-	for (uint64_t i = page; i < page + count && i < r->npages; i++) {
-		if (dst_pg_state(r, i) != DST_MISSING)
-			continue;
-		if (backlog_push(p, i) < 0) {
-			log_error("%s: out of memory queueing a demand for page %llu", r->id,
-				  (unsigned long long)i);
-			break;
-		}
-		dst_pg_set_state(r, i, DST_REQUESTED);
-	}
-	flush_backlog(r);
-}
-
-size_t dst_peer_demand_room(const struct dst_region *r)
-{
-	const struct dst_peer *p = &r->peer;
-
-	struct tlm_msg m = { .type = TLM_MSG_DEMAND };
-
-	if (!dst_peer_up(r) || p->nbacklog)
+	while (cap < p->nbacklog + n)
+		cap *= 2;
+	if (cap == p->backlog_cap)
 		return 0;
-	return tlm_conn_space(&p->urg.c) / tlm_proto_frame_size(&m);
+	b = realloc(p->backlog, cap * sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	p->backlog = b;
+	p->backlog_cap = cap;
+	return 0;
 }
 
 /* ---- input ------------------------------------------------------------------------------------ */
@@ -536,8 +515,7 @@ static int on_bulk_only(struct dst_conn *c, const struct tlm_msg *m, char *err, 
 
 static int handle_msg(struct dst_conn *c, const struct tlm_msg *m, char *err, size_t errlen)
 {
-	struct dst_region *r = c->r;
-	struct dst_peer *p = &r->peer;
+	struct dst_region *r = c->p->r;
 	bool urgent = c->chan == TLM_CHAN_URGENT;
 	int rc;
 
@@ -550,10 +528,10 @@ static int handle_msg(struct dst_conn *c, const struct tlm_msg *m, char *err, si
 		return dst_region_ref_msg(r, m, err, errlen);
 	case TLM_MSG_CLASS_MAP:
 		rc = on_bulk_only(c, m, err, errlen);
-		return rc ? rc : dst_region_map(r, m, err, errlen);
+		return rc ? rc : dst_region_map_msg(r, m, err, errlen);
 	case TLM_MSG_PROGRESS:
-		p->progress_sent = m->u.progress.pages_sent;
-		p->progress_total = m->u.progress.pages_total;
+		r->st.source_sent = m->u.progress.pages_sent;
+		r->st.source_total = m->u.progress.pages_total;
 		return on_bulk_only(c, m, err, errlen);
 	case TLM_MSG_DONE:
 		rc = on_bulk_only(c, m, err, errlen);
@@ -573,11 +551,7 @@ static int handle_msg(struct dst_conn *c, const struct tlm_msg *m, char *err, si
 
 static bool can_take(const struct dst_conn *c)
 {
-	const struct dst_region *r = c->r;
-
-	return c->up && !r->peer.lost && !r->dead &&
-	       (r->phase == DST_CONNECTING || r->phase == DST_MAPPING ||
-		r->phase == DST_FETCHING);
+	return c->up && !c->p->lost && dst_region_live(c->p->r);
 }
 
 /*
@@ -588,7 +562,8 @@ static bool can_take(const struct dst_conn *c)
  */
 static int handle_frames(struct dst_conn *c, unsigned budget)
 {
-	struct dst_region *r = c->r;
+	struct dst_peer *p = c->p;
+	struct dst_region *r = p->r;
 	char err[320];
 	struct tlm_msg m;
 	int rc;
@@ -597,7 +572,7 @@ static int handle_frames(struct dst_conn *c, unsigned budget)
 		if (!can_take(c))
 			return -1;
 		if (c->chan == TLM_CHAN_BULK && done && !(done % YIELD_FRAMES) &&
-		    dst_should_yield(r->srv))
+		    tlm_evloop_should_yield(r->loop))
 			return 1;
 		err[0] = '\0';
 		rc = tlm_conn_next(&c->c, &m, err, sizeof(err));
@@ -615,17 +590,17 @@ static int handle_frames(struct dst_conn *c, unsigned budget)
 			dst_region_fail(r, "source %s: %s", r->source, err);
 			return -1;
 		}
-		r->peer.attempts = 0;     /* the session works */
-		r->peer.outage_since = 0;
+		p->attempts = 0;          /* the session works */
+		p->outage_since = 0;
 	}
 	return 1;
 }
 
 /* Bulk stopped by its frame budget or to yield to waiting events: stop reading it until
- * the background slice (dst_peer_work) resumes it (TCP backpressure meanwhile). */
+ * the background slice (the pump) resumes it (TCP backpressure meanwhile). */
 static void bulk_pause(struct dst_conn *c)
 {
-	c->r->peer.bulk_more = true;
+	c->p->bulk_more = true;
 	set_events(c, 0);
 }
 
@@ -657,31 +632,66 @@ static void conn_input(struct dst_conn *c)
 			conn_broken(c, n == 0 ? "closed by the source" : strerror((int)-n));
 			return;
 		}
-		c->r->peer.last_input_ns = tlm_now_ns();
+		c->p->last_input_ns = tlm_now_ns();
 	}
 }
 
-void dst_peer_event(struct dst_conn *c, uint32_t events)
+static void on_conn(struct tlm_evsrc *src, uint32_t events)
 {
-	struct dst_region *r = c->r;
+	struct dst_conn *c = TLM_EVSRC_OWNER(src, struct dst_conn, src);
 
 	if (!can_take(c))
 		return;
 	if (events & EPOLLOUT)
-		flush_backlog(r);
+		flush_backlog(c->p);
 	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
 		conn_input(c);
-	check_lost(r);
+	check_lost(c->p);
+}
+
+/* ---- the region's link (struct dst_link_ops) ------------------------------------------------------ */
+
+static void link_connect(struct dst_link *l)
+{
+	peer_connect(peer_of(l));
+}
+
+static bool link_up(const struct dst_link *l)
+{
+	return peer_up(peer_of(l));
+}
+
+/* Pages stay in the backlog, in order, until urgent has room for them. */
+static int link_demand(struct dst_link *l, uint64_t page, uint32_t count)
+{
+	struct dst_peer *p = peer_of(l);
+
+	if (backlog_reserve(p, count) < 0)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < count; i++)
+		p->backlog[p->nbacklog++] = page + i;
+	flush_backlog(p);
+	return 0;
+}
+
+static size_t link_demand_room(const struct dst_link *l)
+{
+	const struct dst_peer *p = peer_of(l);
+	struct tlm_msg m = { .type = TLM_MSG_DEMAND };
+
+	if (!peer_up(p) || p->nbacklog)
+		return 0;
+	return tlm_conn_space(&p->urg.c) / tlm_proto_frame_size(&m);
 }
 
 /* Resume bulk input stopped by its budget (or a yield); handle what it buffered. */
-bool dst_peer_work(struct dst_region *r)
+static bool link_pump(struct dst_link *l)
 {
-	struct dst_peer *p = &r->peer;
+	struct dst_peer *p = peer_of(l);
 	struct dst_conn *c = &p->bulk;
 
 	if (!c->up) {
-		check_lost(r);
+		check_lost(p);
 		return p->bulk_more && c->up;
 	}
 	if (p->bulk_more) {
@@ -690,6 +700,56 @@ bool dst_peer_work(struct dst_region *r)
 	}
 	if (c->up && !p->bulk_more)
 		set_events(c, EPOLLIN);
-	check_lost(r);
+	check_lost(p);
 	return p->bulk_more;
+}
+
+static void link_tick(struct dst_link *l, uint64_t now_ns)
+{
+	peer_tick(peer_of(l), now_ns);
+}
+
+static void link_wire(const struct dst_link *l, uint64_t *in, uint64_t *out)
+{
+	const struct dst_peer *p = peer_of(l);
+
+	*in = (p->urg.up ? p->urg.c.bytes_in : 0) + (p->bulk.up ? p->bulk.c.bytes_in : 0);
+	*out = (p->urg.up ? p->urg.c.bytes_out : 0) + (p->bulk.up ? p->bulk.c.bytes_out : 0);
+}
+
+static void link_release(struct dst_link *l)
+{
+	struct dst_peer *p = peer_of(l);
+
+	peer_close(p, false);
+	if (p->job)
+		p->job->p = NULL;        /* its event frees it */
+	free(p->backlog);
+	free(p);
+}
+
+static const struct dst_link_ops peer_ops = {
+	.connect = link_connect,
+	.up = link_up,
+	.demand = link_demand,
+	.demand_room = link_demand_room,
+	.pump = link_pump,
+	.tick = link_tick,
+	.wire = link_wire,
+	.release = link_release,
+};
+
+int dst_peer_attach(struct dst_region *r, const struct dst_peer_cfg *cfg)
+{
+	struct dst_peer *p = calloc(1, sizeof(*p));
+
+	if (!p)
+		return -ENOMEM;
+	p->link.ops = &peer_ops;
+	p->r = r;
+	p->cfg = cfg;
+	conn_init(&p->urg, p, TLM_CHAN_URGENT);
+	conn_init(&p->bulk, p, TLM_CHAN_BULK);
+	r->link = &p->link;
+	return 0;
 }

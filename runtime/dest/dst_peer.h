@@ -17,83 +17,32 @@
  * output buffer is full the request waits in a backlog.
  * Bulk input is paused while a class map frame is still being applied (TCP backpressure
  * keeps memory bounded).
+ *
+ * The region sees a peer only as its struct dst_link (dst_region.h); the peer tells the
+ * region what arrives through dst_fetch.h (and dst_region_fail).
  */
 #ifndef TLM_DST_PEER_H
 #define TLM_DST_PEER_H
 
-#include <stdbool.h>
-#include <stddef.h>
 #include <stdint.h>
 
 #include "tlm_proto.h"
 
 struct dst_region;
-struct dst_connect_job;
-
-/* ---- epoll tags (shared by the whole daemon) ------------------------------------------- */
-
-enum dst_ev_kind {
-	DST_EV_GLUE_LISTEN = 1, DST_EV_CTL, DST_EV_SIGNAL, DST_EV_TIMER,
-	DST_EV_GLUE, DST_EV_UFFD, DST_EV_CONN, DST_EV_CONNECT,
-};
-
-/* What an epoll entry's data.ptr points at. */
-struct dst_ev {
-	enum dst_ev_kind kind;
-	void *obj;
-};
-
-/* ---- sessions ---------------------------------------------------------------------------- */
 
 #define DST_PEER_RETRY_MAX_MS 2000      /* backoff ceiling between connection attempts */
 
-struct dst_conn {
-	struct dst_region *r;
-	struct tlm_conn c;               /* c.fd -1 while down */
-	struct dst_ev ev;
-	uint8_t chan;                    /* TLM_CHAN_URGENT / TLM_CHAN_BULK */
-	bool up;
-	uint32_t events;                 /* current epoll interest */
+/* The daemon's settings every peer shares (they must outlive the peers). */
+struct dst_peer_cfg {
+	struct tlm_key key;              /* --key: pre-shared with the source */
+	uint64_t outage_limit_ms;        /* --outage-limit: source unreachable -> paused */
+	uint64_t stall_ms;               /* --stall-timeout: demands unanswered -> reconnect */
 };
 
-struct dst_peer {
-	struct dst_conn urg, bulk;
-	unsigned attempts;               /* failed attempts in a row */
-	uint64_t retry_at;               /* CLOCK_MONOTONIC ns of the next attempt, 0 = none */
-	uint64_t outage_since;           /* first failure since a frame was handled, 0 = none */
-	bool paused;                     /* outage limit reached: no attempts until resumed */
-	uint64_t last_input_ns;          /* last byte read on either channel (or connected) */
-	struct dst_connect_job *job;     /* connection attempt under way (its own thread) */
-	bool bulk_more;                  /* bulk frames may be buffered (paused / budget) */
-	bool lost;                       /* a session broke: closed at the next safe point */
-	uint64_t *backlog;               /* REQUESTED pages not yet queued on urgent */
-	size_t nbacklog, backlog_cap;
-	uint64_t progress_sent, progress_total;
-	char last_err[256];
-};
-
-void dst_peer_init(struct dst_region *r);
-void dst_peer_fini(struct dst_region *r);
-/* Start opening both sessions (in a thread: connect + handshake block); when it ends,
- * dst_peer_job_event attaches them, or a retry is scheduled (or the region fails). */
-void dst_peer_connect(struct dst_region *r);
-void dst_peer_job_event(struct dst_connect_job *j);
-/* Close both sessions (counters are added to the region's stats). */
-void dst_peer_close(struct dst_region *r);
-bool dst_peer_up(const struct dst_region *r);
-void dst_peer_event(struct dst_conn *c, uint32_t events);
-/* Demand [page, page+count) (pages already REQUESTED/PRESENT/REMOVED are skipped).
- * Without an urgent session the pages stay MISSING and are demanded after connecting. */
-void dst_peer_demand(struct dst_region *r, uint64_t page, uint32_t count);
-/* Free urgent output space in DEMAND frames (for the after-DONE sweep). */
-size_t dst_peer_demand_room(const struct dst_region *r);
-/* Process bulk frames buffered while paused; true if more are pending. */
-bool dst_peer_work(struct dst_region *r);
-void dst_peer_tick(struct dst_region *r, uint64_t now_ns);
+/* Give r its link (r->link), idle until the region connects it. 0 or -ENOMEM. */
+int dst_peer_attach(struct dst_region *r, const struct dst_peer_cfg *cfg);
 /* Leave the paused state (new source address if not NULL) and connect at the next tick.
- * -EINVAL if the peer is not paused. */
+ * -EINVAL if r's link is not paused. */
 int dst_peer_resume(struct dst_region *r, const char *source);
-uint64_t dst_peer_wire_in(const struct dst_region *r);
-uint64_t dst_peer_wire_out(const struct dst_region *r);
 
 #endif /* TLM_DST_PEER_H */

@@ -1,7 +1,20 @@
 /*
- * dst_region.h — tlm-uffd-server's state: the daemon (struct dst_server), the glue
- * connections (struct dst_glue) and one migrating guest RAM region (struct dst_region)
- * with its page-state table, fault handling and page placement.
+ * dst_region.h — one migrating guest RAM region at the destination (struct dst_region):
+ * its page-state table, its phase, the two things it talks to through ops tables (the
+ * guest's userfaultfd and the link to the source) and its life: created from a REGION,
+ * failed, completed, dropped, freed (dst_region.c).
+ *
+ * The rest of the region's work is one file per concern, each with its header:
+ *   dst_pages   page-state transitions and waiting faults: the one place states change
+ *   dst_uevent  reading the uffd's events and recording what they say (never places)
+ *   dst_place   placing pages: CONTINUE / ZEROPAGE / COPY, EEXIST and EAGAIN handling
+ *   dst_map     the class map: ingest, checks, the sweep that places known classes
+ *   dst_fault   the fault path: the uffd arrives, a fault is read, resolved, answered
+ *   dst_fetch   what the link brings (messages, sessions), the finish sweep, the
+ *               background work slice; the link's way in
+ * Calls only go down that list (dst_fetch -> dst_fault -> dst_map -> dst_place ->
+ * dst_uevent -> dst_pages, and everything -> dst_region.c); the peer (dst_peer.c) calls
+ * dst_fetch.h and dst_region.h, the region reaches the peer only through struct dst_link.
  *
  * Page-state table: one byte per page (memory stays at 1 byte per guest page):
  *   bits 0-2  class (enum tlm_page_class; 0 = not known yet: the class map has not
@@ -32,28 +45,19 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "evloop.h"
 #include "tlm_proto.h"
 #include "stats.h"
 #include "template.h"
 #include "tlm_uffd.h"
-#include "dst_peer.h"
 
-struct tlm_json;
+struct dst_server;
 
-/* ---- the daemon ------------------------------------------------------------------------ */
+/* Event-loop priorities of the whole daemon: guest faults first, then demand replies,
+ * then the bulk stream, then everything else. */
+enum { DST_PRIO_UFFD = 0, DST_PRIO_URGENT, DST_PRIO_BULK, DST_PRIO_OTHER };
 
-struct dst_server {
-	int epfd;
-	struct tlm_key key;
-	const char *default_source;      /* --source, may be NULL */
-	struct tlm_tmpl **tmpls;         /* --template files, opened at startup */
-	size_t ntmpls;
-	struct dst_region *regions;      /* every region, newest first */
-	struct dst_glue *glues;
-	bool exit_when_done, progress, stop;
-	uint64_t outage_limit_ms;        /* --outage-limit: source unreachable -> paused */
-	uint64_t stall_ms;               /* --stall-timeout: demands unanswered -> reconnect */
-};
+/* ---- the guest processes ------------------------------------------------------------------ */
 
 /* One accepted glue connection (one guest process). */
 struct dst_glue {
@@ -61,8 +65,60 @@ struct dst_glue {
 	struct dst_glue *next;
 	int fd;                          /* SOCK_SEQPACKET, non-blocking */
 	pid_t pid;
-	struct dst_ev ev;
+	struct tlm_evsrc src;
 	bool dead;                       /* closed: freed at the end of the loop iteration */
+};
+
+/* ---- the link to the source ------------------------------------------------------------------ */
+
+/*
+ * What a region needs from its link to the source page server (the urgent and bulk
+ * sessions): dst_peer.c implements it over TCP, the unit tests fake it. The link tells
+ * the region what happens through dst_fetch.h (and dst_region_fail); the region never
+ * sees how the link works.
+ */
+struct dst_link;
+
+struct dst_link_ops {
+	/* Start opening the sessions; dst_region_connected follows once both are open. */
+	void (*connect)(struct dst_link *l);
+	/* Both sessions are open and working: demands can be sent. */
+	bool (*up)(const struct dst_link *l);
+	/* Send DEMANDs for [page, page + count), pages the region just marked REQUESTED
+	 * (what does not fit the output waits in order). 0, or -ENOMEM: nothing queued. */
+	int (*demand)(struct dst_link *l, uint64_t page, uint32_t count);
+	/* DEMAND frames that fit in the output right now (0 while demands wait). */
+	size_t (*demand_room)(const struct dst_link *l);
+	/* Handle input held back (bulk frame budget, a yield); true if more is pending. */
+	bool (*pump)(struct dst_link *l);
+	/* Timer tick: retries, stalls, lost sessions. */
+	void (*tick)(struct dst_link *l, uint64_t now_ns);
+	/* Bytes of the open sessions (closed ones are in the region's stats). */
+	void (*wire)(const struct dst_link *l, uint64_t *in, uint64_t *out);
+	/* Close everything and free the link (the region is released). */
+	void (*release)(struct dst_link *l);
+};
+
+struct dst_link {
+	const struct dst_link_ops *ops;
+	bool paused;                     /* gave up after the outage limit: waits for resume */
+};
+
+/* ---- the guest's userfaultfd --------------------------------------------------------------- */
+
+/*
+ * The uffd as the region uses it (tlm_uffd.h semantics: 0 or -errno, *done = bytes placed
+ * before an error). dst_place.c has the real one over struct tlm_uffd (ctx); the unit
+ * tests substitute a fake that records every call.
+ */
+struct dst_uffd_ops {
+	int (*copy)(void *ctx, void *dst, const void *src, size_t len, size_t *done);
+	int (*zeropage)(void *ctx, void *dst, size_t len, size_t *done);
+	int (*cont)(void *ctx, void *dst, size_t len, size_t *done);
+	int (*wake)(void *ctx, void *addr, size_t len);
+	/* Up to max pending events: the count, -EAGAIN when none, or -errno. */
+	int (*read_events)(void *ctx, struct tlm_uffd_event *ev, int max);
+	int (*unregister)(void *ctx, void *addr, size_t len);
 };
 
 /* ---- page-state table -------------------------------------------------------------------- */
@@ -80,17 +136,17 @@ enum dst_pg_state { DST_MISSING = 0, DST_REQUESTED = 1, DST_PRESENT = 2, DST_REM
  * Phase of a region. Who moves it:
  *   WAITING_UFFD  REGION came without a uffd; `arm ID` (ctl) sends ARM, the glue's UFFD
  *                 reply moves it to CONNECTING (dst_region_attach_uffd).
- *   CONNECTING    uffd held, faults recorded; the peer connects urgent + bulk to the source
- *                 (dst_peer) and moves it to MAPPING once both sessions are open.
- *   MAPPING       the class map is arriving on bulk and being applied (dst_region_map and
+ *   CONNECTING    uffd held, faults recorded; the link connects urgent + bulk to the source
+ *                 and moves it to MAPPING once both sessions are open (dst_region_connected).
+ *   MAPPING       the class map is arriving on bulk and being applied (dst_map_frame and
  *                 the sweep in dst_region_work); once the final frame is applied -> FETCHING.
  *   FETCHING      DATA pages arrive (bulk stream, demand replies); when every page is
  *                 PRESENT/REMOVED and DONE came, dst_region_work -> COMPLETE.
  *   COMPLETE      unregistered, glue told DONE, sessions closed; kept for stats.
  *   FAILED        unrecoverable (second checksum mismatch, inconsistent source, no source
  *                 after retries): nothing more is placed, guest faults stay waiting.
- * A lost source connection does not change the phase: the peer reconnects (faults wait).
- * After --outage-limit without a working session the peer is paused (stats show phase
+ * A lost source connection does not change the phase: the link reconnects (faults wait).
+ * After --outage-limit without a working session the link is paused (stats show phase
  * "paused"; faults whose content is known locally are still served) until `resume ID`.
  */
 enum dst_phase {
@@ -113,6 +169,7 @@ struct dst_region_stats {
 	uint64_t finish_demanded;                         /* DATA pages missing after DONE */
 	uint64_t wire_in, wire_out;                       /* of closed sessions */
 	uint64_t sessions, reconnects;
+	uint64_t source_sent, source_total;               /* last PROGRESS of the source */
 	uint64_t adopted;                                 /* found present when attaching */
 	/* Fault service latency, from reading the fault to the placing ioctl (which wakes):
 	 * all faults, by class placed, and split by how: from local knowledge (template,
@@ -121,11 +178,13 @@ struct dst_region_stats {
 };
 
 struct dst_region {
-	struct dst_server *srv;
+	struct tlm_evloop *loop;          /* the daemon's: the uffd is watched there */
+	struct dst_link *link;            /* to the source (NULL once released) */
+	bool link_more;                   /* the link holds input back: pump it again */
 	struct dst_glue *glue;            /* NULL once the guest process is gone */
 	struct dst_region *next;
 	char id[TLM_PROTO_VMID_MAX + 1];
-	char source[TLM_LOCAL_PATH_MAX];  /* host:port of tlm-page-server */
+	char source[TLM_LOCAL_PATH_MAX];  /* host:port of tlm-page-server (`resume` may change) */
 	enum dst_phase phase;
 	bool dead;                        /* dropped: freed at the end of the loop iteration */
 	bool released;                    /* sessions, uffd and tables released */
@@ -139,8 +198,10 @@ struct dst_region {
 	uint64_t tmpl_base;               /* template page of region page 0: offset / 4096 */
 	bool minor;                       /* registered MINOR: TEMPLATE pages via CONTINUE */
 
-	struct tlm_uffd uffd;
-	struct dst_ev uffd_ev;
+	const struct dst_uffd_ops *uops;  /* NULL until attached and once released */
+	void *uctx;
+	struct tlm_uffd uffd;             /* the real one (uctx), fd -1 without */
+	struct tlm_evsrc uffd_src;        /* uffd.fd in the loop once attached */
 
 	uint8_t *pg;                      /* page-state table, npages bytes */
 	uint64_t n_present, n_removed, n_requested;
@@ -168,7 +229,6 @@ struct dst_region {
 	uint64_t *redo;                   /* pages whose waiting fault must be re-handled */
 	size_t nredo, redo_cap;
 
-	struct dst_peer peer;
 	struct dst_region_stats st;
 	uint64_t t_start_ns, t_end_ns;    /* REGION received; COMPLETE/FAILED */
 	uint64_t t_map_ns, t_done_ns;     /* class map applied; first DONE (stats) */
@@ -195,61 +255,48 @@ static inline bool dst_pg_placeable(const struct dst_region *r, uint64_t i)
 	return s == DST_MISSING || s == DST_REQUESTED;
 }
 
-void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s);
+/* Placement allowed: alive, holding the uffd, not finished. */
+static inline bool dst_region_live(const struct dst_region *r)
+{
+	return !r->dead && r->uops &&
+	       (r->phase == DST_CONNECTING || r->phase == DST_MAPPING ||
+		r->phase == DST_FETCHING);
+}
 
-/* ---- epoll helpers (dst_region.c) -------------------------------------------------------- */
+static inline bool dst_region_active(const struct dst_region *r)
+{
+	return !r->dead && r->phase != DST_COMPLETE && r->phase != DST_FAILED;
+}
 
-int dst_watch(struct dst_server *s, int fd, struct dst_ev *ev, uint32_t events, bool add);
-void dst_unwatch(struct dst_server *s, int fd);
-/* An event is ready: background work should return to the loop. */
-bool dst_should_yield(struct dst_server *s);
+static inline bool dst_link_up(const struct dst_region *r)
+{
+	return r->link && r->link->ops->up(r->link);
+}
 
-/* ---- lifecycle ---------------------------------------------------------------------------- */
+/* ---- lifecycle (dst_region.c) ---------------------------------------------------------------- */
 
+/* The live (not dead) region named id in list, or NULL. */
+struct dst_region *dst_region_find(struct dst_region *list, const char *id);
 const char *dst_phase_name(enum dst_phase p);
-/* The phase as reported: "paused" while the peer waits for `resume`. */
+/* The phase as reported: "paused" while the link waits for `resume`. */
 const char *dst_region_phase_name(const struct dst_region *r);
 
-/* From a checked REGION message. Returns NULL with err set. */
-struct dst_region *dst_region_new(struct dst_server *s, struct dst_glue *g,
+/* From a checked REGION message; whoever creates it gives it its link. Returns NULL
+ * with err set. */
+struct dst_region *dst_region_new(struct tlm_evloop *loop, struct dst_glue *g,
 				  const struct tlm_local_msg *m, struct tlm_tmpl *tmpl,
 				  const char *source, char *err, size_t errlen);
-/* Take the uffd (ownership passes); phase -> CONNECTING and the peer starts. */
-int dst_region_attach_uffd(struct dst_region *r, int fd, uint64_t features);
-/* The guest is gone or the region is refused: release everything but the stats. */
-void dst_region_drop(struct dst_region *r, const char *why);
-void dst_region_free(struct dst_region *r);
 /* Nothing more is placed; the glue gets ERROR; faults keep waiting. */
 void dst_region_fail(struct dst_region *r, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
-bool dst_region_active(const struct dst_region *r);
 void dst_region_notify_glue(struct dst_region *r, uint32_t type, const char *text);
-
-/* ---- events ------------------------------------------------------------------------------- */
-
-/* uffd readable: read every pending event and handle it. */
-void dst_region_uffd_event(struct dst_region *r);
-/* Bounded background work: sweep the class map, re-handle faults, pump bulk frames,
- * finish after DONE, complete. Returns true when more work is pending. */
-bool dst_region_work(struct dst_region *r);
-bool dst_region_busy(const struct dst_region *r);
-void dst_region_tick(struct dst_region *r, uint64_t now_ns);
-
-/* ---- from the peer ------------------------------------------------------------------------ */
-
-void dst_region_connected(struct dst_region *r);
-void dst_region_disconnected(struct dst_region *r);
-bool dst_region_map_pending(const struct dst_region *r);
-int dst_region_map(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
-int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,
-			char *err, size_t errlen);
-int dst_region_zero_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
-int dst_region_ref_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
-void dst_region_done_msg(struct dst_region *r, const struct tlm_msg *m);
-
-/* ---- reporting ------------------------------------------------------------------------------ */
-
-void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j);
-void dst_region_progress(struct dst_region *r, uint64_t now_ns);
+/* Every page is present: unregister, tell the glue DONE, release. */
+void dst_region_complete(struct dst_region *r);
+/* Sessions, uffd and tables go; the counters stay for stats. Only at safe points of the
+ * loop: deep inside a placement or a frame loop a failure only sets the phase. */
+void dst_region_release(struct dst_region *r);
+/* The guest is gone or the region is refused: release everything but the stats. */
+void dst_region_drop(struct dst_region *r, const char *why);
+void dst_region_free(struct dst_region *r);
 
 #endif /* TLM_DST_REGION_H */

@@ -6,9 +6,10 @@
  * 4 KiB of every PAGE received; overhead is everything else (frame headers, class map,
  * DEMANDs, handshakes).
  */
+#include "dst_report.h"
+
 #include <stdio.h>
 
-#include "dst_region.h"
 #include "json.h"
 #include "util.h"
 
@@ -38,10 +39,13 @@ static double since_start_ms(const struct dst_region *r, uint64_t t)
 
 static void json_wire(const struct dst_region *r, struct tlm_json *j)
 {
-	uint64_t in = r->st.wire_in + dst_peer_wire_in(r);
-	uint64_t out = r->st.wire_out + dst_peer_wire_out(r);
-	uint64_t payload = r->st.data_pages_in * PS;
+	uint64_t in = 0, out = 0, payload = r->st.data_pages_in * PS;
 	double s = (double)elapsed_ns(r) / 1e9;
+
+	if (r->link)
+		r->link->ops->wire(r->link, &in, &out);
+	in += r->st.wire_in;
+	out += r->st.wire_out;
 
 	tlm_json_obj_begin(j, "wire");
 	tlm_json_u64(j, "in_bytes", in);
@@ -120,8 +124,8 @@ void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_u64(j, "reconnects", st->reconnects);
 	tlm_json_u64(j, "adopted_present", st->adopted);
 	tlm_json_obj_begin(j, "source_progress");
-	tlm_json_u64(j, "sent", r->peer.progress_sent);
-	tlm_json_u64(j, "total", r->peer.progress_total);
+	tlm_json_u64(j, "sent", st->source_sent);
+	tlm_json_u64(j, "total", st->source_total);
 	tlm_json_obj_end(j);
 	tlm_json_bool(j, "done_received", r->done_rcvd);
 	if (r->fail_reason[0])

@@ -1,0 +1,300 @@
+/*
+ * dst_fetch.c — what the link brings a region and what makes it finish (dst_fetch.h).
+ */
+#include "dst_fetch.h"
+
+#include <errno.h>
+#include <stdio.h>
+
+#include "dst_fault.h"
+#include "dst_map.h"
+#include "dst_pages.h"
+#include "dst_place.h"
+#include "log.h"
+#include "util.h"
+
+#define SWEEP_BUDGET     4096        /* pages placed per work call at most */
+#define FINISH_BUDGET    65536       /* pages scanned per work call after DONE */
+#define RESUME_INFLIGHT  1024        /* resumed: swept pages in flight on urgent at most */
+
+/* ---- what the source says ------------------------------------------------------------------ */
+
+static int range_check(const struct dst_region *r, const char *what, uint64_t page,
+		       uint64_t count, char *err, size_t errlen)
+{
+	if (!count || page >= r->npages || count > r->npages - page) {
+		snprintf(err, errlen, "%s for pages %llu+%llu beyond the region's %llu pages", what,
+			 (unsigned long long)page, (unsigned long long)count,
+			 (unsigned long long)r->npages);
+		return -EPROTO;
+	}
+	return 0;
+}
+
+/* What a reply says about a page must agree with what we know (class map, earlier
+ * replies): a source that contradicts itself cannot be trusted with guest memory. */
+static int cls_check(const struct dst_region *r, const char *what, uint64_t page,
+		     uint64_t count, unsigned cls, unsigned alt, char *err, size_t errlen)
+{
+	for (uint64_t i = page; i < page + count; i++) {
+		unsigned c = dst_pg_cls(r, i);
+
+		if (c && c != cls && c != alt) {
+			snprintf(err, errlen, "%s for page %llu, which the class map says is %s", what,
+				 (unsigned long long)i, tlm_class_name(c));
+			return -EPROTO;
+		}
+	}
+	return 0;
+}
+
+/* A PAGE whose bytes do not match its checksum is never placed. The first time, the page
+ * is asked for again on urgent; a second mismatch fails the region. */
+static void bad_sum(struct dst_region *r, uint64_t page, bool urgent, uint64_t got,
+		    uint64_t sent)
+{
+	r->st.checksum_errors++;
+	log_error("%s: page %llu (%s): checksum mismatch: data hashes to %016llx, sender said "
+		  "%016llx; not placed", r->id, (unsigned long long)page,
+		  urgent ? "urgent" : "bulk", (unsigned long long)got, (unsigned long long)sent);
+	if (!dst_pg_bad_sum(r, page)) {
+		dst_region_fail(r, "page %llu failed its checksum twice", (unsigned long long)page);
+		return;
+	}
+	if (!urgent && dst_pg_state(r, page) == DST_REQUESTED)
+		return;                 /* a demand reply for it is on its way */
+	dst_pg_set_state(r, page, DST_MISSING);
+	dst_pg_demand(r, page, 1);
+}
+
+int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,
+			char *err, size_t errlen)
+{
+	uint64_t page = m->u.page.page, sum;
+	int rc = range_check(r, "PAGE", page, 1, err, errlen);
+
+	if (!rc)
+		rc = cls_check(r, "PAGE", page, 1, TLM_CLASS_DATA, TLM_CLASS_DATA, err, errlen);
+	if (rc)
+		return rc;
+	r->st.data_pages_in++;
+	if (!dst_pg_placeable(r, page)) {
+		r->st.data_pages_dropped++;     /* present already, or discarded */
+		return 0;
+	}
+	sum = tlm_proto_page_sum(m->u.page.data);
+	if (sum != m->u.page.xxh64) {
+		bad_sum(r, page, urgent, sum, m->u.page.xxh64);
+		return 0;
+	}
+	dst_pg_learn_cls(r, page, 1, TLM_CLASS_DATA);
+	rc = dst_place_range(r, DST_HOW_COPY, page, 1, m->u.page.data, TLM_CLASS_DATA,
+			     DST_ALLOW_NORMAL, NULL);
+	if (rc == -EAGAIN && dst_pg_placeable(r, page)) {
+		/* The bytes live in the receive buffer only: ask for them again. */
+		dst_pg_set_state(r, page, DST_MISSING);
+		dst_pg_demand(r, page, 1);
+	}
+	return 0;
+}
+
+int dst_region_zero_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen)
+{
+	uint64_t page = m->u.zero.page, n = m->u.zero.count;
+	int rc = range_check(r, "ZERO", page, n, err, errlen);
+
+	if (!rc)
+		rc = cls_check(r, "ZERO", page, n, TLM_CLASS_ZERO, TLM_CLASS_ZERO, err, errlen);
+	if (rc)
+		return rc;
+	dst_pg_learn_cls(r, page, n, TLM_CLASS_ZERO);
+	rc = dst_place_range(r, DST_HOW_ZERO, page, n, NULL, TLM_CLASS_ZERO, DST_ALLOW_NORMAL,
+			     NULL);
+	if (rc == -EAGAIN)
+		dst_pg_defer(r, page, n);
+	return 0;
+}
+
+/* REF(k): the pages equal template pages k..; k at the same offset is a TEMPLATE page
+ * (mapped, not copied). */
+int dst_region_ref_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen)
+{
+	uint64_t page = m->u.ref.page, n = m->u.ref.count, k = m->u.ref.tmpl_page;
+	uint64_t tp = r->tmpl ? tlm_tmpl_page_count(r->tmpl) : 0;
+	bool same;
+	int rc = range_check(r, "REF", page, n, err, errlen);
+
+	if (rc)
+		return rc;
+	if (k >= tp || n > tp - k) {
+		snprintf(err, errlen, "REF for page %llu names template pages %llu+%llu, the local "
+			 "template has %llu", (unsigned long long)page, (unsigned long long)k,
+			 (unsigned long long)n, (unsigned long long)tp);
+		return -EPROTO;
+	}
+	rc = cls_check(r, "REF", page, n, TLM_CLASS_REF, TLM_CLASS_TEMPLATE, err, errlen);
+	if (rc)
+		return rc;
+	same = k == r->tmpl_base + page;
+	dst_pg_learn_cls(r, page, n, same ? TLM_CLASS_TEMPLATE : TLM_CLASS_REF);
+	if (same)
+		rc = dst_place_template(r, page, n, DST_ALLOW_NORMAL);
+	else
+		rc = dst_place_copy_tmpl(r, page, n, k, TLM_CLASS_REF, DST_ALLOW_NORMAL);
+	if (rc == -EAGAIN)
+		dst_pg_defer(r, page, n);
+	return 0;
+}
+
+/* Recorded and checked by dst_map; placed by the sweep in dst_region_work. */
+int dst_region_map_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen)
+{
+	return dst_map_frame(r, m, err, errlen);
+}
+
+void dst_region_done_msg(struct dst_region *r, const struct tlm_msg *m)
+{
+	log_info("%s: source finished its stream: %llu data pages, %llu bytes", r->id,
+		 (unsigned long long)m->u.done.data_pages, (unsigned long long)m->u.done.bytes);
+	if (!r->map_final)
+		log_warn("%s: DONE before the final class map frame", r->id);
+	r->done_rcvd = true;
+	if (!r->t_done_ns)
+		r->t_done_ns = tlm_now_ns();
+	r->finish_cursor = 0;
+}
+
+/* ---- finishing ---------------------------------------------------------------------------- */
+
+static bool wants_data(const struct dst_region *r, uint64_t i)
+{
+	unsigned c = dst_pg_cls(r, i);
+
+	return dst_pg_state(r, i) == DST_MISSING && (c == 0 || c == TLM_CLASS_DATA);
+}
+
+/* Every page's class is known and the stream is over (DONE) or not needed (resumed). */
+static bool finishing(const struct dst_region *r)
+{
+	return r->done_rcvd || r->resumed;
+}
+
+/*
+ * No room for more sweep demands now. A resumed session's sweep may have most of the
+ * region to demand: it keeps at most RESUME_INFLIGHT pages outstanding, so that a guest
+ * fault's demand never queues behind more than that on urgent.
+ */
+static bool sweep_blocked(const struct dst_region *r)
+{
+	return !r->link || !r->link->ops->demand_room(r->link) ||
+	       (r->resumed && !r->done_rcvd && r->n_requested >= RESUME_INFLIGHT);
+}
+
+/*
+ * After DONE every DATA page should have come. Pages that did not (a source that skipped
+ * them, a session lost mid-stream) are demanded here, in runs, as urgent has room; pages
+ * of other classes still missing are placed from what we know.
+ */
+static void finish_sweep(struct dst_region *r)
+{
+	uint64_t i = r->finish_cursor, end = r->npages;
+
+	if (!finishing(r) || dst_map_pending(r) || !dst_link_up(r))
+		return;
+	if (end - i > FINISH_BUDGET)
+		end = i + FINISH_BUDGET;
+	while (i < end && dst_region_live(r)) {
+		uint64_t j = i + 1;
+
+		if (dst_pg_state(r, i) != DST_MISSING) {
+			i++;
+			continue;
+		}
+		if (!wants_data(r, i)) {
+			dst_fault_resolve(r, i++);
+			continue;
+		}
+		if (sweep_blocked(r))
+			break;
+		while (j < r->npages && j - i < TLM_PROTO_MAX_DEMAND && wants_data(r, j))
+			j++;
+		if (!r->st.finish_demanded && !r->resumed)
+			log_warn("%s: page %llu missing after DONE: demanding it (and any other)",
+				 r->id, (unsigned long long)i);
+		r->st.finish_demanded += j - i;
+		dst_pg_demand(r, i, j - i);
+		i = j;
+	}
+	r->finish_cursor = i;
+}
+
+static bool settled(const struct dst_region *r)
+{
+	return finishing(r) && !dst_map_pending(r) && !r->nredo &&
+	       r->n_present + r->n_removed == r->npages;
+}
+
+bool dst_region_busy(const struct dst_region *r)
+{
+	if (!dst_region_live(r))
+		return r->dead ? !r->released : r->phase == DST_FAILED && !r->released;
+	return r->nredo || dst_map_pending(r) || r->link_more ||
+	       (finishing(r) && r->finish_cursor < r->npages && dst_link_up(r) &&
+		!sweep_blocked(r));
+}
+
+bool dst_region_work(struct dst_region *r)
+{
+	if (r->dead || r->phase == DST_FAILED) {
+		dst_region_release(r);
+		return false;
+	}
+	if (!dst_region_live(r))
+		return false;
+	if (r->nredo)
+		dst_fault_redo(r);
+	if (dst_map_pending(r) && dst_region_live(r))
+		dst_map_sweep(r, SWEEP_BUDGET);
+	if (dst_region_live(r))
+		r->link_more = r->link->ops->pump(r->link);
+	if (dst_region_live(r))
+		finish_sweep(r);
+	if (dst_region_live(r) && settled(r))
+		dst_region_complete(r);
+	if (r->dead || r->phase == DST_FAILED)
+		dst_region_release(r);
+	return dst_region_busy(r);
+}
+
+void dst_region_tick(struct dst_region *r, uint64_t now_ns)
+{
+	if (dst_region_live(r))
+		r->link->ops->tick(r->link, now_ns);
+}
+
+/* ---- sessions ------------------------------------------------------------------------------ */
+
+/* Both sessions are open: faults recorded meanwhile get their pages demanded. */
+void dst_region_connected(struct dst_region *r)
+{
+	if (r->phase == DST_CONNECTING)
+		r->phase = DST_MAPPING;
+	if (r->map_final && !r->resumed)
+		log_info("%s: resuming with the class map we have: demanding the %llu pages still "
+			 "missing", r->id, (unsigned long long)(r->npages - r->n_present -
+								 r->n_removed));
+	r->resumed = r->map_final;
+	for (uint64_t i = 0; i < r->npages && dst_region_live(r); i++)
+		if ((r->pg[i] & DST_PG_FAULTED) && wants_data(r, i))
+			dst_pg_demand(r, i, 1);
+	r->finish_cursor = 0;
+}
+
+/* The urgent session is gone: what was requested on it is missing again. */
+void dst_region_disconnected(struct dst_region *r)
+{
+	if (!r->pg)
+		return;
+	dst_pg_session_lost(r);
+	r->finish_cursor = 0;
+}

@@ -1,0 +1,264 @@
+/*
+ * The destination region's class map against a fake uffd and link (dest_fake.h): the
+ * sweep places TEMPLATE runs by CONTINUE (COPY without MINOR, COPY for a hole in the
+ * template's page cache), ZERO runs by ZEROPAGE, REF runs by COPY of template page k;
+ * faults before the map wait and are answered from it; frames that contradict the region
+ * are refused; the sweep yields to a waiting event.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "dest_fake.h"
+#include "dst_fault.h"
+#include "dst_fetch.h"
+#include "tlm_test.h"
+
+/* TEMPLATE 0..7, ZERO 8..15, REF 16..19 = template pages 40..43, DATA 20..63. */
+static const struct tlm_run mixed[] = {
+	{ TLM_CLASS_TEMPLATE, 8, 0 }, { TLM_CLASS_ZERO, 8, 0 }, { TLM_CLASS_REF, 4, 40 },
+	{ TLM_CLASS_DATA, 44, 0 },
+};
+
+static void assert_mixed_placed(const struct fx *x, uint64_t offset)
+{
+	for (uint64_t p = 0; p < 8; p++)
+		assert_memory_equal(fk_mem(&x->u, p), fx_tmpl_page(x, offset + p), FX_PS);
+	for (uint64_t p = 8; p < 16; p++)
+		assert_true(fx_is_zero(fk_mem(&x->u, p)));
+	for (uint64_t p = 16; p < 20; p++)
+		assert_memory_equal(fk_mem(&x->u, p), fx_tmpl_page(x, 40 + p - 16), FX_PS);
+	for (uint64_t p = 0; p < 64; p++)         /* DATA: MISSING, or REQUESTED by a fault */
+		assert_int_equal(fx_state(x, p) == DST_PRESENT, p < 20);
+	assert_int_equal(x->r->st.pages_by_class[TLM_CLASS_TEMPLATE], 8);
+	assert_int_equal(x->r->st.pages_by_class[TLM_CLASS_ZERO], 8);
+	assert_int_equal(x->r->st.pages_by_class[TLM_CLASS_REF], 4);
+	assert_int_equal(x->r->st.pages_by_class[TLM_CLASS_DATA], 44);
+	assert_int_equal(x->r->st.pages_by_class[0], 0);
+	assert_int_equal(x->r->st.placed_by_class[TLM_CLASS_TEMPLATE], 8);
+	assert_int_equal(x->r->st.placed_by_class[TLM_CLASS_ZERO], 8);
+	assert_int_equal(x->r->st.placed_by_class[TLM_CLASS_REF], 4);
+	assert_int_equal(x->r->n_present, 20);
+}
+
+/* MISSING -> PRESENT by the sweep, each class its own way; DATA waits for PAGEs. */
+static void test_sweep_by_class(void **state)
+{
+	struct fx x;
+
+	fx_init(&x, 64, FX_MINOR);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, true, mixed, 4), 0);
+	assert_int_equal(x.r->phase, DST_MAPPING);           /* recorded, not swept yet */
+	assert_int_equal(x.u.ncalls, 1);                     /* only the attach wake */
+	fx_work(&x);
+	assert_int_equal(x.r->phase, DST_FETCHING);
+	assert_int_equal(fk_count(&x.u, FK_CONT), 1);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->page, 0);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->n, 8);
+	assert_int_equal(fk_count(&x.u, FK_ZERO), 1);
+	assert_int_equal(fk_nth(&x.u, FK_ZERO, 0)->page, 8);
+	assert_int_equal(fk_nth(&x.u, FK_ZERO, 0)->n, 8);
+	assert_int_equal(fk_count(&x.u, FK_COPY), 1);
+	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->page, 16);
+	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->n, 4);
+	assert_mixed_placed(&x, 0);
+	assert_int_equal(x.l.ndem, 0);                       /* nothing asked for */
+	assert_true(x.r->t_map_ns > 0);
+	fx_fini(&x);
+}
+
+/* Without MINOR the TEMPLATE pages are copied from the template at the region's
+ * offset; a hole in the template's page cache (CONTINUE: EFAULT) is copied too. */
+static void test_template_copy_and_hole(void **state)
+{
+	struct fx x;
+
+	fx_init_at(&x, 64, 128, 32, 0);      /* template, not template-backed */
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, true, mixed, 4), 0);
+	fx_work(&x);
+	assert_int_equal(fk_count(&x.u, FK_CONT), 0);
+	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->page, 0);
+	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->n, 8);
+	assert_mixed_placed(&x, 32);
+	fx_fini(&x);
+
+	fx_init(&x, 64, FX_MINOR);
+	fx_connect(&x);
+	fk_inject(&x.u, FK_CONT, 5, -EFAULT, 1);
+	assert_int_equal(fx_map(&x, 0, true, mixed, 4), 0);
+	fx_work(&x);
+	assert_int_equal(x.r->st.continue_fallbacks, 1);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->done, 5);
+	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->page, 5);     /* the hole, copied */
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 1)->page, 6);
+	assert_mixed_placed(&x, 0);
+	fx_fini(&x);
+}
+
+/* Faults before the map wait (demanded: class unknown) and are answered from the map
+ * as soon as it says what the page is, before the sweep; the reply that comes later
+ * finds the page present. */
+static void test_faults_before_map_wait(void **state)
+{
+	struct fx x;
+
+	fx_init(&x, 64, FX_MINOR);
+	fx_fault(&x, 3);                     /* link still down: nothing at all */
+	fx_fault(&x, 17);
+	fx_fault(&x, 30);
+	assert_int_equal(x.u.ncalls, 1);
+	fx_connect(&x);
+	assert_int_equal(x.l.ndem, 3);
+	assert_int_equal(fx_state(&x, 3), DST_REQUESTED);
+	assert_int_equal(fx_map(&x, 0, true, mixed, 4), 0);
+	assert_int_equal(x.r->nredo, 3);                     /* their class is known now */
+	dst_region_work(x.r);                                /* faults first, then the sweep */
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->page, 3);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->n, 1);
+	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->page, 17);
+	assert_memory_equal(fk_mem(&x.u, 17), fx_tmpl_page(&x, 41), FX_PS);
+	assert_int_equal(x.r->nfaults, 1);                   /* 30 is DATA: still waits */
+	assert_int_equal(x.r->st.lat_demand.count, 2);
+	assert_int_equal(x.l.ndem, 3);                       /* 30 is not asked twice */
+	assert_mixed_placed(&x, 0);
+	assert_int_equal(fx_ref(&x, 3, 1, 3), 0);            /* the late replies */
+	assert_int_equal(fx_ref(&x, 17, 1, 41), 0);
+	assert_int_equal(fk_pages(&x.u, FK_CONT) + fk_pages(&x.u, FK_COPY), 12);
+	assert_int_equal(fx_page(&x, 30, FX_URGENT), 0);
+	assert_int_equal(x.r->nfaults, 0);
+	fx_fini(&x);
+}
+
+/* After the map, a fault on a page of a class known locally is answered at once (no
+ * demand), on a DATA page demanded. */
+static void test_fault_after_map(void **state)
+{
+	struct fx x;
+
+	fx_init(&x, 64, FX_MINOR);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, true, mixed, 4), 0);
+	fx_fault(&x, 9);
+	fx_fault(&x, 18);
+	fx_fault(&x, 21);
+	assert_int_equal(fk_nth(&x.u, FK_ZERO, 0)->page, 9);
+	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->page, 18);
+	assert_memory_equal(fk_mem(&x.u, 18), fx_tmpl_page(&x, 42), FX_PS);
+	assert_int_equal(x.l.ndem, 1);
+	assert_int_equal(x.l.dem[0], 21);
+	assert_int_equal(x.r->st.lat_local.count, 2);
+	assert_int_equal(x.r->st.faults_by_class[TLM_CLASS_ZERO], 1);
+	assert_int_equal(x.r->st.faults_by_class[TLM_CLASS_DATA], 1);
+	fx_fini(&x);
+}
+
+/* A map in several frames; a frame resent after a reconnect only checks what is known. */
+static void test_map_frames_and_resend(void **state)
+{
+	struct fx x;
+	const struct tlm_run a[] = { { TLM_CLASS_ZERO, 10, 0 } };
+	const struct tlm_run b[] = { { TLM_CLASS_ZERO, 4, 0 }, { TLM_CLASS_DATA, 18, 0 } };
+
+	fx_init(&x, 30, FX_NOTMPL);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, false, a, 1), 0);
+	assert_int_equal(fx_map(&x, 8, true, b, 2), 0);      /* 8..9 again, agreeing */
+	assert_int_equal(x.r->nmruns, 3);
+	assert_int_equal(x.r->mend, 30);
+	assert_int_equal(x.r->st.pages_by_class[TLM_CLASS_ZERO], 12);
+	fx_work(&x);
+	assert_int_equal(x.r->phase, DST_FETCHING);
+	assert_int_equal(fk_pages(&x.u, FK_ZERO), 12);
+	fx_disconnect(&x);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, false, a, 1), 0);     /* resent: nothing new */
+	assert_int_equal(x.r->nmruns, 3);
+	assert_int_equal(fk_pages(&x.u, FK_ZERO), 12);
+	fx_fini(&x);
+}
+
+static void expect_refused(const struct tlm_run *runs, uint32_t n, uint64_t first,
+			   const char *why, unsigned flags)
+{
+	struct fx x;
+	const struct tlm_run zero = { TLM_CLASS_ZERO, 10, 0 };
+
+	fx_init(&x, 32, flags);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, false, &zero, 1), 0);
+	assert_int_equal(fx_map(&x, first, true, runs, n), -EPROTO);
+	if (!strstr(x.err, why))
+		fail_msg("refused for '%s', expected '%s'", x.err, why);
+	assert_false(x.r->map_final);
+	fx_fini(&x);
+}
+
+/* Overlap that contradicts, a gap, runs beyond the region or the template, a bad run,
+ * template classes without a template: refused, with the reason. */
+static void test_map_refused(void **state)
+{
+	const struct tlm_run tmpl5 = { TLM_CLASS_TEMPLATE, 5, 0 };
+	const struct tlm_run data30 = { TLM_CLASS_DATA, 30, 0 };
+	const struct tlm_run ref_far = { TLM_CLASS_REF, 4, 30 };
+	const struct tlm_run zero_len = { TLM_CLASS_ZERO, 0, 0 };
+	const struct tlm_run bad_cls = { 7, 1, 0 };
+	const struct tlm_run data2 = { TLM_CLASS_DATA, 2, 0 };
+
+	expect_refused(&tmpl5, 1, 8, "CLASS_MAP says page 8 is template, earlier it was zero",
+		       FX_MINOR);
+	expect_refused(&data2, 1, 12, "after a gap", FX_MINOR);
+	expect_refused(&data30, 1, 10, "beyond the region's 32 pages", FX_MINOR);
+	expect_refused(&ref_far, 1, 10, "beyond the template's 32", FX_MINOR);
+	expect_refused(&zero_len, 1, 10, "bad run", FX_MINOR);
+	expect_refused(&bad_cls, 1, 10, "bad run", FX_MINOR);
+	expect_refused(&tmpl5, 1, 10, "the region has no template", FX_NOTMPL);
+}
+
+/* The sweep stops after its first chunk when an event waits (a guest fault must not
+ * wait behind it) and goes on once the loop has served it. */
+static void test_sweep_yields_to_events(void **state)
+{
+	struct fx x;
+	const struct tlm_run all = { TLM_CLASS_TEMPLATE, 256, 0 };
+	struct tlm_evsrc ev = { .fd = eventfd(1, EFD_CLOEXEC) };
+
+	fx_init(&x, 256, FX_MINOR);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, true, &all, 1), 0);
+	assert_true(ev.fd >= 0);
+	assert_int_equal(tlm_evloop_add(&x.loop, &ev, EPOLLIN), 0);   /* ready */
+	assert_true(dst_region_work(x.r));                   /* more pending */
+	assert_int_equal(fk_pages(&x.u, FK_CONT), 64);       /* one chunk */
+	tlm_evloop_del(&x.loop, &ev);
+	close(ev.fd);
+	fx_work(&x);
+	assert_int_equal(fk_pages(&x.u, FK_CONT), 256);
+	assert_int_equal(x.r->phase, DST_FETCHING);
+	fx_fini(&x);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_sweep_by_class),
+		cmocka_unit_test(test_template_copy_and_hole),
+		cmocka_unit_test(test_faults_before_map_wait),
+		cmocka_unit_test(test_fault_after_map),
+		cmocka_unit_test(test_map_frames_and_resend),
+		cmocka_unit_test(test_map_refused),
+		cmocka_unit_test(test_sweep_yields_to_events),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
