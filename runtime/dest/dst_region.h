@@ -31,10 +31,10 @@
  *             kernel's zap that follows a REMOVE event can still take that zero page
  *             away, so a later fault on it places a zero page again (always correct)
  *
- * Placement rules (ARCHITECTURE.md): a page is only ever placed from MISSING/REQUESTED
- * with content that is certain: the local template (TEMPLATE: CONTINUE on the template
- * frame, or COPY of it), a zero page (ZERO, or REMOVED on fault), template page k (REF),
- * or a PAGE whose XXH3-64 matched (DATA). A fault whose content is not known yet waits:
+ * Placement rules (docs/ARCHITECTURE.md): a page is only ever placed from
+ * MISSING/REQUESTED with content that is certain: the local template (TEMPLATE: CONTINUE
+ * on the template frame, or COPY of it), a zero page (ZERO, or REMOVED on fault),
+ * template page k (REF), or a PAGE whose XXH3-64 matched (DATA). A fault whose content is not known yet waits:
  * it is never answered with anything else.
  */
 #ifndef TLM_DST_REGION_H

@@ -28,13 +28,6 @@
 
 static char bin_path[512];
 
-static void msleep(int ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-	nanosleep(&ts, NULL);
-}
-
 const char *h_uffd_unavailable(void)
 {
 	static char why[600];
@@ -207,7 +200,7 @@ int h_daemon_start(struct h_env *e, const char *source, bool with_template,
 			e->daemon = 0;
 			return -ECHILD;
 		}
-		msleep(10);
+		tt_sleep_ms(10);
 	}
 	return -ETIMEDOUT;
 }
@@ -221,7 +214,7 @@ int h_daemon_wait(struct h_env *e, int timeout_ms)
 			e->daemon = 0;
 			return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 		}
-		msleep(10);
+		tt_sleep_ms(10);
 	}
 	return -ETIMEDOUT;
 }
@@ -238,7 +231,7 @@ int h_daemon_stop(struct h_env *e, int sig, int timeout_ms)
 			e->daemon = 0;
 			return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 		}
-		msleep(10);
+		tt_sleep_ms(10);
 	}
 	kill(e->daemon, SIGKILL);
 	waitpid(e->daemon, &status, 0);
@@ -301,21 +294,6 @@ int h_ctl(const struct h_env *e, const char *cmd, char **out)
 	*out = strdup(b.p ? b.p : "");
 	tlm_sbuf_fini(&b);
 	return rc;
-}
-
-int h_json_u64(const char *json, const char *after, const char *key, uint64_t *out)
-{
-	char pat[128];
-	const char *p = after ? strstr(json, after) : json;
-
-	if (!p)
-		return -ENOENT;
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	p = strstr(p, pat);
-	if (!p)
-		return -ENOENT;
-	*out = strtoull(p + strlen(pat), NULL, 10);
-	return 0;
 }
 
 /* ---- the fake glue ----------------------------------------------------------------------- */
@@ -415,13 +393,7 @@ bool h_touch_wait(struct h_touch *t, int timeout_ms)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += timeout_ms / 1000;
-	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	ts = tt_deadline(timeout_ms);
 	if (!t->started || t->joined)
 		return t->joined;
 	t->joined = pthread_timedjoin_np(t->th, NULL, &ts) == 0;
@@ -757,8 +729,7 @@ bool h_src_wait(struct h_src *s, bool (*pred)(struct h_src *), int timeout_ms)
 	struct timespec ts;
 	bool ok;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += timeout_ms / 1000 + 1;
+	ts = tt_deadline(timeout_ms);
 	pthread_mutex_lock(&s->mu);
 	while (!(ok = pred(s)))
 		if (pthread_cond_timedwait(&s->cv, &s->mu, &ts))

@@ -53,8 +53,6 @@ void h_dump_log(const struct h_env *e);
 int h_run_daemon_args(const char *const *argv, char *err, size_t errlen);
 /* Control request; reply malloc'ed into *out. */
 int h_ctl(const struct h_env *e, const char *cmd, char **out);
-/* "key":NUMBER after the first occurrence of `after` (NULL: from the start). */
-int h_json_u64(const char *json, const char *after, const char *key, uint64_t *out);
 
 /* ---- the fake glue -------------------------------------------------------------------- */
 

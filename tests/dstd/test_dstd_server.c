@@ -215,7 +215,7 @@ static uint64_t stat_u64(struct fixture *f, const char *after, const char *key)
 	uint64_t v = UINT64_MAX;
 
 	assert_int_equal(h_ctl(&f->env, "stats vm1", &json), 0);
-	if (h_json_u64(json, after, key, &v))
+	if (tt_json_u64(json, after, key, &v))
 		fail_msg("stats: no %s%s%s in %s", after ? after : "", after ? " " : "", key, json);
 	free(json);
 	return v;
@@ -319,9 +319,9 @@ static void test_migration(void **state)
 	verify_region(f, zeroed, 1);
 	assert_int_equal(f->src.demands[40], 1);
 	assert_int_equal(stat_u64(f, NULL, "checksum_errors"), 1);
-	assert_int_equal(stat_u64(f, "\"faults\"", "template"), 0);
-	assert_int_equal(stat_u64(f, "\"classes\"", "template"), 32);
-	assert_int_equal(stat_u64(f, "\"classes\"", "data"), 16);
+	assert_int_equal(stat_u64(f, "faults", "template"), 0);
+	assert_int_equal(stat_u64(f, "classes", "template"), 32);
+	assert_int_equal(stat_u64(f, "classes", "data"), 16);
 	{
 		char *json = NULL;
 
@@ -553,7 +553,7 @@ static bool map_known(struct fixture *f)
 		char *json = NULL;
 
 		if (h_ctl(&f->env, "stats vm1", &json) == 0)
-			h_json_u64(json, "\"classes\"", "unknown", &unknown);
+			tt_json_u64(json, "classes", "unknown", &unknown);
 		free(json);
 	}
 	return unknown == 0;
@@ -619,7 +619,7 @@ static void test_template_fault_latency(void **state)
 	lat = strstr(json, "\"latency_by_class\"");
 	assert_non_null(lat);
 	fprintf(stderr, "daemon side: %.*s\n", 260, lat);
-	assert_true(stat_u64(f, "\"latency_demand\"", "count") == 0);
+	assert_true(stat_u64(f, "latency_demand", "count") == 0);
 	free(json);
 	for (uint64_t i = 0; i < n; i += 97)
 		assert_true(!!(h_pagemap(ram_page(f, i)) & H_PM_FILE) == (i >= nz));
