@@ -33,6 +33,10 @@ void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s)
 	r->n_removed += s == DST_REMOVED;
 	r->n_requested += s == DST_REQUESTED;
 	r->pg[i] = (uint8_t)((r->pg[i] & ~DST_PG_ST) | (unsigned)s << DST_PG_ST_SHIFT);
+	/* A page MISSING again behind the finish sweep (a reply deferred by EAGAIN, a bad
+	 * checksum) must be looked at again, or the region would never complete. */
+	if (s == DST_MISSING && i < r->finish_cursor)
+		r->finish_cursor = i;
 }
 
 void dst_pg_set_cls(struct dst_region *r, uint64_t i, unsigned cls)

@@ -13,7 +13,6 @@
 #include "util.h"
 
 #define PS          TLM_PAGE_SIZE
-#define AGAIN_TRIES 8                /* EAGAIN retries before a placement is deferred */
 
 /* ---- the real uffd ------------------------------------------------------------------------- */
 
@@ -129,7 +128,7 @@ int dst_place_range(struct dst_region *r, enum dst_how how, uint64_t first, uint
 		if (rc == -EEXIST) {
 			place_existing(r, i++, cls, set_cls);
 		} else if (rc == -EAGAIN || rc == -ENOMEM) {
-			if (++again > AGAIN_TRIES)
+			if (++again > DST_AGAIN_TRIES)
 				return -EAGAIN;          /* ENOMEM too: memory may come back */
 			if (!dst_uevent_read_all(r))
 				sched_yield();

@@ -18,6 +18,8 @@
 
 #include "dst_region.h"
 
+#define DST_AGAIN_TRIES 8          /* EAGAIN retries before a placement is deferred */
+
 enum dst_how { DST_HOW_COPY, DST_HOW_ZERO, DST_HOW_CONT };
 
 /* The real uffd: ctx is the region's struct tlm_uffd. */

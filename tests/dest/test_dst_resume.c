@@ -16,6 +16,7 @@
 
 #include "dest_fake.h"
 #include "dst_fetch.h"
+#include "dst_place.h"
 #include "tlm_test.h"
 
 static const struct tlm_run all_data64 = { TLM_CLASS_DATA, 64, 0 };
@@ -164,6 +165,35 @@ static void test_done_finish_sweep(void **state)
 	fx_fini(&x);
 }
 
+/* After DONE the finish sweep has passed every page; the pages it demanded (class
+ * unknown: the map ended early) come back as ZERO, but placing them meets EAGAIN (a
+ * REMOVE pending elsewhere): they are MISSING again behind the sweep's cursor, and the
+ * sweep must look at them again (now placed from their known class), or the region
+ * never completes. */
+static void test_deferred_after_sweep(void **state)
+{
+	struct fx x;
+	const struct tlm_run map[] = { { TLM_CLASS_DATA, 32, 0 } };
+
+	fx_init(&x, 64, FX_NOTMPL);
+	fx_connect(&x);
+	if (fx_map(&x, 0, true, map, 1) != 0)
+		fail_msg("a final map that ends before the region: %s", x.err);
+	fx_work(&x);
+	pages(&x, 0, 32, 0);
+	fx_done(&x);
+	fx_work(&x);
+	assert_int_equal(x.r->finish_cursor, 64);            /* the sweep went past the end */
+	assert_int_equal(fx_state(&x, 50), DST_REQUESTED);
+	fk_inject(&x.u, FK_ZERO, 50, -EAGAIN, DST_AGAIN_TRIES + 1);   /* then deferred */
+	assert_int_equal(fx_zero(&x, 32, 32), 0);
+	assert_int_equal(fx_state(&x, 49), DST_PRESENT);
+	assert_int_equal(fx_state(&x, 50), DST_MISSING);
+	fx_work(&x);          /* the sweep looks again: their class is known, ZERO */
+	assert_complete(&x, 64);
+	fx_fini(&x);
+}
+
 /* Nothing completes while a fault is queued, the map is being swept, or DONE has not
  * come on the first session. */
 static void test_no_early_completion(void **state)
@@ -190,6 +220,7 @@ int main(void)
 		cmocka_unit_test(test_resumed_sweep_completes),
 		cmocka_unit_test(test_resumed_sweep_bounded),
 		cmocka_unit_test(test_done_finish_sweep),
+		cmocka_unit_test(test_deferred_after_sweep),
 		cmocka_unit_test(test_no_early_completion),
 	};
 
