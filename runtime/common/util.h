@@ -22,6 +22,10 @@ int tlm_parse_u64(const char *s, uint64_t *out);
 int tlm_tcp_connect(const char *hostport, int timeout_ms, char *err, size_t errlen);
 int tlm_tcp_listen(const char *hostport, char *err, size_t errlen);
 int tlm_set_nonblock(int fd, int on);
+/* A daemon's clean-shutdown signals: SIGTERM and SIGINT blocked and delivered on the
+ * returned signalfd (flags: SFD_NONBLOCK or 0; always CLOEXEC), SIGPIPE ignored (a
+ * closed peer is EPIPE). The fd, or -errno. */
+int tlm_term_signalfd(int flags);
 int tlm_tcp_nodelay(int fd);
 /* A peer that vanishes without a FIN or RST (host down, network partition) is noticed:
  * keepalive probes after idle_s seconds of silence, then every second, and the connection

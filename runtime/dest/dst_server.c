@@ -403,14 +403,8 @@ static int open_fds(struct dst_server *s, const struct dst_server_opts *o)
 {
 	struct itimerspec its = { { 0, TICK_MS * 1000000L }, { 0, TICK_MS * 1000000L } };
 	char err[320];
-	sigset_t set;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigprocmask(SIG_BLOCK, &set, NULL);
-	signal(SIGPIPE, SIG_IGN);
-	s->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	s->sig_fd = tlm_term_signalfd(SFD_NONBLOCK);
 	s->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (tlm_evloop_init(&s->loop) < 0 || s->sig_fd < 0 || s->timer_fd < 0 ||
 	    timerfd_settime(s->timer_fd, 0, &its, NULL) < 0) {

@@ -337,16 +337,9 @@ static int watch(struct tlm_ps *ps, int fd, struct tlm_ps_ev *ev, enum tlm_ps_ev
 static int setup_fds(struct tlm_ps *ps)
 {
 	struct itimerspec its = { .it_interval = { 0, PROGRESS_NS }, .it_value = { 0, PROGRESS_NS } };
-	sigset_t set;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-		return -errno;
-	signal(SIGPIPE, SIG_IGN);
 	ps->epfd = epoll_create1(EPOLL_CLOEXEC);
-	ps->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	ps->sigfd = tlm_term_signalfd(SFD_NONBLOCK);
 	ps->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	if (ps->epfd < 0 || ps->sigfd < 0 || ps->tfd < 0 ||
 	    pipe2(ps->hs_pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||

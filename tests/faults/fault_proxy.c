@@ -408,14 +408,8 @@ static int fp_setup(struct fp *f, const char *listen)
 	struct sockaddr_storage sa;
 	socklen_t slen = sizeof(sa);
 	char err[256];
-	sigset_t set;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigprocmask(SIG_BLOCK, &set, NULL);
-	signal(SIGPIPE, SIG_IGN);
-	f->sigfd = signalfd(-1, &set, SFD_CLOEXEC);
+	f->sigfd = tlm_term_signalfd(0);
 	f->epfd = epoll_create1(EPOLL_CLOEXEC);
 	f->lfd = tlm_tcp_listen(listen, err, sizeof(err));
 	if (f->lfd < 0 || f->sigfd < 0 || f->epfd < 0 ||
