@@ -2,7 +2,7 @@
  * src_server.c — tlm-page-server's server: serves frozen guests' RAM to the destination's
  * tlm-uffd-server (docs/ARCHITECTURE.md; protocol in protocol/PROTOCOL.md).
  *
- * Single-threaded epoll loop over: the TCP listening socket, one tlm_conn per destination
+ * Single-threaded event loop (evloop.h) over: the TCP listening socket, one tlm_conn per destination
  * connection (src_session.c), the control socket (ctl.h), a signalfd for SIGTERM/SIGINT
  * (clean shutdown) and a 100 ms timerfd (PROGRESS).
  * Each iteration handles every ready event first (urgent demands are answered right
@@ -256,8 +256,9 @@ static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
 
 /* ---- event loop ------------------------------------------------------------------------ */
 
-static void on_signal(struct tlm_ps *ps)
+static void on_signal(struct tlm_evsrc *src, uint32_t events)
 {
+	struct tlm_ps *ps = TLM_EVSRC_OWNER(src, struct tlm_ps, src_sig);
 	struct signalfd_siginfo si;
 
 	if (read(ps->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
@@ -266,55 +267,41 @@ static void on_signal(struct tlm_ps *ps)
 	}
 }
 
-static void on_timer(struct tlm_ps *ps)
+static void on_timer(struct tlm_evsrc *src, uint32_t events)
 {
+	struct tlm_ps *ps = TLM_EVSRC_OWNER(src, struct tlm_ps, src_timer);
 	uint64_t ticks;
 
 	if (read(ps->tfd, &ticks, sizeof(ticks)) == (ssize_t)sizeof(ticks))
 		tlm_ps_progress_tick(ps);
 }
 
-static void dispatch(struct tlm_ps *ps, struct epoll_event *e)
+static void on_listen(struct tlm_evsrc *src, uint32_t events)
 {
-	struct tlm_ps_ev *ev = e->data.ptr;
+	tlm_ps_accept(TLM_EVSRC_OWNER(src, struct tlm_ps, src_listen));
+}
 
-	switch (ev->kind) {
-	case PS_EV_LISTEN:
-		tlm_ps_accept(ps);
-		break;
-	case PS_EV_CTL:
-		tlm_ctl_serve_one(ps->ctlfd, ctl_handler, ps);
-		break;
-	case PS_EV_SIGNAL:
-		on_signal(ps);
-		break;
-	case PS_EV_TIMER:
-		on_timer(ps);
-		break;
-	case PS_EV_SESS:
-		tlm_ps_sess_event((struct tlm_ps_sess *)ev, e->events);
-		break;
-	case PS_EV_HANDSHAKE:
-		tlm_ps_handshakes_done(ps);
-		break;
-	}
+static void on_ctl(struct tlm_evsrc *src, uint32_t events)
+{
+	struct tlm_ps *ps = TLM_EVSRC_OWNER(src, struct tlm_ps, src_ctl);
+
+	tlm_ctl_serve_one(ps->ctlfd, ctl_handler, ps);
+}
+
+static void on_handshake(struct tlm_evsrc *src, uint32_t events)
+{
+	tlm_ps_handshakes_done(TLM_EVSRC_OWNER(src, struct tlm_ps, src_hs));
 }
 
 int tlm_ps_run(struct tlm_ps *ps)
 {
-	struct epoll_event evs[64];
-
 	while (!ps->stop) {
-		int n = epoll_wait(ps->epfd, evs, (int)TLM_ARRAY_SIZE(evs), -1);
+		int n = tlm_evloop_run_once(&ps->loop, -1);
 
-		if (n < 0 && errno == EINTR)
-			continue;
 		if (n < 0) {
-			log_error("epoll_wait: %s", strerror(errno));
-			return -errno;
+			log_error("epoll_wait: %s", strerror(-n));
+			return n;
 		}
-		for (int i = 0; i < n; i++)
-			dispatch(ps, &evs[i]);
 		/* Bulk after every urgent request of this round has been answered. */
 		for (struct tlm_src_region *r = ps->regions; r; r = r->next)
 			if (r->bulk)
@@ -326,32 +313,29 @@ int tlm_ps_run(struct tlm_ps *ps)
 
 /* ---- setup ----------------------------------------------------------------------------- */
 
-static int watch(struct tlm_ps *ps, int fd, struct tlm_ps_ev *ev, enum tlm_ps_ev_kind kind)
+static int watch(struct tlm_ps *ps, struct tlm_evsrc *src, int fd, tlm_evsrc_fn fn)
 {
-	struct epoll_event e = { .events = EPOLLIN, .data.ptr = ev };
-
-	ev->kind = kind;
-	return epoll_ctl(ps->epfd, EPOLL_CTL_ADD, fd, &e) < 0 ? -errno : 0;
+	*src = (struct tlm_evsrc){ .fd = fd, .on_event = fn, .prio = PS_PRIO_OTHER };
+	return tlm_evloop_add(&ps->loop, src, EPOLLIN);
 }
 
 static int setup_fds(struct tlm_ps *ps)
 {
 	struct itimerspec its = { .it_interval = { 0, PROGRESS_NS }, .it_value = { 0, PROGRESS_NS } };
 
-	ps->epfd = epoll_create1(EPOLL_CLOEXEC);
 	ps->sigfd = tlm_term_signalfd(SFD_NONBLOCK);
 	ps->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-	if (ps->epfd < 0 || ps->sigfd < 0 || ps->tfd < 0 ||
+	if (tlm_evloop_init(&ps->loop) < 0 || ps->sigfd < 0 || ps->tfd < 0 ||
 	    pipe2(ps->hs_pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
 	    timerfd_settime(ps->tfd, 0, &its, NULL) < 0)
 		return -errno;
 	if (tlm_set_nonblock(ps->lfd, 1) < 0)
 		return -errno;
-	if (watch(ps, ps->lfd, &ps->ev_listen, PS_EV_LISTEN) < 0 ||
-	    watch(ps, ps->ctlfd, &ps->ev_ctl, PS_EV_CTL) < 0 ||
-	    watch(ps, ps->sigfd, &ps->ev_sig, PS_EV_SIGNAL) < 0 ||
-	    watch(ps, ps->tfd, &ps->ev_timer, PS_EV_TIMER) < 0 ||
-	    watch(ps, ps->hs_pipe[0], &ps->ev_hs, PS_EV_HANDSHAKE) < 0)
+	if (watch(ps, &ps->src_listen, ps->lfd, on_listen) < 0 ||
+	    watch(ps, &ps->src_ctl, ps->ctlfd, on_ctl) < 0 ||
+	    watch(ps, &ps->src_sig, ps->sigfd, on_signal) < 0 ||
+	    watch(ps, &ps->src_timer, ps->tfd, on_timer) < 0 ||
+	    watch(ps, &ps->src_hs, ps->hs_pipe[0], on_handshake) < 0)
 		return -errno;
 	return 0;
 }
@@ -395,8 +379,7 @@ void tlm_ps_cleanup(struct tlm_ps *ps)
 		close(ps->sigfd);
 	if (ps->tfd >= 0)
 		close(ps->tfd);
-	if (ps->epfd >= 0)
-		close(ps->epfd);
+	tlm_evloop_fini(&ps->loop);
 	for (int i = 0; i < 2; i++)
 		if (ps->hs_pipe[i] >= 0)
 			close(ps->hs_pipe[i]);

@@ -25,7 +25,7 @@ struct tlm_ps_config {
 	uint64_t bulk_ahead;                /* see demand_rides_bulk (src_session.c) */
 };
 
-#define TLM_PS_INIT { .epfd = -1, .lfd = -1, .ctlfd = -1, .sigfd = -1, .tfd = -1, \
+#define TLM_PS_INIT { .loop = { .epfd = -1 }, .lfd = -1, .ctlfd = -1, .sigfd = -1, .tfd = -1, \
 		      .hs_pipe = { -1, -1 } }
 
 /* Load the key, add the regions, listen, set up the loop: 0, or -errno (logged). */

@@ -57,7 +57,6 @@ static bool bulk_held(const struct tlm_ps_sess *s)
 static void sess_set_events(struct tlm_ps_sess *s)
 {
 	uint32_t ev = 0;
-	struct epoll_event e;
 
 	if (s->dead)
 		return;
@@ -67,14 +66,10 @@ static void sess_set_events(struct tlm_ps_sess *s)
 	    (s->chan == TLM_CHAN_BULK && (s->bstate == BULK_MAP || s->bstate == BULK_PAGES) &&
 	     !bulk_held(s)))
 		ev |= EPOLLOUT;
-	if (ev == s->events)
-		return;
-	e.events = ev;
-	e.data.ptr = &s->ev;
-	if (epoll_ctl(s->ps->epfd, EPOLL_CTL_MOD, s->c.fd, &e) == 0)
-		s->events = ev;
-	else
-		log_error("%s: epoll_ctl: %s", s->r->id, strerror(errno));
+	int rc = tlm_evloop_mod(&s->ps->loop, &s->src, ev);
+
+	if (rc < 0)
+		log_error("%s: epoll_ctl: %s", s->r->id, strerror(-rc));
 }
 
 void tlm_ps_sess_close(struct tlm_ps_sess *s, const char *why)
@@ -90,7 +85,7 @@ void tlm_ps_sess_close(struct tlm_ps_sess *s, const char *why)
 	} else {
 		log_info("%s: %s session from %s closed", r->id, chan_name(s->chan), s->peer);
 	}
-	epoll_ctl(s->ps->epfd, EPOLL_CTL_DEL, s->c.fd, NULL);
+	tlm_evloop_del(&s->ps->loop, &s->src);
 	r->st.wire_bytes_closed += s->c.bytes_in + s->c.bytes_out + s->handshake_bytes;
 	if (r->urgent == s) {
 		r->urgent = NULL;
@@ -552,7 +547,7 @@ void tlm_ps_progress_tick(struct tlm_ps *ps)
 
 		if (!s || s->dead || s->bstate != BULK_PAGES)
 			continue;
-		if (!(s->events & EPOLLOUT) && !bulk_held(s))
+		if (!(s->src.events & EPOLLOUT) && !bulk_held(s))
 			tlm_ps_bulk_pump(s);         /* the --bulk-delay hold is over */
 		m.u.progress.pages_sent = s->data_passed;
 		m.u.progress.pages_total = r->map.count[TLM_CLASS_DATA];
@@ -573,8 +568,10 @@ static void bulk_input(struct tlm_ps_sess *s)
 		sess_unexpected(s, &m);
 }
 
-void tlm_ps_sess_event(struct tlm_ps_sess *s, uint32_t events)
+void tlm_ps_sess_event(struct tlm_evsrc *src, uint32_t events)
 {
+	struct tlm_ps_sess *s = TLM_EVSRC_OWNER(src, struct tlm_ps_sess, src);
+
 	if (s->dead)
 		return;
 	if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && sess_read(s) < 0)
@@ -676,7 +673,6 @@ static int sess_register(struct tlm_ps *ps, struct tlm_src_region *r, int fd, ui
 			 const char *peer, const struct tlm_msg *open)
 {
 	struct tlm_ps_sess *s = calloc(1, sizeof(*s));
-	struct epoll_event e = { .events = EPOLLIN };
 	int rc = -ENOMEM;
 
 	if (!s || (rc = tlm_conn_init(&s->c, fd, chan == TLM_CHAN_URGENT ? PS_URGENT_WCAP :
@@ -684,16 +680,15 @@ static int sess_register(struct tlm_ps *ps, struct tlm_src_region *r, int fd, ui
 		free(s);
 		return rc;
 	}
-	s->ev.kind = PS_EV_SESS;
+	s->src = (struct tlm_evsrc){ .fd = fd, .on_event = tlm_ps_sess_event,
+				     .prio = chan == TLM_CHAN_URGENT ? PS_PRIO_URGENT : PS_PRIO_BULK };
 	s->ps = ps;
 	s->r = r;
 	s->chan = chan;
-	s->events = EPOLLIN;
 	s->handshake_bytes = handshake_bytes(open);
 	snprintf(s->peer, sizeof(s->peer), "%s", peer);
-	e.data.ptr = &s->ev;
-	if (tlm_set_nonblock(fd, 1) < 0 || epoll_ctl(ps->epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
-		rc = -errno;
+	if (tlm_set_nonblock(fd, 1) < 0 || (rc = tlm_evloop_add(&ps->loop, &s->src, EPOLLIN)) < 0) {
+		rc = rc < 0 ? rc : -errno;
 		s->c.fd = -1;       /* the caller closes fd */
 		tlm_conn_fini(&s->c);
 		free(s);

@@ -13,19 +13,16 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "evloop.h"
 #include "tlm_proto.h"
 #include "src_region.h"
 
-/* What an epoll event's data.ptr points at (first member of its owner). */
-enum tlm_ps_ev_kind { PS_EV_LISTEN = 1, PS_EV_CTL, PS_EV_SIGNAL, PS_EV_TIMER, PS_EV_SESS,
-		     PS_EV_HANDSHAKE };
-
-struct tlm_ps_ev {
-	enum tlm_ps_ev_kind kind;
-};
+/* Event priorities (evloop.h): demands first, then the stream, then the rest. */
+enum { PS_PRIO_URGENT = 0, PS_PRIO_BULK, PS_PRIO_OTHER };
 
 struct tlm_ps {
-	int epfd, lfd, ctlfd, sigfd, tfd;
+	struct tlm_evloop loop;
+	int lfd, ctlfd, sigfd, tfd;
 	struct tlm_key key;
 	const char *ctl_path;
 	struct tlm_src_region *regions;     /* singly linked, in the order added */
@@ -39,7 +36,7 @@ struct tlm_ps {
 	 * the loop); each finished one comes back as a pointer on hs_pipe. */
 	int hs_pipe[2];
 	unsigned handshakes;                /* in progress; written by the loop only */
-	struct tlm_ps_ev ev_listen, ev_ctl, ev_sig, ev_timer, ev_hs;
+	struct tlm_evsrc src_listen, src_ctl, src_sig, src_timer, src_hs;
 };
 
 /* Where a bulk session stands; the region's phase says the same from the VM's view. */
@@ -58,13 +55,12 @@ struct tlm_demand {
 #define PS_DEMAND_QUEUE 1024u   /* queued DEMANDs before we stop reading the socket */
 
 struct tlm_ps_sess {
-	struct tlm_ps_ev ev;
+	struct tlm_evsrc src;          /* the connection in the loop (src.events: interest) */
 	struct tlm_ps *ps;
 	struct tlm_src_region *r;
 	struct tlm_conn c;
 	uint8_t chan;                  /* TLM_CHAN_URGENT / TLM_CHAN_BULK */
 	bool dead;                     /* closed; freed at the end of the loop iteration */
-	uint32_t events;               /* current epoll interest */
 	char peer[64];
 	uint64_t handshake_bytes;      /* handshake frames, before c existed */
 
@@ -96,7 +92,7 @@ void tlm_ps_handshakes_done(struct tlm_ps *ps);
 /* Shutdown: wait for the handshakes in progress (each ends within its timeout), close them. */
 void tlm_ps_handshakes_drain(struct tlm_ps *ps);
 /* epoll event on a session; urgent input is served at once, bulk only flagged. */
-void tlm_ps_sess_event(struct tlm_ps_sess *s, uint32_t events);
+void tlm_ps_sess_event(struct tlm_evsrc *src, uint32_t events);
 /* Queue a bounded batch of bulk output while the connection has room. */
 void tlm_ps_bulk_pump(struct tlm_ps_sess *s);
 /* Region classified (or failed): answer queued demands, start the bulk stream. */
