@@ -7,22 +7,14 @@ B.c, and fails listing every strongly connected group of more than one file. Cal
 through function pointers (callbacks) are not edges: that is how a module talks back
 without a cycle.
 
-    check_cycles.py BUILD_DIR
+    check_cycles.py BUILD_DIR OBJECT...
+
+The objects are those of the current targets (CMake passes them): a reused build
+directory may hold stale ones of files that no longer exist.
 """
 import os
 import subprocess
 import sys
-
-DIRS = ("uffd", "protocol", "runtime", "qemu-glue")
-
-
-def objects(build):
-    for top in DIRS:
-        for root, _, files in os.walk(os.path.join(build, top)):
-            for f in files:
-                if f.endswith(".c.o"):
-                    yield os.path.join(root, f)
-
 
 def symbols(obj):
     out = subprocess.run(["nm", obj], check=True, capture_output=True, text=True).stdout
@@ -74,11 +66,11 @@ def sccs(graph):
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: check_cycles.py BUILD_DIR")
+    if len(sys.argv) < 3:
+        sys.exit("usage: check_cycles.py BUILD_DIR OBJECT...")
     build = sys.argv[1]
     files = {}
-    for obj in objects(build):
+    for obj in sys.argv[2:]:
         files.setdefault(name(obj, build), symbols(obj))
     if not files:
         sys.exit(f"check_cycles: no object files under {build} (build first)")
