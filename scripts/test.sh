@@ -55,12 +55,12 @@ if [ "$load" = 1 ]; then
 	done
 	echo "test.sh: ${#hogs[@]} CPU hogs running (--load)"
 fi
-declare -A failed skipped seen
+declare -A failed=() skipped=() seen=()
 for run in $(seq "$repeat"); do
 	log="$build_dir/Testing/repeat-$run.log"
 	echo "== test.sh: run $run of $repeat (log $log)"
 	ctest --output-on-failure -j2 ${ctest_opts[@]+"${ctest_opts[@]}"} > "$log" 2>&1 || true
-	tail -n 3 "$log" | sed -n '/tests passed/p'
+	grep -E "tests passed|tests failed" "$log" || true
 	while read -r t; do
 		seen[$t]=1
 	done < <(sed -n 's/^.*Test *#[0-9]*: \([^ ]*\) .*/\1/p' "$log")
@@ -73,10 +73,11 @@ for run in $(seq "$repeat"); do
 done
 stop_hogs
 echo "== test.sh: $repeat run(s)$([ "$load" = 1 ] && echo ", machine loaded")"
-for t in "${!failed[@]}"; do echo "FAILED  $t in run(s) ${failed[$t]}"; done
-for t in "${!skipped[@]}"; do echo "SKIPPED $t in run(s) ${skipped[$t]}"; done
+# (empty associative arrays are "unbound" under set -u: expand them only when set)
+for t in ${failed[@]+"${!failed[@]}"}; do echo "FAILED  $t in run(s) ${failed[$t]}"; done
+for t in ${skipped[@]+"${!skipped[@]}"}; do echo "SKIPPED $t in run(s) ${skipped[$t]}"; done
 passed=0      # tests that passed in every run
-for t in "${!seen[@]}"; do
+for t in ${seen[@]+"${!seen[@]}"}; do
 	[ -n "${failed[$t]:-}${skipped[$t]:-}" ] || passed=$((passed + 1))
 done
 echo "repeat: $passed passed, ${#failed[@]} failed, ${#skipped[@]} skipped"
