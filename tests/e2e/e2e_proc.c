@@ -19,14 +19,6 @@
 #include "json.h"
 #include "tlm_uffd.h"
 
-uint64_t e2e_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void e2e_child(char *const argv[], char *const env[], int out, const char *logpath)
 {
 	int lfd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -87,11 +79,11 @@ static int e2e_take_line(struct e2e_proc *p, char *line, size_t len)
 
 int e2e_read_line(struct e2e_proc *p, char *line, size_t len, int timeout_ms)
 {
-	uint64_t end = e2e_now_ms() + (uint64_t)timeout_ms;
+	uint64_t end = tt_now_ms() + (uint64_t)timeout_ms;
 
 	for (;;) {
 		struct pollfd pfd = { .fd = p->out, .events = POLLIN };
-		uint64_t now = e2e_now_ms();
+		uint64_t now = tt_now_ms();
 		ssize_t r;
 
 		if (e2e_take_line(p, line, len))
@@ -119,11 +111,11 @@ int e2e_read_line(struct e2e_proc *p, char *line, size_t len, int timeout_ms)
 int e2e_expect(struct e2e_proc *p, const char *prefix, char *line, size_t len,
 	       int timeout_ms)
 {
-	uint64_t end = e2e_now_ms() + (uint64_t)timeout_ms;
+	uint64_t end = tt_now_ms() + (uint64_t)timeout_ms;
 	int rc;
 
 	do {
-		uint64_t now = e2e_now_ms();
+		uint64_t now = tt_now_ms();
 
 		rc = e2e_read_line(p, line, len, now >= end ? 0 : (int)(end - now));
 		if (rc == 1 && strncmp(line, prefix, strlen(prefix)) == 0)
@@ -134,7 +126,7 @@ int e2e_expect(struct e2e_proc *p, const char *prefix, char *line, size_t len,
 
 int e2e_wait(struct e2e_proc *p, int timeout_ms, int *status)
 {
-	uint64_t end = e2e_now_ms() + (uint64_t)timeout_ms;
+	uint64_t end = tt_now_ms() + (uint64_t)timeout_ms;
 
 	while (p->pid > 0) {
 		pid_t r = waitpid(p->pid, &p->status, WNOHANG);
@@ -145,7 +137,7 @@ int e2e_wait(struct e2e_proc *p, int timeout_ms, int *status)
 		}
 		if (r < 0 && errno != EINTR)
 			return -errno;
-		if (e2e_now_ms() >= end)
+		if (tt_now_ms() >= end)
 			return -ETIMEDOUT;
 		usleep(5000);
 	}

@@ -53,7 +53,6 @@ bool e2e_file_contains(const char *path, const char *needle);   /* case-insensit
 /* Path of a built binary: $env_dir/rel, or $env_dir itself when rel is NULL/""
  * (env_dir names an env var set by tlm_test). */
 int e2e_bin(char *out, size_t len, const char *env_dir, const char *rel);
-uint64_t e2e_now_ms(void);
 /* 0 when userfaultfd with MINOR_SHMEM is there and we are root (why_root says what needs
  * root); else the exit code of tt_skip() (77, or 1 under TLM_REQUIRE). */
 int e2e_skip_unless_uffd_root(const char *why_root);

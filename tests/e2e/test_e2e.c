@@ -100,7 +100,7 @@ static char *w_ctl(const char *ctl, const char *cmd)
 static char *w_wait_state(const char *ctl, const char *id, const char *key, const char *want1,
 			  const char *want2, int timeout_ms)
 {
-	uint64_t end = e2e_now_ms() + (uint64_t)timeout_ms;
+	uint64_t end = tt_now_ms() + (uint64_t)timeout_ms;
 	char cmd[64], val[64], *js = NULL;
 
 	snprintf(cmd, sizeof(cmd), "stats %s", id);
@@ -111,7 +111,7 @@ static char *w_wait_state(const char *ctl, const char *id, const char *key, cons
 		    (strcmp(val, want1) == 0 || (want2 && strcmp(val, want2) == 0)))
 			return js;
 		usleep(50000);
-	} while (e2e_now_ms() < end);
+	} while (tt_now_ms() < end);
 	return js;
 }
 
@@ -179,11 +179,11 @@ static void w_start_uffd_server(struct e2e_proc *p, const char *sock, const char
 	char *argv[] = { W->bin_us, "--sock", (char *)sock, "--ctl", (char *)ctl, "--key",
 			 (char *)key, "--source", W->source, "--template", W->tmpl, "--template",
 			 W->tmpl2, "--log-level", "info", NULL };
-	uint64_t end = e2e_now_ms() + 20000;
+	uint64_t end = tt_now_ms() + 20000;
 	char *js = NULL;
 
 	assert_int_equal(e2e_spawn(p, "uffd-server", argv, NULL, log), 0);
-	while (!js && e2e_now_ms() < end) {
+	while (!js && tt_now_ms() < end) {
 		usleep(50000);
 		js = w_ctl(ctl, "stats");
 	}
@@ -230,12 +230,12 @@ static void w_start_dest(struct w_vm *v, const char *sock, const char *tmpl, boo
 /* Collect the destination guest's report until "holding". */
 static void w_collect(struct w_vm *v, int timeout_ms)
 {
-	uint64_t end = e2e_now_ms() + (uint64_t)timeout_ms;
+	uint64_t end = tt_now_ms() + (uint64_t)timeout_ms;
 	char line[512];
 
 	v->mismatches = v->shared = v->pss_kb = -1;
-	while (!v->holding && e2e_now_ms() < end &&
-	       e2e_read_line(&v->dst, line, sizeof(line), (int)(end - e2e_now_ms())) == 1) {
+	while (!v->holding && tt_now_ms() < end &&
+	       e2e_read_line(&v->dst, line, sizeof(line), (int)(end - tt_now_ms())) == 1) {
 		sscanf(line, "verify: pages=%*u mismatches=%lld read_ms=%lf", &v->mismatches,
 		       &v->read_ms);
 		sscanf(line, "shared_pages=%lld", &v->shared);
@@ -250,7 +250,7 @@ static void w_collect(struct w_vm *v, int timeout_ms)
 static bool w_malformed_client(void)
 {
 	uint8_t frame[16] = { 8, 0, 0, 0, 0x42, 0x42, 0, 0, 'g', 'a', 'r', 'b', 'a', 'g', 'e', 0 };
-	uint64_t end = e2e_now_ms() + 10000;
+	uint64_t end = tt_now_ms() + 10000;
 	char err[256], buf[512];
 	int fd = tlm_tcp_connect(W->source, 5000, err, sizeof(err));
 	bool dropped = false;
@@ -260,7 +260,7 @@ static bool w_malformed_client(void)
 		return false;
 	}
 	if (tlm_write_full(fd, frame, sizeof(frame)) == 0) {
-		while (!dropped && e2e_now_ms() < end) {
+		while (!dropped && tt_now_ms() < end) {
 			struct pollfd p = { .fd = fd, .events = POLLIN };
 			ssize_t r;
 
@@ -374,8 +374,8 @@ static void w_arm(struct w_vm *v)
 	if (!r || strncmp(r, "ok", 2) != 0)
 		fail_msg("%s: arm: %s", v->id, r ? r : "no reply");
 	free(r);
-	end = e2e_now_ms() + 10000;
-	while (!e2e_file_contains(v->log_dst, "armed on request") && e2e_now_ms() < end)
+	end = tt_now_ms() + 10000;
+	while (!e2e_file_contains(v->log_dst, "armed on request") && tt_now_ms() < end)
 		usleep(2000);
 	if (!e2e_file_contains(v->log_dst, "armed on request"))
 		fail_msg("%s: the glue did not arm after `arm` (see %s)", v->id, v->log_dst);
@@ -384,7 +384,7 @@ static void w_arm(struct w_vm *v)
 
 static void w_migrate(struct w_vm *v, bool with_malformed, bool deferred)
 {
-	uint64_t t0 = e2e_now_ms();
+	uint64_t t0 = tt_now_ms();
 	char *js;
 
 	w_freeze(v);
@@ -395,7 +395,7 @@ static void w_migrate(struct w_vm *v, bool with_malformed, bool deferred)
 		W->malformed_dropped = w_malformed_client();
 	w_collect(v, 180000);
 	js = w_wait_state(W->us_ctl, v->id, "phase", "complete", "failed", 60000);
-	v->migrate_ms = (double)(e2e_now_ms() - t0);
+	v->migrate_ms = (double)(tt_now_ms() - t0);
 	if (!v->holding)
 		fail_msg("%s: destination guest did not finish reading (see %s, %s)", v->id,
 			 v->log_dst, W->us_log);

@@ -301,11 +301,11 @@ static void fx_parse(struct fx_result *r, const char *l)
 
 static void fx_serve(struct fx_daemon *d, struct e2e_proc *g)
 {
-	uint64_t end = e2e_now_ms() + 30000;
+	uint64_t end = tt_now_ms() + 30000;
 	char line[512];
 
 	d->r.mismatches = d->r.shared = d->r.discard_zero = d->r.write_ok = -1;
-	while (!d->r.holding && g->out >= 0 && e2e_now_ms() < end) {
+	while (!d->r.holding && g->out >= 0 && tt_now_ms() < end) {
 		struct pollfd p[2] = { { .fd = d->u.fd, .events = POLLIN },
 				       { .fd = g->out, .events = POLLIN } };
 
@@ -329,11 +329,11 @@ static void fx_send(int c, uint32_t type, const struct tlm_local_msg *region)
 static void fx_finish(struct fx *f, struct fx_daemon *d, int c, const struct tlm_local_msg *rm,
 		      struct e2e_proc *g)
 {
-	uint64_t end = e2e_now_ms() + 5000;
+	uint64_t end = tt_now_ms() + 5000;
 
 	assert_int_equal(tlm_uffd_unregister(&d->u, d->base, FX_SIZE), 0);
 	fx_send(c, TLM_LOCAL_DONE, rm);
-	while (!e2e_file_contains(f->log, "migration done") && e2e_now_ms() < end)
+	while (!e2e_file_contains(f->log, "migration done") && tt_now_ms() < end)
 		usleep(10000);
 	assert_true(e2e_file_contains(f->log, "migration done"));
 	assert_int_equal(e2e_stop(g, SIGTERM, 5000), 0);

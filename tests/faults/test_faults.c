@@ -170,11 +170,11 @@ static void f_start_uffd_server(struct f_run *x)
 			 x->kind == F_OUTAGE ? "1" : "30", "--stall-timeout",
 			 x->kind == F_STALL ? "1" : "10",
 			 "--log-level", "info", NULL };
-	uint64_t end = e2e_now_ms() + 20000;
+	uint64_t end = tt_now_ms() + 20000;
 	char *js = NULL;
 
 	assert_int_equal(e2e_spawn(&x->us, "uffd-server", argv, NULL, x->log[LOG_US]), 0);
-	while (!js && e2e_now_ms() < end) {
+	while (!js && tt_now_ms() < end) {
 		usleep(20000);
 		js = e2e_ctl(F.us_ctl, "stats");
 	}
@@ -219,11 +219,11 @@ static void f_kill_point(struct f_run *x, unsigned max_pct)
 {
 	uint64_t pct = 5 + tt_rand(&x->rng) % (max_pct - 4);
 	uint64_t want = (x->size / E2E_PAGE) * pct / 100, have = 0;
-	uint64_t end = e2e_now_ms() + 3000;
+	uint64_t end = tt_now_ms() + 3000;
 	char cmd[64], *js;
 
 	snprintf(cmd, sizeof(cmd), "stats %s", x->id);
-	while (have < want && e2e_now_ms() < end) {
+	while (have < want && tt_now_ms() < end) {
 		js = e2e_ctl(F.us_ctl, cmd);
 		if (js)
 			tt_json_u64(js, "pages", "present", &have);
@@ -282,11 +282,11 @@ static void f_stall(struct f_run *x)
 	f_kill_point(x, 60);
 	kill(x->px.pid, SIGSTOP);
 	F.t.stalls++;
-	end = e2e_now_ms() + 10000;
+	end = tt_now_ms() + 10000;
 	/* open sessions: unanswered demands; a reconnection under way: its handshake */
 	while (!(seen = e2e_file_contains(x->log[LOG_US], "no reply to") ||
 		 e2e_file_contains(x->log[LOG_US], "handshake timed out")) &&
-	       e2e_now_ms() < end)
+	       tt_now_ms() < end)
 		usleep(20000);
 	if (seen)
 		f_loop_alive(x);
@@ -299,7 +299,7 @@ static void f_stall(struct f_run *x)
 /* Poll `stats ID` until the phase is want (or timeout); the last JSON (caller frees). */
 static char *f_wait_phase(struct f_run *x, const char *want, int timeout_ms)
 {
-	uint64_t end = e2e_now_ms() + (uint64_t)timeout_ms;
+	uint64_t end = tt_now_ms() + (uint64_t)timeout_ms;
 	char cmd[64], phase[32] = "", *js = NULL;
 
 	snprintf(cmd, sizeof(cmd), "stats %s", x->id);
@@ -308,7 +308,7 @@ static char *f_wait_phase(struct f_run *x, const char *want, int timeout_ms)
 		js = e2e_ctl(F.us_ctl, cmd);
 		if (!js || tt_json_str(js, NULL, "phase", phase, sizeof(phase)) < 0)
 			phase[0] = '\0';
-		if (strcmp(phase, want) == 0 || e2e_now_ms() >= end)
+		if (strcmp(phase, want) == 0 || tt_now_ms() >= end)
 			return js;
 		usleep(20000);
 	}
@@ -362,13 +362,13 @@ static const char *f_alive(struct e2e_proc *p, char *buf, size_t len)
 /* The guest reads and compares every page, then holds. */
 static void f_verify_guest(struct f_run *x)
 {
-	uint64_t end = e2e_now_ms() + F_TIMEOUT_MS;
+	uint64_t end = tt_now_ms() + F_TIMEOUT_MS;
 	long long pages = -1, mism = -1;
 	bool holding = false;
 	char line[512];
 
-	while (!holding && e2e_now_ms() < end &&
-	       e2e_read_line(&x->dst, line, sizeof(line), (int)(end - e2e_now_ms())) == 1) {
+	while (!holding && tt_now_ms() < end &&
+	       e2e_read_line(&x->dst, line, sizeof(line), (int)(end - tt_now_ms())) == 1) {
 		sscanf(line, "verify: pages=%lld mismatches=%lld", &pages, &mism);
 		holding = strcmp(line, "holding") == 0;
 	}
@@ -489,7 +489,7 @@ static void f_run_one(struct f_run *x)
 
 static void test_campaign(void **state)
 {
-	uint64_t t0 = e2e_now_ms();
+	uint64_t t0 = tt_now_ms();
 
 	(void)state;
 	for (unsigned n = 0; n < F.runs; n++) {
@@ -504,7 +504,7 @@ static void test_campaign(void **state)
 		f_run_fini(&x);
 	}
 	print_message("campaign: %u runs in %.1f s\n", F.t.runs,
-		      (double)(e2e_now_ms() - t0) / 1000.0);
+		      (double)(tt_now_ms() - t0) / 1000.0);
 	assert_int_equal(F.t.mismatches, 0);
 	assert_int_equal(F.t.completed, F.t.runs);
 }
