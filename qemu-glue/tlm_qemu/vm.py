@@ -4,8 +4,10 @@ Each VM lives in a run directory RUN/NAME.GEN (RUN = $TLM_RUN_DIR, default
 /dev/shm/tlm/run) holding:
     vm.json      its configuration and QEMU pid (everything below is named there)
     qmp.sock     QMP monitor                     ram          guest RAM (tmpfs file)
+    qmp-mig.sock a second QMP monitor, reserved for the migration orchestrator's
+                 persistent connection (a QMP socket serves one client at a time)
     ctl.sock     workload command port (ttyS1)   console.log  kernel + workload (ttyS0)
-    qemu.log     QEMU's own stdout/stderr
+    qemu.log     QEMU's own stdout/stderr        region       the glue's region line
 RUN/NAME is a symlink to the current generation: a migration starts NAME.GEN+1 next
 to it and flips the link once the destination runs (socket paths are never reused).
 A VM is named by NAME, by its directory, or by any file in that directory (qmp.sock).
@@ -20,7 +22,11 @@ scripts/lib/py.sh, does both); below, `vm` stands for that command.
     vm probe-accel [--force]      kvm or tcg, probed once, cached (docs/ARCHITECTURE.md F6)
     vm start NAME [--mem MiB] [--wl-mem MiB] [--seed N] [--dirty N] [--like VM]
              [--incoming URI] [--ram-file F] [--ram-copy-from F] [--env K=V]... [--no-link]
-             [--netns NS]
+             [--netns NS] [--track]
+        --track: preload libtlm-glue.so ($TLM_GLUE, else BUILD/qemu-glue/libtlm-glue.so)
+        with TLM_TRACK=1: the glue registers the guest RAM for dirty tracking, so that
+        tlm-page-server can classify it while the guest runs (the live phase of
+        migrate-postcopy.sh --mode tlm); --env K=V given too wins over its variables
     vm wait-ready VM [--timeout S]              waits for the workload's READY
     vm cmd VM LINE [--timeout S]                one workload command, prints the reply
     vm ticks VM [--count N] [--timeout S]       waits for N new TICK lines
@@ -62,6 +68,23 @@ def guest_dir():
     return os.environ.get("TLM_GUEST_DIR", os.path.join(ROOT, "build", "guest"))
 
 
+def glue_path():
+    """libtlm-glue.so: $TLM_GLUE, else next to $TLM_BIN_DIR's build tree, else build/."""
+    if os.environ.get("TLM_GLUE"):
+        return os.environ["TLM_GLUE"]
+    bin_dir = os.environ.get("TLM_BIN_DIR")
+    build = os.path.dirname(os.path.abspath(bin_dir)) if bin_dir else os.path.join(ROOT, "build")
+    return os.path.join(build, "qemu-glue", "libtlm-glue.so")
+
+
+def mig_qmp_path(cfg):
+    """The QMP socket reserved for the migration orchestrator (qmp-mig.sock), or qmp.sock
+    for a VM started before it existed."""
+    p = os.path.join(cfg["dir"], "qmp-mig.sock")
+    return p if "qmp-mig.sock" in " ".join(cfg.get("argv") or []) else \
+        os.path.join(cfg["dir"], "qmp.sock")
+
+
 # ---- configuration ----------------------------------------------------------------------
 
 def kernel_append(cfg):
@@ -87,7 +110,8 @@ def qemu_argv(cfg):
             "-chardev", f"file,id=con0,path={d}/console.log", "-serial", "chardev:con0",
             "-chardev", f"socket,id=ctl0,path={d}/ctl.sock,server=on,wait=off",
             "-serial", "chardev:ctl0",
-            "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off"]
+            "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off",
+            "-qmp", f"unix:{d}/qmp-mig.sock,server=on,wait=off"]
     if cfg.get("cpu"):
         argv += ["-cpu", cfg["cpu"]]
     if cfg.get("incoming"):
@@ -206,6 +230,12 @@ def next_gen(name, base):
     return max(gens) + 1
 
 
+def max_wl_mem(mem_mib):
+    """The largest workload buffer a guest of mem_mib MiB holds (a 2048 MiB guest: 1840;
+    memload is OOM-killed at 1900)."""
+    return mem_mib - 80 - mem_mib // 16
+
+
 def new_cfg(opt, gdir, base):
     """Config of a new VM: from --like (same machine) or from the options."""
     if opt.like:
@@ -229,9 +259,11 @@ def new_cfg(opt, gdir, base):
                "workload": {"mem": opt.wl_mem, "seed": opt.seed, "dirty": opt.dirty,
                             "hot": opt.hot},
                "append_extra": opt.append}
-        if opt.wl_mem + 80 > opt.mem:
+        if opt.wl_mem > max_wl_mem(opt.mem):
             raise VMError(f"--wl-mem {opt.wl_mem} MiB does not fit in a {opt.mem} MiB "
-                          f"guest (leave >= 80 MiB for the kernel and initramfs)")
+                          f"guest (at most {max_wl_mem(opt.mem)}: 80 MiB for the kernel "
+                          f"and initramfs, 1/16 of the RAM for the kernel's page tables "
+                          f"and the workload's own tables)")
     gen = next_gen(opt.name, base)
     d = os.path.join(base, f"{opt.name}.{gen}")
     if len(d) + len("/qmp.sock") >= 108:
@@ -532,11 +564,20 @@ def cmd_start(opt):
     cfg["incoming"] = opt.incoming
     cfg["netns"] = opt.netns
     env = {}
+    if opt.track:
+        glue = glue_path()
+        if not os.path.exists(glue):
+            raise VMError(f"--track: no {glue} (build tlm, or set TLM_GLUE)")
+        env.update({"LD_PRELOAD": glue, "TLM_RAM_PATH": "{ram_file}", "TLM_TRACK": "1",
+                    "TLM_REGION_FILE": "{dir}/region"})
     for kv in opt.env:
         k, sep, v = kv.partition("=")
         if not sep or not k:
             raise VMError(f"--env wants K=V, not '{kv}'")
-        env[k] = v.replace("{ram_file}", cfg["ram_file"]).replace("{dir}", cfg["dir"])
+        env[k] = v
+    env = {k: v.replace("{ram_file}", cfg["ram_file"]).replace("{dir}", cfg["dir"])
+           for k, v in env.items()}
+    cfg["track"] = bool(opt.track)
     if opt.ram_copy_from:
         # The non-shared fallback: the clone gets a private copy of the template RAM.
         os.makedirs(cfg["dir"])
@@ -556,6 +597,7 @@ def cmd_info(opt):
     cfg = resolve(opt.vm)
     cfg["running"] = alive(cfg)
     cfg["qmp"] = os.path.join(cfg["dir"], "qmp.sock")
+    cfg["qmp_mig"] = mig_qmp_path(cfg)
     cfg["ctl"] = os.path.join(cfg["dir"], "ctl.sock")
     cfg["console"] = os.path.join(cfg["dir"], "console.log")
     if opt.get:
@@ -611,6 +653,9 @@ def parser():
     p.add_argument("--netns", help="run QEMU in this network namespace (ip netns)")
     p.add_argument("--no-link", action="store_true",
                    help="do not make it the current VM of NAME (migration destinations)")
+    p.add_argument("--track", action="store_true",
+                   help="preload libtlm-glue.so with TLM_TRACK=1 (dirty tracking of the "
+                        "guest RAM for tlm's live phase)")
     for name, hlp in (("wait-ready", "wait for READY"), ("pss", "Pss of QEMU (kB)"),
                       ("link", "make this generation current"), ("info", "config")):
         p = sub.add_parser(name, help=hlp)
