@@ -12,7 +12,9 @@
 #   --glue PATH     preload libtlm-glue.so into the clone's QEMU so that it maps the
 #                   template pages shared (default: $TLM_GLUE when that file exists);
 #                   without it each clone gets a private copy of the template RAM (the
-#                   non-shared fallback)
+#                   non-shared fallback). With the glue the clone's RAM is also tracked
+#                   for writes (TLM_TRACK=1), so that migrate-postcopy.sh --mode tlm
+#                   classifies it while it runs (the live phase)
 #   --netns NS      run the clones' QEMU in network namespace NS (an emulated host)
 #
 # Each clone: QEMU with the template's command line, -incoming from the template's device
@@ -73,9 +75,12 @@ ram_args() {
 	if [ -n "$glue" ]; then
 		# Shared template frames: the glue maps TLM_TEMPLATE privately where QEMU maps
 		# its RAM file, and says where in TLM_REGION_FILE (tlm's page server reads
-		# the guest RAM there when the clone migrates).
+		# the guest RAM there when the clone migrates); TLM_TRACK=1: it also registers
+		# the RAM for dirty tracking (the page server's live phase; a glue without
+		# tracking ignores it).
 		echo "--env" "LD_PRELOAD=$glue" "--env" "TLM_RAM_PATH={ram_file}" \
-			"--env" "TLM_TEMPLATE=$tdir/ram" "--env" "TLM_REGION_FILE={dir}/region"
+			"--env" "TLM_TEMPLATE=$tdir/ram" "--env" "TLM_REGION_FILE={dir}/region" \
+			"--env" "TLM_TRACK=1"
 	else
 		# Non-shared fallback: a private copy of the template RAM per clone.
 		echo "--ram-copy-from" "$tdir/ram"
