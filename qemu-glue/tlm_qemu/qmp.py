@@ -9,6 +9,7 @@ Library use:
         q.execute("migrate", {"uri": "tcp:127.0.0.1:4444"})
         ev = q.wait_event("MIGRATION", timeout=60,
                           match=lambda e: e["data"]["status"] == "completed")
+        event_time(ev)                                    # its host timestamp, epoch s
 
 Command line (used by the shell scripts; prints the result as JSON; PYTHONPATH=qemu-glue,
 scripts/lib/py.sh's tlm_py sets it):
@@ -170,6 +171,29 @@ class QMP:
                 raise QMPTimeout(f"{self.path}: no {name} event in time") from None
             if "event" in msg:
                 self.events.append(msg)
+
+
+    def next_event(self, timeout=None):
+        """The next event (queued first), None if none comes within timeout."""
+        if self.events:
+            return self.events.popleft()
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            try:
+                msg = self._read_msg(deadline)
+            except QMPTimeout:
+                return None
+            if "event" in msg:
+                return msg
+
+
+def event_time(ev):
+    """An event's "timestamp" ({seconds, microseconds}, QEMU's host clock) as epoch
+    seconds; None if it has none."""
+    ts = ev.get("timestamp") if ev else None
+    if not ts or "seconds" not in ts:
+        return None
+    return ts["seconds"] + ts.get("microseconds", 0) / 1e6
 
 
 def get_field(value, path):
