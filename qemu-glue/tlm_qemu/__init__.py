@@ -6,4 +6,5 @@ directory on PYTHONPATH; scripts/lib/py.sh's tlm_py sets it up for the shell scr
     vm        launch and drive the test guests (QEMU + the memload workload)
     migrate   the `--mode tlm` of scripts/migrate-postcopy.sh (tlm moves the guest RAM)
     report    the migration report, the same for every mode, and the comparison table
+    events    record a QEMU's QMP events (the downtime of the qemu and precopy modes)
 """

@@ -7,20 +7,40 @@ the guest RAM: tlm-page-server reads it at the source, tlm-uffd-server fills the
 destination QEMU's RAM through the userfaultfd that libtlm-glue.so hands over.
 
 Per VM, in this order (the order is what keeps the guest's memory right):
+  0. live phase (unless --no-live): right after the page server starts, `live all`: for
+     every region whose source QEMU tracks writes (glue TLM_TRACK=1: uffd WP_ASYNC) the
+     page server classifies the RAM while the guest runs, then keeps reclassifying the
+     pages written since; regions without tracking answer "post-copy: no dirty tracking"
+     and are classified at freeze as before. Nothing is served to a destination before
+     freeze, whatever the live phase has done;
   1. destination QEMU started with the glue (-incoming defer); its RAM region reaches
      tlm-uffd-server, which is told to `arm` it: the glue discards the RAM and registers
-     it, so the destination can touch no page that the daemon will not fill;
+     it, so the destination can touch no page that the daemon will not fill (this
+     overlaps the first live pass);
   2. the daemon connects to the page server (authenticated, VM id and template digest
      checked) and waits: the page server serves nothing before `freeze`;
-  3. switch-over: QMP `stop` on the source, `freeze` (classification), device state over
-     QEMU's migration stream, `cont` on the destination: the guest runs there at once and
-     its RAM arrives on demand and in the background;
+  3. switch-over, once the region's first live pass is done (or it has no live phase):
+     QMP `stop` on the source (its STOP event starts the downtime); `freeze` is sent to
+     the page server (it reclassifies only the pages written since the live pass; without
+     one, the whole RAM), and while it runs QMP `migrate` sends the device state: this
+     overlap is safe because the destination, which starts running as soon as the device
+     state is in, faults on every page it touches, and those faults wait at the page
+     server until the freeze is done. Then the freeze reply is read; the destination's
+     RESUME event ends the downtime (`cont` if it did not start by itself);
      then, once for all VMs, the --after-switch hook (a test's fault injection point);
   4. every page present (the daemon's region phase "complete"): guest checks, the source
      QEMU is shut down, the destination becomes the VM's current generation.
 A failure before the destination runs stops it and lets the source run on (its RAM was
 only read). After that, both QEMUs and the daemons are left as they are for inspection:
-the destination's faults wait, they are never answered with a wrong page.
+the destination's faults wait, they are never answered with a wrong page. A page server
+that dies is restarted with the same command line: the regions whose source is stopped
+are frozen again, the others start their live phase again.
+
+QMP: one persistent connection per VM and side on qmp-mig.sock (qmp.sock for a VM started
+before it existed), open from the destination's start to the end; the switch reacts to
+QMP events (STOP, MIGRATION with the "events" capability, RESUME) instead of polling.
+Downtime = destination RESUME - source STOP, from the events' timestamps (host clock);
+QEMU's own figure is reported beside it (downtime_qemu_ms).
 """
 
 import argparse
@@ -35,7 +55,7 @@ import time
 
 from . import report
 from . import vm as V
-from .qmp import QMP, QMPError, QMPConnectionError
+from .qmp import QMP, QMPError, QMPConnectionError, event_time
 
 POLL_S = 0.05
 # where `python3 -m tlm_qemu.vm` finds the package (the destination QEMU's starter)
@@ -50,15 +70,24 @@ class Fail(V.VMError):
 
 # ---- daemons ------------------------------------------------------------------------------
 
-def ctl(path, line, timeout=30):
-    """One control-socket command (runtime/ctl.c): a line in, the reply until EOF."""
+def ctl_send(path, line, timeout=30):
+    """Send one control-socket command (runtime/ctl.c); the socket, for ctl_reply."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(path)
         s.sendall(line.encode() + b"\n")
         s.shutdown(socket.SHUT_WR)
-        out = b""
+    except OSError as e:
+        s.close()
+        raise Fail(f"control socket {path} ({line.split()[0]}): {e}") from None
+    return s
+
+
+def ctl_reply(s, path, line):
+    """The reply to ctl_send's command, until EOF; "error: ..." raises."""
+    out = b""
+    try:
         while chunk := s.recv(65536):
             out += chunk
     except OSError as e:
@@ -69,6 +98,11 @@ def ctl(path, line, timeout=30):
     if text.startswith("error:"):
         raise Fail(f"{os.path.basename(path)}: {line.split()[0]}: {text[6:].strip()}")
     return text
+
+
+def ctl(path, line, timeout=30):
+    """One control-socket command: a line in, the reply until EOF."""
+    return ctl_reply(ctl_send(path, line, timeout), path, line)
 
 
 def all_region_stats(ctl_path):
@@ -175,32 +209,94 @@ class Mig:
             raise Fail(f"{arg}: QEMU is not running")
         self.name, self.opt, self.phase = self.src["name"], opt, "new"
         self.dst = None
+        self.conn = {}              # side -> persistent QMP connection (qmp-mig.sock)
         self.lost = None            # since when the daemon does not know the region
         self.sum_before = self.sum_after = self.tick = None
         self.t = {}
+        self.ev = {}                # event timestamps: stop (source), resume (destination)
+        self.live = None            # the page server's "live" stats after the freeze
+        self.live_said = None       # its reply to `live`
         self.tmpl_src = self.tmpl_dst = None
+        self.region = {}
         self.spec = self.region_spec()
+        # guest checks read every page: ~10 s for 2 GiB under TCG on an idle machine
+        self.guest_timeout = 30 + self.src["mem_mib"] / 16
 
-    def qmp(self, side, cmd, args=None, timeout=30):
+    # ---- QMP: one persistent connection per side --------------------------------------
+
+    def open_qmp(self, side):
+        """Connect to the side's qmp-mig.sock (or qmp.sock, for a VM started before it
+        existed) and keep the connection for every later command and event."""
         cfg = self.src if side == "src" else self.dst
         try:
+            self.conn[side] = QMP(V.mig_qmp_path(cfg), timeout=30)
+        except (QMPError, QMPConnectionError) as e:
+            raise Fail(f"{self.name}: {side} QMP: {e}") from None
+
+    def close_qmp(self, side=None):
+        for sd in [side] if side else list(self.conn):
+            q = self.conn.pop(sd, None)
+            if q:
+                q.close()
+
+    def qmp(self, side, cmd, args=None, timeout=30):
+        q = self.conn.get(side)
+        try:
+            if q:
+                return q.execute(cmd, args, timeout=timeout)
+            cfg = self.src if side == "src" else self.dst
             with QMP(os.path.join(cfg["dir"], "qmp.sock"), timeout=timeout) as q:
                 return q.execute(cmd, args)
         except (QMPError, QMPConnectionError) as e:
             raise Fail(f"{self.name}: {side} QMP {cmd}: {e}") from None
 
+    def event(self, side, name, timeout, match=None):
+        try:
+            return self.conn[side].wait_event(name, timeout=timeout, match=match)
+        except QMPConnectionError as e:
+            raise Fail(f"{self.name}: {side} QMP: waiting for {name}: {e}") from None
+
+    def migration_event(self, side, want, timeout):
+        """The side's MIGRATION event with a status in want; failed/cancelled raise."""
+        ev = self.event(side, "MIGRATION", timeout, lambda e: e.get("data", {}).get(
+            "status") in set(want) | {"failed", "cancelled"})
+        st = ev["data"]["status"]
+        if st not in want:
+            try:
+                why = self.qmp(side, "query-migrate").get("error-desc", "no reason given")
+            except Fail as e:
+                why = str(e)
+            raise Fail(f"{self.name}: migration {st} ({side}): {why}")
+        return ev
+
+    # ---- the source's region ----------------------------------------------------------
+
     def region_spec(self):
         """Where the source guest RAM is, as a tlm-page-server --region SPEC."""
         info = os.path.join(self.src["dir"], "region")
         if self.src.get("env", {}).get("TLM_REGION_FILE"):
-            # The glue replaced the RAM file mapping by a private one: read the process.
+            # The glue's line: base=0x.. size=N offset=N template=PATH|-
+            # [mapping=private|shared track=wp-async|none] (older glues: no mapping=,
+            # the mapping is private).
             try:
                 with open(info) as f:
                     kv = dict(w.split("=", 1) for w in f.read().split())
-            except (OSError, ValueError) as e:
+                kv["base"], kv["size"]
+            except (OSError, ValueError, KeyError) as e:
                 raise Fail(f"{self.name}: no region description from the glue ({info}: "
                            f"{e})") from None
-            spec = f"{self.name},pid={self.src['pid']},addr={kv['base']},size={kv['size']}"
+            self.region = kv
+            if kv.get("mapping", "private") == "private":
+                # The glue replaced the RAM file mapping by a private one: read the
+                # process (its writes are tracked there if track=wp-async).
+                spec = f"{self.name},pid={self.src['pid']},addr={kv['base']},size={kv['size']}"
+            elif kv.get("track") == "wp-async":
+                # The RAM file is still the guest RAM; the process's mapping of it is
+                # write-tracked: read the file, track the mapping.
+                spec = (f"{self.name},file={self.src['ram_file']},pid={self.src['pid']},"
+                        f"addr={kv['base']}")
+            else:
+                spec = f"{self.name},file={self.src['ram_file']}"
             if kv.get("template", "-") != "-":
                 self.tmpl_src = kv["template"]
         else:
@@ -210,6 +306,8 @@ class Mig:
             self.tmpl_dst = self.opt.dst_template or self.tmpl_src
             spec += f",template={self.tmpl_src}"
         return spec
+
+    # ---- preparation --------------------------------------------------------------------
 
     def start_dst(self, sock, source):
         env = {"LD_PRELOAD": self.opt.glue, "TLM_RAM_PATH": "{ram_file}", "TLM_SOCK": sock,
@@ -223,6 +321,7 @@ class Mig:
             argv += ["--netns", self.opt.dst_netns]
         for k, v in env.items():
             argv += ["--env", f"{k}={v}"]
+        self.open_qmp("src")
         r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                                filter(None, (PKG_PATH, os.environ.get("PYTHONPATH"))))))
@@ -231,6 +330,7 @@ class Mig:
                        f"{r.stderr.strip().removeprefix(V.PROG + ': error: ')}")
         self.dst = V.resolve(r.stdout.strip())
         self.phase = "prepared"
+        self.open_qmp("dst")
 
     def wait_region(self, ctl_path, want, timeout=15):
         """Poll the destination daemon until the region's phase is in `want`."""
@@ -258,35 +358,64 @@ class Mig:
 
     def set_caps(self):
         caps = {"capabilities": [{"capability": "x-ignore-shared", "state": True},
-                                 {"capability": "postcopy-ram", "state": False}]}
+                                 {"capability": "postcopy-ram", "state": False},
+                                 {"capability": "events", "state": True}]}
         self.qmp("src", "migrate-set-capabilities", caps)
         self.qmp("dst", "migrate-set-capabilities", caps)
         port = self.opt.dst_port + self.index if self.opt.dst_port else 0
         self.qmp("dst", "migrate-incoming", {"uri": f"tcp:{self.opt.dst_addr}:{port}"})
         self.port = self.qmp("dst", "query-migrate")["socket-address"][0]["port"]
 
+    def live_state(self, stats):
+        """(done, why) from the page server's stats: done = the switch-over may start
+        (the first live pass is over, or the region has no live phase)."""
+        r = stats.get(self.name)
+        lv = r and r.get("live")
+        if not isinstance(lv, dict):
+            return True, "no live phase (the page server reports none)"
+        if lv.get("method", "none") == "none":
+            return True, f"no live phase: {lv.get('why') or 'no dirty tracking'}"
+        if lv.get("pass_done"):
+            return True, (f"live ({lv['method']}): first pass done, {lv.get('rounds', 0)} "
+                          f"rounds, {lv.get('dirty_last', 0)} pages dirty in the last")
+        return False, (f"live ({lv['method']}): first pass under way, "
+                       f"{lv.get('classified', 0)} pages classified")
+
+    # ---- switch-over ----------------------------------------------------------------------
+
     def stop_source(self):
+        self.conn["src"].events.clear()     # only this stop's STOP counts
         self.t["stop"] = time.time()
         self.qmp("src", "stop")
         self.phase = "stopped"
-        st = self.qmp("src", "query-status")["status"]
-        if st != "paused":
-            raise Fail(f"{self.name}: the source is '{st}' after stop, not 'paused'")
+        ev = self.event("src", "STOP", 10)
+        self.ev["stop"] = event_time(ev) or self.t["stop"]
 
     def switch(self, ps_ctl):
-        """Device state over QEMU's stream (RAM left out), then the destination runs."""
+        """freeze (the page server reclassifies what was written since the live pass)
+        with the device state going over QEMU's stream meanwhile (RAM left out): the
+        destination's faults wait at the page server until the freeze is done."""
         self.t["freeze"] = time.time()
-        ctl(ps_ctl, f"freeze {self.name}")
+        s = ctl_send(ps_ctl, f"freeze {self.name}", timeout=max(60, self.opt.timeout))
+        try:
+            self.qmp("src", "migrate", {"uri": f"tcp:{self.opt.dst_addr}:{self.port}"})
+        except Fail:
+            s.close()
+            raise
+        ctl_reply(s, ps_ctl, f"freeze {self.name}")
         self.t["frozen"] = time.time()
-        self.qmp("src", "migrate", {"uri": f"tcp:{self.opt.dst_addr}:{self.port}"})
 
     def resume_dst(self):
-        # polled fast: the guest is stopped meanwhile (the device state takes ~1 ms)
-        self.mig = V.wait_migration(self.src, ["completed"], 60, poll=0.002)
-        V.wait_migration(self.dst, ["completed"], 30, poll=0.002)
+        """Until the destination runs: MIGRATION completed on both sides, then its RESUME
+        event (`cont` if it did not start by itself)."""
+        self.migration_event("src", ("completed",), 60)
+        self.migration_event("dst", ("completed",), 30)
+        self.mig = self.qmp("src", "query-migrate")
         if self.qmp("dst", "query-status")["status"] != "running":
             self.qmp("dst", "cont")
+        ev = self.event("dst", "RESUME", 30)
         self.t["running"] = time.time()
+        self.ev["resume"] = event_time(ev) or self.t["running"]
         self.phase = "switched"
 
     def poll_complete(self, regions):
@@ -315,13 +444,14 @@ class Mig:
         if not self.opt.check:
             return
         self.tick = V.wait_ticks(self.dst, 2, 30)
-        self.sum_after = V.guest_cmd(self.dst, "sum")
+        self.sum_after = V.guest_cmd(self.dst, "sum", self.guest_timeout)
         why = V.sum_differs(self.sum_before, self.sum_after)
         if why:
             raise Fail(f"{self.name}: {why}")
 
     def finish(self):
         self.check_guest()
+        self.close_qmp()
         V.stop(self.src)
         V.set_link(self.dst)
         self.phase = "done"
@@ -334,6 +464,7 @@ class Mig:
                     self.qmp("src", "migrate_cancel")
                 except Fail:
                     pass
+            self.close_qmp("dst")
             V.stop(self.dst)
             if self.phase == "stopped" and \
                self.qmp("src", "query-status")["status"] in ("paused", "postmigrate"):
@@ -344,6 +475,7 @@ class Mig:
             log(f"{self.name}: failed after the switch: source {self.src['dir']} and "
                 f"destination {self.dst['dir']} left as they are (the destination's faults "
                 "wait for tlm-uffd-server)")
+        self.close_qmp()
 
 
 def log(msg):
@@ -357,6 +489,7 @@ class Run:
         self.opt = opt
         self.work = opt.work
         self.ps = self.ud = None
+        self.live = False
         self.migs = [Mig(a, opt) for a in opt.vms]
         for i, m in enumerate(self.migs):
             m.index = i
@@ -386,6 +519,8 @@ class Run:
             argv += ["--bulk-delay", str(self.opt.bulk_delay)]
         if self.opt.after_switch:   # no DATA on bulk until the hook has run (after_switch)
             argv += ["--bulk-hold"]
+        if self.opt.live_rate is not None:
+            argv += ["--live-rate", str(self.opt.live_rate)]
         self.ps = Daemon("tlm-page-server", argv, self.work,
                          os.path.join(self.work, "src", "ctl.sock"))
         self.ps.wait_ready()
@@ -442,30 +577,42 @@ class Run:
             if trace:
                 trace.close()
 
-    def after_switch(self):
-        """--after-switch CMD: run `sh -c CMD` once every destination runs on its faults
-        and before any completion is looked at (the caller's fault injection point), its
-        stdout to our stderr. It gets the daemons in its environment (TLM_PAGE_SERVER_PID,
-        TLM_PAGE_SERVER_CTL, TLM_UFFD_SERVER_PID (empty: not ours), TLM_UFFD_SERVER_CTL),
-        the work directory (TLM_MIGRATE_WORK) and the VM names (TLM_MIGRATE_VMS). Pages
-        are still missing while it runs: the page server holds its background stream
-        (--bulk-hold) until the hook returns, so DATA moves only as the guest demands it.
-        A daemon it kills is restarted afterwards (a restarted page server streams at
-        once); a non-zero exit fails the migration (both sides left as they are)."""
-        if not self.opt.after_switch:
-            return
+    def hook(self, opt_name, cmd):
+        """Run a test hook `sh -c CMD`, its stdout to our stderr, with the daemons in its
+        environment (TLM_PAGE_SERVER_PID, TLM_PAGE_SERVER_CTL, TLM_UFFD_SERVER_PID (empty:
+        not ours), TLM_UFFD_SERVER_CTL), the work directory (TLM_MIGRATE_WORK) and the VM
+        names (TLM_MIGRATE_VMS). A daemon it kills is restarted afterwards; a non-zero exit
+        fails the migration."""
         env = dict(os.environ, TLM_MIGRATE_WORK=self.work,
                    TLM_MIGRATE_VMS=" ".join(m.name for m in self.migs),
                    TLM_PAGE_SERVER_PID=str(self.ps.p.pid), TLM_PAGE_SERVER_CTL=self.ps.ctl,
                    TLM_UFFD_SERVER_PID=str(self.ud.p.pid) if self.ud else "",
                    TLM_UFFD_SERVER_CTL=self.dst_ctl)
         try:
-            r = subprocess.run(["/bin/sh", "-c", self.opt.after_switch], env=env,
+            r = subprocess.run(["/bin/sh", "-c", cmd], env=env,
                                stdin=subprocess.DEVNULL, stdout=sys.stderr)
         except OSError as e:
-            raise Fail(f"--after-switch: {e}") from None
+            raise Fail(f"{opt_name}: {e}") from None
         if r.returncode:
-            raise Fail(f"the --after-switch command exited with status {r.returncode}")
+            raise Fail(f"the {opt_name} command exited with status {r.returncode}")
+
+    def before_stop(self):
+        """--before-stop CMD: run once the destinations are armed and the live phase
+        runs, before any source is stopped (a test's fault injection point: a page server
+        killed here is restarted and starts the live phase again)."""
+        if self.opt.before_stop:
+            self.hook("--before-stop", self.opt.before_stop)
+
+    def after_switch(self):
+        """--after-switch CMD: run once every destination runs on its faults and before
+        any completion is looked at (the caller's fault injection point). Pages are still
+        missing while it runs: the page server holds its background stream (--bulk-hold)
+        until the hook returns, so DATA moves only as the guest demands it (a restarted
+        page server streams at once); a non-zero exit fails the migration (both sides
+        left as they are)."""
+        if not self.opt.after_switch:
+            return
+        self.hook("--after-switch", self.opt.after_switch)
         if self.ps.p.poll() is None:
             ctl(self.ps.ctl, "bulk-release all")
 
@@ -474,22 +621,98 @@ class Run:
         dead = [d for d in (self.ps, self.ud) if d and d.p.poll() is not None]
         for d in dead:
             d.restart()
-            if d is self.ps:        # the sources are still stopped: serve them again
-                ctl(self.ps.ctl, "freeze all")
+            if d is self.ps:
+                self.reattach()
         return bool(dead)
+
+    def reattach(self):
+        """A restarted page server has every region in phase configured: the regions
+        whose source is stopped are frozen again (their QEMU is paused, nothing changes),
+        the others start their live phase again."""
+        for m in self.migs:
+            if m.phase in ("stopped", "switched", "complete"):
+                ctl(self.ps.ctl, f"freeze {m.name}")
+            elif self.live:
+                self.start_live(m.name)
+
+    def start_live(self, which="all"):
+        """`live ID|all`: the page server classifies while the guests run (where their
+        QEMU tracks writes). An older page server without it: no live phase."""
+        try:
+            reply = ctl(self.ps.ctl, f"live {which}")
+        except Fail as e:
+            if "unknown command" not in str(e):
+                raise
+            log(f"tlm-page-server has no live phase ({e}): classification after the stop")
+            self.live = False
+            for m in self.migs:
+                m.live_said = "tlm-page-server has no live phase"
+            return
+        for line in reply.splitlines():
+            if line.strip():
+                log(f"tlm-page-server: {line.strip()}")
+                name = line.split(":", 1)[0].strip()
+                for m in self.migs:
+                    if m.name == name:
+                        m.live_said = line.split(":", 1)[1].strip()
+        self.live = True
+
+    def wait_live(self, m):
+        """Before m's source stops: until its first live pass is done (or it has none),
+        restarting a page server that dies meanwhile; bounded by --timeout (then the
+        freeze classifies what the pass had not reached)."""
+        if not self.live:
+            return
+        deadline = time.monotonic() + self.opt.timeout
+        t0, why = time.time(), None
+        while True:
+            try:
+                done, why = m.live_state(all_region_stats(self.ps.ctl))
+            except Fail:
+                if self.watch_daemons():
+                    continue
+                raise
+            if done:
+                break
+            self.watch_daemons()
+            if time.monotonic() > deadline:
+                log(f"{m.name}: first live pass not done after {self.opt.timeout:g} s "
+                    f"({why}); stopping the source anyway")
+                break
+            time.sleep(0.1)
+        m.t["live_wait_s"] = round(time.time() - t0, 3)
+        log(f"{m.name}: {why} (waited {m.t['live_wait_s']:.1f} s)")
+
+    def live_stats(self, m):
+        """The page server's live figures of m after its freeze."""
+        try:
+            r = all_region_stats(self.ps.ctl).get(m.name) or {}
+        except Fail:
+            return
+        if isinstance(r.get("live"), dict):
+            m.live = r["live"]
 
     def migrate(self):
         self.start_page_server()
+        if self.opt.live:
+            self.start_live()       # the first pass overlaps everything up to the stop
+        for m in self.migs if not self.opt.live else ():
+            m.live_said = "--no-live"
         self.start_uffd_server()
         for m in self.migs:
-            m.sum_before = V.guest_cmd(m.src, "sum") if self.opt.check else None
+            m.sum_before = V.guest_cmd(m.src, "sum", m.guest_timeout) \
+                if self.opt.check else None
         self.each(Mig.start_dst, self.dst_sock, self.source)
         self.each(Mig.arm, self.dst_ctl)
         self.each(Mig.set_caps)
+        self.before_stop()
         for m in self.migs:     # one switch-over after the other: each VM's downtime is its own
+            self.wait_live(m)
+            self.watch_daemons()
             m.stop_source()
             m.switch(self.ps.ctl)
             m.resume_dst()
+            self.live_stats(m)
         self.after_switch()
         self.wait_complete()
         self.each(Mig.finish)
@@ -519,10 +742,17 @@ class Run:
 def tlm_row(m):
     s, lat = m.stats, m.stats["latency_demand"]
     cls = s["classes"]
-    return {"vm": m.name, "mode": "tlm", "time_s": round(m.t["complete"] - m.t["stop"], 3),
-            "downtime_ms": round((m.t["running"] - m.t["stop"]) * 1000),
+    lv = m.live or {}
+    return {"vm": m.name, "mode": "tlm", "time_s": round(m.t["complete"] - m.ev["stop"], 3),
+            "downtime_ms": round((m.ev["resume"] - m.ev["stop"]) * 1000, 1),
             "downtime_qemu_ms": m.mig.get("downtime"),
-            "classify_ms": round((m.t["frozen"] - m.t["freeze"]) * 1000),
+            "freeze_ms": round((m.t["frozen"] - m.t["freeze"]) * 1000, 1),
+            "live_method": lv.get("method", "none"),
+            "live_why": lv.get("why", m.live_said),
+            "live_wait_s": m.t.get("live_wait_s"),
+            "final_dirty": lv.get("final_dirty"), "final_ms": lv.get("final_ms"),
+            "redone": lv.get("redone"), "live_rounds": lv.get("rounds"),
+            "resent_bytes": 0,
             "qemu_bytes": m.mig.get("ram", {}).get("transferred"),
             "tlm_bytes": s["wire"]["in_bytes"] + s["wire"]["out_bytes"],
             "tlm_payload_bytes": s["wire"]["payload_bytes"],
@@ -559,6 +789,14 @@ def parser():
     ap.add_argument("--after-switch", metavar="CMD",
                     help="shell command run once every destination runs, before the "
                          "completion wait (see Run.after_switch)")
+    ap.add_argument("--before-stop", metavar="CMD",
+                    help="shell command run once the destinations are armed and the live "
+                         "phase runs, before any source stops (see Run.before_stop)")
+    ap.add_argument("--no-live", dest="live", action="store_false",
+                    help="no live phase: the page server classifies after the stop")
+    ap.add_argument("--live-rate", type=int, metavar="MiB",
+                    help="tlm-page-server --live-rate: MiB/s of live classification reads "
+                         "(0 = unlimited)")
     ap.add_argument("--bulk-delay", type=int, metavar="MS",
                     help="tlm-page-server --bulk-delay: the background DATA stream starts "
                          "MS ms after freeze (not after a page-server restart)")
@@ -582,7 +820,7 @@ def main(argv):
         if run and not run.cleanup(ok) and not ok:
             open(os.path.join(opt.work, ".keep"), "w").close()
     rows = [tlm_row(m) for m in run.migs]
-    t0 = min(m.t["stop"] for m in run.migs)
+    t0 = min(m.ev["stop"] for m in run.migs)
     t1 = max(m.t["complete"] for m in run.migs)
     report.emit("tlm", rows, t1 - t0, opt.json)
     return 0

@@ -1,11 +1,25 @@
 """tlm_qemu.report — the report of scripts/migrate-postcopy.sh, the same for every mode
 (tlm, qemu = stock postcopy-ram, precopy), so that runs compare field by field.
 
-Per VM, one row (also the JSON of --json):
+Per VM, one row (also the JSON of --json); every mode has every key (None where it does
+not apply):
   vm, mode, time_s        start -> every page present at the destination (tlm: from the
-                          source's stop; qemu: from `migrate`, QEMU's total-time)
-  downtime_ms             guest stopped -> running (tlm: measured by the script, stop ->
-                          cont; qemu: QEMU's figure); downtime_qemu_ms as QEMU reports it
+                          source's STOP; qemu: from `migrate`, QEMU's total-time)
+  downtime_ms             guest stopped -> running: the source's QMP STOP event to the
+                          destination's RESUME event (QEMU's timestamps, host clock), the
+                          same measure in every mode; downtime_qemu_ms: QEMU's own figure
+                          (query-migrate "downtime"; the device state only in tlm mode)
+  freeze_ms               tlm: the page server's `freeze` round trip (classification of
+                          what the live phase left, or of the whole RAM without it)
+  live_method, live_why   tlm: how the page server classified while the guest ran
+                          (pm-scan, soft-dirty) or "none" and why
+  live_wait_s             tlm: how long the switch-over waited for the first live pass
+  final_dirty, final_ms, redone, live_rounds   tlm: pages written since the last live
+                          round that the freeze reclassified, its time; pages classified
+                          again during the live phase; live rounds
+  resent_bytes            pages sent again because they were written after being sent
+                          (QEMU's normal + zero pages beyond the RAM size; 0 in tlm mode,
+                          which sends nothing before the stop)
   qemu_bytes              bytes of QEMU's migration stream (RAM counters)
   tlm_bytes, tlm_payload_bytes   bytes tlm moved (both directions) and their DATA payload
   pages                   tlm: pages by class (template, zero, ref, data)
@@ -22,6 +36,14 @@ Per VM, one row (also the JSON of --json):
 
 import json
 import sys
+
+from . import events
+
+ROW_KEYS = ("vm", "mode", "time_s", "downtime_ms", "downtime_qemu_ms", "freeze_ms",
+            "live_method", "live_why", "live_wait_s", "final_dirty", "final_ms", "redone",
+            "live_rounds", "resent_bytes", "qemu_bytes", "tlm_bytes", "tlm_payload_bytes",
+            "pages", "demand_faults", "fault_p50_us", "fault_p99_us", "dst_pss_kb",
+            "checksum")
 
 mb = lambda b: (b or 0) / 1e6       # noqa: E731
 
@@ -42,18 +64,30 @@ def describe(r):
         tlm = (f"; tlm sent {mb(r['tlm_bytes']):.1f} MB (DATA {p['data']}, REF {p['ref']}, "
                f"ZERO {p['zero']}, TEMPLATE {p['template']} pages; payload "
                f"{mb(r['tlm_payload_bytes']):.1f} MB)")
+    if r["mode"] == "tlm" and r.get("freeze_ms") is not None:
+        live = r.get("live_method") or "none"
+        tlm += f"; freeze {r['freeze_ms']:.0f} ms, live phase: {live}"
+        if live != "none":
+            tlm += (f" ({r.get('final_dirty')} pages written since reclassified in "
+                    f"{r.get('final_ms')} ms, {r.get('redone')} redone)")
+        elif r.get("live_why"):
+            tlm += f" ({r['live_why']})"
     faults = ""
     if r.get("demand_faults") is not None:
         faults = f"; {r['demand_faults']} demand faults"
     if r.get("fault_p50_us") is not None:
         faults += f" (p50 {r['fault_p50_us']:.0f} us, p99 {r['fault_p99_us']:.0f} us)"
     return (f"{r['vm']}: {r['mode']}: all pages present in {r['time_s']:.2f} s, downtime "
-            f"{r['downtime_ms']} ms{r.get('downtime_note', '')}; QEMU sent "
+            f"{r['downtime_ms']} ms{r.get('downtime_note', '')} (QEMU's figure "
+            f"{r.get('downtime_qemu_ms')} ms); QEMU sent "
             f"{mb(r['qemu_bytes']):.1f} MB{tlm}{faults}; destination Pss "
             f"{r['dst_pss_kb'] / 1024:.1f} MiB; checksum {r['checksum']}")
 
 
 def emit(mode, rows, wall_s, json_out):
+    for r in rows:
+        for k in ROW_KEYS:
+            r.setdefault(k, None)
     for r in rows:
         print(describe(r))
     tot = {"vms": len(rows), "wall_s": round(wall_s, 3),
@@ -72,6 +106,16 @@ def emit(mode, rows, wall_s, json_out):
     return tot
 
 
+def event_downtime(src_events, dst_events):
+    """ms from the source's first STOP to the destination's first RESUME (QMP event
+    timestamps), None if either was not recorded."""
+    stop = events.first(events.load(src_events), "STOP")
+    resume = events.first(events.load(dst_events), "RESUME")
+    if not stop or not resume or stop.get("t") is None or resume.get("t") is None:
+        return None
+    return round((resume["t"] - stop["t"]) * 1000, 1)
+
+
 def qemu_rows(work, names, mode):
     rows, span = [], None
     for i, name in enumerate(names):
@@ -84,10 +128,17 @@ def qemu_rows(work, names, mode):
             check = open(f"{work}/{i}.sum").read().split()[1] + " ok"
         except OSError:
             check = "not checked"
-        down, note = qemu_downtime(m)
+        qdown, note = qemu_downtime(m)
+        down = event_downtime(f"{work}/{i}.src.events", f"{work}/{i}.dst.events")
+        if down is None:
+            down, note = qdown, note + " (QEMU's figure: no QMP events recorded)"
+        else:
+            note = ""
+        sent = ram.get("normal", 0) + ram.get("duplicate", 0)
         rows.append({"vm": name, "mode": mode, "time_s": m.get("total-time", 0) / 1000,
                      "downtime_ms": down, "downtime_note": note,
-                     "downtime_qemu_ms": m.get("downtime"),
+                     "downtime_qemu_ms": qdown,
+                     "resent_bytes": max(0, sent - ram.get("total", 0) // 4096) * 4096,
                      "qemu_bytes": ram.get("transferred"), "ram_total": ram.get("total"),
                      "precopy_bytes": ram.get("precopy-bytes"),
                      "postcopy_bytes": ram.get("postcopy-bytes"),
