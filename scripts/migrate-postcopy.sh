@@ -37,6 +37,14 @@
 #   --bulk-delay MS    the page server starts its background DATA stream MS ms after the
 #                      freeze (tlm-page-server --bulk-delay; a page server restarted after
 #                      a crash streams at once): until then DATA pages move on demand only
+#   --no-live          no live phase: the page server classifies the whole RAM after the
+#                      source stops (the downtime grows with the RAM; kept for comparison)
+#   --live-rate MiB    MiB/s of the page server's live classification reads (0 = unlimited;
+#                      default: the page server's)
+#   --before-stop CMD  test hook: run `sh -c CMD` once the destinations are armed and the
+#                      live phase runs, before any source stops (same environment as
+#                      --after-switch; a page server it kills is restarted and starts the
+#                      live phase again)
 #   --after-switch CMD test hook: run `sh -c CMD` once every destination runs on its faults,
 #                      before the wait for completion (its output goes to stderr; a non-zero
 #                      exit fails the migration). Its environment names the daemons:
@@ -48,6 +56,16 @@
 #                      still missing while it runs (tests/qemu/qemu_tlm_faults.sh)
 # qemu and precopy modes take --dst-addr and --dst-netns (the destination QEMU runs there
 # and listens on --dst-addr; --src-netns is accepted and unused: the source QEMU connects).
+#
+# tlm mode, live switch-over: a source QEMU that tracks its guest's writes (the glue with
+# TLM_TRACK=1: `tlm_qemu.vm start --track`, clones of scripts/clone-start.sh) has its RAM
+# classified by the page server while it runs; the source is stopped once the first pass
+# is done, and `freeze` reclassifies only the pages written since, so the downtime does
+# not grow with the RAM. Other VMs are classified after the stop, as with --no-live.
+#
+# Downtime, every mode: from the source's QMP STOP event to the destination's RESUME
+# event (their timestamps, host clock; recorded on each VM's qmp-mig.sock), reported as
+# downtime_ms, with QEMU's own figure (query-migrate) as downtime_qemu_ms.
 #
 # For every VM: start the destination QEMU (same command line, new RAM file, -incoming
 # defer), set the capabilities on both sides, migrate over tcp:--dst-addr, switch to
@@ -82,20 +100,21 @@ dst_netns=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-port|--dst-port|\
-	--src-reach|--after-switch|--bulk-delay|\
+	--src-reach|--after-switch|--before-stop|--bulk-delay|--live-rate|\
 	--src-netns|--dst-netns)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
 		tlm_opts+=("$1" "$2")
 		case "$1" in
 		--dst-addr) dst_addr=$2 ;;
 		--dst-netns) dst_netns=$2 ;;
-		--bulk-delay) [[ "$2" =~ ^[0-9]+$ ]] ||
+		--bulk-delay|--live-rate) [[ "$2" =~ ^[0-9]+$ ]] ||
 			{ echo "$tlm_prog: not a whole number: '$2'" >&2; exit 2; }
 			other_opt=${other_opt:-$1} ;;
 		--src-netns) ;;
 		*) other_opt=${other_opt:-$1} ;;
 		esac
 		shift ;;
+	--no-live) tlm_opts+=("$1"); other_opt=${other_opt:-$1} ;;
 	--trace) trace=${2:-}; shift ;;
 	--mode) mode=${2:-}; shift ;;
 	--precopy) precopy_s=${2:-}; shift ;;
@@ -145,6 +164,7 @@ migrate_tlm() {
 
 # ---- qemu mode ----------------------------------------------------------------------------
 names=() src_dirs=() dst_dirs=() phases=() sums=()
+declare -A recorders=()		# "I.src" / "I.dst" -> pid of its tlm_qemu.events
 work=$(mktemp -d "${TMPDIR:-/tmp}/tlm-migrate.XXXXXX")
 
 # Undo what can be undone for every VM that did not finish (runs on any exit).
@@ -172,6 +192,9 @@ cleanup() {
 					"${src_dirs[$i]} and destination ${dst_dirs[$i]} left as they are"
 			fi ;;
 		esac
+	done
+	for i in ${recorders[@]+"${recorders[@]}"}; do
+		kill "$i" 2>/dev/null || true
 	done
 	rm -rf "$work"
 	exit "$rc"
@@ -214,6 +237,45 @@ prepare() {
 	tlm_qmp "$dst/qmp.sock" migrate-incoming "{\"uri\":\"tcp:$dst_addr:0\"}" >/dev/null
 }
 
+# The downtime's ends: the source's STOP and the destination's RESUME, with QEMU's
+# timestamps, recorded by `tlm_qemu.events` on qmp-mig.sock (the other QMP socket stays
+# free for the commands here) into WORK/I.src.events and WORK/I.dst.events. Started before
+# `migrate`: each recorder's file exists once it is connected. A VM started without
+# qmp-mig.sock gets no recorder (the report then gives QEMU's downtime figure).
+start_events() {
+	local i=$1 side dir until n
+
+	for side in src dst; do
+		[ "$side" = src ] && dir=${src_dirs[$i]} until=STOP || dir=${dst_dirs[$i]} until=RESUME
+		[ -S "$dir/qmp-mig.sock" ] || continue
+		tlm_py events "$dir/qmp-mig.sock" "$work/$i.$side.events" --until "$until" \
+			--timeout $((timeout_s + 120)) --label "$side" &
+		recorders[$i.$side]=$!
+		for n in $(seq 100); do
+			[ -e "$work/$i.$side.events" ] && break
+			sleep 0.05
+		done
+		[ -e "$work/$i.$side.events" ] ||
+			tlm_die "${names[$i]}: no QMP event recorder on $dir/qmp-mig.sock"
+	done
+}
+
+# The destination runs: its RESUME is recorded (the recorder exits after it).
+wait_events() {
+	local i=$1 k n
+
+	for k in "$i.src" "$i.dst"; do
+		[ -n "${recorders[$k]:-}" ] || continue
+		for n in $(seq 100); do
+			kill -0 "${recorders[$k]}" 2>/dev/null || break
+			sleep 0.05
+		done
+		kill "${recorders[$k]}" 2>/dev/null || true
+		wait "${recorders[$k]}" 2>/dev/null || true
+		unset "recorders[$k]"
+	done
+}
+
 # With --precopy 0 the switch request follows `migrate` in the same QMP session: over
 # loopback a 256 MiB guest can finish precopy before a second tlm_qmp call even starts.
 start_migration() {
@@ -222,6 +284,7 @@ start_migration() {
 	port=$(tlm_qmp "${dst_dirs[$i]}/qmp.sock" query-migrate --get socket-address.0.port) ||
 		tlm_die "${names[$i]}: the destination does not listen"
 	uri="{\"uri\":\"tcp:$dst_addr:$port\"}"
+	start_events "$i"
 	date +%s.%N > "$work/$i.start"
 	phases[$i]=precopy
 	if [ "$mode" = precopy ]; then		# no switch: QEMU stops the source at the end
@@ -285,6 +348,7 @@ finish() {
 
 	st=$(tlm_qmp "$dst/qmp.sock" query-status --get status)
 	[ "$st" = running ] || tlm_die "${names[$i]}: destination is '$st', not running"
+	wait_events "$i"
 	phases[$i]=migrated
 	if [ "$check" = 1 ]; then
 		tlm_vm ticks "$dst" --count 2 --timeout 30 > "$work/$i.tick" ||
