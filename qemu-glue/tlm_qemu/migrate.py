@@ -641,20 +641,26 @@ class Run:
         try:
             reply = ctl(self.ps.ctl, f"live {which}")
         except Fail as e:
-            if "unknown command" not in str(e):
-                raise
-            log(f"tlm-page-server has no live phase ({e}): classification after the stop")
-            self.live = False
-            for m in self.migs:
-                m.live_said = "tlm-page-server has no live phase"
-            return
+            if "unknown command" in str(e):
+                log(f"tlm-page-server has no live phase ({e}): classification after the "
+                    "stop")
+                self.live = False
+                for m in self.migs:
+                    m.live_said = "tlm-page-server has no live phase"
+                return
+            # A region whose live phase failed to start is classified at freeze (its
+            # stats say method none): not a reason to give up the migration.
+            log(f"live {which}: {e}")
+            reply = str(e).split(": live: ", 1)[-1]
+        # one line per region: "ID live: METHOD (why)" | "ID post-copy: no dirty tracking
+        # (why)"
         for line in reply.splitlines():
             if line.strip():
                 log(f"tlm-page-server: {line.strip()}")
-                name = line.split(":", 1)[0].strip()
+                name, _, said = line.strip().partition(" ")
                 for m in self.migs:
                     if m.name == name:
-                        m.live_said = line.split(":", 1)[1].strip()
+                        m.live_said = said
         self.live = True
 
     def wait_live(self, m):
