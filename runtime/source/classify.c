@@ -62,8 +62,8 @@ static const void *tmpl_page(const struct tlm_cls_map *m, uint64_t k)
 	return tlm_tmpl_page(m->tmpl, k);
 }
 
-enum tlm_page_class tlm_classify_page(const struct tlm_cls_map *m, uint64_t page,
-				      const void *data, uint64_t *k)
+enum tlm_page_class tlm_classify_page_hint(const struct tlm_cls_map *m, uint64_t page,
+					   const void *data, uint64_t hint, uint64_t *k)
 {
 	const void *t = tmpl_page(m, m->tmpl_base + page);
 	int64_t found;
@@ -77,21 +77,25 @@ enum tlm_page_class tlm_classify_page(const struct tlm_cls_map *m, uint64_t page
 		return TLM_CLASS_ZERO;
 	if (!m->tmpl)
 		return TLM_CLASS_DATA;
-	if (m->nruns && m->runs[m->nruns - 1].cls == TLM_CLASS_REF) {
-		const struct tlm_run *last = &m->runs[m->nruns - 1];
-		uint64_t next = last->arg + last->len;
-
-		t = tmpl_page(m, next);
-		if (t && memcmp(data, t, TLM_PAGE_SIZE) == 0) {
-			*k = next;
-			return TLM_CLASS_REF;
-		}
+	t = hint != UINT64_MAX ? tmpl_page(m, hint) : NULL;
+	if (t && memcmp(data, t, TLM_PAGE_SIZE) == 0) {
+		*k = hint;
+		return TLM_CLASS_REF;
 	}
 	found = tlm_tmpl_lookup(m->tmpl, data);
 	if (found < 0)
 		return TLM_CLASS_DATA;
 	*k = (uint64_t)found;
 	return TLM_CLASS_REF;
+}
+
+enum tlm_page_class tlm_classify_page(const struct tlm_cls_map *m, uint64_t page,
+				      const void *data, uint64_t *k)
+{
+	const struct tlm_run *last = m->nruns ? &m->runs[m->nruns - 1] : NULL;
+	uint64_t hint = last && last->cls == TLM_CLASS_REF ? last->arg + last->len : UINT64_MAX;
+
+	return tlm_classify_page_hint(m, page, data, hint, k);
 }
 
 static int grow_runs(struct tlm_cls_map *m)
@@ -111,29 +115,45 @@ static int grow_runs(struct tlm_cls_map *m)
 	return 0;
 }
 
-int tlm_cls_map_add(struct tlm_cls_map *m, enum tlm_page_class c, uint64_t k)
+int tlm_cls_map_add_run(struct tlm_cls_map *m, enum tlm_page_class c, uint64_t k, uint64_t n)
 {
 	struct tlm_run *last = m->nruns ? &m->runs[m->nruns - 1] : NULL;
 	uint64_t page = m->added;
 
-	if (page >= m->page_count || c < TLM_CLASS_TEMPLATE || c > TLM_CLASS_DATA)
+	if (n == 0)
+		return 0;
+	if (n > m->page_count - page || c < TLM_CLASS_TEMPLATE || c > TLM_CLASS_DATA)
 		return -ERANGE;
-	/* A run's arg is the REF template page; the other classes carry 0 on the wire. */
-	if (last && last->cls == c && last->len < UINT32_MAX &&
-	    (c != TLM_CLASS_REF || last->arg + last->len == k)) {
-		last->len++;
-	} else {
-		if (m->nruns == m->cap && grow_runs(m) < 0)
-			return -ENOMEM;
-		m->runs[m->nruns] = (struct tlm_run){
-			.cls = (uint8_t)c, .len = 1, .arg = c == TLM_CLASS_REF ? k : 0,
-		};
-		m->run_first[m->nruns++] = page;
+	if (c != TLM_CLASS_REF)
+		k = 0;   /* a run's arg is the REF template page; 0 on the wire otherwise */
+	while (n) {
+		uint64_t take;
+
+		if (last && last->cls == c && last->len < UINT32_MAX &&
+		    (c != TLM_CLASS_REF || last->arg + last->len == k)) {
+			take = n < UINT32_MAX - last->len ? n : UINT32_MAX - last->len;
+			last->len += (uint32_t)take;
+		} else {
+			if (m->nruns == m->cap && grow_runs(m) < 0)
+				return -ENOMEM;
+			take = n < UINT32_MAX ? n : UINT32_MAX;
+			last = &m->runs[m->nruns];
+			*last = (struct tlm_run){ .cls = (uint8_t)c, .len = (uint32_t)take, .arg = k };
+			m->run_first[m->nruns++] = page;
+		}
+		memset(m->cls + page, c, take);
+		m->count[c] += take;
+		m->added += take;
+		page += take;
+		k += c == TLM_CLASS_REF ? take : 0;
+		n -= take;
 	}
-	m->cls[page] = (uint8_t)c;
-	m->count[c]++;
-	m->added++;
 	return 0;
+}
+
+int tlm_cls_map_add(struct tlm_cls_map *m, enum tlm_page_class c, uint64_t k)
+{
+	return tlm_cls_map_add_run(m, c, k, 1);
 }
 
 int tlm_classify_mem(struct tlm_cls_map *m, const void *data, uint64_t n)

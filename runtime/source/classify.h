@@ -63,6 +63,11 @@ static inline bool tlm_cls_map_complete(const struct tlm_cls_map *m)
  * tmpl_base + page); *k gets the template page for TEMPLATE and REF. */
 enum tlm_page_class tlm_classify_page(const struct tlm_cls_map *m, uint64_t page,
 				      const void *data, uint64_t *k);
+/* The same with the REF guess given: hint is the template page to try right after the
+ * same-offset one (the page after the previous REF; UINT64_MAX: none). For callers that
+ * classify pages out of order (live reclassification) and keep no runs. */
+enum tlm_page_class tlm_classify_page_hint(const struct tlm_cls_map *m, uint64_t page,
+					   const void *data, uint64_t hint, uint64_t *k);
 
 /* Classify the next n pages (pages m->added .. + n) from memory. 0 or -ENOMEM/-ERANGE. */
 int tlm_classify_mem(struct tlm_cls_map *m, const void *data, uint64_t n);
@@ -70,6 +75,10 @@ int tlm_classify_mem(struct tlm_cls_map *m, const void *data, uint64_t n);
 /* Append the next page with a class decided elsewhere (pagemap: TEMPLATE without
  * reading). k: template page for TEMPLATE/REF. 0 or -ENOMEM/-ERANGE. */
 int tlm_cls_map_add(struct tlm_cls_map *m, enum tlm_page_class c, uint64_t k);
+
+/* Append n pages of one class (REF: template pages k .. k + n - 1; TEMPLATE: k ignored).
+ * Same result as n calls of tlm_cls_map_add, in O(1) runs. 0 or -ENOMEM/-ERANGE. */
+int tlm_cls_map_add_run(struct tlm_cls_map *m, enum tlm_page_class c, uint64_t k, uint64_t n);
 
 /* Class of a classified page; *k gets the template page for TEMPLATE/REF. */
 enum tlm_page_class tlm_cls_map_get(const struct tlm_cls_map *m, uint64_t page, uint64_t *k);

@@ -14,12 +14,16 @@
 static const char usage[] =
 "usage: tlm-page-server --listen HOST:PORT --key KEYFILE --ctl CTLSOCK\n"
 "                       [--region SPEC]... [--log-level L] [--bulk-delay MS]\n"
-"                       [--bulk-ahead SIZE] [--bulk-hold]\n"
+"                       [--bulk-ahead SIZE] [--bulk-hold] [--live-rate MiB]\n"
 "\n"
 "Source side of a tlm post-copy migration: serves guest RAM regions to the destination's\n"
-"tlm-uffd-server. Nothing of a region is read before `freeze`; then every page is\n"
+"tlm-uffd-server. Nothing of a region is sent before `freeze`; then every page is\n"
 "classified (TEMPLATE / ZERO / REF / DATA), the class map and the DATA pages stream on the\n"
 "bulk connection and demand requests are answered first on the urgent connection.\n"
+"With `live` before the stop, a worker classifies the running guest under dirty tracking\n"
+"(PAGEMAP_SCAN + userfaultfd WP_ASYNC registered by libtlm-glue.so in QEMU (TLM_TRACK=1),\n"
+"else soft-dirty) and `freeze` redoes only the pages written since: the stopped guest\n"
+"waits for what it wrote lately, not for its RAM size.\n"
 "\n"
 "options:\n"
 "  --listen HOST:PORT  TCP address for destinations (port 0 picks a free port; the port\n"
@@ -38,11 +42,14 @@ static const char usage[] =
 "                      is left to that copy while at most SIZE bytes of the stream are\n"
 "                      ahead of it (k/M/G; default 8M, 0 = always answer on urgent):\n"
 "                      larger saves duplicate pages, smaller bounds the demand's wait\n"
+"  --live-rate MiB     live phase: read at most MiB MiB/s of guest RAM (default 512,\n"
+"                      0 = no limit)\n"
 "  --help              this text\n"
 "\n"
 "SPEC:\n"
-"  ID,file=PATH[,offset=N][,size=N][,template=PAGES]\n"
-"        RAM file mapped read-only; size defaults to the rest of the file\n"
+"  ID,file=PATH[,offset=N][,size=N][,template=PAGES][,pid=PID,addr=0xADDR]\n"
+"        RAM file mapped read-only; size defaults to the rest of the file; pid/addr:\n"
+"        the process mapping the file's byte `offset` at addr, tracked in `live`\n"
 "  ID,pid=PID,addr=0xADDR,size=N[,template=PAGES]\n"
 "        range of a process read with process_vm_readv (root or ptrace rights)\n"
 "  ID: 1..64 of [A-Za-z0-9._-], the VM id the destination opens. N takes k/M/G suffixes;\n"
@@ -57,8 +64,12 @@ static const char usage[] =
 "                      (payload = page bytes, overhead = all else), demands served, DATA\n"
 "                      pages sent on bulk/urgent, elapsed ms since freeze, classify ms,\n"
 "                      stream ms (freeze to the first DONE)\n"
+"  live ID|all         the source VM runs: classify it now under dirty tracking (one\n"
+"                      line per region: \"ID live: METHOD (...)\" or \"ID post-copy: no\n"
+"                      dirty tracking (why)\"); stats shows the progress under \"live\"\n"
 "  freeze ID|all       the source VM is stopped: classify now (the reply comes after\n"
-"                      classification) and start serving\n"
+"                      classification: after `live`, of the pages written since their\n"
+"                      read only) and start serving\n"
 "  bulk-hold ID|all    as --bulk-hold, for these regions (before or after freeze)\n"
 "  bulk-release ID|all the held DATA stream starts\n"
 "  add-region SPEC     add a region at run time\n"
@@ -73,7 +84,7 @@ struct opts {
 	int level;
 };
 
-/* --bulk-delay and --bulk-ahead (the background stream's knobs). 0, or -1 if bad. */
+/* --bulk-delay, --bulk-ahead (the background stream's knobs), --live-rate. 0, or -1. */
 static int parse_bulk_opt(int c, const char *arg, struct opts *o)
 {
 	if (c == 'D' && (tlm_parse_u64(arg, &o->c.bulk_delay_ms) < 0 ||
@@ -88,6 +99,13 @@ static int parse_bulk_opt(int c, const char *arg, struct opts *o)
 			"0..1G)\n", arg);
 		return -1;
 	}
+	if (c == 'R' && (tlm_parse_u64(arg, &o->c.live_rate) < 0 || o->c.live_rate > 1000000)) {
+		fprintf(stderr, "tlm-page-server: bad --live-rate '%s' (MiB/s, 0..1000000)\n",
+			arg);
+		return -1;
+	}
+	if (c == 'R')
+		o->c.live_rate <<= 20;
 	return 0;
 }
 
@@ -100,12 +118,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "bulk-delay", required_argument, NULL, 'D' },
 		{ "bulk-ahead", required_argument, NULL, 'A' },
 		{ "bulk-hold", no_argument, NULL, 'H' },
+		{ "live-rate", required_argument, NULL, 'R' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 
 	o->level = TLM_LOG_INFO;
 	o->c.bulk_ahead = 8u << 20;
+	o->c.live_rate = 512ull << 20;
 	o->c.regions = calloc((size_t)argc, sizeof(*o->c.regions));
 	if (!o->c.regions)
 		return -1;
@@ -118,7 +138,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'r': o->c.regions[o->c.nregions++] = optarg; break;
 		case 'H': o->c.bulk_hold = true; break;
 		case 'h': fputs(usage, stdout); exit(0);
-		case 'D': case 'A':
+		case 'D': case 'A': case 'R':
 			if (parse_bulk_opt(c, optarg, o) < 0)
 				return -1;
 			break;

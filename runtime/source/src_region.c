@@ -19,16 +19,13 @@
 #include "log.h"
 #include "util.h"
 
-/* Pages per process_vm_readv call while classifying: 256 KiB. */
-#define CLASSIFY_BATCH 64u
-
 /* /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst). */
 #define PM_PRESENT (1ull << 63)
 #define PM_SWAP    (1ull << 62)
 #define PM_FILE    (1ull << 61)   /* file page or shared anon */
 
 static const char *const phase_names[] = {
-	[TLM_SRC_CONFIGURED] = "configured", [TLM_SRC_FROZEN] = "frozen",
+	[TLM_SRC_CONFIGURED] = "configured", [TLM_SRC_LIVE] = "live", [TLM_SRC_FROZEN] = "frozen",
 	[TLM_SRC_CLASSIFIED] = "classified", [TLM_SRC_STREAMING] = "streaming",
 	[TLM_SRC_DONE] = "done", [TLM_SRC_FAILED] = "failed",
 };
@@ -100,17 +97,18 @@ static int spec_parse(char *copy, const char *spec, struct spec *s, char *err, s
 		if (rc < 0)
 			return rc;
 	}
-	if (!!s->file == !!s->pid) {
-		snprintf(err, errlen, "region '%s': give exactly one of file=PATH or pid=PID", spec);
+	if (!s->file && !s->pid) {
+		snprintf(err, errlen, "region '%s': give file=PATH or pid=PID", spec);
 		return -EINVAL;
 	}
-	if (s->pid && (!s->addr || !s->size || s->offset)) {
+	if (!s->file && s->pid && (!s->addr || !s->size || s->offset)) {
 		snprintf(err, errlen, "region '%s': a pid source needs addr= and size= (no offset=)",
 			 spec);
 		return -EINVAL;
 	}
-	if (s->file && s->addr) {
-		snprintf(err, errlen, "region '%s': addr= is for pid sources", spec);
+	if (s->file && !!s->addr != !!s->pid) {
+		snprintf(err, errlen, "region '%s': with file=, pid= and addr= go together (the "
+			 "process mapping the file, for dirty tracking)", spec);
 		return -EINVAL;
 	}
 	return 0;
@@ -173,17 +171,16 @@ static int open_file(struct tlm_src_region *r, const struct spec *s, char *err, 
 	return 0;
 }
 
-static int open_pid(struct tlm_src_region *r, const struct spec *s, char *err, size_t errlen)
+/* pid= and addr= (with size= already known): the process and where the range starts. */
+static int parse_proc(struct tlm_src_region *r, const struct spec *s, char *err, size_t errlen)
 {
 	uint64_t pid;
-	char path[64];
 
 	if (tlm_parse_u64(s->pid, &pid) < 0 || pid == 0 || pid > INT32_MAX) {
 		snprintf(err, errlen, "region '%s': bad pid '%s'", r->id, s->pid);
 		return -EINVAL;
 	}
-	if (num_opt(s->addr, "addr", &r->addr, r, err, errlen) < 0 ||
-	    num_opt(s->size, "size", &r->size, r, err, errlen) < 0)
+	if (num_opt(s->addr, "addr", &r->addr, r, err, errlen) < 0)
 		return -EINVAL;
 	if (r->size == 0 || r->addr + r->size < r->addr) {
 		snprintf(err, errlen, "region '%s': bad range 0x%llx+%llu", r->id,
@@ -195,6 +192,19 @@ static int open_pid(struct tlm_src_region *r, const struct spec *s, char *err, s
 		snprintf(err, errlen, "region '%s': pid %d: no such process", r->id, r->pid);
 		return -ESRCH;
 	}
+	return 0;
+}
+
+static int open_pid(struct tlm_src_region *r, const struct spec *s, char *err, size_t errlen)
+{
+	char path[64];
+	int rc;
+
+	if (num_opt(s->size, "size", &r->size, r, err, errlen) < 0)
+		return -EINVAL;
+	rc = parse_proc(r, s, err, errlen);
+	if (rc < 0)
+		return rc;
 	/* Bound to the process's mm from now on; without it we always compare bytes. */
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", r->pid);
 	r->pagemap_fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -255,6 +265,8 @@ int tlm_src_region_new(struct tlm_src_region **out, const char *spec, char *err,
 	snprintf(r->id, sizeof(r->id), "%s", s.id);
 	r->kind = s.file ? TLM_SRC_FILE : TLM_SRC_PID;
 	rc = s.file ? open_file(r, &s, err, errlen) : open_pid(r, &s, err, errlen);
+	if (rc == 0 && s.file && s.pid)
+		rc = parse_proc(r, &s, err, errlen);   /* the tracked process of a file */
 	if (rc < 0)
 		goto fail;
 	r->page_count = r->size / TLM_PAGE_SIZE;
@@ -298,7 +310,7 @@ static int pid_read(struct tlm_src_region *r, const uint64_t *pages, unsigned n,
 		    char *err, size_t errlen)
 {
 	struct iovec local = { .iov_base = buf, .iov_len = (size_t)n * TLM_PAGE_SIZE };
-	struct iovec remote[TLM_SRC_READ_MAX > CLASSIFY_BATCH ? TLM_SRC_READ_MAX : CLASSIFY_BATCH];
+	struct iovec remote[TLM_SRC_READ_MAX > TLM_SRC_SCAN_BATCH ? TLM_SRC_READ_MAX : TLM_SRC_SCAN_BATCH];
 	unsigned nr = 0;
 	ssize_t got;
 
@@ -417,7 +429,7 @@ static unsigned tmpl_vmas(const struct tlm_src_region *r, struct tvma *v)
 static void pagemap_known(struct tlm_src_region *r, const struct tvma *v, unsigned nv,
 			  uint64_t first, unsigned n, bool *known)
 {
-	uint64_t pm[CLASSIFY_BATCH];
+	uint64_t pm[TLM_SRC_SCAN_BATCH];
 	uint64_t base = r->addr + first * TLM_PAGE_SIZE;
 	bool any = false;
 	ssize_t got;
@@ -444,56 +456,139 @@ static void pagemap_known(struct tlm_src_region *r, const struct tvma *v, unsign
 	}
 }
 
-static int classify_pid(struct tlm_src_region *r, char *err, size_t errlen)
+/* ---- scans: classifying pages as they are now ------------------------------------------ */
+
+struct tlm_src_scan {
+	struct tlm_src_region *r;
+	struct tvma v[MAX_TVMAS];      /* pid source: where the pagemap proves TEMPLATE */
+	unsigned nv;
+	uint64_t hint;                 /* template page after the last REF of the previous
+	                                * batch, if the next batch starts right after it */
+	uint64_t hint_page;            /* ... the region page that hint is for */
+	uint64_t known;                /* pages classified from the pagemap, not read */
+	uint8_t buf[TLM_SRC_SCAN_BATCH * TLM_PAGE_SIZE];   /* pid source: pages read */
+};
+
+int tlm_src_scan_open(struct tlm_src_region *r, struct tlm_src_scan **out, char *err,
+		      size_t errlen)
 {
-	struct tvma v[MAX_TVMAS];
-	unsigned nv = tmpl_vmas(r, v);
-	uint8_t *buf = malloc(CLASSIFY_BATCH * TLM_PAGE_SIZE);
-	uint64_t need[CLASSIFY_BATCH];
-	bool known[CLASSIFY_BATCH];
-	int rc = 0;
-
-	if (!buf)
-		return -ENOMEM;
-	for (uint64_t first = 0; first < r->page_count && rc == 0; first += CLASSIFY_BATCH) {
-		unsigned n = (unsigned)(r->page_count - first < CLASSIFY_BATCH ?
-					r->page_count - first : CLASSIFY_BATCH);
-		unsigned nneed = 0, j = 0;
-
-		pagemap_known(r, v, nv, first, n, known);
-		for (unsigned i = 0; i < n; i++)
-			if (!known[i])
-				need[nneed++] = first + i;
-		if (nneed && (rc = pid_read(r, need, nneed, buf, err, errlen)) < 0)
-			break;
-		for (unsigned i = 0; i < n && rc == 0; i++) {
-			uint64_t k = r->tmpl_base + first + i;
-			enum tlm_page_class c = TLM_CLASS_TEMPLATE;
-
-			if (known[i])
-				r->map.known_pages++;
-			else
-				c = tlm_classify_page(&r->map, first + i,
-						      buf + (size_t)j++ * TLM_PAGE_SIZE, &k);
-			rc = tlm_cls_map_add(&r->map, c, k);
-		}
-	}
-	free(buf);
-	return rc;
-}
-
-static int classify_file(struct tlm_src_region *r, char *err, size_t errlen)
-{
+	struct tlm_src_scan *s;
 	struct stat st;
 
+	*out = NULL;
 	/* A mapping read past the end of the file raises SIGBUS: check it still covers us. */
-	if (fstat(r->fd, &st) < 0 || (uint64_t)st.st_size < r->offset + r->size) {
+	if (r->kind == TLM_SRC_FILE &&
+	    (fstat(r->fd, &st) < 0 || (uint64_t)st.st_size < r->offset + r->size)) {
 		snprintf(err, errlen, "%s: %s is now shorter than %llu bytes", r->id, r->path,
 			 (unsigned long long)(r->offset + r->size));
 		return -EIO;
 	}
-	madvise((void *)r->ram, r->size, MADV_SEQUENTIAL);
-	return tlm_classify_mem(&r->map, r->ram, r->page_count);
+	if (r->kind == TLM_SRC_PID && kill(r->pid, 0) < 0 && errno == ESRCH) {
+		snprintf(err, errlen, "%s: pid %d is gone", r->id, r->pid);
+		return -ESRCH;
+	}
+	s = malloc(sizeof(*s));
+	if (!s) {
+		snprintf(err, errlen, "%s: out of memory", r->id);
+		return -ENOMEM;
+	}
+	s->r = r;
+	s->nv = r->kind == TLM_SRC_PID ? tmpl_vmas(r, s->v) : 0;
+	s->hint = s->hint_page = UINT64_MAX;
+	s->known = 0;
+	*out = s;
+	return 0;
+}
+
+void tlm_src_scan_close(struct tlm_src_scan *s)
+{
+	free(s);
+}
+
+uint64_t tlm_src_scan_known(const struct tlm_src_scan *s)
+{
+	return s->known;
+}
+
+/* *data: the bytes of pages [first, first + n), in the file mapping or read into s->buf
+ * (pages known from the pagemap left out). 0 or -errno. */
+static int scan_read(struct tlm_src_scan *s, uint64_t first, unsigned n, const bool *known,
+		     const uint8_t **data, char *err, size_t errlen)
+{
+	struct tlm_src_region *r = s->r;
+	uint64_t need[TLM_SRC_SCAN_BATCH];
+	unsigned nneed = 0;
+
+	*data = s->buf;
+	if (r->kind == TLM_SRC_FILE) {
+		*data = r->ram + first * TLM_PAGE_SIZE;
+		return 0;
+	}
+	for (unsigned i = 0; i < n; i++)
+		if (!known[i])
+			need[nneed++] = first + i;
+	return nneed ? pid_read(r, need, nneed, s->buf, err, errlen) : 0;
+}
+
+int tlm_src_scan_batch(struct tlm_src_scan *s, uint64_t first, unsigned n, uint8_t *cls,
+		       uint64_t *k, char *err, size_t errlen)
+{
+	struct tlm_src_region *r = s->r;
+	bool known[TLM_SRC_SCAN_BATCH] = { false };
+	const uint8_t *data;
+	uint64_t hint = s->hint_page == first ? s->hint : UINT64_MAX;
+	unsigned j = 0;
+	int rc;
+
+	if (n > TLM_SRC_SCAN_BATCH || first + n > r->page_count || first + n < first)
+		return -ERANGE;
+	if (s->nv)
+		pagemap_known(r, s->v, s->nv, first, n, known);
+	rc = scan_read(s, first, n, known, &data, err, errlen);
+	if (rc < 0)
+		return rc;
+	for (unsigned i = 0; i < n; i++) {
+		if (known[i]) {
+			cls[i] = TLM_CLASS_TEMPLATE;
+			k[i] = r->tmpl_base + first + i;
+			s->known++;
+		} else {
+			/* file: page i of the batch; pid: the j-th page read */
+			unsigned at = r->kind == TLM_SRC_FILE ? i : j++;
+
+			cls[i] = (uint8_t)tlm_classify_page_hint(&r->map, first + i,
+						data + (size_t)at * TLM_PAGE_SIZE, hint, &k[i]);
+		}
+		hint = cls[i] == TLM_CLASS_REF ? k[i] + 1 : UINT64_MAX;
+	}
+	s->hint = hint;
+	s->hint_page = first + n;
+	return 0;
+}
+
+/* The whole region in page order into r->map (phase FROZEN). */
+static int classify_all(struct tlm_src_region *r, char *err, size_t errlen)
+{
+	struct tlm_src_scan *s;
+	uint8_t cls[TLM_SRC_SCAN_BATCH];
+	uint64_t k[TLM_SRC_SCAN_BATCH];
+	int rc = tlm_src_scan_open(r, &s, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	if (r->ram)
+		madvise((void *)r->ram, r->size, MADV_SEQUENTIAL);
+	for (uint64_t first = 0; first < r->page_count && rc == 0; first += TLM_SRC_SCAN_BATCH) {
+		unsigned n = (unsigned)(r->page_count - first < TLM_SRC_SCAN_BATCH ?
+					r->page_count - first : TLM_SRC_SCAN_BATCH);
+
+		rc = tlm_src_scan_batch(s, first, n, cls, k, err, errlen);
+		for (unsigned i = 0; i < n && rc == 0; i++)
+			rc = tlm_cls_map_add(&r->map, cls[i], k[i]);
+	}
+	r->map.known_pages = tlm_src_scan_known(s);
+	tlm_src_scan_close(s);
+	return rc;
 }
 
 int tlm_src_classify(struct tlm_src_region *r, char *err, size_t errlen)
@@ -507,12 +602,8 @@ int tlm_src_classify(struct tlm_src_region *r, char *err, size_t errlen)
 			 tlm_src_phase_name(r->phase));
 		return -EPERM;
 	}
-	if (r->kind == TLM_SRC_PID && kill(r->pid, 0) < 0 && errno == ESRCH) {
-		snprintf(err, errlen, "%s: pid %d is gone", r->id, r->pid);
-		return -ESRCH;
-	}
 	tlm_cls_map_reset(&r->map);
-	rc = r->kind == TLM_SRC_FILE ? classify_file(r, err, errlen) : classify_pid(r, err, errlen);
+	rc = classify_all(r, err, errlen);
 	r->st.classify_ns = tlm_now_ns() - t0;
 	if (rc < 0 && !*err)
 		snprintf(err, errlen, "%s: classification failed: %s", r->id, strerror(-rc));

@@ -3,16 +3,20 @@
  * from, its template, its phase, its class map and its counters.
  *
  * Sources (SPEC, also taken by the control command `add-region SPEC`):
- *   ID,file=PATH[,offset=N][,size=N][,template=PAGES]   RAM file, mapped read-only
- *   ID,pid=PID,addr=0xADDR,size=N[,template=PAGES]       range of a process, read with
- *                                                         process_vm_readv
+ *   ID,file=PATH[,offset=N][,size=N][,template=PAGES][,pid=PID,addr=0xADDR]
+ *        RAM file, mapped read-only; pid/addr name the process that maps the file's byte
+ *        `offset` at addr (the guest's QEMU): only its writes are tracked (live phase)
+ *   ID,pid=PID,addr=0xADDR,size=N[,template=PAGES]
+ *        range of a process, read with process_vm_readv (and tracked there)
  * Template correspondence: region page i is compared with template page tmpl_base + i,
  * where tmpl_base = offset / 4096 for a file source (the template mirrors the whole RAM
  * file, as the destination glue maps it) and 0 for a pid source.
  *
- * Nothing reads the guest's pages before the region is FROZEN: tlm_src_classify and
- * tlm_src_read_pages refuse with -EPERM in CONFIGURED (pure post-copy: the source VM may
- * still be running until the orchestrator stops it and sends `freeze`).
+ * No page read before the region is FROZEN is ever sent: tlm_src_read_pages refuses with
+ * -EPERM in CONFIGURED and LIVE (the source VM may still be running until the
+ * orchestrator stops it and sends `freeze`). The live phase (live.h) reads and classifies
+ * pages while the guest runs, under dirty tracking; freeze keeps a live result only for
+ * pages the tracker proves unwritten since they were read.
  */
 #ifndef TLM_SRC_REGION_H
 #define TLM_SRC_REGION_H
@@ -35,8 +39,14 @@ enum tlm_src_kind { TLM_SRC_FILE = 1, TLM_SRC_PID = 2 };
  * destination is checked against it.
  *   CONFIGURED  known (--region / add-region); sessions may open and demands queue up,
  *               but no page is read.
+ *     -> LIVE         ctl `live` with working dirty tracking (live.h).
  *     -> FROZEN       ctl `freeze`: the orchestrator has stopped the source VM.
- *   FROZEN      reading allowed; the page server classifies at once (tlm_src_classify).
+ *   LIVE        a worker thread classifies the running guest's pages and reclassifies
+ *               what it writes; nothing is sent, demands queue up as in CONFIGURED.
+ *     -> FROZEN       ctl `freeze`: the worker stops, one last collect of written pages.
+ *   FROZEN      reading allowed; the page server classifies at once: from the live
+ *               result plus the pages written since (tlm_live_finish), or all pages
+ *               (tlm_src_classify).
  *     -> CLASSIFIED   class map complete; queued demands are answered.
  *     -> FAILED       the source could not be read (process gone, file too short).
  *   CLASSIFIED  waiting for a bulk session.
@@ -48,6 +58,7 @@ enum tlm_src_kind { TLM_SRC_FILE = 1, TLM_SRC_PID = 2 };
  */
 enum tlm_src_phase {
 	TLM_SRC_CONFIGURED = 0,
+	TLM_SRC_LIVE,
 	TLM_SRC_FROZEN,
 	TLM_SRC_CLASSIFIED,
 	TLM_SRC_STREAMING,
@@ -56,6 +67,7 @@ enum tlm_src_phase {
 };
 
 struct tlm_ps_sess;   /* a destination connection (src_session.h) */
+struct tlm_live;      /* the live phase's worker and tables (live.h) */
 
 /* Counters for `stats`. Wire bytes: payload = page bytes of PAGE messages; overhead =
  * everything else in both directions (frame headers, class map, demands, replies). */
@@ -84,7 +96,7 @@ struct tlm_src_region {
 	int fd;
 	const uint8_t *ram;          /* read-only mapping of [offset, offset + size) */
 
-	pid_t pid;                   /* pid source */
+	pid_t pid;                   /* pid source; file source: tracked process, 0 = none */
 	uint64_t addr;
 	int pagemap_fd;              /* /proc/PID/pagemap, -1 if unavailable */
 
@@ -96,6 +108,8 @@ struct tlm_src_region {
 	ino_t tmpl_ino;
 
 	struct tlm_cls_map map;      /* valid from CLASSIFIED on */
+	struct tlm_live *live;       /* live phase (NULL: none); freed by the page server */
+	char live_why[160];          /* how it tracks, or why there is no live phase */
 	struct tlm_src_stats st;
 	char fail[200];              /* why FAILED */
 
@@ -111,6 +125,25 @@ void tlm_src_region_free(struct tlm_src_region *r);
 /* Classify every page (phase must be FROZEN). Fills r->map and r->st.classify_ns.
  * 0 or -errno with err filled; the caller moves the phase. */
 int tlm_src_classify(struct tlm_src_region *r, char *err, size_t errlen);
+
+/*
+ * Scans: classify pages as they are now, batch by batch, in any order (freeze in page
+ * order; the live phase first in order, then the written pages). The caller decides that
+ * reading is allowed (LIVE or FROZEN); scans change nothing in the region.
+ *     tlm_src_scan_open(r, &s, err, len);
+ *     tlm_src_scan_batch(s, first, n, cls, k, err, len);   // n <= TLM_SRC_SCAN_BATCH
+ *     tlm_src_scan_close(s);
+ * cls[i] is the class of page first + i, k[i] its template page (TEMPLATE, REF).
+ */
+#define TLM_SRC_SCAN_BATCH 64u   /* pages per batch: one process_vm_readv of 256 KiB */
+struct tlm_src_scan;
+int tlm_src_scan_open(struct tlm_src_region *r, struct tlm_src_scan **s, char *err,
+		      size_t errlen);
+int tlm_src_scan_batch(struct tlm_src_scan *s, uint64_t first, unsigned n, uint8_t *cls,
+		       uint64_t *k, char *err, size_t errlen);
+/* Pages of the scan classified TEMPLATE from the pagemap, without reading them. */
+uint64_t tlm_src_scan_known(const struct tlm_src_scan *s);
+void tlm_src_scan_close(struct tlm_src_scan *s);
 
 /* Read n pages (indices pages[], n <= TLM_SRC_READ_MAX) for sending: ptrs[i] points at page
  * pages[i], either into the file mapping or into buf (n * 4096 bytes). For pid sources one

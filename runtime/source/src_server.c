@@ -23,6 +23,7 @@
 
 #include "ctl.h"
 #include "json.h"
+#include "live.h"
 #include "log.h"
 #include "src_server.h"
 #include "src_session.h"
@@ -63,6 +64,29 @@ static int region_add(struct tlm_ps *ps, const char *spec, char *err, size_t err
 	return 0;
 }
 
+static void stats_live(struct tlm_json *j, const struct tlm_src_region *r)
+{
+	struct tlm_live_stats st = { 0 };
+	int state = 0;
+
+	if (r->live)
+		tlm_live_snapshot(r->live, &st, &state);
+	tlm_json_obj_begin(j, "live");
+	tlm_json_str(j, "method", r->live ? tlm_dirty_method_name(r->live->dirty.method) :
+		     "none");
+	tlm_json_str(j, "why", r->live_why);
+	tlm_json_str(j, "state", tlm_live_state_name(state));
+	tlm_json_bool(j, "pass_done", st.pass_ns && st.classified == r->page_count);
+	tlm_json_u64(j, "classified", st.classified);
+	tlm_json_u64(j, "rounds", st.rounds);
+	tlm_json_u64(j, "dirty_last", st.dirty_last);
+	tlm_json_u64(j, "redone", st.redone);
+	tlm_json_double(j, "pass_ms", (double)st.pass_ns / 1e6);
+	tlm_json_u64(j, "final_dirty", st.final_dirty);
+	tlm_json_double(j, "final_ms", (double)st.final_ns / 1e6);
+	tlm_json_obj_end(j);
+}
+
 static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 {
 	const uint64_t *cnt = r->map.count;
@@ -77,7 +101,8 @@ static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 	if (r->kind == TLM_SRC_FILE) {
 		tlm_json_str(j, "path", r->path);
 		tlm_json_u64(j, "offset", r->offset);
-	} else {
+	}
+	if (r->pid) {
 		tlm_json_i64(j, "pid", r->pid);
 		tlm_json_u64(j, "addr", r->addr);
 	}
@@ -114,6 +139,7 @@ static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 	tlm_json_double(j, "classify_ms", (double)r->st.classify_ns / 1e6);
 	tlm_json_double(j, "stream_ms", r->st.done_ns ?
 			(double)(r->st.done_ns - r->st.freeze_ns) / 1e6 : 0.0);
+	stats_live(j, r);
 	if (r->phase == TLM_SRC_FAILED)
 		tlm_json_str(j, "error", r->fail);
 	tlm_json_obj_end(j);
@@ -138,6 +164,38 @@ static void cmd_stats(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply)
 	tlm_sbuf_putc(reply, '\n');
 }
 
+/* How freeze got the class map, for the log. */
+static const char *freeze_how(const struct tlm_src_region *r)
+{
+	static __thread char how[96];
+	struct tlm_live_stats st;
+	int state;
+
+	if (!r->live)
+		return "every page read after the stop";
+	tlm_live_snapshot(r->live, &st, &state);
+	snprintf(how, sizeof(how), "live, %llu pages written since their read",
+		 (unsigned long long)st.final_dirty);
+	return how;
+}
+
+/* The class map of a region that has just been frozen: from the live phase (the pages
+ * written since their read redone) when it ran, else every page now. */
+static int freeze_classify(struct tlm_src_region *r, char *err, size_t errlen)
+{
+	uint64_t t0 = tlm_now_ns();
+	int rc;
+
+	if (!tlm_live_usable(r->live))
+		return tlm_src_classify(r, err, errlen);
+	rc = tlm_live_finish(r, err, errlen);
+	r->st.classify_ns = tlm_now_ns() - t0;
+	if (rc == 0)
+		return 0;
+	log_warn("%s; the live result is discarded, classifying every page", err);
+	return tlm_src_classify(r, err, errlen);
+}
+
 /* Freeze one region: classify it now and start serving. 0 or -errno (err filled). */
 static int freeze_one(struct tlm_ps *ps, struct tlm_src_region *r, struct tlm_sbuf *ok,
 		      char *err, size_t errlen)
@@ -145,14 +203,15 @@ static int freeze_one(struct tlm_ps *ps, struct tlm_src_region *r, struct tlm_sb
 	const uint64_t *c = r->map.count;
 	int rc;
 
-	if (r->phase != TLM_SRC_CONFIGURED && r->phase != TLM_SRC_FAILED) {
+	if (r->phase != TLM_SRC_CONFIGURED && r->phase != TLM_SRC_LIVE &&
+	    r->phase != TLM_SRC_FAILED) {
 		tlm_sbuf_printf(ok, "%s%s: already frozen (%s)", ok->len ? "; " : "", r->id,
 				tlm_src_phase_name(r->phase));
 		return 0;
 	}
 	r->phase = TLM_SRC_FROZEN;
 	r->st.freeze_ns = tlm_now_ns();
-	rc = tlm_src_classify(r, err, errlen);
+	rc = freeze_classify(r, err, errlen);
 	if (rc < 0) {
 		r->phase = TLM_SRC_FAILED;
 		snprintf(r->fail, sizeof(r->fail), "%.150s", err);
@@ -161,9 +220,10 @@ static int freeze_one(struct tlm_ps *ps, struct tlm_src_region *r, struct tlm_sb
 		return rc;
 	}
 	r->phase = TLM_SRC_CLASSIFIED;
-	log_info("%s: frozen, %llu pages classified in %.1f ms: %llu template, %llu zero, "
+	log_info("%s: frozen, %llu pages classified in %.1f ms (%s): %llu template, %llu zero, "
 		 "%llu ref, %llu data, %zu runs (%llu known from pagemap)", r->id,
 		 (unsigned long long)r->page_count, (double)r->st.classify_ns / 1e6,
+		 freeze_how(r),
 		 (unsigned long long)c[TLM_CLASS_TEMPLATE], (unsigned long long)c[TLM_CLASS_ZERO],
 		 (unsigned long long)c[TLM_CLASS_REF], (unsigned long long)c[TLM_CLASS_DATA],
 		 r->map.nruns, (unsigned long long)r->map.known_pages);
@@ -197,6 +257,56 @@ static void cmd_freeze(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply
 	if (!failed)
 		tlm_sbuf_printf(reply, "ok frozen %s\n", ok.len ? ok.p : "(no regions)");
 	tlm_sbuf_fini(&ok);
+}
+
+/* Start the live phase of one region; one reply line either way. */
+static int live_one(struct tlm_ps *ps, struct tlm_src_region *r, struct tlm_sbuf *out)
+{
+	int rc = tlm_live_start(r, ps->live_rate, r->live_why, sizeof(r->live_why));
+
+	if (rc < 0) {
+		tlm_sbuf_printf(out, "error: %s\n", r->live_why);
+		return rc;
+	}
+	if (rc == 0) {
+		log_info("%s: no live phase, pages are classified after the stop: %s", r->id,
+			 r->live_why);
+		tlm_sbuf_printf(out, "%s post-copy: no dirty tracking (%s)\n", r->id,
+				r->live_why);
+	} else {
+		log_info("%s: live phase: classifying while the guest runs, dirty tracking by "
+			 "%s (%s)", r->id, tlm_dirty_method_name(r->live->dirty.method),
+			 r->live_why);
+		tlm_sbuf_printf(out, "%s live: %s (%s)\n", r->id,
+				tlm_dirty_method_name(r->live->dirty.method), r->live_why);
+	}
+	return 0;
+}
+
+/* `live ID|all`: classify while the guest runs (regions in phase configured). */
+static void cmd_live(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply)
+{
+	struct tlm_src_region *only = NULL;
+	struct tlm_sbuf lines;
+	int failed = 0;
+
+	if (!id || (strcmp(id, "all") != 0 && !(only = region_by_id(ps, id)))) {
+		tlm_sbuf_printf(reply, "error: live needs a known region id or 'all' (got '%s')\n",
+				id ? id : "");
+		return;
+	}
+	tlm_sbuf_init(&lines);
+	for (struct tlm_src_region *r = ps->regions; r; r = r->next) {
+		if ((only && r != only) || (!only && r->phase != TLM_SRC_CONFIGURED))
+			continue;
+		failed |= live_one(ps, r, &lines) < 0;
+	}
+	/* An error first: the control client reads a leading "error:" as failure. */
+	if (failed)
+		tlm_sbuf_printf(reply, "error: live: %s", lines.len ? lines.p : "\n");
+	else
+		tlm_sbuf_printf(reply, "%s", lines.len ? lines.p : "ok no region to start\n");
+	tlm_sbuf_fini(&lines);
 }
 
 /* `bulk-hold ID|all` / `bulk-release ID|all`: hold a region's DATA stream after freeze
@@ -235,6 +345,8 @@ static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
 		cmd_stats(ps, arg, reply);
 	} else if (strcmp(cmd, "freeze") == 0) {
 		cmd_freeze(ps, arg, reply);
+	} else if (strcmp(cmd, "live") == 0) {
+		cmd_live(ps, arg, reply);
 	} else if (strcmp(cmd, "bulk-hold") == 0 || strcmp(cmd, "bulk-release") == 0) {
 		cmd_bulk(ps, arg, cmd[5] == 'h', reply);
 	} else if (strcmp(cmd, "add-region") == 0) {
@@ -248,7 +360,7 @@ static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
 		ps->stop = true;
 		tlm_sbuf_printf(reply, "ok shutting down\n");
 	} else {
-		tlm_sbuf_printf(reply, "error: unknown command '%s' (stats [ID] | freeze ID|all | "
+		tlm_sbuf_printf(reply, "error: unknown command '%s' (stats [ID] | live ID|all | freeze ID|all | "
 				"bulk-hold|bulk-release ID|all | add-region SPEC | shutdown)\n", cmd);
 	}
 	return reply->len && reply->p[0] == 'e' ? -1 : 0;
@@ -367,6 +479,7 @@ void tlm_ps_cleanup(struct tlm_ps *ps)
 		struct tlm_src_region *r = ps->regions;
 
 		ps->regions = r->next;
+		tlm_live_free(r->live);   /* its worker reads the region */
 		tlm_src_region_free(r);
 	}
 	if (ps->ctlfd >= 0) {
@@ -394,6 +507,7 @@ int tlm_ps_start(struct tlm_ps *ps, const struct tlm_ps_config *o)
 	ps->bulk_hold_ns = o->bulk_delay_ms * 1000000ull;
 	ps->bulk_hold = o->bulk_hold;
 	ps->bulk_ahead_max = o->bulk_ahead;
+	ps->live_rate = o->live_rate;
 	rc = tlm_key_load(o->key, &ps->key, kerr, sizeof(kerr));
 	if (rc < 0)
 		snprintf(err, sizeof(err), "--key: %s", kerr);

@@ -23,6 +23,7 @@ struct tlm_ps_config {
 	uint64_t bulk_delay_ms;             /* DATA stream starts this long after freeze */
 	bool bulk_hold;                     /* DATA stream starts at `bulk-release` */
 	uint64_t bulk_ahead;                /* see demand_rides_bulk (src_session.c) */
+	uint64_t live_rate;                 /* live phase reads, bytes/s (0: no limit) */
 };
 
 #define TLM_PS_INIT { .loop = { .epfd = -1 }, .lfd = -1, .ctlfd = -1, .sigfd = -1, .tfd = -1, \

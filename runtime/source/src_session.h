@@ -31,6 +31,7 @@ struct tlm_ps {
 	                                     * after freeze (benchmarks: demand-only faults) */
 	uint64_t bulk_ahead_max;            /* --bulk-ahead: see demand_rides_bulk */
 	bool bulk_hold;                     /* --bulk-hold: new regions hold their stream */
+	uint64_t live_rate;                 /* --live-rate, bytes/s (0: no limit) */
 	bool stop;
 	/* Handshakes run in threads of their own (an unauthenticated peer must not hold
 	 * the loop); each finished one comes back as a pointer on hs_pipe. */

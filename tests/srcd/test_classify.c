@@ -408,12 +408,12 @@ static void test_spec_errors(void **state)
 {
 	struct fixture *f = *state;
 	static const struct { const char *spec, *want; } cases[] = {
-		{ "vm", "exactly one of file=PATH or pid=PID" },
+		{ "vm", "give file=PATH or pid=PID" },
 		{ "bad id!,file=/x", "bad id" },
 		{ "vm,file=/nonexistent/ram", "No such file" },
 		{ "vm,pid=1", "needs addr= and size=" },
 		{ "vm,pid=1,addr=0x1000,size=4k,offset=0", "no offset=" },
-		{ "vm,file=/x,pid=1", "exactly one" },
+		{ "vm,file=/x,pid=1", "pid= and addr= go together" },
 		{ "vm,file=/x,colour=red", "unknown key 'colour'" },
 		{ "vm,file=/x,file=/y", "given twice" },
 		{ "vm,file", "not KEY=VALUE" },

@@ -560,7 +560,8 @@ static void test_mismatch(void **state)
 	assert_non_null(strstr(err, "size mismatch"));
 }
 
-/* Before freeze: sessions open, demands are queued and nothing is answered. */
+/* Before freeze: sessions open, demands are queued and nothing is answered; `live`
+ * without a process to track leaves the region to post-copy. */
 static void test_prefreeze(void **state)
 {
 	char err[300] = "";
@@ -574,6 +575,11 @@ static void test_prefreeze(void **state)
 	fd = open_session("a", TLM_CHAN_URGENT, A_PAGES, E.digest.b, &E.k, err, sizeof(err));
 	assert_true(fd < 0);
 	assert_non_null(strstr(err, "already has an open urgent session"));
+	expect_ctl("stats a", "\"state\":\"configured\"");
+	/* A file source without pid=: no live phase, it stays configured (post-copy). */
+	expect_ctl("live nope", "error: live needs a known region id");
+	expect_ctl("live a", "a post-copy: no dirty tracking (no process to track");
+	expect_ctl("stats a", "\"method\":\"none\"");
 	expect_ctl("stats a", "\"state\":\"configured\"");
 }
 
