@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# Benchmark: tlm against stock QEMU postcopy-ram and precopy, on the same link, for N
-# clones of one template migrated at once.
+# Benchmark: tlm against stock QEMU postcopy-ram and precopy, on the same link, for N VMs
+# migrated at once, for one or more guest RAM sizes.
 #
-#   scripts/bench-migrate.sh [--counts 1,2,4,8] [--mem MiB] [--dirty-mib MiB]
+#   scripts/bench-migrate.sh [--scenario clones|diverged] [--counts 1,2,4,8]
+#                            [--mem LIST] [--dirty-mib MiB] [--dirty-rate P]
 #                            [--link lan|wan|loopback] [--modes tlm,qemu,precopy]
 #                            [--out DIR] [--plots-dir DIR] [--quick]
 #
-#   --counts LIST    numbers of clones (default 1,2,4,8)
-#   --mem MiB        guest RAM (default 192; the workload fills a quarter of it)
-#   --dirty-mib M    how much of its memory each clone rewrites after start (default 8):
-#                    the part that differs from the template (the DATA a migration must send)
+#   --scenario S     clones (default): N clones of one template (scripts/clone-start.sh;
+#                    tracked by the glue), each reseeding --dirty-mib MiB after start;
+#                    diverged: N plain VMs started with `tlm_qemu.vm start --track`, no
+#                    template, whose workload fills most of the RAM with unique pages
+#                    (RAM - 80 MiB - RAM/16) and keeps rewriting --dirty-rate pages/s
+#                    during the migration (the live switch-over's case: downtime against
+#                    RAM size)
+#   --counts LIST    numbers of VMs (default 1,2,4,8 for clones, 1 for diverged)
+#   --mem LIST       guest RAM sizes, MiB (default 192 for clones, 256,1024 for diverged;
+#                    up to 2048 and more works: a 2 GiB TCG guest boots and fills in ~20 s)
+#   --dirty-mib M    clones: how much of its memory each clone rewrites after start
+#                    (default 8): the part that differs from the template (the DATA a
+#                    migration must send); the clones' workload is a quarter of the RAM
+#   --dirty-rate P   diverged: the workload's rewrites, pages/s (default 1000)
 #   --link L         wan (default: 1 Gbit/s, 20 ms RTT), lan (10 Gbit/s, 0.1 ms) or
 #                    loopback: two emulated hosts, scripts/lib/netns.sh (which says what the
 #                    kernel allowed: no sch_netem = wan through tunlink.py, lan rate only;
 #                    no namespaces = loopback)
-#   --modes LIST     which migrations (default tlm,qemu,precopy; tlm gives the lower bound)
+#   --modes LIST     which migrations (default tlm,qemu,precopy; tlm gives the lower bound;
+#                    tlm-nolive = tlm with --no-live, the classification after the stop)
 #   --out DIR        results directory (default build/bench-results/<link>-<date>)
 #   --plots-dir DIR  also copy the plots there (docs/img: the ones the README shows)
 #   --quick          --counts 1 --mem 160 --dirty-mib 4 (the CI smoke test)
 #
-# For every N and mode: fresh clones of the template started in the source namespace with
-# the same reseeds (so every mode moves the same guest content), migrated to the
-# destination namespace with scripts/migrate-postcopy.sh, checked there (checksum, TICKs),
-# stopped. While they migrate, their consoles are followed: the longest interval between
-# two TICKs (one per guest second) is the guest's worst stall (1 s = no stall).
+# For every RAM size, N and mode: fresh VMs started in the source namespace (clones: with
+# the same reseeds; diverged: the same seeds, so every mode moves the same guest content),
+# migrated to the destination namespace with scripts/migrate-postcopy.sh, checked there
+# (checksum, TICKs), stopped. While they migrate, their consoles are followed: the
+# longest interval between two TICKs (one per guest second) is the guest's worst stall
+# (1 s = no stall).
 # Writes in DIR: results.csv (one row per run), results.md (the table and the ratios
-# tlm / baseline per N), bytes.png, memory.png, progress.png (gnuplot), trace.csv, runs.jsonl,
-# and logs/. Columns: see docs/BENCHMARKS.md.
+# tlm / baseline per RAM size and N), bytes.png, memory.png, progress.png (clones, the
+# first RAM size), downtime.png (downtime against RAM size, one line per mode; the
+# first N), trace.csv, runs.jsonl, and logs/. Columns: see docs/BENCHMARKS.md.
 # TCG guests on 2 cores: N=8 at 192 MiB takes minutes per mode.
 set -euo pipefail
 # shellcheck source=lib/common.sh
@@ -34,34 +48,49 @@ set -euo pipefail
 # shellcheck source=lib/netns.sh
 . "$tlm_root/scripts/lib/netns.sh"
 
-counts=1,2,4,8
-mem=192
+scenario=clones
+counts=
+mems=
 dirty_mib=8
+dirty_rate=1000
 link=wan
 modes=tlm,qemu,precopy
 out=
 plots_dir=
 while [ $# -gt 0 ]; do
 	case "$1" in
+	--scenario) scenario=${2:-}; shift ;;
 	--counts) counts=${2:-}; shift ;;
-	--mem) mem=${2:-}; shift ;;
+	--mem) mems=${2:-}; shift ;;
 	--dirty-mib) dirty_mib=${2:-}; shift ;;
+	--dirty-rate) dirty_rate=${2:-}; shift ;;
 	--link) link=${2:-}; shift ;;
 	--modes) modes=${2:-}; shift ;;
 	--out) out=${2:-}; shift ;;
 	--plots-dir) plots_dir=${2:-}; shift ;;
-	--quick) counts=1 mem=160 dirty_mib=4 ;;
+	--quick) counts=1 mems=160 dirty_mib=4 ;;
 	-h|--help) tlm_usage; exit 0 ;;
 	*) echo "$tlm_prog: unknown option '$1' (try --help)" >&2; exit 2 ;;
 	esac
 	shift
 done
+case "$scenario" in
+clones) : "${counts:=1,2,4,8}" "${mems:=192}" ;;
+diverged) : "${counts:=1}" "${mems:=256,1024}" ;;
+*) tlm_die "--scenario: clones or diverged, not '$scenario'" ;;
+esac
 [[ "$counts" =~ ^[1-9][0-9]?(,[1-9][0-9]?)*$ ]] || tlm_die "--counts: e.g. 1,2,4, not '$counts'"
-[[ "$mem" =~ ^[0-9]+$ ]] && [ "$mem" -ge 160 ] || tlm_die "--mem: a whole number >= 160, not '$mem'"
-[[ "$dirty_mib" =~ ^[0-9]+$ ]] && [ "$dirty_mib" -le $((mem / 4)) ] ||
-	tlm_die "--dirty-mib: a whole number up to the workload's $((mem / 4)) MiB, not '$dirty_mib'"
-[[ "$modes" =~ ^(tlm|qemu|precopy)(,(tlm|qemu|precopy))*$ ]] ||
-	tlm_die "--modes: a list of tlm, qemu, precopy, not '$modes'"
+[[ "$mems" =~ ^[0-9]+(,[0-9]+)*$ ]] || tlm_die "--mem: e.g. 256,2048, not '$mems'"
+min_mem=
+for m in ${mems//,/ }; do
+	[ "$m" -ge 160 ] || tlm_die "--mem: RAM sizes >= 160 MiB, not '$m'"
+	[ -n "$min_mem" ] && [ "$min_mem" -le "$m" ] || min_mem=$m
+done
+[[ "$dirty_mib" =~ ^[0-9]+$ ]] && [ "$dirty_mib" -le $((min_mem / 4)) ] ||
+	tlm_die "--dirty-mib: a whole number up to the workload's $((min_mem / 4)) MiB, not '$dirty_mib'"
+[[ "$dirty_rate" =~ ^[0-9]+$ ]] || tlm_die "--dirty-rate: pages/s, not '$dirty_rate'"
+[[ "$modes" =~ ^(tlm|tlm-nolive|qemu|precopy)(,(tlm|tlm-nolive|qemu|precopy))*$ ]] ||
+	tlm_die "--modes: a list of tlm, tlm-nolive, qemu, precopy, not '$modes'"
 case "$link" in lan|wan|loopback) ;; *) tlm_die "--link: lan, wan or loopback, not '$link'" ;; esac
 : "${out:=$tlm_root/build/bench-results/$link-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out/logs"
@@ -75,7 +104,6 @@ done
 base=$(mktemp -d /dev/shm/tlm-benchmig.XXXXXX)
 export TLM_RUN_DIR=$base/run TMPDIR=$base/tmp
 mkdir -p "$TMPDIR"
-tdir=$base/template
 watcher=
 
 # VMs of this run dir, daemons a failed tlm run left (their control sockets are ours),
@@ -105,27 +133,61 @@ tlm_link_up "$link"
 echo "link: $TLM_LINK_DESC" | tee "$out/link.txt"
 link=$TLM_LINK
 
-echo "== template: $mem MiB guest, workload $((mem / 4)) MiB (scripts/template-create.sh)"
-"$tlm_root/scripts/template-create.sh" bench --out "$tdir" --mem "$mem" \
-	--wl-mem $((mem / 4)) --force 2>"$out/logs/template.log" | tail -n 1
+# clones: one template per RAM size (the workload fills a quarter of the RAM)
+template() {
+	local mem=$1
+
+	tdir=$base/template-$mem
+	[ ! -e "$tdir/template.json" ] || return 0
+	echo "== template: $mem MiB guest, workload $((mem / 4)) MiB (scripts/template-create.sh)"
+	"$tlm_root/scripts/template-create.sh" bench --out "$tdir" --mem "$mem" \
+		--wl-mem $((mem / 4)) --force 2>"$out/logs/template-$mem.log" | tail -n 1
+}
 
 net_opts() {
 	[ -n "$TLM_SRC_NS" ] || return 0
-	if [ "$1" = tlm ]; then
-		echo --src-netns "$TLM_SRC_NS" --src-addr "$TLM_SRC_ADDR"
-	fi
+	case "$1" in
+	tlm*) echo --src-netns "$TLM_SRC_NS" --src-addr "$TLM_SRC_ADDR" ;;
+	esac
 	echo --dst-netns "$TLM_DST_NS" --dst-addr "$TLM_DST_ADDR"
 }
 
-# One run: N fresh clones, one migration mode, one row of runs.jsonl.
-bench_one() {
-	local n=$1 mode=$2 tag="n$1-$2" names=() i b0 b1 t0 t1 rc=0
+# The largest workload a guest of $1 MiB holds (tlm_qemu.vm max_wl_mem).
+max_wl_mem() {
+	echo $(($1 - 80 - $1 / 16))
+}
 
+# The N VMs of one run, started in the source namespace: clones of the template, or
+# plain tracked VMs whose workload fills most of the RAM and keeps writing.
+start_vms() {
+	local n=$1 mem=$2 tag=$3 i
+
+	if [ "$scenario" = clones ]; then
+		"$tlm_root/scripts/clone-start.sh" "$tdir" bm --count "$n" --reseed 100 \
+			--reseed-mib "$dirty_mib" ${TLM_SRC_NS:+--netns "$TLM_SRC_NS"} \
+			> "$out/logs/$tag.vms.log" 2>&1 || return 1
+		return 0
+	fi
+	for i in $(seq 1 "$n"); do
+		tlm_vm start "bm-$i" --mem "$mem" --wl-mem "$(max_wl_mem "$mem")" --seed "$i" \
+			--dirty "$dirty_rate" --track ${TLM_SRC_NS:+--netns "$TLM_SRC_NS"} \
+			>> "$out/logs/$tag.vms.log" 2>&1 || return 1
+	done
+	for i in $(seq 1 "$n"); do
+		tlm_vm wait-ready "bm-$i" --timeout $((120 + mem / 8)) \
+			>> "$out/logs/$tag.vms.log" 2>&1 || return 1
+	done
+}
+
+# One run: N fresh VMs, one migration mode, one row of runs.jsonl.
+bench_one() {
+	local n=$1 mode=$2 mem=$3 tag="$scenario-m$3-n$1-$2" names=() i b0 b1 t0 t1 rc=0
+	local mode_opts=(--mode "$mode") tr=${trace_n:+$base/trace.csv}
+
+	[ "$mode" != tlm-nolive ] || mode_opts=(--mode tlm --no-live) tr=	# tlm's is traced
 	for i in $(seq 1 "$n"); do names+=("bm-$i"); done
-	"$tlm_root/scripts/clone-start.sh" "$tdir" bm --count "$n" --reseed 100 \
-		--reseed-mib "$dirty_mib" ${TLM_SRC_NS:+--netns "$TLM_SRC_NS"} \
-		> "$out/logs/$tag.clones.log" 2>&1 || { cat "$out/logs/$tag.clones.log" >&2
-		tlm_die "N=$n $mode: the clones did not start"; }
+	start_vms "$n" "$mem" "$tag" || { cat "$out/logs/$tag.vms.log" >&2
+		tlm_die "$scenario mem=$mem N=$n $mode: the VMs did not start"; }
 	: > "$base/ticks.csv"
 	python3 "$tlm_root/scripts/lib/bench_report.py" ticks "$TLM_RUN_DIR" bm- \
 		"$base/ticks.csv" &
@@ -133,8 +195,8 @@ bench_one() {
 	b0=$(tlm_link_bytes)
 	t0=$(date +%s.%N)
 	# shellcheck disable=SC2046
-	"$tlm_root/scripts/migrate-postcopy.sh" --mode "$mode" $(net_opts "$mode") \
-		--json "$out/logs/$tag.json" ${trace_n:+--trace "$base/trace-$n.csv"} \
+	"$tlm_root/scripts/migrate-postcopy.sh" "${mode_opts[@]}" $(net_opts "$mode") \
+		--json "$out/logs/$tag.json" ${tr:+--trace "$tr"} \
 		"${names[@]}" > "$out/logs/$tag.log" 2>&1 || rc=$?
 	t1=$(date +%s.%N)
 	b1=$(tlm_link_bytes)
@@ -145,34 +207,37 @@ bench_one() {
 	cp "$base/ticks.csv" "$out/logs/$tag.ticks.csv"
 	if [ "$rc" != 0 ]; then
 		cat "$out/logs/$tag.log" >&2
-		tlm_die "N=$n $mode: migration failed (logs in $out/logs)"
+		tlm_die "$scenario mem=$mem N=$n $mode: migration failed (logs in $out/logs)"
 	fi
 	tail -n 1 "$out/logs/$tag.log"
 	python3 "$tlm_root/scripts/lib/bench_report.py" row "$out/runs.jsonl" "$link" "$n" \
 		"$mode" "$out/logs/$tag.json" "$base/ticks.csv" "$t0" "$t1" $((b1 - b0)) \
-		"$TLM_LINK_BPS" "$mem" "$dirty_mib"
+		"$TLM_LINK_BPS" "$mem" "$dirty_mib" "$scenario" "$dirty_rate"
 	for i in "${names[@]}"; do tlm_vm stop "$i" >/dev/null; done
 }
 
 : > "$out/runs.jsonl"
-trace_first=${counts%%,*}
-for n in ${counts//,/ }; do
-	trace_n=
-	[ "$n" != "$trace_first" ] || trace_n=$n
-	for mode in ${modes//,/ }; do
-		echo "== N=$n: $mode"
-		bench_one "$n" "$mode"
+trace_first=${counts%%,*} mem_first=${mems%%,*}
+for mem in ${mems//,/ }; do
+	[ "$scenario" != clones ] || template "$mem"
+	for n in ${counts//,/ }; do
+		trace_n=		# the progress plot: one run per mode, the first N and RAM size
+		[ "$n" != "$trace_first" ] || [ "$mem" != "$mem_first" ] || trace_n=$n
+		for mode in ${modes//,/ }; do
+			echo "== $scenario, $mem MiB, N=$n: $mode"
+			bench_one "$n" "$mode" "$mem"
+		done
 	done
 done
-[ -e "$base/trace-$trace_first.csv" ] && cp "$base/trace-$trace_first.csv" "$out/trace.csv"
+[ -e "$base/trace.csv" ] && cp "$base/trace.csv" "$out/trace.csv"
 echo
 python3 "$tlm_root/scripts/lib/bench_report.py" report "$out/runs.jsonl" "$out" \
 	"$out/trace.csv"
 echo
-echo "results: $out/results.csv, $out/results.md; plots: $out/{bytes,memory,progress}.png"
+echo "results: $out/results.csv, $out/results.md; plots: $out/*.png"
 if [ -n "$plots_dir" ]; then
 	mkdir -p "$plots_dir"
-	for p in bytes memory progress; do
+	for p in bytes memory progress downtime; do
 		[ -e "$out/$p.png" ] && cp "$out/$p.png" "$plots_dir/bench-$p.png"
 	done
 	cp "$out/results.md" "$plots_dir/bench-results.md"

@@ -6,11 +6,13 @@
         too) until SIGTERM; every "TICK n rate=<pages/s> rewrites=<total>" line becomes
         "vm,host_seconds,n,rewrites" (polled every 20 ms: the host time is the time seen)
     bench_report.py row RUNS.jsonl LINK N MODE MIGRATE.json TICKS.csv T0 T1 LINK_BYTES \
-        LINK_BPS MEM_MIB DIRTY_MIB
+        LINK_BPS MEM_MIB DIRTY_MIB SCENARIO DIRTY_RATE
         append one run (its migrate-postcopy.sh --json, its longest TICK gap in [T0, T1])
     bench_report.py report RUNS.jsonl OUT_DIR [TRACE.csv]
         results.csv (one row per run, lower bounds and ratios added), results.md (tables),
-        and the PNG plots through gnuplot (when installed)
+        and the PNG plots through gnuplot (when installed): bytes.png, memory.png and
+        progress.png of the clones scenario (first RAM size), downtime.png (downtime
+        against RAM size, one line per mode and scenario, first N)
 """
 
 import csv
@@ -23,7 +25,8 @@ import sys
 import time
 
 MODES = ("tlm", "qemu", "precopy")
-MODE_NAME = {"tlm": "tlm", "qemu": "postcopy-ram", "precopy": "precopy"}
+MODE_NAME = {"tlm": "tlm", "tlm-nolive": "tlm --no-live", "qemu": "postcopy-ram",
+             "precopy": "precopy"}
 
 
 def ticks(run_dir, prefix, out):
@@ -70,18 +73,27 @@ def tick_gap(path, t0, t1):
     return round(gap, 2)
 
 
-def row(runs, link, n, mode, mig, tick_csv, t0, t1, link_bytes, link_bps, mem, dirty):
+def row(runs, link, n, mode, mig, tick_csv, t0, t1, link_bytes, link_bps, mem, dirty,
+        scenario, dirty_rate):
     j = json.load(open(mig))
     vms, tot = j["vms"], j["total"]
     p50 = [v["fault_p50_us"] for v in vms if v.get("fault_p50_us") is not None]
     p99 = [v["fault_p99_us"] for v in vms if v.get("fault_p99_us") is not None]
+    vmax = lambda k: max((v[k] for v in vms if v.get(k) is not None), default=None)  # noqa
+    vsum = lambda k: sum(v.get(k) or 0 for v in vms)       # noqa: E731
     r = {"link": link, "n": int(n), "mode": mode, "mem_mib": int(mem),
-         "dirty_mib": int(dirty), "wire_bytes": tot["wire_bytes"],
+         "scenario": scenario, "dirty_mib": int(dirty) if scenario == "clones" else None,
+         "dirty_rate": int(dirty_rate) if scenario == "diverged" else None,
+         "wire_bytes": tot["wire_bytes"], "wire_mb": round(tot["wire_bytes"] / 1e6, 1),
          "link_bytes": int(link_bytes) or None, "qemu_bytes": tot["qemu_bytes"],
          "tlm_bytes": tot["tlm_bytes"],
-         "tlm_payload_bytes": tot["tlm_payload_bytes"] if mode == "tlm" else None,
+         "tlm_payload_bytes": tot["tlm_payload_bytes"] if mode.startswith("tlm") else None,
          "time_s": tot["wall_s"], "slowest_vm_s": max(v["time_s"] for v in vms),
          "downtime_ms": max(v["downtime_ms"] or 0 for v in vms),
+         "downtime_qemu_ms": vmax("downtime_qemu_ms"), "freeze_ms": vmax("freeze_ms"),
+         "live_method": vms[0].get("live_method"),
+         "final_dirty": vsum("final_dirty") if mode.startswith("tlm") else None,
+         "resent_mb": round(vsum("resent_bytes") / 1e6, 1),
          "dst_pss_mib": round(tot["dst_pss_kb"] / 1024, 1),
          "demand_faults": sum(v.get("demand_faults") or 0 for v in vms),
          "fault_p50_us": max(p50) if p50 else None, "fault_p99_us": max(p99) if p99 else None,
@@ -91,18 +103,26 @@ def row(runs, link, n, mode, mig, tick_csv, t0, t1, link_bytes, link_bps, mem, d
         f.write(json.dumps(r) + "\n")
 
 
-COLS = ["link", "n", "mode", "mem_mib", "dirty_mib", "wire_bytes", "link_bytes", "qemu_bytes",
-        "tlm_bytes", "data_bytes", "data_link_s", "time_s", "slowest_vm_s", "downtime_ms",
-        "dst_pss_mib", "demand_faults", "fault_p50_us", "fault_p99_us", "max_tick_gap_s",
-        "wire_vs_data", "tlm_bytes_ratio", "tlm_time_ratio", "tlm_pss_ratio"]
+COLS = ["link", "n", "mem_mib", "scenario", "mode", "downtime_ms", "time_s", "wire_mb",
+        "dirty_mib", "dirty_rate", "wire_bytes", "link_bytes", "qemu_bytes", "tlm_bytes",
+        "data_bytes", "data_link_s", "slowest_vm_s", "dst_pss_mib", "demand_faults",
+        "fault_p50_us", "fault_p99_us", "max_tick_gap_s", "wire_vs_data", "tlm_bytes_ratio",
+        "tlm_time_ratio", "tlm_pss_ratio", "downtime_qemu_ms", "freeze_ms", "live_method",
+        "final_dirty", "resent_mb"]
+
+
+def key(r):
+    """Runs that moved the same guest content: same scenario, RAM size and N."""
+    return (r.get("scenario", "clones"), r.get("mem_mib"), r["n"])
 
 
 def derive(rows):
-    """Lower bounds from the tlm run of the same N (same template, same reseeds: the same
-    guest content); ratios tlm / this run, pair by pair."""
-    tlm = {r["n"]: r for r in rows if r["mode"] == "tlm"}
+    """Lower bounds from the tlm run of the same scenario, RAM size and N (the same guest
+    content); ratios tlm / this run, pair by pair."""
+    tlm = {key(r): r for r in rows if r["mode"] == "tlm"}
     for r in rows:
-        t = tlm.get(r["n"])
+        r.setdefault("scenario", "clones")
+        t = tlm.get(key(r))
         data = t and t["tlm_payload_bytes"]
         r["data_bytes"] = data
         r["data_link_s"] = round(data * 8 / r["link_bps"], 3) if data and r["link_bps"] \
@@ -119,31 +139,91 @@ def fmt(v, unit=1, nd=1):
 
 
 def markdown(rows, out):
-    L = ["| link | N | mode | wire MB | link MB | DATA bound MB | DATA/link s | time s | "
-         "slowest VM s | downtime ms | dst Pss MiB | faults | fault p50/p99 us | max TICK gap s |",
-         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    L = ["| link | scenario | RAM MiB | N | mode | downtime ms | QEMU's downtime ms | "
+         "freeze ms | live | final dirty | wire MB | link MB | DATA bound MB | DATA/link s | "
+         "time s | slowest VM s | dst Pss MiB | faults | fault p50/p99 us | max TICK gap s |",
+         "|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+         "---:|---:|---:|"]
     for r in rows:
         lat = "-" if r["fault_p50_us"] is None else \
             f"{r['fault_p50_us']:.0f}/{r['fault_p99_us']:.0f}"
-        L.append(f"| {r['link']} | {r['n']} | {MODE_NAME[r['mode']]} | "
+        L.append(f"| {r['link']} | {r['scenario']} | {r.get('mem_mib', '-')} | {r['n']} | "
+                 f"{MODE_NAME[r['mode']]} | {r['downtime_ms']:.0f} | "
+                 f"{fmt(r.get('downtime_qemu_ms'), 1, 0)} | {fmt(r.get('freeze_ms'), 1, 0)} | "
+                 f"{r.get('live_method') or '-'} | "
+                 f"{'-' if r.get('final_dirty') is None else r['final_dirty']} | "
                  f"{fmt(r['wire_bytes'], 1e6)} | {fmt(r['link_bytes'], 1e6)} | "
                  f"{fmt(r['data_bytes'], 1e6)} | {fmt(r['data_link_s'], 1, 2)} | "
-                 f"{r['time_s']:.2f} | {r['slowest_vm_s']:.2f} | {r['downtime_ms']:.0f} | "
+                 f"{r['time_s']:.2f} | {r['slowest_vm_s']:.2f} | "
                  f"{r['dst_pss_mib']:.0f} | "
                  f"{r['demand_faults']} | {lat} | {r['max_tick_gap_s']:.2f} |")
-    L += ["", "Ratios tlm / baseline, same N, same link, same run:", "",
-          "| N | baseline | bytes | time | dst memory |", "|---:|---|---:|---:|---:|"]
+    L += ["", "Ratios tlm / baseline, same scenario, RAM size and N, same link, same run:",
+          "", "| scenario | RAM MiB | N | baseline | bytes | time | dst memory |",
+          "|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         if r["mode"] != "tlm" and r["tlm_bytes_ratio"] is not None:
-            L.append(f"| {r['n']} | {MODE_NAME[r['mode']]} | {r['tlm_bytes_ratio']:.3f} | "
+            L.append(f"| {r['scenario']} | {r.get('mem_mib', '-')} | {r['n']} | "
+                     f"{MODE_NAME[r['mode']]} | {r['tlm_bytes_ratio']:.3f} | "
                      f"{fmt(r['tlm_time_ratio'], 1, 2)} | {fmt(r['tlm_pss_ratio'], 1, 2)} |")
     with open(out, "w") as f:
         f.write("\n".join(L) + "\n")
     return L
 
 
+def downtime_plot(rows, out_dir):
+    """downtime.png: downtime against RAM size, one line per mode (and scenario, when
+    there are two), for the first N; gnuplot commands, [] when there is nothing to draw."""
+    n0 = min(r["n"] for r in rows)
+    sel = [r for r in rows if r["n"] == n0]
+    lines = sorted({(r["scenario"], r["mode"]) for r in sel},
+                   key=lambda sm: (sm[0], list(MODE_NAME).index(sm[1])))
+    if not sel:
+        return []
+    dat = os.path.join(out_dir, "downtime.dat")
+    two = len({s for s, _ in lines}) > 1
+    plot = []
+    with open(dat, "w") as f:
+        for i, (sc, mode) in enumerate(lines):
+            pts = sorted((r["mem_mib"], r["downtime_ms"]) for r in sel
+                         if (r["scenario"], r["mode"]) == (sc, mode))
+            f.write(f"# {sc} {mode}\n" + "\n".join(f"{m} {d}" for m, d in pts) + "\n\n\n")
+            plot.append(f"'{dat}' index {i} u 1:($2 > 0 ? $2 : 0.1) w lp lw 2 t "
+                        f"'{MODE_NAME[mode]}{f' ({sc})' if two else ''}'")
+    downs = [max(r["downtime_ms"], 0.1) for r in sel]
+    mems = sorted({r["mem_mib"] for r in sel})
+    gp = ["unset logscale", "set xtics", "set key top left", "set yrange [*:*]",
+          f"set output '{out_dir}/downtime.png'",
+          f"set title 'Downtime against guest RAM size, N={n0} ({rows[0]['link']})'",
+          "set xlabel 'guest RAM (MiB)'", "set ylabel 'downtime (ms): source STOP -> "
+          "destination RESUME'", f"set xtics ({', '.join(map(str, mems))})",
+          f"set xrange [{mems[0] / 1.3:.0f}:{mems[-1] * 1.3:.0f}]",
+          "set logscale x 2" if len(mems) > 1 else "unset logscale x"]
+    if max(downs) / min(downs) > 20:
+        gp.append("set logscale y")
+    return gp + ["plot " + ", ".join(plot)]
+
+
 def plots(rows, out_dir, trace):
-    """bytes vs N, destination memory vs N, pages present over time (PNG, gnuplot)."""
+    """bytes vs N, destination memory vs N, pages present over time (PNG, gnuplot): the
+    clones scenario at its first RAM size; downtime vs RAM size: every scenario."""
+    gp = ["set terminal pngcairo size 800,500", "set grid"]
+    gp += clone_plots([r for r in rows if r["scenario"] == "clones"], out_dir, trace)
+    gp += downtime_plot(rows, out_dir)
+    try:
+        r = subprocess.run(["gnuplot"], input="\n".join(gp) + "\n", text=True,
+                           stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        print("bench_report.py: gnuplot is not installed: no plots", file=sys.stderr)
+        return
+    if r.returncode:
+        sys.exit(f"bench_report.py: gnuplot failed: {r.stderr.strip()}")
+
+
+def clone_plots(rows, out_dir, trace):
+    if not rows:
+        return []
+    mem0 = rows[0].get("mem_mib")
+    rows = [r for r in rows if r.get("mem_mib") == mem0]
     dat = os.path.join(out_dir, "plot.dat")
     ns = sorted({r["n"] for r in rows})
     by = {(r["n"], r["mode"]): r for r in rows}
@@ -156,8 +236,7 @@ def plots(rows, out_dir, trace):
                              + [g("tlm", "data_bytes", 1e6)]
                              + [g(m, "dst_pss_mib", 1) for m in MODES]) + "\n")
     link = rows[0]["link"]
-    gp = [f"set terminal pngcairo size 800,500", "set key top left", "set grid",
-          "set xlabel 'clones migrated at once (N)'", f"set xtics ({', '.join(map(str, ns))})",
+    gp = ["set key top left", "set xlabel 'clones migrated at once (N)'", f"set xtics ({', '.join(map(str, ns))})",
           f"set output '{out_dir}/bytes.png'", "set logscale y",
           f"set title 'Bytes on the wire ({link})'", "set ylabel 'MB'",
           f"plot '{dat}' u 1:2 w lp t 'tlm', '' u 1:3 w lp t 'stock postcopy-ram', "
@@ -182,14 +261,7 @@ def plots(rows, out_dir, trace):
                "set ylabel '% of guest RAM'", "set yrange [0:105]",
                f"plot '{tr}' index 0 u 1:2 w l lw 2 t 'tlm', "
                "'' index 1 u 1:2 w l lw 2 t 'stock postcopy-ram'"]
-    try:
-        r = subprocess.run(["gnuplot"], input="\n".join(gp) + "\n", text=True,
-                           stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        print("bench_report.py: gnuplot is not installed: no plots", file=sys.stderr)
-        return
-    if r.returncode:
-        sys.exit(f"bench_report.py: gnuplot failed: {r.stderr.strip()}")
+    return gp
 
 
 def report(runs, out_dir, trace=None):
@@ -207,7 +279,7 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     if len(a) == 4 and a[0] == "ticks":
         ticks(*a[1:])
-    elif len(a) == 13 and a[0] == "row":
+    elif len(a) == 15 and a[0] == "row":
         row(*a[1:])
     elif len(a) in (3, 4) and a[0] == "report":
         report(*a[1:])
