@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# The --after-switch hook of qemu_tlm_faults.sh (not a test by itself):
+# The --after-switch / --before-stop hook of qemu_tlm_faults.sh (not a test by itself):
 #
 #   migrate-postcopy.sh --mode tlm VM \
 #       --after-switch "bash tests/qemu/hook_kill_daemon.sh DAEMON TLMCTL"
+#   migrate-postcopy.sh --mode tlm VM --live-rate 32 \
+#       --before-stop "bash tests/qemu/hook_kill_daemon.sh tlm-page-server@live TLMCTL"
+#
+# tlm-page-server@live (as --before-stop): SIGKILLs the page server while the VM's first
+# live pass is under way (the source still runs), and proves it: the region's live
+# method is not none and its first pass is not done. Prints "hook: killed tlm-page-server
+# during the live phase ...".
 #
 # SIGKILLs DAEMON (tlm-page-server | tlm-uffd-server: TLM_*_PID from migrate-postcopy.sh)
 # and proves that not every page of the VM (TLM_MIGRATE_VMS, one) was present at the
@@ -50,6 +57,23 @@ kill9() {
 	no "pid $1 still alive $((i / 100)) s after SIGKILL"
 }
 
+if [ "$daemon" = tlm-page-server@live ]; then
+	out=$("$tlmctl" -s "$TLM_PAGE_SERVER_CTL" stats) || no "no stats from the page server"
+	s=$(python3 -c 'import json, sys
+r = [r for r in json.load(sys.stdin)["regions"] if r["id"] == sys.argv[1]][0]
+lv = r.get("live") or {}
+print(r["phase"], lv.get("method", "none"), str(lv.get("pass_done")).lower(),
+      lv.get("classified", 0))
+' "$TLM_MIGRATE_VMS" <<< "$out") || no "no region $TLM_MIGRATE_VMS in the page server's stats"
+	read -r phase method done classified <<< "$s"
+	[ "$phase" = live ] && [ "$method" != none ] ||
+		no "the region is not in a live phase (phase $phase, method $method)"
+	[ "$done" = false ] || no "the first live pass was done already"
+	kill9 "$TLM_PAGE_SERVER_PID"
+	echo "hook: killed tlm-page-server during the live phase ($method, first pass not" \
+		"done: $classified pages classified)"
+	exit 0
+fi
 s=$(stats "$TLM_PAGE_SERVER_CTL")
 read -r data bulk urgent <<< "$s"
 [ "$bulk" = 0 ] || no "the background stream runs already ($bulk DATA pages sent on it)"

@@ -70,6 +70,25 @@ test_cleanup() {
 }
 trap test_cleanup EXIT
 
+# Does this kernel offer userfaultfd WP_ASYNC (Linux 6.7+), which the live phase's
+# PAGEMAP_SCAN tracking needs? Prints why not and returns 1 when it does not.
+uffd_wp_async() {
+	python3 - <<'PY'
+import ctypes, errno, fcntl, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)     # userfaultfd, x86_64
+if fd < 0:
+    sys.exit(print(f"userfaultfd: {os.strerror(ctypes.get_errno())}"))
+api = bytearray(struct.pack("QQQ", 0xAA, 0, 0))
+try:
+    fcntl.ioctl(fd, 0xc018aa3f, api)                      # UFFDIO_API, features = 0
+except OSError as e:
+    sys.exit(print(f"UFFDIO_API: {e.strerror}"))
+if not struct.unpack("QQQ", api)[1] & (1 << 15):          # UFFD_FEATURE_WP_ASYNC
+    sys.exit(print(f"no userfaultfd WP_ASYNC in kernel {os.uname().release} (Linux 6.7+)"))
+PY
+}
+
 # Fields of "SUM <hash> <pages> <rewrites> bad=<n>".
 sum_hash() { echo "$1" | cut -d' ' -f2; }
 sum_rewrites() { echo "$1" | cut -d' ' -f4; }

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The live switch-over on a real guest: a plain VM started with `vm start --track` (the
+# glue registers its RAM for dirty tracking) whose workload keeps rewriting pages during
+# the migration migrates with --mode tlm. The page server classifies it while it runs
+# (live method pm-scan: PAGEMAP_SCAN over the glue's WP_ASYNC registration), the freeze
+# reclassifies the pages written since (final_dirty > 0), and the guest checks pass at
+# the destination (same checksum, TICKs, rewrites go on). The same VM then migrates with
+# --no-live (classification after the stop) and the reports have the same columns.
+# Skips (exit 77) when the kernel has no userfaultfd WP_ASYNC (Linux 6.7+).
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+why=$(uffd_wp_async) || skip "$why"
+
+step "boot a tracked 256 MiB guest (144 MiB workload, 2000 rewrites/s)"
+vm start g --mem 256 --wl-mem 144 --dirty 2000 --track >/dev/null
+vm wait-ready g --timeout 120
+region=$(cat "$(vm info g --get dir)/region")
+echo "glue: $region"
+case " $region " in
+*" track=wp-async "*) ;;
+*) fail "the glue does not track the guest RAM (TLM_TRACK=1): '$region'" ;;
+esac
+before=$(vm cmd g sum)
+echo "before: $before"
+
+step "migrate --mode tlm: live phase, then the switch-over"
+"$root/scripts/migrate-postcopy.sh" --mode tlm g --json "$TLM_RUN_DIR/live.json" \
+	> "$TLM_RUN_DIR/live.log" 2>&1 || { cat "$TLM_RUN_DIR/live.log"; fail "tlm migration failed"; }
+cat "$TLM_RUN_DIR/live.log"
+grep -q "tlm-page-server: g live: pm-scan" "$TLM_RUN_DIR/live.log" ||
+	fail "the page server did not start a pm-scan live phase"
+python3 - "$TLM_RUN_DIR/live.json" <<'PY' || fail "bad live report"
+import json, sys
+r = json.load(open(sys.argv[1]))["vms"][0]
+print({k: r[k] for k in ("downtime_ms", "downtime_qemu_ms", "freeze_ms", "live_method",
+                         "final_dirty", "final_ms", "redone", "live_wait_s")})
+assert r["live_method"] == "pm-scan", r
+assert r["final_dirty"] > 0, r          # the guest wrote during the live phase: redone at freeze
+assert r["downtime_ms"] > 0 and r["freeze_ms"] is not None, r
+assert r["checksum"].endswith(" ok"), r
+PY
+after=$(vm cmd g sum)
+echo "after: $after"
+[ "$(sum_hash "$after")" = "$(sum_hash "$before")" ] || fail "checksum changed: $after"
+[ "$(sum_bad "$after")" = bad=0 ] || fail "bad pages after migration: $after"
+vm ticks g --count 2 >/dev/null || fail "no TICK at the destination"
+[ "$(sum_rewrites "$(vm cmd g sum)")" -gt "$(sum_rewrites "$before")" ] ||
+	fail "the workload stopped rewriting"
+
+step "the same guest with --no-live (classification after the stop)"
+"$root/scripts/migrate-postcopy.sh" --mode tlm --no-live g --json "$TLM_RUN_DIR/nolive.json" ||
+	fail "tlm --no-live migration failed"
+python3 - "$TLM_RUN_DIR/live.json" "$TLM_RUN_DIR/nolive.json" <<'PY' || fail "bad --no-live report"
+import json, sys
+a, b = (json.load(open(p))["vms"][0] for p in sys.argv[1:3])
+assert b["live_method"] == "none" and b["live_why"] == "--no-live", b
+assert sorted(a) == sorted(b), (sorted(a), sorted(b))       # same columns
+print(f"freeze: live {a['freeze_ms']} ms, --no-live {b['freeze_ms']} ms; downtime: live "
+      f"{a['downtime_ms']} ms, --no-live {b['downtime_ms']} ms")
+PY
+[ "$(sum_hash "$(vm cmd g sum)")" = "$(sum_hash "$before")" ] || fail "checksum changed"
+echo "PASS $name"
