@@ -754,7 +754,7 @@ def tlm_row(m):
             "downtime_qemu_ms": m.mig.get("downtime"),
             "freeze_ms": round((m.t["frozen"] - m.t["freeze"]) * 1000, 1),
             "live_method": lv.get("method", "none"),
-            "live_why": lv.get("why", m.live_said),
+            "live_why": lv.get("why") or m.live_said,
             "live_wait_s": m.t.get("live_wait_s"),
             "final_dirty": lv.get("final_dirty"), "final_ms": lv.get("final_ms"),
             "redone": lv.get("redone"), "live_rounds": lv.get("rounds"),

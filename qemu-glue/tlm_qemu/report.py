@@ -12,7 +12,7 @@ not apply):
   freeze_ms               tlm: the page server's `freeze` round trip (classification of
                           what the live phase left, or of the whole RAM without it)
   live_method, live_why   tlm: how the page server classified while the guest ran
-                          (pm-scan, soft-dirty) or "none" and why
+                          (pagemap-scan, soft-dirty) or "none" and why
   live_wait_s             tlm: how long the switch-over waited for the first live pass
   final_dirty, final_ms, redone, live_rounds   tlm: pages written since the last live
                           round that the freeze reclassified, its time; pages classified

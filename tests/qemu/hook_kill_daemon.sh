@@ -62,7 +62,7 @@ if [ "$daemon" = tlm-page-server@live ]; then
 	s=$(python3 -c 'import json, sys
 r = [r for r in json.load(sys.stdin)["regions"] if r["id"] == sys.argv[1]][0]
 lv = r.get("live") or {}
-print(r["phase"], lv.get("method", "none"), str(lv.get("pass_done")).lower(),
+print(r["state"], lv.get("method", "none"), str(lv.get("pass_done")).lower(),
       lv.get("classified", 0))
 ' "$TLM_MIGRATE_VMS" <<< "$out") || no "no region $TLM_MIGRATE_VMS in the page server's stats"
 	read -r phase method done classified <<< "$s"

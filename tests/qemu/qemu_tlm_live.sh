@@ -2,7 +2,7 @@
 # The live switch-over on a real guest: a plain VM started with `vm start --track` (the
 # glue registers its RAM for dirty tracking) whose workload keeps rewriting pages during
 # the migration migrates with --mode tlm. The page server classifies it while it runs
-# (live method pm-scan: PAGEMAP_SCAN over the glue's WP_ASYNC registration), the freeze
+# (live method pagemap-scan: PAGEMAP_SCAN over the glue's WP_ASYNC registration), the freeze
 # reclassifies the pages written since (final_dirty > 0), and the guest checks pass at
 # the destination (same checksum, TICKs, rewrites go on). The same VM then migrates with
 # --no-live (classification after the stop) and the reports have the same columns.
@@ -12,8 +12,8 @@
 
 why=$(uffd_wp_async) || skip "$why"
 
-step "boot a tracked 256 MiB guest (144 MiB workload, 2000 rewrites/s)"
-vm start g --mem 256 --wl-mem 144 --dirty 2000 --track >/dev/null
+step "boot a tracked 256 MiB guest (144 MiB workload, 5000 rewrites/s)"
+vm start g --mem 256 --wl-mem 144 --dirty 5000 --track >/dev/null
 vm wait-ready g --timeout 120
 region=$(cat "$(vm info g --get dir)/region")
 echo "glue: $region"
@@ -28,14 +28,14 @@ step "migrate --mode tlm: live phase, then the switch-over"
 "$root/scripts/migrate-postcopy.sh" --mode tlm g --json "$TLM_RUN_DIR/live.json" \
 	> "$TLM_RUN_DIR/live.log" 2>&1 || { cat "$TLM_RUN_DIR/live.log"; fail "tlm migration failed"; }
 cat "$TLM_RUN_DIR/live.log"
-grep -q "tlm-page-server: g live: pm-scan" "$TLM_RUN_DIR/live.log" ||
-	fail "the page server did not start a pm-scan live phase"
+grep -q "tlm-page-server: g live: pagemap-scan" "$TLM_RUN_DIR/live.log" ||
+	fail "the page server did not start a pagemap-scan live phase"
 python3 - "$TLM_RUN_DIR/live.json" <<'PY' || fail "bad live report"
 import json, sys
 r = json.load(open(sys.argv[1]))["vms"][0]
 print({k: r[k] for k in ("downtime_ms", "downtime_qemu_ms", "freeze_ms", "live_method",
                          "final_dirty", "final_ms", "redone", "live_wait_s")})
-assert r["live_method"] == "pm-scan", r
+assert r["live_method"] == "pagemap-scan", r
 assert r["final_dirty"] > 0, r          # the guest wrote during the live phase: redone at freeze
 assert r["downtime_ms"] > 0 and r["freeze_ms"] is not None, r
 assert r["checksum"].endswith(" ok"), r
