@@ -314,16 +314,15 @@ static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int 
 		errno = saved;
 		goto fail;
 	}
-	glue_log(GLUE_INFO, "%s: %s mapped at %p, %zu bytes, as a private %s%s%s", c->vm_id ?
-		 c->vm_id : "-", c->ram_path, p, len, tfd >= 0 ? "copy of " : "anonymous region",
+	glue_log(GLUE_INFO, "%s: %s mapped at %p, %zu bytes, as a private %s%s%s", glue_vm(),
+		 c->ram_path, p, len, tfd >= 0 ? "copy of " : "anonymous region",
 		 tfd >= 0 ? c->template_path : "", r->sock < 0 ? "" : c->arm == GLUE_ARM_MAP ?
 		 " (armed, handed to tlm-uffd-server)" : " (announced, waiting for ARM)");
 	glue_publish(r, c);
 	return p;
 fail:
 	saved = errno;
-	glue_log(GLUE_ERROR, "%s: mapping %s failed: %s", c->vm_id ? c->vm_id : "-",
-		 c->ram_path, err);
+	glue_log(GLUE_ERROR, "%s: mapping %s failed: %s", glue_vm(), c->ram_path, err);
 	glue_region_reset(r);
 	errno = saved;
 	return MAP_FAILED;

@@ -51,6 +51,13 @@ const struct glue_cfg *glue_config(void)
 	return &cfg;
 }
 
+const char *glue_vm(void)
+{
+	const char *id = glue_config()->vm_id;
+
+	return id ? id : "-";
+}
+
 void glue_log(enum glue_level level, const char *fmt, ...)
 {
 	static const char *const names[] = { "error", "warn", "info", "debug" };

@@ -60,6 +60,7 @@ struct glue_region {
 
 /* glue_env.c (used by both files below) */
 GLUE_HIDDEN const struct glue_cfg *glue_config(void);
+GLUE_HIDDEN const char *glue_vm(void);     /* TLM_VM_ID for log lines, "-" when unset */
 GLUE_HIDDEN void glue_log(enum glue_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
