@@ -34,6 +34,7 @@ struct glue_cfg {
 	const char *vm_id;         /* TLM_VM_ID */
 	const char *source;        /* TLM_SOURCE */
 	const char *region_file;   /* TLM_REGION_FILE: where to publish the mapped region */
+	bool track;                /* TLM_TRACK=1: register the RAM for dirty tracking (source) */
 	enum glue_arm_mode arm;
 	enum glue_level level;
 };
@@ -51,9 +52,11 @@ struct glue_region {
 	size_t size;
 	uint64_t offset;           /* offset in the RAM file (and in the template) */
 	bool has_template;
+	bool shared;               /* the program's own shared file mapping was kept */
 	uint8_t digest[16];        /* template digest from PAGES.tlmi, zero without template */
 	int sock;                  /* SOCK_SEQPACKET to tlm-uffd-server, -1 without TLM_SOCK */
 	struct tlm_uffd uffd;      /* our copy of the uffd; fd -1 until armed */
+	struct tlm_uffd track;     /* TLM_TRACK: WP_ASYNC registration, open for life; fd -1 */
 	pthread_t thread;
 	bool thread_started;
 };
