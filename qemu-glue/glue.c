@@ -267,10 +267,13 @@ static int glue_prepare(struct glue_region *r, const struct glue_cfg *c, off_t o
 }
 
 /*
- * TLM_REGION_FILE: one line "base=0x.. size=N offset=N template=PATH|-" so that an
- * orchestrator can serve this process's RAM later (tlm-page-server pid=PID,addr=BASE): the
- * replacement mapping is private, so neither the RAM file nor QMP shows where it is.
- * Written to a temporary name and renamed: readers never see half a line.
+ * TLM_REGION_FILE: one line
+ *   "base=0x.. size=N offset=N template=PATH|- mapping=private|shared track=wp-async|none"
+ * so that an orchestrator can serve this process's RAM later (tlm-page-server
+ * pid=PID,addr=BASE): the replacement mapping is private, so neither the RAM file nor QMP
+ * shows where it is; track says whether the page server can track writes there live.
+ * Fields are only ever appended (readers split on spaces into k=v). Written to a temporary
+ * name and renamed: readers never see half a line.
  */
 static void glue_publish(const struct glue_region *r, const struct glue_cfg *c)
 {
@@ -280,9 +283,10 @@ static void glue_publish(const struct glue_region *r, const struct glue_cfg *c)
 
 	if (!c->region_file)
 		return;
-	n = snprintf(line, sizeof(line), "base=%p size=%zu offset=%llu template=%s\n", r->base,
-		     r->size, (unsigned long long)r->offset,
-		     r->has_template ? c->template_path : "-");
+	n = snprintf(line, sizeof(line), "base=%p size=%zu offset=%llu template=%s mapping=%s "
+		     "track=%s\n", r->base, r->size, (unsigned long long)r->offset,
+		     r->has_template ? c->template_path : "-", r->shared ? "shared" : "private",
+		     r->track.fd >= 0 ? "wp-async" : "none");
 	if (n >= (int)sizeof(line) ||
 	    snprintf(tmp, sizeof(tmp), "%s.tmp", c->region_file) >= (int)sizeof(tmp))
 		goto fail;
