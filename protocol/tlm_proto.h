@@ -28,7 +28,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-#define TLM_PROTO_VERSION      1u
+#define TLM_PROTO_VERSION      2u   /* 2: PAGES frames */
 #define TLM_PROTO_MAGIC        0x314d4c54u   /* "TLM1" little-endian */
 #define TLM_PROTO_HDR_SIZE     8u
 #define TLM_PROTO_MAX_PAYLOAD  (1u << 20)
@@ -40,6 +40,7 @@
 #define TLM_PROTO_ERRMSG_MAX   200u
 #define TLM_PROTO_MAX_RUNS     ((TLM_PROTO_MAX_PAYLOAD - 16u) / 16u)
 #define TLM_PROTO_MAX_DEMAND   256u   /* pages per DEMAND */
+#define TLM_PROTO_MAX_PAGES    64u    /* pages per PAGES frame (256 KiB) */
 
 enum tlm_msg_type {
 	TLM_MSG_HELLO = 1,
@@ -56,6 +57,7 @@ enum tlm_msg_type {
 	TLM_MSG_PROGRESS = 12,
 	TLM_MSG_DONE = 13,
 	TLM_MSG_ERROR = 14,
+	TLM_MSG_PAGES = 15,     /* a run of DATA pages (version 2) */
 	TLM_MSG__MAX
 };
 
@@ -105,6 +107,11 @@ struct tlm_msg {
 		struct { uint64_t page; uint32_t count; } demand;
 		/* PAGE: data points into the receive buffer (valid until the next read). */
 		struct { uint64_t page; uint64_t xxh64; const uint8_t *data; } page;
+		/* PAGES: count pages from page on; sums = count XXH3-64s, little-endian as
+		 * on the wire (tlm_proto_pages_sum), data = count * 4096 bytes, both
+		 * pointing into the receive buffer (decode) or the sender's memory. */
+		struct { uint64_t page; uint32_t count; const uint8_t *sums;
+			 const uint8_t *data; } pages;
 		struct { uint64_t page; uint64_t count; } zero;
 		struct { uint64_t page; uint64_t count; uint64_t tmpl_page; } ref;
 		struct { uint64_t pages_sent, pages_total; } progress;
@@ -137,6 +144,10 @@ bool tlm_vmid_valid(const char *id);
 
 /* Checksum used in PAGE messages: XXH3-64 of the 4 KiB page, seed 0. */
 uint64_t tlm_proto_page_sum(const uint8_t *page);
+/* PAGES: the checksum of page i of the frame; and the sender's side: fill sums (8 * count
+ * bytes) with the checksums of count pages at data. */
+uint64_t tlm_proto_pages_sum(const struct tlm_msg *m, uint32_t i);
+void tlm_proto_pages_sums(uint8_t *sums, const uint8_t *data, uint32_t count);
 
 /* ---- authentication ------------------------------------------------------------------- */
 

@@ -7,7 +7,7 @@
  *
  *   off size field
  *     0    4 payload_len   <= TLM_PROTO_MAX_PAYLOAD, and within the per-type bounds
- *     4    2 type          enum tlm_msg_type (1..14)
+ *     4    2 type          enum tlm_msg_type (1..15)
  *     6    2 flags         must be 0 (reserved for later versions)
  *
  * Page numbers: every page range [page, page + count) must end at or below
@@ -28,6 +28,7 @@
 #include "tlm_bytes.h"
 
 #define TLM_WIRE_PAGE_LIMIT (1ull << 52)
+#define TLM_PAGES_PER (8u + TLM_PROTO_PAGE_SIZE)   /* PAGES: checksum + data per page */
 
 void tlm_proto_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -72,6 +73,8 @@ static const struct {
 	[TLM_MSG_PROGRESS]  = { "PROGRESS",  16, 16 },
 	[TLM_MSG_DONE]      = { "DONE",      16, 16 },
 	[TLM_MSG_ERROR]     = { "ERROR",      8,  8 + TLM_PROTO_ERRMSG_MAX },
+	[TLM_MSG_PAGES]     = { "PAGES",     16 + TLM_PAGES_PER,
+				16 + TLM_PAGES_PER * TLM_PROTO_MAX_PAGES },
 };
 
 const char *tlm_msg_name(enum tlm_msg_type t)
@@ -116,6 +119,18 @@ uint64_t tlm_proto_page_sum(const uint8_t *page)
 	return XXH3_64bits(page, TLM_PROTO_PAGE_SIZE);
 }
 
+uint64_t tlm_proto_pages_sum(const struct tlm_msg *m, uint32_t i)
+{
+	return tlm_le64_get(m->u.pages.sums + 8 * (size_t)i);
+}
+
+void tlm_proto_pages_sums(uint8_t *sums, const uint8_t *data, uint32_t count)
+{
+	for (uint32_t i = 0; i < count; i++)
+		tlm_le64_put(sums + 8 * (size_t)i,
+			     tlm_proto_page_sum(data + (size_t)i * TLM_PROTO_PAGE_SIZE));
+}
+
 /* [page, page + count) with count >= 1 inside the page limit. */
 static bool range_ok(uint64_t page, uint64_t count)
 {
@@ -144,6 +159,8 @@ static int check_len(unsigned type, uint32_t plen, char *err, size_t errlen)
 	}
 	if (type == TLM_MSG_CLASS_MAP && (plen - 16) % 16)
 		return BAD("CLASS_MAP: payload length %u is not 16 + 16*nruns", plen);
+	if (type == TLM_MSG_PAGES && (plen - 16) % TLM_PAGES_PER)
+		return BAD("PAGES: payload length %u is not 16 + %u*count", plen, TLM_PAGES_PER);
 	return 0;
 }
 
@@ -233,6 +250,14 @@ static int check_ranges(const struct tlm_msg *m, char *err, size_t errlen)
 			return BAD("PAGE: page %llu out of range",
 				   (unsigned long long)m->u.page.page);
 		return 0;
+	case TLM_MSG_PAGES:
+		if (m->u.pages.count < 1 || m->u.pages.count > TLM_PROTO_MAX_PAGES)
+			return BAD("PAGES: count %u outside 1..%u", m->u.pages.count,
+				   TLM_PROTO_MAX_PAGES);
+		if (!range_ok(m->u.pages.page, m->u.pages.count))
+			return BAD("PAGES: page %llu + count %u overflows",
+				   (unsigned long long)m->u.pages.page, m->u.pages.count);
+		return 0;
 	case TLM_MSG_ZERO:
 		if (!range_ok(m->u.zero.page, m->u.zero.count))
 			return BAD("ZERO: bad range page %llu count %llu",
@@ -312,6 +337,7 @@ static int msg_check(const struct tlm_msg *m, char *err, size_t errlen)
 		return check_counters(m, err, errlen);
 	case TLM_MSG_DEMAND:
 	case TLM_MSG_PAGE:
+	case TLM_MSG_PAGES:
 	case TLM_MSG_ZERO:
 	case TLM_MSG_REF:
 		return check_ranges(m, err, errlen);
@@ -505,6 +531,14 @@ static int dec_class_map(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
  *   8  8 xxh64     XXH3-64 (seed 0) of the data; verified by the receiver before placing
  *  16 4096 data
  *
+ * PAGES (src -> dst, version 2), 16 + count * 4104 bytes: pages [page, page + count)
+ *   0  8 page      first page
+ *   8  4 count     1..TLM_PROTO_MAX_PAGES (64); must equal (payload_len - 16) / 4104
+ *  12  4 reserved  0
+ *  16  8*count     XXH3-64 (seed 0) of each page, in page order
+ *  16 + 8*count    count * 4096 bytes of data, in page order: a contiguous run that the
+ *                  receiver can place with one UFFDIO_COPY
+ *
  * ZERO (src -> dst, urgent), 16 bytes: pages [page, page + count) are all zero
  *   0  8 page
  *   8  8 count     >= 1
@@ -534,6 +568,13 @@ static void enc_data(const struct tlm_msg *m, uint8_t *p)
 		tlm_le64_put(p + 8, m->u.page.xxh64);
 		memcpy(p + 16, m->u.page.data, TLM_PROTO_PAGE_SIZE);
 		break;
+	case TLM_MSG_PAGES:
+		tlm_le64_put(p, m->u.pages.page);
+		tlm_le32_put(p + 8, m->u.pages.count);
+		memcpy(p + 16, m->u.pages.sums, 8 * (size_t)m->u.pages.count);
+		memcpy(p + 16 + 8 * (size_t)m->u.pages.count, m->u.pages.data,
+		       (size_t)m->u.pages.count * TLM_PROTO_PAGE_SIZE);
+		break;
 	case TLM_MSG_ZERO:
 		tlm_le64_put(p, m->u.zero.page);
 		tlm_le64_put(p + 8, m->u.zero.count);
@@ -556,9 +597,21 @@ static void enc_data(const struct tlm_msg *m, uint8_t *p)
 	}
 }
 
-static int dec_data(const uint8_t *p, struct tlm_msg *m, char *err, size_t errlen)
+static int dec_data(const uint8_t *p, uint32_t plen, struct tlm_msg *m, char *err,
+		    size_t errlen)
 {
 	switch (m->type) {
+	case TLM_MSG_PAGES:
+		m->u.pages.count = tlm_le32_get(p + 8);
+		if (m->u.pages.count != (plen - 16) / TLM_PAGES_PER)
+			return BAD("PAGES: count %u does not match payload length %u (%u pages)",
+				   m->u.pages.count, plen, (plen - 16) / TLM_PAGES_PER);
+		if (!all_zero(p + 12, 4))
+			return BAD("PAGES: reserved bytes not zero");
+		m->u.pages.page = tlm_le64_get(p);
+		m->u.pages.sums = p + 16;
+		m->u.pages.data = p + 16 + 8 * (size_t)m->u.pages.count;
+		return 0;
 	case TLM_MSG_DEMAND:
 		if (!all_zero(p + 12, 4))
 			return BAD("DEMAND: reserved bytes not zero");
@@ -637,6 +690,8 @@ static size_t payload_size(const struct tlm_msg *m)
 		return 16 + 16 * (size_t)m->u.class_map.nruns;
 	case TLM_MSG_ERROR:
 		return 8 + strnlen(m->u.error.msg, TLM_PROTO_ERRMSG_MAX);
+	case TLM_MSG_PAGES:
+		return 16 + (size_t)TLM_PAGES_PER * m->u.pages.count;
 	default:
 		if (m->type < TLM_MSG_HELLO || m->type >= TLM_MSG__MAX)
 			return 0;
@@ -656,7 +711,8 @@ ssize_t tlm_proto_encode(const struct tlm_msg *m, uint8_t *buf, size_t cap)
 
 	if (msg_check(m, NULL, 0))
 		return -EINVAL;
-	if (m->type == TLM_MSG_PAGE && !m->u.page.data)
+	if ((m->type == TLM_MSG_PAGE && !m->u.page.data) ||
+	    (m->type == TLM_MSG_PAGES && (!m->u.pages.data || !m->u.pages.sums)))
 		return -EINVAL;
 	plen = payload_size(m);
 	if (cap < TLM_PROTO_HDR_SIZE + plen)
@@ -725,7 +781,7 @@ int tlm_proto_decode(const uint8_t *frame, size_t len, struct tlm_msg *m,
 	else if (m->type == TLM_MSG_ERROR)
 		ret = dec_error(p, plen, m, err, errlen);
 	else
-		ret = dec_data(p, m, err, errlen);
+		ret = dec_data(p, plen, m, err, errlen);
 	if (ret)
 		return ret;
 	return msg_check(m, err, errlen);

@@ -8,9 +8,24 @@
  *   - MAP_PRIVATE of TLM_TEMPLATE opened O_RDONLY: copy-on-write over the template, whose
  *     pages share page-cache frames with every other clone; O_RDONLY so that nothing the
  *     program does can punch holes in the template; or
- *   - MAP_PRIVATE|MAP_ANONYMOUS without a template.
+ *   - MAP_PRIVATE|MAP_ANONYMOUS without a template,
+ * except with TLM_TRACK=1 and neither TLM_TEMPLATE nor TLM_SOCK: then the program's own
+ * shared mapping of the file is kept (a plain share=on VM stays plain) and only tracked.
  * With TLM_SOCK the region is announced to tlm-uffd-server (glue_daemon.c), which resolves
  * its faults through a userfaultfd registered here.
+ *
+ * Dirty tracking (TLM_TRACK=1, source side; any other value is ignored with a warning).
+ * tlm-page-server classifies the RAM while the guest runs and, after the stop, re-reads
+ * only the pages written since (runtime/source/dirty.h: PAGEMAP_SCAN on our pagemap). The
+ * kernel reports writes there only over a range the owning process registered with
+ * userfaultfd WP + WP_ASYNC, and that registration is neither inherited nor possible from
+ * outside: so the glue registers the mapping (the kept shared one, or the template clone)
+ * and keeps that uffd open until exit (closing it would unregister). Async WP faults are
+ * resolved by the kernel and never queued, so nothing reads the fd. With TLM_SOCK the
+ * variable is ignored with a warning: the daemon's uffd takes the mapping, and a mapping
+ * belongs to one uffd only. Tracking is optional: if the kernel cannot do it (< 6.7, no
+ * userfaultfd), one warning and the mapping stands; the page server then classifies after
+ * the stop.
  *
  * Discards by the program. QEMU's ram_block_discard_range() (balloon, free page reporting,
  * postcopy init) does fallocate(PUNCH_HOLE) on its RAM fd and madvise(MADV_DONTNEED) on the
@@ -27,7 +42,7 @@
  * while the glue itself is working (dlsym, malloc, pthread_create) go straight through.
  * The memory the program gets is never silently different from what it asked for: if the
  * glue cannot do what the environment asks, the mmap fails (ENODEV for template problems)
- * and the reason is logged.
+ * and the reason is logged. Tracking is the exception (see above): it changes no content.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -55,7 +70,8 @@ static glue_mmap_fn real_mmap_fn;
 static __thread int t_in_glue __attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t region_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct glue_region region = { .sock = -1, .uffd = { .fd = -1 } };
+static struct glue_region region = { .sock = -1, .uffd = { .fd = -1 },
+				      .track = { .fd = -1 } };
 static bool warned_second_map;
 
 /* ---- the real mmap ---------------------------------------------------------------------- */
@@ -187,9 +203,11 @@ static void glue_region_reset(struct glue_region *r)
 		close(r->sock);
 	if (r->uffd.fd >= 0)
 		tlm_uffd_close(&r->uffd);
+	tlm_uffd_close(&r->track);
 	memset(r, 0, sizeof(*r));
 	r->sock = -1;
 	r->uffd.fd = -1;
+	r->track.fd = -1;
 }
 
 /* Announce the mapped region to the daemon (arming first in map mode). */
@@ -249,10 +267,13 @@ static int glue_prepare(struct glue_region *r, const struct glue_cfg *c, off_t o
 }
 
 /*
- * TLM_REGION_FILE: one line "base=0x.. size=N offset=N template=PATH|-" so that an
- * orchestrator can serve this process's RAM later (tlm-page-server pid=PID,addr=BASE): the
- * replacement mapping is private, so neither the RAM file nor QMP shows where it is.
- * Written to a temporary name and renamed: readers never see half a line.
+ * TLM_REGION_FILE: one line
+ *   "base=0x.. size=N offset=N template=PATH|- mapping=private|shared track=wp-async|none"
+ * so that an orchestrator can serve this process's RAM later (tlm-page-server
+ * pid=PID,addr=BASE): the replacement mapping is private, so neither the RAM file nor QMP
+ * shows where it is; track says whether the page server can track writes there live.
+ * Fields are only ever appended (readers split on spaces into k=v). Written to a temporary
+ * name and renamed: readers never see half a line.
  */
 static void glue_publish(const struct glue_region *r, const struct glue_cfg *c)
 {
@@ -262,9 +283,10 @@ static void glue_publish(const struct glue_region *r, const struct glue_cfg *c)
 
 	if (!c->region_file)
 		return;
-	n = snprintf(line, sizeof(line), "base=%p size=%zu offset=%llu template=%s\n", r->base,
-		     r->size, (unsigned long long)r->offset,
-		     r->has_template ? c->template_path : "-");
+	n = snprintf(line, sizeof(line), "base=%p size=%zu offset=%llu template=%s mapping=%s "
+		     "track=%s\n", r->base, r->size, (unsigned long long)r->offset,
+		     r->has_template ? c->template_path : "-", r->shared ? "shared" : "private",
+		     r->track.fd >= 0 ? "wp-async" : "none");
 	if (n >= (int)sizeof(line) ||
 	    snprintf(tmp, sizeof(tmp), "%s.tmp", c->region_file) >= (int)sizeof(tmp))
 		goto fail;
@@ -283,8 +305,79 @@ fail:
 		 strerror(errno ? errno : ENAMETOOLONG));
 }
 
+/*
+ * TLM_TRACK: register the mapping with a userfaultfd in write-protect-async mode, so that
+ * tlm-page-server's PAGEMAP_SCAN sees which pages are written (file header). WP is the only
+ * mode: with WP_ASYNC the kernel then admits any memory (shmem, private file, anonymous).
+ * WP_HUGETLBFS_SHMEM is the kernel's word that it protects file memory with pte markers
+ * (an unmapped page keeps its protection); WP_UNPOPULATED (6.4) extends the markers to
+ * unpopulated anonymous pages, so it is asked for where the kernel has it. Never fails the
+ * mmap: without tracking the page server classifies after the stop.
+ */
+static void glue_track(struct glue_region *r, const struct glue_cfg *c)
+{
+	const uint64_t wp = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+	char why[200];
+	int rc;
+
+	if (!c->track)
+		return;
+	if (r->sock >= 0) {
+		glue_log(GLUE_WARN, "%s: TLM_TRACK ignored: %s is handed to tlm-uffd-server, whose "
+			 "userfaultfd takes the whole mapping", glue_vm(), c->ram_path);
+		return;
+	}
+	rc = tlm_uffd_open(&r->track, 0, wp | UFFD_FEATURE_WP_UNPOPULATED);
+	if (rc == -EINVAL)
+		rc = tlm_uffd_open(&r->track, 0, wp);
+	if (rc < 0)
+		snprintf(why, sizeof(why), "userfaultfd: %s", rc == -EINVAL ? "the kernel lacks "
+			 "WP_ASYNC or WP_HUGETLBFS_SHMEM (Linux 6.7+)" : strerror(-rc));
+	else if ((rc = tlm_uffd_register(&r->track, r->base, r->size, TLM_UFFD_MODE_WP,
+					 NULL)) < 0)
+		snprintf(why, sizeof(why), "registering %p+%zu for write-protect: %s", r->base,
+			 r->size, strerror(-rc));
+	if (rc < 0) {
+		tlm_uffd_close(&r->track);
+		glue_log(GLUE_WARN, "%s: dirty tracking off (%s); tlm-page-server will classify "
+			 "after the stop", glue_vm(), why);
+		return;
+	}
+	glue_log(GLUE_INFO, "%s: dirty tracking on: %p+%zu registered userfaultfd WP with "
+		 "WP_ASYNC WP_HUGETLBFS_SHMEM%s", glue_vm(), r->base, r->size,
+		 r->track.features & UFFD_FEATURE_WP_UNPOPULATED ? " WP_UNPOPULATED" : "");
+}
+
+/* The RAM mapping: the program's own request when it is kept (tracking only), else the
+ * private replacement (of the template tfd, or anonymous). */
+static void *glue_mmap_ram(const struct glue_region *r, void *addr, size_t len, int prot,
+			   int flags, int fd, off_t off, int tfd)
+{
+	if (r->shared)
+		return glue_real_mmap(addr, len, prot, flags, fd, off);
+	return glue_real_mmap(addr, len, prot, glue_map_flags(flags, tfd >= 0, r->sock >= 0),
+			      tfd, tfd >= 0 ? off : 0);
+}
+
+static void glue_log_mapped(const struct glue_region *r, const struct glue_cfg *c)
+{
+	const char *vm = glue_vm();
+
+	if (r->shared) {
+		glue_log(GLUE_INFO, "%s: %s mapped at %p, %zu bytes, shared as the program asked "
+			 "(TLM_TRACK without template or daemon)", vm, c->ram_path, r->base,
+			 r->size);
+		return;
+	}
+	glue_log(GLUE_INFO, "%s: %s mapped at %p, %zu bytes, as a private %s%s%s", vm,
+		 c->ram_path, r->base, r->size, r->has_template ? "copy of " : "anonymous region",
+		 r->has_template ? c->template_path : "", r->sock < 0 ? "" :
+		 c->arm == GLUE_ARM_MAP ? " (armed, handed to tlm-uffd-server)" :
+		 " (announced, waiting for ARM)");
+}
+
 static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int prot,
-			     int flags, off_t off)
+			     int flags, int fd, off_t off)
 {
 	const struct glue_cfg *c = glue_config();
 	char err[512];
@@ -293,14 +386,14 @@ static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int 
 
 	if (glue_prepare(r, c, off, len, &tfd, err, sizeof(err)) < 0)
 		goto fail;
-	p = glue_real_mmap(addr, len, prot, glue_map_flags(flags, tfd >= 0, r->sock >= 0),
-			   tfd, tfd >= 0 ? off : 0);
+	r->shared = c->track && !c->template_path && !c->sock_path;
+	p = glue_mmap_ram(r, addr, len, prot, flags, fd, off, tfd);
 	saved = errno;
 	if (tfd >= 0)
 		close(tfd);          /* the mapping holds its own reference */
 	if (p == MAP_FAILED) {
-		snprintf(err, sizeof(err), "replacement mmap of %zu bytes: %s", len,
-			 strerror(saved));
+		snprintf(err, sizeof(err), "%s mmap of %zu bytes: %s", r->shared ? "the" :
+			 "replacement", len, strerror(saved));
 		errno = saved;
 		goto fail;
 	}
@@ -314,16 +407,13 @@ static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int 
 		errno = saved;
 		goto fail;
 	}
-	glue_log(GLUE_INFO, "%s: %s mapped at %p, %zu bytes, as a private %s%s%s", c->vm_id ?
-		 c->vm_id : "-", c->ram_path, p, len, tfd >= 0 ? "copy of " : "anonymous region",
-		 tfd >= 0 ? c->template_path : "", r->sock < 0 ? "" : c->arm == GLUE_ARM_MAP ?
-		 " (armed, handed to tlm-uffd-server)" : " (announced, waiting for ARM)");
+	glue_log_mapped(r, c);
+	glue_track(r, c);
 	glue_publish(r, c);
 	return p;
 fail:
 	saved = errno;
-	glue_log(GLUE_ERROR, "%s: mapping %s failed: %s", c->vm_id ? c->vm_id : "-",
-		 c->ram_path, err);
+	glue_log(GLUE_ERROR, "%s: mapping %s failed: %s", glue_vm(), c->ram_path, err);
 	glue_region_reset(r);
 	errno = saved;
 	return MAP_FAILED;
@@ -344,7 +434,7 @@ static void *glue_intercept(void *addr, size_t len, int prot, int flags, int fd,
 		warned_second_map = true;
 		p = GLUE_PASS;
 	} else {
-		p = glue_map_region(&region, addr, len, prot, flags, off);
+		p = glue_map_region(&region, addr, len, prot, flags, fd, off);
 	}
 	pthread_mutex_unlock(&region_lock);
 	return p;

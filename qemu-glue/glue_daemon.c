@@ -31,13 +31,6 @@
 #define GLUE_RETRY_MIN_MS 50
 #define GLUE_RETRY_MAX_MS 2000
 
-static const char *glue_vm(void)
-{
-	const char *id = glue_config()->vm_id;
-
-	return id ? id : "-";
-}
-
 int glue_daemon_connect(const char *path, char *err, size_t errlen)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };

@@ -27,6 +27,7 @@ static void glue_config_load(void)
 	static const char *const levels[] = { "error", "warn", "info", "debug" };
 	const char *arm = glue_env("TLM_ARM");
 	const char *lvl = glue_env("TLM_LOG_LEVEL");
+	const char *track = glue_env("TLM_TRACK");
 
 	cfg.level = GLUE_INFO;
 	for (unsigned i = 0; lvl && i < 4; i++)
@@ -38,6 +39,9 @@ static void glue_config_load(void)
 	cfg.vm_id = glue_env("TLM_VM_ID");
 	cfg.source = glue_env("TLM_SOURCE");
 	cfg.region_file = glue_env("TLM_REGION_FILE");
+	cfg.track = track && strcmp(track, "1") == 0;
+	if (track && !cfg.track)
+		glue_log(GLUE_WARN, "TLM_TRACK=%s is not 1; dirty tracking stays off", track);
 	cfg.arm = GLUE_ARM_DEFERRED;
 	if (arm && strcmp(arm, "map") == 0)
 		cfg.arm = GLUE_ARM_MAP;
@@ -49,6 +53,13 @@ const struct glue_cfg *glue_config(void)
 {
 	pthread_once(&cfg_once, glue_config_load);
 	return &cfg;
+}
+
+const char *glue_vm(void)
+{
+	const char *id = glue_config()->vm_id;
+
+	return id ? id : "-";
 }
 
 void glue_log(enum glue_level level, const char *fmt, ...)

@@ -34,6 +34,7 @@ struct glue_cfg {
 	const char *vm_id;         /* TLM_VM_ID */
 	const char *source;        /* TLM_SOURCE */
 	const char *region_file;   /* TLM_REGION_FILE: where to publish the mapped region */
+	bool track;                /* TLM_TRACK=1: register the RAM for dirty tracking (source) */
 	enum glue_arm_mode arm;
 	enum glue_level level;
 };
@@ -51,15 +52,18 @@ struct glue_region {
 	size_t size;
 	uint64_t offset;           /* offset in the RAM file (and in the template) */
 	bool has_template;
+	bool shared;               /* the program's own shared file mapping was kept */
 	uint8_t digest[16];        /* template digest from PAGES.tlmi, zero without template */
 	int sock;                  /* SOCK_SEQPACKET to tlm-uffd-server, -1 without TLM_SOCK */
 	struct tlm_uffd uffd;      /* our copy of the uffd; fd -1 until armed */
+	struct tlm_uffd track;     /* TLM_TRACK: WP_ASYNC registration, open for life; fd -1 */
 	pthread_t thread;
 	bool thread_started;
 };
 
 /* glue_env.c (used by both files below) */
 GLUE_HIDDEN const struct glue_cfg *glue_config(void);
+GLUE_HIDDEN const char *glue_vm(void);     /* TLM_VM_ID for log lines, "-" when unset */
 GLUE_HIDDEN void glue_log(enum glue_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 

@@ -67,35 +67,77 @@ static void bad_sum(struct dst_region *r, uint64_t page, bool urgent, uint64_t g
 	dst_pg_demand(r, page, 1);
 }
 
+/* Place a stretch of checked DATA pages [page, page + n) whose bytes are at data. */
+static void data_place(struct dst_region *r, uint64_t page, uint64_t n, const uint8_t *data)
+{
+	int rc;
+
+	dst_pg_learn_cls(r, page, n, TLM_CLASS_DATA);
+	rc = dst_place_range(r, DST_HOW_COPY, page, n, data, TLM_CLASS_DATA, DST_ALLOW_NORMAL,
+			     NULL);
+	if (rc != -EAGAIN)
+		return;
+	/* The bytes live in the receive buffer only: ask again for what is still missing. */
+	for (uint64_t i = page; i < page + n; i++) {
+		if (dst_pg_placeable(r, i)) {
+			dst_pg_set_state(r, i, DST_MISSING);
+			dst_pg_demand(r, i, 1);
+		}
+	}
+}
+
+/*
+ * DATA pages [page, page + n) with their checksums: a page that fails its checksum is
+ * never placed, the others go in as few UFFDIO_COPY calls as there are stretches of
+ * pages that may be placed (one for a PAGES frame of missing pages).
+ */
+static int data_msg(struct dst_region *r, const char *what, uint64_t page, uint32_t n,
+		    const uint8_t *data, const uint64_t *sums, bool urgent, char *err,
+		    size_t errlen)
+{
+	uint64_t good = page;   /* first page of the current stretch of good sums */
+	int rc = range_check(r, what, page, n, err, errlen);
+
+	if (!rc)
+		rc = cls_check(r, what, page, n, TLM_CLASS_DATA, TLM_CLASS_DATA, err, errlen);
+	if (rc)
+		return rc;
+	r->st.data_pages_in += n;
+	for (uint64_t i = page; i <= page + n; i++) {
+		const uint8_t *d = data + (i - page) * TLM_PAGE_SIZE;
+		uint64_t sum = 0;
+
+		if (i < page + n && !dst_pg_placeable(r, i)) {
+			r->st.data_pages_dropped++;     /* present already, or discarded */
+			continue;
+		}
+		if (i < page + n && (sum = tlm_proto_page_sum(d)) == sums[i - page])
+			continue;
+		if (i > good)
+			data_place(r, good, i - good, data + (good - page) * TLM_PAGE_SIZE);
+		if (i < page + n)
+			bad_sum(r, i, urgent, sum, sums[i - page]);
+		good = i + 1;
+	}
+	return 0;
+}
+
 int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,
 			char *err, size_t errlen)
 {
-	uint64_t page = m->u.page.page, sum;
-	int rc = range_check(r, "PAGE", page, 1, err, errlen);
+	return data_msg(r, "PAGE", m->u.page.page, 1, m->u.page.data, &m->u.page.xxh64, urgent,
+			err, errlen);
+}
 
-	if (!rc)
-		rc = cls_check(r, "PAGE", page, 1, TLM_CLASS_DATA, TLM_CLASS_DATA, err, errlen);
-	if (rc)
-		return rc;
-	r->st.data_pages_in++;
-	if (!dst_pg_placeable(r, page)) {
-		r->st.data_pages_dropped++;     /* present already, or discarded */
-		return 0;
-	}
-	sum = tlm_proto_page_sum(m->u.page.data);
-	if (sum != m->u.page.xxh64) {
-		bad_sum(r, page, urgent, sum, m->u.page.xxh64);
-		return 0;
-	}
-	dst_pg_learn_cls(r, page, 1, TLM_CLASS_DATA);
-	rc = dst_place_range(r, DST_HOW_COPY, page, 1, m->u.page.data, TLM_CLASS_DATA,
-			     DST_ALLOW_NORMAL, NULL);
-	if (rc == -EAGAIN && dst_pg_placeable(r, page)) {
-		/* The bytes live in the receive buffer only: ask for them again. */
-		dst_pg_set_state(r, page, DST_MISSING);
-		dst_pg_demand(r, page, 1);
-	}
-	return 0;
+int dst_region_pages_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,
+			 char *err, size_t errlen)
+{
+	uint64_t sums[TLM_PROTO_MAX_PAGES];
+
+	for (uint32_t i = 0; i < m->u.pages.count && i < TLM_PROTO_MAX_PAGES; i++)
+		sums[i] = tlm_proto_pages_sum(m, i);
+	return data_msg(r, "PAGES", m->u.pages.page, m->u.pages.count, m->u.pages.data, sums,
+			urgent, err, errlen);
 }
 
 int dst_region_zero_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen)

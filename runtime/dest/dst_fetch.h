@@ -35,6 +35,8 @@ void dst_region_disconnected(struct dst_region *r);
 /* One message each; urgent: it came on the urgent session. 0, or -EPROTO with err. */
 int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,
 			char *err, size_t errlen);
+int dst_region_pages_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,
+			 char *err, size_t errlen);
 int dst_region_zero_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
 int dst_region_ref_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);
 int dst_region_map_msg(struct dst_region *r, const struct tlm_msg *m, char *err, size_t errlen);

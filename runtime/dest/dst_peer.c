@@ -522,6 +522,8 @@ static int handle_msg(struct dst_conn *c, const struct tlm_msg *m, char *err, si
 	switch (m->type) {
 	case TLM_MSG_PAGE:
 		return dst_region_page_msg(r, m, urgent, err, errlen);
+	case TLM_MSG_PAGES:
+		return dst_region_pages_msg(r, m, urgent, err, errlen);
 	case TLM_MSG_ZERO:
 		return dst_region_zero_msg(r, m, err, errlen);
 	case TLM_MSG_REF:

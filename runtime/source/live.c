@@ -336,22 +336,43 @@ static void live_join(struct tlm_live *l)
 	l->joined = true;
 }
 
+/* End of the run of class c that starts at p: 8 pages per step where the class is the
+ * same (a guest's RAM is mostly long runs); REF runs also need consecutive template pages. */
+static uint64_t run_end(const struct tlm_live *l, uint64_t p, uint64_t n)
+{
+	const uint8_t c = l->cls[p];
+	const uint64_t rep = 0x0101010101010101ull * c;
+	uint64_t w;
+
+	if (c == TLM_CLASS_REF) {
+		while (++p < n && l->cls[p] == c && l->ref[p] == l->ref[p - 1] + 1)
+			;
+		return p;
+	}
+	for (p++; p < n && p % 8; p++)
+		if (l->cls[p] != c)
+			return p;
+	for (; p + 8 <= n; p += 8) {
+		memcpy(&w, l->cls + p, 8);
+		if (w != rep)
+			break;
+	}
+	while (p < n && l->cls[p] == c)
+		p++;
+	return p;
+}
+
 /* The final class map from the live tables, in page order, one call per run. */
 static int build_map(struct tlm_live *l)
 {
 	struct tlm_src_region *r = l->r;
-	uint64_t n = r->page_count, start = 0;
+	uint64_t n = r->page_count;
 	int rc = 0;
 
 	tlm_cls_map_reset(&r->map);
-	for (uint64_t p = 1; rc == 0 && p <= n; p++) {
-		uint8_t c = l->cls[start];
-
-		if (p < n && l->cls[p] == c &&
-		    (c != TLM_CLASS_REF || l->ref[p] == l->ref[p - 1] + 1))
-			continue;
-		rc = tlm_cls_map_add_run(&r->map, c, l->ref[start], p - start);
-		start = p;
+	for (uint64_t p = 0, end; rc == 0 && p < n; p = end) {
+		end = run_end(l, p, n);
+		rc = tlm_cls_map_add_run(&r->map, l->cls[p], l->ref[p], end - p);
 	}
 	r->map.known_pages = tlm_src_scan_known(l->scan);
 	return rc;

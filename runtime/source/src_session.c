@@ -475,12 +475,53 @@ static int bulk_done(struct tlm_ps_sess *s)
 	return 1;
 }
 
-/* Queue DATA pages from the read-ahead. Returns pages handled (>0), 0 = no room or
- * finished, -errno on a read failure. */
+/* Pages of the read-ahead from ra_i on that go out in one PAGES frame: consecutive, not
+ * sent on urgent, contiguous in memory (the file mapping, or one process_vm_readv). */
+static uint32_t bulk_run(const struct tlm_ps_sess *s, unsigned max)
+{
+	uint32_t n = 1;
+
+	if (tlm_cls_sent(&s->r->map, s->ra_page[s->ra_i]))
+		return 0;
+	while (n < max && s->ra_i + n < s->ra_n &&
+	       s->ra_page[s->ra_i + n] == s->ra_page[s->ra_i] + n &&
+	       s->ra_ptr[s->ra_i + n] == s->ra_ptr[s->ra_i] + (size_t)n * TLM_PAGE_SIZE &&
+	       !tlm_cls_sent(&s->r->map, s->ra_page[s->ra_i + n]))
+		n++;
+	return n;
+}
+
+/* One PAGES frame of n read-ahead pages from ra_i. 0, or -ENOBUFS (no room yet). */
+static int bulk_queue_run(struct tlm_ps_sess *s, uint32_t n)
+{
+	struct tlm_src_region *r = s->r;
+	uint8_t sums[TLM_PROTO_MAX_PAGES * 8];
+	struct tlm_msg m = { .type = TLM_MSG_PAGES };
+	int rc;
+
+	m.u.pages.page = s->ra_page[s->ra_i];
+	m.u.pages.count = n;
+	m.u.pages.data = s->ra_ptr[s->ra_i];
+	m.u.pages.sums = sums;
+	if (tlm_proto_frame_size(&m) > tlm_conn_space(&s->c))
+		return -ENOBUFS;
+	tlm_proto_pages_sums(sums, m.u.pages.data, n);
+	rc = tlm_conn_queue(&s->c, &m);
+	if (rc < 0)
+		return rc;
+	for (uint32_t i = 0; i < n; i++)
+		tlm_cls_set_flag(&r->map, m.u.pages.page + i, TLM_CLS_BULK);
+	r->st.data_sent_bulk += n;
+	r->st.payload_bytes += (uint64_t)n * TLM_PAGE_SIZE;
+	s->payload += (uint64_t)n * TLM_PAGE_SIZE;
+	return 0;
+}
+
+/* Queue DATA pages from the read-ahead, runs of consecutive pages as one PAGES frame.
+ * Returns pages handled (>0), 0 = no room or finished, -errno on a read failure. */
 static int bulk_pages(struct tlm_ps_sess *s, unsigned budget)
 {
 	struct tlm_src_region *r = s->r;
-	struct tlm_msg m = { .type = TLM_MSG_PAGE };
 	int n = 0, rc;
 
 	if (s->ra_i == s->ra_n) {
@@ -492,21 +533,18 @@ static int bulk_pages(struct tlm_ps_sess *s, unsigned budget)
 		if (s->ra_n == 0)         /* the rest was sent on urgent */
 			return bulk_done(s);
 	}
-	for (; s->ra_i < s->ra_n && (unsigned)n < budget; s->ra_i++, n++) {
-		uint64_t page = s->ra_page[s->ra_i];
+	while (s->ra_i < s->ra_n && (unsigned)n < budget) {
+		uint32_t run = bulk_run(s, budget - (unsigned)n < TLM_PROTO_MAX_PAGES ?
+					budget - (unsigned)n : TLM_PROTO_MAX_PAGES);
 
-		if (!tlm_cls_sent(&r->map, page)) {
-			m.u.page.page = page;
-			m.u.page.data = s->ra_ptr[s->ra_i];
-			m.u.page.xxh64 = tlm_proto_page_sum(m.u.page.data);
-			if (tlm_conn_queue(&s->c, &m) < 0)
-				break;
-			tlm_cls_set_flag(&r->map, page, TLM_CLS_BULK);
-			r->st.data_sent_bulk++;
-			r->st.payload_bytes += TLM_PAGE_SIZE;
-			s->payload += TLM_PAGE_SIZE;
+		if (run == 0) {           /* sent on urgent meanwhile: skip it */
+			run = 1;
+		} else if (bulk_queue_run(s, run) < 0) {
+			break;
 		}
-		s->data_passed++;
+		s->ra_i += run;
+		s->data_passed += run;
+		n += (int)run;
 	}
 	return n;
 }

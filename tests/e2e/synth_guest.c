@@ -15,10 +15,16 @@
  *       shared_pages=K, pss_kb=P; --wait-signal: wait for SIGUSR1 before reading
  *       (stands for QEMU waiting for the incoming migration); --hold: print "holding" and
  *       wait for SIGTERM. Exit 0 only if every page matched and every check passed.
+ *   tlm-synth-guest poke --ram F --size N --ctl-fd FD
+ *       maps RAM as above (and touches none of it), prints "mapped addr=0x... pid=P", then
+ *       serves lines "w I" (byte 123 of page I ^= 0x5a) and "r I" (read that byte) from
+ *       the stream socket FD, answering one byte 'k' (or 'e': bad line) after each; exit 0
+ *       at EOF. Lets a test decide exactly which pages the guest touches, and when.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -37,6 +43,7 @@
 struct sg_opts {
 	const char *mode, *ram, *tmpl, *manifest, *mix;
 	uint64_t size, seed;
+	int ctl_fd;
 	bool write_check, discard_check, wait_signal, hold, reverse;
 };
 
@@ -52,7 +59,8 @@ static void sg_usage(FILE *f)
 	fprintf(f, "usage: tlm-synth-guest source --ram F --size N [--template T] --seed S "
 		"--mix template=70,zero=10,ref=5,data=15[,dirty=P] --manifest OUT\n"
 		"       tlm-synth-guest dest --ram F --size N --manifest IN [--write-check] "
-		"[--discard-check] [--wait-signal] [--hold] [--reverse]\n");
+		"[--discard-check] [--wait-signal] [--hold] [--reverse]\n"
+		"       tlm-synth-guest poke --ram F --size N --ctl-fd FD\n");
 }
 
 static int sg_parse_mix(const char *s, struct sg_mix *mx)
@@ -438,6 +446,46 @@ static int sg_dest(const struct sg_opts *o)
 	return miss || rc ? 1 : 0;
 }
 
+/* One "w I" / "r I" command on page I; false for a bad line. */
+static bool sg_poke_one(uint8_t *ram, uint64_t n, const char *line)
+{
+	unsigned long long i;
+	char op;
+
+	if (sscanf(line, "%c %llu", &op, &i) != 2 || i >= n || (op != 'w' && op != 'r'))
+		return false;
+	/* Byte 123: anywhere in the page would do; a test finds it in the RAM file. */
+	if (op == 'w')
+		ram[i * E2E_PAGE + 123] ^= 0x5a;
+	else
+		(void)*(volatile uint8_t *)&ram[i * E2E_PAGE + 123];
+	return true;
+}
+
+static int sg_poke(const struct sg_opts *o)
+{
+	FILE *in = o->ctl_fd >= 0 ? fdopen(o->ctl_fd, "r") : NULL;
+	uint8_t *ram;
+	char line[64];
+
+	if (!in) {
+		fprintf(stderr, "tlm-synth-guest: poke needs --ctl-fd\n");
+		return 2;
+	}
+	ram = sg_map_ram(o->ram, o->size);
+	if (!ram)
+		return 1;
+	printf("mapped addr=%p pid=%d\n", (void *)ram, (int)getpid());
+	fflush(stdout);
+	while (fgets(line, sizeof(line), in)) {
+		char ok = sg_poke_one(ram, o->size / E2E_PAGE, line) ? 'k' : 'e';
+
+		if (write(o->ctl_fd, &ok, 1) != 1)
+			return 1;
+	}
+	return 0;
+}
+
 static int sg_parse(int argc, char **argv, struct sg_opts *o)
 {
 	static const struct option lo[] = {
@@ -445,11 +493,13 @@ static int sg_parse(int argc, char **argv, struct sg_opts *o)
 		{ "seed", 1, 0, 'S' }, { "mix", 1, 0, 'm' }, { "manifest", 1, 0, 'M' },
 		{ "write-check", 0, 0, 'w' }, { "discard-check", 0, 0, 'd' },
 		{ "wait-signal", 0, 0, 'W' }, { "hold", 0, 0, 'H' }, { "reverse", 0, 0, 'R' },
-		{ "help", 0, 0, 'h' },
+		{ "ctl-fd", 1, 0, 'C' }, { "help", 0, 0, 'h' },
 		{ 0, 0, 0, 0 } };
+	uint64_t v;
 	int c;
 
 	memset(o, 0, sizeof(*o));
+	o->ctl_fd = -1;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
 		case 'r': o->ram = optarg; break;
@@ -463,6 +513,8 @@ static int sg_parse(int argc, char **argv, struct sg_opts *o)
 		case 'W': o->wait_signal = true; break;
 		case 'H': o->hold = true; break;
 		case 'R': o->reverse = true; break;
+		case 'C': if (tlm_parse_u64(optarg, &v) < 0 || v > INT_MAX) goto bad;
+			  o->ctl_fd = (int)v; break;
 		case 'h': sg_usage(stdout); exit(0);
 		default: goto usage;
 		}
@@ -489,6 +541,8 @@ int main(int argc, char **argv)
 		return sg_source(&o);
 	if (strcmp(o.mode, "dest") == 0)
 		return sg_dest(&o);
-	fprintf(stderr, "tlm-synth-guest: unknown mode '%s' (source or dest)\n", o.mode);
+	if (strcmp(o.mode, "poke") == 0)
+		return sg_poke(&o);
+	fprintf(stderr, "tlm-synth-guest: unknown mode '%s' (source, dest or poke)\n", o.mode);
 	return 2;
 }

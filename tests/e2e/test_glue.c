@@ -489,7 +489,7 @@ static void test_daemon_absent(void **state)
 static void test_source_private(void **state)
 {
 	struct fx *f = *state;
-	char e_pre[700], e_ram[700], e_tmpl[700], e_info[700], line[256], maps[64], want[900];
+	char e_pre[700], e_ram[700], e_tmpl[700], e_info[700], line[256], maps[64], want[1000];
 	char *env[] = { e_pre, e_ram, e_tmpl, e_info, "TLM_SOCK", NULL };
 	char *argv[] = { f->guest_bin, "source", "--ram", f->ram, "--size", "2M", "--template",
 			 f->tmpl, "--seed", "5", "--mix", "template=70,zero=10,ref=5,data=15,"
@@ -506,7 +506,8 @@ static void test_source_private(void **state)
 	assert_int_equal(e2e_spawn(&g, "source", argv, env, f->log), 0);
 	assert_int_equal(e2e_expect(&g, "ready addr=", line, sizeof(line), 10000), 1);
 	*strchr(line + strlen("ready addr="), ' ') = '\0';
-	snprintf(want, sizeof(want), "base=%s size=%u offset=0 template=%s\n",
+	snprintf(want, sizeof(want), "base=%s size=%u offset=0 template=%s mapping=private "
+		 "track=none\n",
 		 line + strlen("ready addr="), FX_SIZE, f->tmpl);
 	snprintf(e_info, sizeof(e_info), "%s/region", f->dir);
 	assert_true(e2e_file_contains(e_info, want));

@@ -14,6 +14,7 @@ static struct tlm_run sample_runs[] = {
 };
 
 static uint8_t sample_page[TLM_PROTO_PAGE_SIZE];
+static uint8_t sample_pages[TLM_PROTO_PAGE_SIZE], sample_sums[8];
 
 static void fill(uint8_t *p, size_t n, uint8_t seed)
 {
@@ -25,13 +26,13 @@ static void sample_session(enum tlm_msg_type t, struct tlm_msg *m)
 {
 	switch (t) {
 	case TLM_MSG_HELLO:
-		m->u.hello.ver_min = 1;
-		m->u.hello.ver_max = 1;
+		m->u.hello.ver_min = TLM_PROTO_VERSION;
+		m->u.hello.ver_max = TLM_PROTO_VERSION;
 		m->u.hello.channel = TLM_CHAN_BULK;
 		fill(m->u.hello.nonce, 32, 1);
 		break;
 	case TLM_MSG_CHALLENGE:
-		m->u.challenge.version = 1;
+		m->u.challenge.version = TLM_PROTO_VERSION;
 		fill(m->u.challenge.nonce, 32, 2);
 		fill(m->u.challenge.mac, 32, 3);
 		break;
@@ -72,6 +73,14 @@ void sample_msg(enum tlm_msg_type t, struct tlm_msg *m)
 		m->u.page.page = 4321;
 		m->u.page.data = sample_page;
 		m->u.page.xxh64 = tlm_proto_page_sum(sample_page);
+		break;
+	case TLM_MSG_PAGES:
+		fill(sample_pages, sizeof(sample_pages), 11);
+		tlm_proto_pages_sums(sample_sums, sample_pages, 1);
+		m->u.pages.page = 5000;
+		m->u.pages.count = 1;   /* small: the shared buffers hold 8 KiB */
+		m->u.pages.sums = sample_sums;
+		m->u.pages.data = sample_pages;
 		break;
 	case TLM_MSG_ZERO:
 		m->u.zero.page = 10;

@@ -264,8 +264,8 @@ static void test_wrong_version(void **state)
 
 	pair(sv);
 	server_start(&s, sv[1], &key_a);
-	m.u.hello.ver_min = 2;
-	m.u.hello.ver_max = 3;
+	m.u.hello.ver_min = TLM_PROTO_VERSION + 1;
+	m.u.hello.ver_max = TLM_PROTO_VERSION + 2;
 	m.u.hello.channel = TLM_CHAN_BULK;
 	raw_send(sv[0], &m);
 	raw_recv(sv[0], &m);
@@ -273,7 +273,7 @@ static void test_wrong_version(void **state)
 	assert_int_equal(m.type, TLM_MSG_ERROR);
 	assert_int_equal(m.u.error.code, TLM_ERR_VERSION);
 	print_message("peer sent: %s\nserver: %s\n", m.u.error.msg, s.err);
-	assert_non_null(strstr(m.u.error.msg, "version 2..3 not supported"));
+	assert_non_null(strstr(m.u.error.msg, "not supported"));
 	assert_int_equal(s.ret, -EPROTONOSUPPORT);
 	close(sv[0]);
 	close(sv[1]);
@@ -319,7 +319,7 @@ static void test_replayed_auth(void **state)
 	struct server s1 = { 0 }, s2 = { 0 };
 	int sv[2];
 
-	hello.u.hello.ver_min = hello.u.hello.ver_max = 1;
+	hello.u.hello.ver_min = hello.u.hello.ver_max = TLM_PROTO_VERSION;
 	hello.u.hello.channel = TLM_CHAN_BULK;
 	assert_int_equal(tlm_proto_random(hello.u.hello.nonce, 32), 0);
 

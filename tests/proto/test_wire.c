@@ -136,7 +136,7 @@ static const struct bad_case bad_cases[] = {
 	{ "bad magic", TLM_MSG_HELLO, P, 4, 0x12345678, 0, "bad magic" },
 	{ "hello reserved", TLM_MSG_HELLO, P + 10, 1, 1, 0, "HELLO: reserved bytes not zero" },
 	{ "bad channel", TLM_MSG_HELLO, P + 8, 1, 3, 0, "bad channel 3" },
-	{ "version range", TLM_MSG_HELLO, P + 4, 2, 2, 0, "bad version range 2..1" },
+	{ "version range", TLM_MSG_HELLO, P + 4, 2, 3, 0, "bad version range 3..2" },
 	{ "version zero", TLM_MSG_HELLO, P + 4, 4, 0, 0, "bad version range 0..0" },
 	{ "challenge v0", TLM_MSG_CHALLENGE, P, 2, 0, 0, "CHALLENGE: version 0" },
 	{ "bad class", TLM_MSG_CLASS_MAP, P + 16 + 16 * 3, 1, 9, 0, "run 3 has class 9" },
@@ -167,6 +167,12 @@ static const struct bad_case bad_cases[] = {
 	{ "ref count overflow", TLM_MSG_REF, P + 8, 8, UINT64_MAX, 0, "REF: bad range" },
 	{ "ref tmpl overflow", TLM_MSG_REF, P + 16, 8, (1ull << 52) - 1, 0, "REF: bad range" },
 	{ "page out of range", TLM_MSG_PAGE, P, 8, 1ull << 52, 0, "PAGE: page" },
+	{ "pages count", TLM_MSG_PAGES, P + 8, 4, 2, 0, "PAGES: count 2 does not match" },
+	{ "pages count 0", TLM_MSG_PAGES, P + 8, 4, 0, 0, "PAGES: count 0 does not match" },
+	{ "pages reserved", TLM_MSG_PAGES, P + 12, 4, 1, 0, "PAGES: reserved bytes" },
+	{ "pages length", TLM_MSG_PAGES, 0, 4, 16 + 4104 + 8, 0, "not 16 + 4104*count" },
+	{ "pages too many", TLM_MSG_PAGES, 0, 4, 16 + 4104 * 65, 0, "outside 4120..262672" },
+	{ "pages overflow", TLM_MSG_PAGES, P, 8, (1ull << 52), 0, "PAGES: page 4503599627370496 + count 1" },
 	{ "progress", TLM_MSG_PROGRESS, P, 8, 70000, 0, "PROGRESS: 70000 of 65536" },
 	{ "done pages", TLM_MSG_DONE, P, 8, UINT64_MAX, 0, "DONE: data page count" },
 };
@@ -272,6 +278,37 @@ static void test_names_and_ids(void **state)
 	assert_false(tlm_vmid_valid(id));
 }
 
+/* A PAGES frame of 64 pages round-trips; its sums and data point into the frame. */
+static void test_pages_run(void **state)
+{
+	static uint8_t data[TLM_PROTO_MAX_PAGES * 4096], sums[TLM_PROTO_MAX_PAGES * 8];
+	static uint8_t f[16 + 8 + TLM_PROTO_MAX_PAGES * 4104];
+	struct tlm_msg m = { .type = TLM_MSG_PAGES }, out;
+	char err[200];
+	ssize_t n;
+
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 31 + i / 4096);
+	tlm_proto_pages_sums(sums, data, TLM_PROTO_MAX_PAGES);
+	m.u.pages = (typeof(m.u.pages)){ 77, TLM_PROTO_MAX_PAGES, sums, data };
+	n = tlm_proto_encode(&m, f, sizeof(f));
+	assert_int_equal(n, 8 + 16 + TLM_PROTO_MAX_PAGES * 4104);
+	assert_int_equal(tlm_proto_frame_size(&m), n);
+	assert_int_equal(tlm_proto_decode(f, n, &out, NULL, 0, err, sizeof(err)), 0);
+	assert_int_equal(out.u.pages.page, 77);
+	assert_int_equal(out.u.pages.count, TLM_PROTO_MAX_PAGES);
+	assert_memory_equal(out.u.pages.data, data, sizeof(data));
+	for (uint32_t i = 0; i < TLM_PROTO_MAX_PAGES; i++)
+		assert_int_equal(tlm_proto_pages_sum(&out, i),
+				 tlm_proto_page_sum(data + (size_t)i * 4096));
+	/* The encoder refuses what the decoder would. */
+	m.u.pages.count = TLM_PROTO_MAX_PAGES + 1;
+	assert_int_equal(tlm_proto_encode(&m, f, sizeof(f)), -EINVAL);
+	m.u.pages.count = 1;
+	m.u.pages.sums = NULL;
+	assert_int_equal(tlm_proto_encode(&m, f, sizeof(f)), -EINVAL);
+}
+
 static void test_page_sum(void **state)
 {
 	uint8_t a[TLM_PROTO_PAGE_SIZE] = { 0 }, b[TLM_PROTO_PAGE_SIZE] = { 0 };
@@ -291,6 +328,7 @@ int main(void)
 		cmocka_unit_test(test_frame_len),
 		cmocka_unit_test(test_encoder_refuses),
 		cmocka_unit_test(test_names_and_ids),
+		cmocka_unit_test(test_pages_run),
 		cmocka_unit_test(test_page_sum),
 	};
 
