@@ -234,30 +234,32 @@ static int check_class_map(const struct tlm_msg *m, char *err, size_t errlen)
 	return 0;
 }
 
+/* DEMAND and PAGES: count in 1..max pages from page, inside the page limit. */
+static int check_count(enum tlm_msg_type t, uint64_t page, uint32_t count, uint32_t max,
+		       char *err, size_t errlen)
+{
+	if (count < 1 || count > max)
+		return BAD("%s: count %u outside 1..%u", msg_info[t].name, count, max);
+	if (!range_ok(page, count))
+		return BAD("%s: page %llu + count %u overflows", msg_info[t].name,
+			   (unsigned long long)page, count);
+	return 0;
+}
+
 static int check_ranges(const struct tlm_msg *m, char *err, size_t errlen)
 {
 	switch (m->type) {
 	case TLM_MSG_DEMAND:
-		if (m->u.demand.count < 1 || m->u.demand.count > TLM_PROTO_MAX_DEMAND)
-			return BAD("DEMAND: count %u outside 1..%u", m->u.demand.count,
-				   TLM_PROTO_MAX_DEMAND);
-		if (!range_ok(m->u.demand.page, m->u.demand.count))
-			return BAD("DEMAND: page %llu + count %u overflows",
-				   (unsigned long long)m->u.demand.page, m->u.demand.count);
-		return 0;
+		return check_count(m->type, m->u.demand.page, m->u.demand.count,
+				   TLM_PROTO_MAX_DEMAND, err, errlen);
 	case TLM_MSG_PAGE:
 		if (!range_ok(m->u.page.page, 1))
 			return BAD("PAGE: page %llu out of range",
 				   (unsigned long long)m->u.page.page);
 		return 0;
 	case TLM_MSG_PAGES:
-		if (m->u.pages.count < 1 || m->u.pages.count > TLM_PROTO_MAX_PAGES)
-			return BAD("PAGES: count %u outside 1..%u", m->u.pages.count,
-				   TLM_PROTO_MAX_PAGES);
-		if (!range_ok(m->u.pages.page, m->u.pages.count))
-			return BAD("PAGES: page %llu + count %u overflows",
-				   (unsigned long long)m->u.pages.page, m->u.pages.count);
-		return 0;
+		return check_count(m->type, m->u.pages.page, m->u.pages.count,
+				   TLM_PROTO_MAX_PAGES, err, errlen);
 	case TLM_MSG_ZERO:
 		if (!range_ok(m->u.zero.page, m->u.zero.count))
 			return BAD("ZERO: bad range page %llu count %llu",

@@ -196,6 +196,19 @@ static int freeze_classify(struct tlm_src_region *r, char *err, size_t errlen)
 	return tlm_src_classify(r, err, errlen);
 }
 
+/* The ID|all argument of a control command: true with *only = the region (NULL: all),
+ * false after an error reply. */
+static bool regions_arg(struct tlm_ps *ps, const char *cmd, const char *id,
+			struct tlm_src_region **only, struct tlm_sbuf *reply)
+{
+	*only = NULL;
+	if (id && (strcmp(id, "all") == 0 || (*only = region_by_id(ps, id))))
+		return true;
+	tlm_sbuf_printf(reply, "error: %s needs a known region id or 'all' (got '%s')\n", cmd,
+			id ? id : "");
+	return false;
+}
+
 /* Freeze one region: classify it now and start serving. 0 or -errno (err filled). */
 static int freeze_one(struct tlm_ps *ps, struct tlm_src_region *r, struct tlm_sbuf *ok,
 		      char *err, size_t errlen)
@@ -242,11 +255,8 @@ static void cmd_freeze(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply
 	char err[256];
 	int failed = 0;
 
-	if (!id || (strcmp(id, "all") != 0 && !(only = region_by_id(ps, id)))) {
-		tlm_sbuf_printf(reply, "error: freeze needs a known region id or 'all' (got '%s')\n",
-				id ? id : "");
+	if (!regions_arg(ps, "freeze", id, &only, reply))
 		return;
-	}
 	tlm_sbuf_init(&ok);
 	for (struct tlm_src_region *r = ps->regions; r; r = r->next) {
 		if (only && r != only)
@@ -290,11 +300,8 @@ static void cmd_live(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply)
 	struct tlm_sbuf lines;
 	int failed = 0;
 
-	if (!id || (strcmp(id, "all") != 0 && !(only = region_by_id(ps, id)))) {
-		tlm_sbuf_printf(reply, "error: live needs a known region id or 'all' (got '%s')\n",
-				id ? id : "");
+	if (!regions_arg(ps, "live", id, &only, reply))
 		return;
-	}
 	tlm_sbuf_init(&lines);
 	for (struct tlm_src_region *r = ps->regions; r; r = r->next) {
 		if ((only && r != only) || (!only && r->phase != TLM_SRC_CONFIGURED))
@@ -316,11 +323,8 @@ static void cmd_bulk(struct tlm_ps *ps, const char *id, bool hold, struct tlm_sb
 {
 	struct tlm_src_region *only = NULL;
 
-	if (!id || (strcmp(id, "all") != 0 && !(only = region_by_id(ps, id)))) {
-		tlm_sbuf_printf(reply, "error: bulk-%s needs a known region id or 'all' "
-				"(got '%s')\n", hold ? "hold" : "release", id ? id : "");
+	if (!regions_arg(ps, hold ? "bulk-hold" : "bulk-release", id, &only, reply))
 		return;
-	}
 	for (struct tlm_src_region *r = ps->regions; r; r = r->next) {
 		if (only && r != only)
 			continue;
