@@ -29,9 +29,9 @@
 #define HANDSHAKE_TIMEOUT_MS 5000
 #define URG_WCAP             (64 * 1024)     /* DEMAND frames: 3000+ requests */
 #define BULK_WCAP            4096            /* we never send on bulk */
-#define FRAMES_PER_CALL      256             /* frames handled before yielding */
+#define PAGES_PER_CALL       256             /* bulk pages handled before yielding */
 #define READS_PER_EVENT      4
-#define YIELD_FRAMES         32              /* bulk frames between checks for events */
+#define YIELD_PAGES          32              /* bulk pages between checks for events */
 #define RETRY_BASE_MS        100
 #define KEEPALIVE_IDLE_S     5               /* a silent link is probed after this */
 #define KEEPALIVE_TIMEOUT_S  20              /* unanswered this long: the session is lost */
@@ -556,6 +556,12 @@ static bool can_take(const struct dst_conn *c)
 	return c->up && !c->p->lost && dst_region_live(c->p->r);
 }
 
+/* Pages a frame carries (1 for the others). */
+static unsigned msg_weight(const struct tlm_msg *m)
+{
+	return m->type == TLM_MSG_PAGES ? m->u.pages.count : 1;
+}
+
 /*
  * Handle buffered frames. Returns 0 when a partial frame remains (read more), 1 when it
  * stopped early (budget, yield to waiting events, region stopped), -1 when
@@ -566,16 +572,21 @@ static int handle_frames(struct dst_conn *c, unsigned budget)
 {
 	struct dst_peer *p = c->p;
 	struct dst_region *r = p->r;
+	unsigned since_check = 0;
 	char err[320];
 	struct tlm_msg m;
 	int rc;
 
-	for (unsigned done = 0; done < budget; done++) {
+	/* Work is counted in pages, so a PAGES frame of 64 weighs 64: a demand reply
+	 * waiting on urgent never waits for more than YIELD_PAGES pages of bulk. */
+	for (unsigned done = 0; done < budget; done += msg_weight(&m)) {
 		if (!can_take(c))
 			return -1;
-		if (c->chan == TLM_CHAN_BULK && done && !(done % YIELD_FRAMES) &&
-		    tlm_evloop_should_yield(r->loop))
-			return 1;
+		if (c->chan == TLM_CHAN_BULK && since_check >= YIELD_PAGES) {
+			since_check = 0;
+			if (tlm_evloop_should_yield(r->loop))
+				return 1;
+		}
 		err[0] = '\0';
 		rc = tlm_conn_next(&c->c, &m, err, sizeof(err));
 		if (rc == 0)
@@ -594,6 +605,7 @@ static int handle_frames(struct dst_conn *c, unsigned budget)
 		}
 		p->attempts = 0;          /* the session works */
 		p->outage_since = 0;
+		since_check += msg_weight(&m);
 	}
 	return 1;
 }
@@ -613,7 +625,7 @@ static void bulk_pause(struct dst_conn *c)
  */
 static void conn_input(struct dst_conn *c)
 {
-	unsigned budget = c->chan == TLM_CHAN_URGENT ? UINT_MAX : FRAMES_PER_CALL;
+	unsigned budget = c->chan == TLM_CHAN_URGENT ? UINT_MAX : PAGES_PER_CALL;
 	for (int reads = 0;; reads++) {
 		int rc = handle_frames(c, budget);
 		ssize_t n;
