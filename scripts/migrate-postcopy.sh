@@ -45,6 +45,10 @@
 #                      live phase runs, before any source stops (same environment as
 #                      --after-switch; a page server it kills is restarted and starts the
 #                      live phase again)
+#   --before-freeze CMD
+#                      test hook: run `sh -c CMD` once per VM, after its source stopped
+#                      and before its freeze (a page server it kills is restarted, and
+#                      the restarted one classifies the stopped source)
 #   --after-switch CMD test hook: run `sh -c CMD` once every destination runs on its faults,
 #                      before the wait for completion (its output goes to stderr; a non-zero
 #                      exit fails the migration). Its environment names the daemons:
@@ -100,7 +104,7 @@ dst_netns=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-port|--dst-port|\
-	--src-reach|--after-switch|--before-stop|--bulk-delay|--live-rate|\
+	--src-reach|--after-switch|--before-stop|--before-freeze|--bulk-delay|--live-rate|\
 	--src-netns|--dst-netns)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
 		tlm_opts+=("$1" "$2")

@@ -215,6 +215,7 @@ class Mig:
         self.t = {}
         self.ev = {}                # event timestamps: stop (source), resume (destination)
         self.live = None            # the page server's "live" stats after the freeze
+        self.migrate_sent = False   # QMP migrate issued (the device state is going)
         self.live_said = None       # its reply to `live`
         self.tmpl_src = self.tmpl_dst = None
         self.region = {}
@@ -396,14 +397,20 @@ class Mig:
         with the device state going over QEMU's stream meanwhile (RAM left out): the
         destination's faults wait at the page server until the freeze is done."""
         self.t["freeze"] = time.time()
+        self.migrate_sent = False
         s = ctl_send(ps_ctl, f"freeze {self.name}", timeout=max(60, self.opt.timeout))
         try:
-            self.qmp("src", "migrate", {"uri": f"tcp:{self.opt.dst_addr}:{self.port}"})
+            self.send_migrate()
         except Fail:
             s.close()
             raise
         ctl_reply(s, ps_ctl, f"freeze {self.name}")
         self.t["frozen"] = time.time()
+
+    def send_migrate(self):
+        """QMP `migrate` on the source: the device state goes (the RAM is left out)."""
+        self.qmp("src", "migrate", {"uri": f"tcp:{self.opt.dst_addr}:{self.port}"})
+        self.migrate_sent = True
 
     def resume_dst(self):
         """Until the destination runs: MIGRATION completed on both sides, then its RESUME
@@ -616,6 +623,24 @@ class Run:
         if self.ps.p.poll() is None:
             ctl(self.ps.ctl, "bulk-release all")
 
+    def switch(self, m):
+        """m's freeze and device state (Mig.switch). --before-freeze CMD runs first (a
+        test's fault injection point). A page server that dies before or during the
+        freeze is restarted, and the restarted one freezes m (reattach: its source is
+        stopped, so every page is classified anew); the device state then goes if it had
+        not gone yet."""
+        if self.opt.before_freeze:
+            self.hook("--before-freeze", self.opt.before_freeze)
+        try:
+            m.switch(self.ps.ctl)
+        except Fail as e:
+            if not self.watch_daemons():
+                raise
+            log(f"{m.name}: the freeze failed ({e}); the restarted page server froze it")
+            if not m.migrate_sent:
+                m.send_migrate()
+            m.t["frozen"] = time.time()
+
     def watch_daemons(self):
         """Restart a daemon of this run that died; True if one did."""
         dead = [d for d in (self.ps, self.ud) if d and d.p.poll() is not None]
@@ -716,7 +741,7 @@ class Run:
             self.wait_live(m)
             self.watch_daemons()
             m.stop_source()
-            m.switch(self.ps.ctl)
+            self.switch(m)
             m.resume_dst()
             self.live_stats(m)
         self.after_switch()
@@ -798,6 +823,9 @@ def parser():
     ap.add_argument("--before-stop", metavar="CMD",
                     help="shell command run once the destinations are armed and the live "
                          "phase runs, before any source stops (see Run.before_stop)")
+    ap.add_argument("--before-freeze", metavar="CMD",
+                    help="shell command run for each VM after its source stopped, before "
+                         "its freeze (see Run.switch)")
     ap.add_argument("--no-live", dest="live", action="store_false",
                     help="no live phase: the page server classifies after the stop")
     ap.add_argument("--live-rate", type=int, metavar="MiB",

@@ -5,6 +5,12 @@
 #       --after-switch "bash tests/qemu/hook_kill_daemon.sh DAEMON TLMCTL"
 #   migrate-postcopy.sh --mode tlm VM --live-rate 32 \
 #       --before-stop "bash tests/qemu/hook_kill_daemon.sh tlm-page-server@live TLMCTL"
+#   migrate-postcopy.sh --mode tlm VM \
+#       --before-freeze "bash tests/qemu/hook_kill_daemon.sh tlm-page-server@freeze TLMCTL"
+#
+# tlm-page-server@freeze (as --before-freeze): SIGKILLs the page server once the VM's
+# source is stopped and before its freeze, and proves it: the region is not frozen yet.
+# Prints "hook: killed tlm-page-server before the freeze (phase ...)".
 #
 # tlm-page-server@live (as --before-stop): SIGKILLs the page server while the VM's first
 # live pass is under way (the source still runs), and proves it: the region's live
@@ -57,6 +63,16 @@ kill9() {
 	no "pid $1 still alive $((i / 100)) s after SIGKILL"
 }
 
+if [ "$daemon" = tlm-page-server@freeze ]; then
+	out=$("$tlmctl" -s "$TLM_PAGE_SERVER_CTL" stats) || no "no stats from the page server"
+	phase=$(python3 -c 'import json, sys
+print([r for r in json.load(sys.stdin)["regions"] if r["id"] == sys.argv[1]][0]["state"])
+' "$TLM_MIGRATE_VMS" <<< "$out") || no "no region $TLM_MIGRATE_VMS in the page server's stats"
+	case $phase in configured|live) ;; *) no "the region is $phase already" ;; esac
+	kill9 "$TLM_PAGE_SERVER_PID"
+	echo "hook: killed tlm-page-server before the freeze (phase $phase)"
+	exit 0
+fi
 if [ "$daemon" = tlm-page-server@live ]; then
 	out=$("$tlmctl" -s "$TLM_PAGE_SERVER_CTL" stats) || no "no stats from the page server"
 	s=$(python3 -c 'import json, sys

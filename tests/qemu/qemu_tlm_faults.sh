@@ -2,7 +2,8 @@
 # Daemon crashes during a tlm migration of a real guest: tlm-page-server killed with
 # SIGKILL during the live phase, before the source stops (the restarted page server
 # starts the live phase again; skipped, and said, when the kernel has no userfaultfd
-# WP_ASYNC), then right after the switch-over (the destination already runs on its faults, pages
+# WP_ASYNC), then between the source's stop and its freeze (the restarted page server
+# classifies the stopped source), then right after the switch-over (the destination already runs on its faults, pages
 # are provably still missing), then tlm-uffd-server killed the same way. migrate-postcopy.sh restarts the daemon; the page
 # server re-attaches to the stopped source, the glue in the destination QEMU hands its
 # userfaultfd to the new tlm-uffd-server, and the migration finishes with the guest's
@@ -57,6 +58,25 @@ assert r["live_method"] not in (None, "none"), r' "$TLM_RUN_DIR/r.json" ||
 else
 	echo "(skipping the live-phase kill: $why)"
 fi
+
+gen=$(( $(vm info g --get gen) + 1 ))
+step "kill -9 tlm-page-server after the source stopped, before its freeze (generation $gen)"
+hook=$(printf 'bash %q %q %q' "$root/tests/qemu/hook_kill_daemon.sh" tlm-page-server@freeze \
+	"$tlmctl")
+rc=0
+"$root/scripts/migrate-postcopy.sh" --mode tlm g --before-freeze "$hook" \
+	> "$TLM_RUN_DIR/mig.log" 2>&1 || rc=$?
+cat "$TLM_RUN_DIR/mig.log"
+grep -q "^HOOK FAIL" "$TLM_RUN_DIR/mig.log" &&
+	fail "not killed before the freeze: $(grep "^HOOK FAIL" "$TLM_RUN_DIR/mig.log")"
+grep -q "^hook: killed tlm-page-server before the freeze" "$TLM_RUN_DIR/mig.log" ||
+	fail "tlm-page-server was never killed"
+[ "$rc" = 0 ] || fail "the migration did not survive a page server lost at the freeze (exit $rc)"
+grep -q "the freeze failed .* the restarted page server froze it" "$TLM_RUN_DIR/mig.log" ||
+	fail "the freeze was not redone by a restarted page server"
+after=$(vm cmd g sum)
+[ "$(sum_hash "$after")" = "$(sum_hash "$before")" ] || fail "checksum changed: $after"
+[ "$(sum_bad "$after")" = bad=0 ] || fail "bad pages: $after"
 
 for daemon in tlm-page-server tlm-uffd-server; do
 	gen=$(( $(vm info g --get gen) + 1 ))
