@@ -273,16 +273,24 @@ static bool reached(void *arg)
 	int state;
 
 	tlm_live_snapshot(u->l, &st, &state);
-	return state >= u->state && st.classified >= u->classified && st.rounds >= u->rounds;
+	return state == TLM_LIVE_STOPPED ||      /* the worker ended: nothing more comes */
+	       (state >= u->state && st.classified >= u->classified && st.rounds >= u->rounds);
 }
 
 static void wait_live(struct tlm_live *l, int state, uint64_t classified, uint64_t rounds)
 {
 	struct until u = { l, state, classified, rounds };
+	struct tlm_live_stats st;
+	int now;
 
 	if (!tt_wait(reached, &u, 60000))
 		fail_msg("live phase did not reach state %d / %llu pages / %llu rounds", state,
 			 (unsigned long long)classified, (unsigned long long)rounds);
+	tlm_live_snapshot(l, &st, &now);
+	if (now == TLM_LIVE_STOPPED)
+		fail_msg("the live worker ended (%llu pages, %llu rounds): %s",
+			 (unsigned long long)st.classified, (unsigned long long)st.rounds,
+			 l->errmsg);
 }
 
 /* Freeze the live region; its map must equal a classification from scratch. */
