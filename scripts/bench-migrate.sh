@@ -28,7 +28,9 @@
 #   --modes LIST     which migrations (default tlm,qemu,precopy; tlm gives the lower bound;
 #                    tlm-nolive = tlm with --no-live, the classification after the stop)
 #   --out DIR        results directory (default build/bench-results/<link>-<date>)
-#   --plots-dir DIR  also copy the plots there (docs/img: the ones the README shows)
+#   --plots-dir DIR  also copy the plots there (docs/img: the ones the README shows):
+#                    clones: bench-{bytes,memory,progress}.png + bench-results.md;
+#                    diverged: bench-downtime.png + bench-results-diverged.md
 #   --quick          --counts 1 --mem 160 --dirty-mib 4 (the CI smoke test)
 #
 # For every RAM size, N and mode: fresh VMs started in the source namespace (clones: with
@@ -237,9 +239,13 @@ echo
 echo "results: $out/results.csv, $out/results.md; plots: $out/*.png"
 if [ -n "$plots_dir" ]; then
 	mkdir -p "$plots_dir"
-	for p in bytes memory progress downtime; do
+	# clones: the bytes, memory and progress plots; diverged: downtime against RAM size
+	# (a clones run's downtime plot has one RAM size and would replace it)
+	plots="bytes memory progress" tag=
+	[ "$scenario" = clones ] || plots=downtime tag=-$scenario
+	for p in $plots; do
 		[ -e "$out/$p.png" ] && cp "$out/$p.png" "$plots_dir/bench-$p.png"
 	done
-	cp "$out/results.md" "$plots_dir/bench-results.md"
+	cp "$out/results.md" "$plots_dir/bench-results$tag.md"
 	echo "plots copied to $plots_dir"
 fi
