@@ -58,6 +58,7 @@ enum tlm_msg_type {
 	TLM_MSG_DONE = 13,
 	TLM_MSG_ERROR = 14,
 	TLM_MSG_PAGES = 15,     /* a run of DATA pages (version 2) */
+	TLM_MSG_CREDIT = 16,    /* bulk bytes the destination has handled (version 2) */
 	TLM_MSG__MAX
 };
 
@@ -116,6 +117,9 @@ struct tlm_msg {
 		struct { uint64_t page; uint64_t count; uint64_t tmpl_page; } ref;
 		struct { uint64_t pages_sent, pages_total; } progress;
 		struct { uint64_t data_pages, bytes; } done;
+		/* CREDIT (urgent, dst -> src): bytes of the current bulk session's stream
+		 * the destination has handled (frames decoded and acted on). */
+		struct { uint64_t bulk_bytes; } credit;
 		struct { uint32_t code; char msg[TLM_PROTO_ERRMSG_MAX + 1]; } error;
 	} u;
 };
@@ -203,6 +207,11 @@ int tlm_conn_next(struct tlm_conn *c, struct tlm_msg *m, char *err, size_t errle
 /* Queue one message. -ENOBUFS if it does not fit in the free output space (flush first). */
 int tlm_conn_queue(struct tlm_conn *c, const struct tlm_msg *m);
 size_t tlm_conn_space(const struct tlm_conn *c);  /* free output bytes */
+/* Bytes received and handled: every frame returned by tlm_conn_next, the last one too. */
+static inline uint64_t tlm_conn_handled(const struct tlm_conn *c)
+{
+	return c->bytes_in - (c->rlen - c->rconsumed);
+}
 size_t tlm_conn_pending(const struct tlm_conn *c);
 /* Write pending output. 0 = all written, -EAGAIN = some left (wait for EPOLLOUT), -errno. */
 int tlm_conn_flush(struct tlm_conn *c);

@@ -7,7 +7,7 @@
  *
  *   off size field
  *     0    4 payload_len   <= TLM_PROTO_MAX_PAYLOAD, and within the per-type bounds
- *     4    2 type          enum tlm_msg_type (1..15)
+ *     4    2 type          enum tlm_msg_type (1..16)
  *     6    2 flags         must be 0 (reserved for later versions)
  *
  * Page numbers: every page range [page, page + count) must end at or below
@@ -75,6 +75,7 @@ static const struct {
 	[TLM_MSG_ERROR]     = { "ERROR",      8,  8 + TLM_PROTO_ERRMSG_MAX },
 	[TLM_MSG_PAGES]     = { "PAGES",     16 + TLM_PAGES_PER,
 				16 + TLM_PAGES_PER * TLM_PROTO_MAX_PAGES },
+	[TLM_MSG_CREDIT]    = { "CREDIT",    16, 16 },
 };
 
 const char *tlm_msg_name(enum tlm_msg_type t)
@@ -332,6 +333,7 @@ static int msg_check(const struct tlm_msg *m, char *err, size_t errlen)
 		return check_error(m, err, errlen);
 	case TLM_MSG_AUTH:
 	case TLM_MSG_AUTH_OK:
+	case TLM_MSG_CREDIT:
 		return 0;
 	case TLM_MSG_VM_ACCEPT:
 	case TLM_MSG_PROGRESS:
@@ -557,6 +559,11 @@ static int dec_class_map(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
  * DONE (src -> dst, bulk), 16 bytes: every DATA page has been sent
  *   0  8 data_pages
  *   8  8 bytes     payload bytes sent on this session
+ *
+ * CREDIT (dst -> src, urgent, version 2), 16 bytes: sent before DEMANDs, so that the
+ * source knows how much of the bulk stream still lies ahead of a page it queued there
+ *   0  8 bulk_bytes  bytes of the current bulk session the destination has handled
+ *   8  8 reserved    0
  */
 static void enc_data(const struct tlm_msg *m, uint8_t *p)
 {
@@ -593,6 +600,9 @@ static void enc_data(const struct tlm_msg *m, uint8_t *p)
 	case TLM_MSG_DONE:
 		tlm_le64_put(p, m->u.done.data_pages);
 		tlm_le64_put(p + 8, m->u.done.bytes);
+		break;
+	case TLM_MSG_CREDIT:
+		tlm_le64_put(p, m->u.credit.bulk_bytes);
 		break;
 	default:
 		break;
@@ -641,6 +651,11 @@ static int dec_data(const uint8_t *p, uint32_t plen, struct tlm_msg *m, char *er
 	case TLM_MSG_DONE:
 		m->u.done.data_pages = tlm_le64_get(p);
 		m->u.done.bytes = tlm_le64_get(p + 8);
+		return 0;
+	case TLM_MSG_CREDIT:
+		if (!all_zero(p + 8, 8))
+			return BAD("CREDIT: reserved bytes not zero");
+		m->u.credit.bulk_bytes = tlm_le64_get(p);
 		return 0;
 	default:
 		return 0;

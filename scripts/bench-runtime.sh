@@ -213,7 +213,7 @@ echo "== run T: plain TCP streams of the same $payload bytes over loopback (medi
 tcp=$(tcp_baseline "$payload")
 [ -n "$tcp" ] || tlm_die "the TCP baseline failed"
 
-python3 - "$work" "$bytes" "$tcp" "$json_out" "${ps_opts[1]:-8M}" <<'PY'
+python3 - "$work" "$bytes" "$tcp" "$json_out" "${ps_opts[1]:-512k}" <<'PY'
 import json, sys
 work, size, tcp_mbs, json_out, ahead = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
     sys.argv[4], sys.argv[5]

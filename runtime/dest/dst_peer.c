@@ -458,11 +458,30 @@ static void flush_urgent(struct dst_peer *p)
 }
 
 /* Queue DEMANDs for the backlog, consecutive pages merged, as far as urgent has room. */
+/*
+ * Before demands: how much of the bulk stream we have handled, so that the source leaves
+ * a demand to a bulk copy only when little of the stream is really ahead of it (the
+ * bytes in our receive queue and buffer included, which its socket cannot see).
+ */
+static int queue_credit(struct dst_peer *p)
+{
+	struct tlm_msg m = { .type = TLM_MSG_CREDIT };
+
+	if (!p->bulk.up)
+		return 0;
+	m.u.credit.bulk_bytes = tlm_conn_handled(&p->bulk.c);
+	return tlm_conn_queue(&p->urg.c, &m);
+}
+
 static void flush_backlog(struct dst_peer *p)
 {
 	struct dst_region *r = p->r;
 	size_t i = 0;
 
+	if (p->nbacklog && p->urg.up && !p->lost && queue_credit(p) < 0) {
+		flush_urgent(p);         /* full: the demands wait for EPOLLOUT too */
+		return;
+	}
 	while (i < p->nbacklog && p->urg.up && !p->lost) {
 		struct tlm_msg m = { .type = TLM_MSG_DEMAND };
 		size_t j = i + 1;

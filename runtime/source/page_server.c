@@ -39,9 +39,10 @@ static const char usage[] =
 "                      command bulk-release (tests make a fault happen while pages are\n"
 "                      certainly still missing)\n"
 "  --bulk-ahead SIZE   a demand for a DATA page already queued on the background stream\n"
-"                      is left to that copy while at most SIZE bytes of the stream are\n"
-"                      ahead of it (k/M/G; default 8M, 0 = always answer on urgent):\n"
-"                      larger saves duplicate pages, smaller bounds the demand's wait\n"
+"                      is left to that copy while at most SIZE bytes of the stream lie\n"
+"                      between what the destination has handled (its CREDIT) and the\n"
+"                      copy (k/M/G; default 512k, 0 = always answer on urgent): larger\n"
+"                      saves duplicate pages, smaller bounds the demand's wait\n"
 "  --live-rate MiB     live phase: read at most MiB MiB/s of guest RAM (default 512,\n"
 "                      0 = no limit)\n"
 "  --help              this text\n"
@@ -124,7 +125,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	int c;
 
 	o->level = TLM_LOG_INFO;
-	o->c.bulk_ahead = 8u << 20;
+	o->c.bulk_ahead = 512u << 10;
 	o->c.live_rate = 512ull << 20;
 	o->c.regions = calloc((size_t)argc, sizeof(*o->c.regions));
 	if (!o->c.regions)

@@ -114,6 +114,8 @@ struct tlm_src_region {
 	char fail[200];              /* why FAILED */
 
 	struct tlm_ps_sess *urgent, *bulk;   /* at most one of each */
+	uint64_t bulk_credit;        /* bulk bytes the destination has handled (CREDIT) */
+	bool credit_ok;              /* bulk_credit is about the current bulk session */
 	struct tlm_src_region *next;
 };
 

@@ -19,8 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <linux/sockios.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -95,6 +93,7 @@ void tlm_ps_sess_close(struct tlm_ps_sess *s, const char *why)
 	}
 	if (r->bulk == s) {
 		r->bulk = NULL;
+		r->credit_ok = false;   /* a credit speaks of one bulk session */
 		if (r->phase == TLM_SRC_STREAMING)
 			r->phase = TLM_SRC_CLASSIFIED;
 	}
@@ -135,6 +134,7 @@ void tlm_ps_reap(struct tlm_ps *ps, bool all)
 		}
 		*pp = s->next;
 		free(s->ra_buf);
+		free(s->frames);
 		free(s);
 	}
 }
@@ -230,6 +230,11 @@ static int urgent_parse(struct tlm_ps_sess *s)
 			sess_fail(s, TLM_ERR_PROTOCOL, "malformed frame: %s", err);
 			return -1;
 		}
+		if (m.type == TLM_MSG_CREDIT) {
+			s->r->bulk_credit = m.u.credit.bulk_bytes;
+			s->r->credit_ok = s->r->bulk != NULL;
+			continue;
+		}
 		if (m.type != TLM_MSG_DEMAND) {
 			sess_unexpected(s, &m);
 			return -1;
@@ -277,25 +282,47 @@ static int reply_data(struct tlm_ps_sess *s, uint64_t page)
 	return rc;
 }
 
+/* Where in the bulk stream the frame holding page ends, 0 if it is not remembered. */
+static uint64_t bulk_frame_end(const struct tlm_ps_sess *b, uint64_t page)
+{
+	unsigned lo = 0, hi = b->nframes;   /* oldest .. newest, page order */
+
+	while (lo < hi) {
+		unsigned mid = lo + (hi - lo) / 2;
+		const struct tlm_bulk_frame *f =
+			&b->frames[(b->frame_head + mid) % PS_BULK_FRAMES];
+
+		if (page < f->page)
+			hi = mid;
+		else if (page >= f->page + f->count)
+			lo = mid + 1;
+		else
+			return f->end;
+	}
+	return 0;
+}
+
 /*
  * A guest reading just behind the background stream demands pages that are already on
- * their way on bulk; answering them again on urgent would send them twice. When the page
- * is already queued on bulk and a bounded amount of bulk data can be ahead of it
- * (unwritten output + the socket's send queue <= --bulk-ahead), the bulk copy is on its
- * way and the demand is left to it. The bound trades demand latency against bytes; the benchmarks
- * measure it. Only once per page: the destination asks again only if it could not use
- * the bulk copy (checksum error, lost connection), and that demand is answered.
+ * their way on bulk; answering them again on urgent would send them twice. The demand is
+ * left to the bulk copy only when the destination's last CREDIT (sent right before its
+ * demands: the bulk bytes it had handled) shows that at most --bulk-ahead bytes of the
+ * stream lie between where it is and the end of that copy's frame: what sits in our
+ * buffer, both sockets and its receive buffer all counts. No credit, a frame the
+ * destination has handled already (it asks because it could not use it) or one too far
+ * back to remember: answered on urgent. Only once per page: a second demand is answered.
  */
 static bool demand_rides_bulk(struct tlm_ps_sess *s, uint64_t page)
 {
 	struct tlm_src_region *r = s->r;
-	int outq = 0;
+	uint64_t end;
 
-	if (!r->bulk || r->bulk->dead || !tlm_cls_flag(&r->map, page, TLM_CLS_BULK) ||
+	if (!r->bulk || r->bulk->dead || !r->credit_ok ||
+	    !tlm_cls_flag(&r->map, page, TLM_CLS_BULK) ||
 	    tlm_cls_flag(&r->map, page, TLM_CLS_HELD))
 		return false;
-	if (ioctl(r->bulk->c.fd, SIOCOUTQ, &outq) < 0 ||
-	    tlm_conn_pending(&r->bulk->c) + (uint64_t)outq > s->ps->bulk_ahead_max)
+	end = bulk_frame_end(r->bulk, page);
+	if (end <= r->bulk_credit || end - r->bulk_credit > s->ps->bulk_ahead_max)
 		return false;
 	tlm_cls_set_flag(&r->map, page, TLM_CLS_HELD);
 	r->st.demand_on_bulk++;
@@ -382,6 +409,9 @@ static void urgent_work(struct tlm_ps_sess *s)
 static void bulk_start(struct tlm_ps_sess *s)
 {
 	/* A new bulk session sends everything again (reconnect: keep it simple). */
+	if (!s->frames)   /* no memory: demands are simply never left to bulk */
+		s->frames = malloc(PS_BULK_FRAMES * sizeof(*s->frames));
+	s->nframes = s->frame_head = 0;
 	s->bstate = BULK_MAP;
 	s->map_run = 0;
 	s->cursor = 0;
@@ -491,6 +521,21 @@ static uint32_t bulk_run(const struct tlm_ps_sess *s, unsigned max)
 	return n;
 }
 
+/* The frame just queued (pages [page, page + n)) ends at this stream offset. */
+static void bulk_remember(struct tlm_ps_sess *s, uint64_t page, uint32_t n)
+{
+	struct tlm_bulk_frame *f;
+
+	if (!s->frames)
+		return;
+	if (s->nframes == PS_BULK_FRAMES) {           /* forget the oldest */
+		s->frame_head = (s->frame_head + 1) % PS_BULK_FRAMES;
+		s->nframes--;
+	}
+	f = &s->frames[(s->frame_head + s->nframes++) % PS_BULK_FRAMES];
+	*f = (struct tlm_bulk_frame){ page, n, s->c.bytes_out + tlm_conn_pending(&s->c) };
+}
+
 /* One PAGES frame of n read-ahead pages from ra_i. 0, or -ENOBUFS (no room yet). */
 static int bulk_queue_run(struct tlm_ps_sess *s, uint32_t n)
 {
@@ -509,6 +554,7 @@ static int bulk_queue_run(struct tlm_ps_sess *s, uint32_t n)
 	rc = tlm_conn_queue(&s->c, &m);
 	if (rc < 0)
 		return rc;
+	bulk_remember(s, m.u.pages.page, n);
 	for (uint32_t i = 0; i < n; i++)
 		tlm_cls_set_flag(&r->map, m.u.pages.page + i, TLM_CLS_BULK);
 	r->st.data_sent_bulk += n;

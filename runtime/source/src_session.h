@@ -54,6 +54,14 @@ struct tlm_demand {
 };
 
 #define PS_DEMAND_QUEUE 1024u   /* queued DEMANDs before we stop reading the socket */
+#define PS_BULK_FRAMES  8192u   /* bulk DATA frames remembered for demand_rides_bulk */
+
+/* Where a DATA frame queued on bulk ends in the session's stream (bytes). */
+struct tlm_bulk_frame {
+	uint64_t page;
+	uint32_t count;
+	uint64_t end;
+};
 
 struct tlm_ps_sess {
 	struct tlm_evsrc src;          /* the connection in the loop (src.events: interest) */
@@ -80,6 +88,9 @@ struct tlm_ps_sess {
 	const uint8_t *ra_ptr[TLM_SRC_READ_MAX];
 	unsigned ra_n, ra_i;
 	uint8_t *ra_buf;               /* TLM_SRC_READ_MAX pages, pid sources */
+	struct tlm_bulk_frame *frames; /* ring of the last PS_BULK_FRAMES DATA frames, in
+	                                * page order (the cursor only moves forward) */
+	unsigned nframes, frame_head;
 
 	struct tlm_ps_sess *next;
 };

@@ -82,6 +82,9 @@ void sample_msg(enum tlm_msg_type t, struct tlm_msg *m)
 		m->u.pages.sums = sample_sums;
 		m->u.pages.data = sample_pages;
 		break;
+	case TLM_MSG_CREDIT:
+		m->u.credit.bulk_bytes = 3u << 20;
+		break;
 	case TLM_MSG_ZERO:
 		m->u.zero.page = 10;
 		m->u.zero.count = 20;

@@ -167,6 +167,7 @@ static const struct bad_case bad_cases[] = {
 	{ "ref count overflow", TLM_MSG_REF, P + 8, 8, UINT64_MAX, 0, "REF: bad range" },
 	{ "ref tmpl overflow", TLM_MSG_REF, P + 16, 8, (1ull << 52) - 1, 0, "REF: bad range" },
 	{ "page out of range", TLM_MSG_PAGE, P, 8, 1ull << 52, 0, "PAGE: page" },
+	{ "credit reserved", TLM_MSG_CREDIT, P + 9, 1, 1, 0, "CREDIT: reserved bytes" },
 	{ "pages count", TLM_MSG_PAGES, P + 8, 4, 2, 0, "PAGES: count 2 does not match" },
 	{ "pages count 0", TLM_MSG_PAGES, P + 8, 4, 0, 0, "PAGES: count 0 does not match" },
 	{ "pages reserved", TLM_MSG_PAGES, P + 12, 4, 1, 0, "PAGES: reserved bytes" },

@@ -766,6 +766,75 @@ static void test_bulk_hold(void **state)
 	tlm_conn_fini(&bulk);
 }
 
+/* Read bulk frames up to and including the next PAGES frame: its first page. */
+static uint64_t next_pages_frame(struct tlm_conn *bulk, uint32_t *count)
+{
+	struct tlm_msg m;
+
+	do
+		assert_int_equal(next_msg(bulk, &m, IO_MS), 1);
+	while (m.type != TLM_MSG_PAGES);
+	*count = m.u.pages.count;
+	return m.u.pages.page;
+}
+
+/* The next urgent reply must be about page (a DATA reply: PAGE or PAGES from it). */
+static void expect_reply_for(struct tlm_conn *urg, uint64_t page)
+{
+	struct tlm_msg m;
+	uint64_t got;
+
+	assert_int_equal(next_msg(urg, &m, IO_MS), 1);
+	assert_true(m.type == TLM_MSG_PAGE || m.type == TLM_MSG_PAGES);
+	got = m.type == TLM_MSG_PAGE ? m.u.page.page : m.u.pages.page;
+	if (got != page)
+		fail_msg("urgent reply for page %llu, expected %llu", (unsigned long long)got,
+			 (unsigned long long)page);
+}
+
+static void credit(struct tlm_conn *urg, uint64_t bytes)
+{
+	struct tlm_msg m = { .type = TLM_MSG_CREDIT, .u.credit.bulk_bytes = bytes };
+
+	send_msg(urg, &m);
+}
+
+/*
+ * A demand for a page already queued on bulk is left to that copy only when the
+ * destination's CREDIT shows the copy is close: without a credit, and for a frame the
+ * destination says it has handled, it is answered on urgent; for a frame just ahead of
+ * the credit it rides bulk (the reply to a later demand comes first, none for it).
+ */
+static void test_demand_rides_bulk(void **state)
+{
+	struct tlm_conn urg, bulk;
+	uint64_t p1, p2, p3, last = A_PAGES - 1, before;
+	uint32_t n;
+	char cmd[400];
+
+	snprintf(cmd, sizeof(cmd), "add-region ride,file=%s", E.ram_a);
+	expect_ctl(cmd, "ok added ride");
+	open_conn(&urg, "ride", TLM_CHAN_URGENT, A_PAGES, NULL);
+	open_conn(&bulk, "ride", TLM_CHAN_BULK, A_PAGES, NULL);
+	expect_ctl("freeze ride", "ok frozen");
+	p1 = next_pages_frame(&bulk, &n);
+	demand(&urg, p1, 1);                          /* no credit yet: urgent */
+	expect_reply_for(&urg, p1);
+	p2 = next_pages_frame(&bulk, &n);
+	credit(&urg, tlm_conn_handled(&bulk));        /* we have handled p2's frame */
+	demand(&urg, p2, 1);
+	expect_reply_for(&urg, p2);
+	before = tlm_conn_handled(&bulk);
+	p3 = next_pages_frame(&bulk, &n);             /* its frame is in flight ... */
+	credit(&urg, before);                         /* ... as far as the server knows */
+	demand(&urg, p3, 1);
+	demand(&urg, last, 1);                        /* far ahead: not queued on bulk */
+	expect_reply_for(&urg, last);                 /* so p3 was left to bulk */
+	expect_ctl("stats ride", "\"demand_on_bulk\":1,");
+	tlm_conn_fini(&urg);
+	tlm_conn_fini(&bulk);
+}
+
 /* This process as a pid source: the template mapped MAP_PRIVATE with pages changed. */
 static void test_pid_source(void **state)
 {
@@ -966,6 +1035,7 @@ int main(void)
 		cmocka_unit_test(test_freeze_stream),
 		cmocka_unit_test(test_template_less),
 		cmocka_unit_test(test_bulk_hold),
+		cmocka_unit_test(test_demand_rides_bulk),
 		cmocka_unit_test(test_pid_source),
 		cmocka_unit_test(test_source_gone),
 		cmocka_unit_test(test_bulk_reconnect),
