@@ -415,8 +415,10 @@ class Mig:
     def resume_dst(self):
         """Until the destination runs: MIGRATION completed on both sides, then its RESUME
         event (`cont` if it did not start by itself)."""
-        self.migration_event("src", ("completed",), 60)
-        self.migration_event("dst", ("completed",), 30)
+        ev = self.migration_event("src", ("completed",), 60)
+        self.ev["src_completed"] = event_time(ev) or time.time()
+        ev = self.migration_event("dst", ("completed",), 30)
+        self.ev["dst_completed"] = event_time(ev) or time.time()
         self.mig = self.qmp("src", "query-migrate")
         if self.qmp("dst", "query-status")["status"] != "running":
             self.qmp("dst", "cont")
@@ -770,6 +772,16 @@ class Run:
 
 # ---- report and command line ------------------------------------------------------------
 
+def switch_timeline(m):
+    """Where the downtime went: ms after the source's STOP event at which the freeze
+    reply came, QEMU's stream completed at the source and at the destination, and the
+    destination resumed (host clock; events carry QEMU's timestamps)."""
+    t0 = m.ev["stop"]
+    at = {"frozen": m.t.get("frozen"), "src_completed": m.ev.get("src_completed"),
+          "dst_completed": m.ev.get("dst_completed"), "resume": m.ev.get("resume")}
+    return {k: round((v - t0) * 1000, 1) for k, v in at.items() if v}
+
+
 def tlm_row(m):
     s, lat = m.stats, m.stats["latency_demand"]
     cls = s["classes"]
@@ -778,6 +790,7 @@ def tlm_row(m):
             "downtime_ms": round((m.ev["resume"] - m.ev["stop"]) * 1000, 1),
             "downtime_qemu_ms": m.mig.get("downtime"),
             "freeze_ms": round((m.t["frozen"] - m.t["freeze"]) * 1000, 1),
+            "switch_ms": switch_timeline(m),
             "live_method": lv.get("method", "none"),
             "live_why": lv.get("why") or m.live_said,
             "live_wait_s": m.t.get("live_wait_s"),
