@@ -26,7 +26,8 @@
 #      (DATA faults under load: vm1 reads last page first, vm2 first page first, just behind
 #      the stream); wire bytes and Pss (template frames shared) from this run.
 #   C  the background stream alone (the destination reads once complete): its throughput.
-#   T  plain TCP streams of the same bytes over loopback (tlm-bench-runtime): the baseline.
+#   T  plain TCP streams of the same bytes over loopback (tlm-bench-runtime): the baseline;
+#      also received into fresh memory (--fresh), as the destination must place its pages.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -191,11 +192,12 @@ migrate() {
 	pids=("${pids[@]:0:$first}")
 }
 
-# Median of 3 plain TCP streams of BYTES over loopback (MB/s).
+# Median of 3 plain TCP streams of BYTES over loopback (MB/s); with --fresh, received into
+# newly mapped memory (a destination places pages into memory nothing has touched).
 tcp_baseline() {
 	local i
 	for i in 1 2 3; do
-		"$bin/tlm-bench-runtime" tcp --bytes "$1" | sed -n 's/^tcp_mb_per_s=\([0-9.]*\).*/\1/p'
+		"$bin/tlm-bench-runtime" tcp --bytes "$@" | sed -n 's/^tcp_mb_per_s=\([0-9.]*\).*/\1/p'
 	done | sort -n | sed -n 2p
 }
 
@@ -209,14 +211,17 @@ echo "== run C: background stream alone (the destination reads once complete)"
 migrate C 1 after "${ps_opts[@]}"
 payload=$(python3 -c 'import json,sys
 print(json.load(open(sys.argv[1]))["regions"][0]["data_sent_bulk"] * 4096)' "$work/C.src.json")
-echo "== run T: plain TCP streams of the same $payload bytes over loopback (median of 3)"
+echo "== run T: plain TCP streams of the same $payload bytes over loopback (median of 3),"
+echo "   into a reused buffer and into fresh memory"
 tcp=$(tcp_baseline "$payload")
-[ -n "$tcp" ] || tlm_die "the TCP baseline failed"
+tcp_fresh=$(tcp_baseline "$payload" --fresh)
+[ -n "$tcp" ] && [ -n "$tcp_fresh" ] || tlm_die "the TCP baseline failed"
 
-python3 - "$work" "$bytes" "$tcp" "$json_out" "${ps_opts[1]:-512k}" <<'PY'
+python3 - "$work" "$bytes" "$tcp" "$json_out" "${ps_opts[1]:-512k}" "$tcp_fresh" <<'PY'
 import json, sys
 work, size, tcp_mbs, json_out, ahead = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
     sys.argv[4], sys.argv[5]
+tcp_fresh = float(sys.argv[6])
 load = lambda n: json.load(open(f"{work}/{n}.json"))["regions"]
 a_dst, b_dst, b_src = load("A.dst")[0], load("B.dst"), load("B.src")
 c_src, c_dst = load("C.src")[0], load("C.dst")[0]
@@ -265,6 +270,8 @@ fig = {
     "pss_processes": pss,
 }
 fig["bulk_over_tcp"] = fig["bulk_mb_per_s"] / tcp_mbs
+fig["tcp_fresh_mb_per_s"] = tcp_fresh
+fig["bulk_over_tcp_fresh"] = fig["bulk_mb_per_s"] / tcp_fresh
 f = fig
 rows = [
     ("TEMPLATE fault p50 / p99, us", f"{f['template_fault_p50_us']:.1f} / "
@@ -283,6 +290,8 @@ rows = [
      f"{f['demands_left_to_bulk']} (--bulk-ahead {ahead})", "-"),
     ("background DATA stream vs plain TCP, MB/s", f"{f['bulk_mb_per_s']:.0f} vs {tcp_mbs:.0f} = "
      f"{f['bulk_over_tcp']:.2f}x", ">= 0.8x"),
+    ("  vs TCP into fresh memory (what placing costs here)", f"{f['bulk_mb_per_s']:.0f} vs "
+     f"{tcp_fresh:.0f} = {f['bulk_over_tcp_fresh']:.2f}x", "-"),
     ("  whole stream incl. class map, MB/s", f"{f['stream_with_map_mb_per_s']:.0f} "
      f"(DATA part {f['data_stream_ms']:.0f} ms)", "-"),
     ("bytes on the wire / DATA payload, MB", f"{wire / 1e6:.1f} / {data_payload / 1e6:.1f} = "

@@ -1,12 +1,15 @@
 /*
  * tlm-bench-runtime — baselines for scripts/bench-runtime.sh (a benchmark, not a test).
  *
- *   tlm-bench-runtime tcp --bytes N [--chunk SIZE]
+ *   tlm-bench-runtime tcp --bytes N [--chunk SIZE] [--fresh]
  *       a plain TCP stream of N bytes over loopback: a forked receiver reads and drops,
  *       the sender writes SIZE bytes per write (default 1M); prints
  *       "tcp_mb_per_s=X bytes=N seconds=S" (first write to the receiver's end of stream).
  *       The yardstick for the page server's background stream, which carries pages over the
- *       same kind of connection in the same run.
+ *       same kind of connection in the same run. --fresh: the receiver reads into N bytes
+ *       of newly mapped memory instead of one reused buffer, as a destination must place
+ *       pages into memory that nothing has touched yet (on some machines, virtual ones in
+ *       particular, backing fresh memory costs more than moving the bytes).
  */
 #include "util.h"
 
@@ -15,9 +18,11 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,23 +30,34 @@
 #define RECV_BUF (256u << 10)
 
 static const char usage[] =
-	"usage: tlm-bench-runtime tcp --bytes N [--chunk SIZE]\n"
-	"  a plain TCP stream of N bytes over loopback (k/M/G suffixes); prints tcp_mb_per_s=X\n";
+	"usage: tlm-bench-runtime tcp --bytes N [--chunk SIZE] [--fresh]\n"
+	"  a plain TCP stream of N bytes over loopback (k/M/G suffixes); prints tcp_mb_per_s=X\n"
+	"  --fresh: received into N bytes of newly mapped memory, not one reused buffer\n";
 
-/* Receiver: read until end of stream. Exit status 0 if exactly want bytes came. */
-static int tcp_sink(int lfd, uint64_t want)
+/* Receiver: read until end of stream, into one reused buffer or (fresh) into want bytes
+ * of new memory. Exit status 0 if exactly want bytes came. */
+static int tcp_sink(int lfd, uint64_t want, bool fresh)
 {
 	static char buf[RECV_BUF];
+	char *mem = fresh ? mmap(NULL, want, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) : buf;
 	uint64_t got = 0;
 	ssize_t n;
 	int fd = accept(lfd, NULL, NULL);
 
-	if (fd < 0)
+	if (fd < 0 || mem == MAP_FAILED)
 		return 1;
-	while ((n = read(fd, buf, sizeof(buf))) != 0) {
+	for (;;) {
+		char *at = fresh ? mem + got : buf;
+		size_t room = fresh ? (size_t)(want - got < RECV_BUF ? want - got : RECV_BUF) :
+				      sizeof(buf);
+
+		n = read(fd, at, room ? room : 1);
+		if (n == 0)
+			break;
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0)
+		if (n < 0 || (fresh && !room))
 			return 1;
 		got += (uint64_t)n;
 	}
@@ -87,7 +103,7 @@ static int listen_loopback(struct sockaddr_in *a)
 	return fd;
 }
 
-static int tcp_stream(uint64_t bytes, size_t chunk)
+static int tcp_stream(uint64_t bytes, size_t chunk, bool fresh)
 {
 	struct sockaddr_in a;
 	int lfd = listen_loopback(&a), fd, st, rc;
@@ -100,7 +116,7 @@ static int tcp_stream(uint64_t bytes, size_t chunk)
 		return 1;
 	}
 	if (pid == 0)
-		_exit(tcp_sink(lfd, bytes));
+		_exit(tcp_sink(lfd, bytes, fresh));
 	close(lfd);
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
@@ -126,15 +142,21 @@ int main(int argc, char **argv)
 {
 	static const struct option lo[] = {
 		{ "bytes", required_argument, NULL, 'b' }, { "chunk", required_argument, NULL, 'c' },
-		{ "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+		{ "help", no_argument, NULL, 'h' }, { "fresh", no_argument, NULL, 'f' },
+		{ NULL, 0, NULL, 0 },
 	};
 	uint64_t bytes = 0, chunk = 1u << 20;
+	bool fresh = false;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(usage, stdout);
 			return 0;
+		}
+		if (c == 'f') {
+			fresh = true;
+			continue;
 		}
 		if (c == 'b' && tlm_parse_size(optarg, &bytes) == 0 && bytes)
 			continue;
@@ -152,5 +174,5 @@ int main(int argc, char **argv)
 		fprintf(stderr, "tlm-bench-runtime: want: tcp --bytes N (try --help)\n");
 		return 2;
 	}
-	return tcp_stream(bytes, (size_t)chunk);
+	return tcp_stream(bytes, (size_t)chunk, fresh);
 }
