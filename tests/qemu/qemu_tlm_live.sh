@@ -2,10 +2,11 @@
 # The live switch-over on a real guest: a plain VM started with `vm start --track` (the
 # glue registers its RAM for dirty tracking) whose workload keeps rewriting pages during
 # the migration migrates with --mode tlm. The page server classifies it while it runs
-# (live method pagemap-scan: PAGEMAP_SCAN over the glue's WP_ASYNC registration), the freeze
-# reclassifies the pages written since (final_dirty > 0), and the guest checks pass at
-# the destination (same checksum, TICKs, rewrites go on). The same VM then migrates with
-# --no-live (classification after the stop) and the reports have the same columns.
+# (live method pagemap-scan: PAGEMAP_SCAN over the glue's WP_ASYNC registration), the
+# pages it writes are reclassified (redone in the rounds + final_dirty at the freeze > 0),
+# and the guest checks pass at the destination (same checksum, TICKs, rewrites go on).
+# The same VM then migrates with --no-live (classification after the stop) and the
+# reports have the same columns.
 # Skips (exit 77) when the kernel has no userfaultfd WP_ASYNC (Linux 6.7+).
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -36,7 +37,10 @@ r = json.load(open(sys.argv[1]))["vms"][0]
 print({k: r[k] for k in ("downtime_ms", "downtime_qemu_ms", "freeze_ms", "live_method",
                          "final_dirty", "final_ms", "redone", "live_wait_s")})
 assert r["live_method"] == "pagemap-scan", r
-assert r["final_dirty"] > 0, r          # the guest wrote during the live phase: redone at freeze
+# The guest's writes through QEMU (TCG) were caught: pages reclassified in the live rounds
+# or at the freeze. Which of the two is timing (a starved guest may write nothing in the
+# last 50 ms before the stop), so only their sum is asserted.
+assert r["redone"] + r["final_dirty"] > 0, r
 assert r["downtime_ms"] > 0 and r["freeze_ms"] is not None, r
 assert r["checksum"].endswith(" ok"), r
 PY
