@@ -93,3 +93,13 @@ PY
 sum_hash() { echo "$1" | cut -d' ' -f2; }
 sum_rewrites() { echo "$1" | cut -d' ' -f4; }
 sum_bad() { echo "$1" | cut -d' ' -f5; }
+
+# VM's memory after a migration is the one BEFORE (a SUM reply): `vm sum-check`, the one
+# comparison of the project (same hash and pages, no bad page, rewrites went on).
+same_memory() {
+	local after
+
+	after=$(vm cmd "$1" sum) || fail "$1: no checksum from the guest"
+	echo "after: $after"
+	vm sum-check "$2" "$after" || fail "$1: memory differs after the migration"
+}
