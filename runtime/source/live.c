@@ -96,13 +96,23 @@ static void pace_reset(struct tlm_live *l)
 
 /* ---- the stale set ----------------------------------------------------------------------- */
 
+static void stale_set(struct tlm_live *l, uint64_t p)
+{
+	l->stale[p / BITS] |= 1ull << (p % BITS);
+}
+
+static bool stale_test(const struct tlm_live *l, uint64_t p)
+{
+	return l->stale[p / BITS] & (1ull << (p % BITS));
+}
+
 static int mark_stale(void *arg, uint64_t first, uint64_t n)
 {
 	struct tlm_live *l = arg;
 	uint64_t *count = &l->st.dirty_last;
 
 	for (uint64_t p = first; p < first + n && p < l->r->page_count; p++)
-		l->stale[p / BITS] |= 1ull << (p % BITS);
+		stale_set(l, p);
 	st_add(count, n);
 	return 0;
 }
@@ -116,10 +126,10 @@ static unsigned take_stale(struct tlm_live *l, uint64_t *from, uint64_t *first, 
 
 	while (p < n && !l->stale[p / BITS]) /* skip empty words */
 		p = (p / BITS + 1) * BITS;
-	while (p < n && !(l->stale[p / BITS] & (1ull << (p % BITS))))
+	while (p < n && !stale_test(l, p))
 		p++;
 	*first = p;
-	while (p < n && len < max && (l->stale[p / BITS] & (1ull << (p % BITS)))) {
+	while (p < n && len < max && stale_test(l, p)) {
 		l->stale[p / BITS] &= ~(1ull << (p % BITS));
 		p++;
 		len++;
@@ -154,12 +164,12 @@ static int redo_stale(struct tlm_live *l, bool check_stop, uint64_t *done, char 
 	unsigned n;
 	int rc = 0;
 
-	while (rc == 0 && (n = take_stale(l, &from, &first, TLM_SRC_SCAN_BATCH)) > 0) {
-		if (check_stop && stopping(l)) {
-			for (unsigned i = 0; i < n; i++)   /* not read: still stale */
-				l->stale[(first + i) / BITS] |= 1ull << ((first + i) % BITS);
-			return -ECANCELED;
-		}
+	while (rc == 0) {
+		if (check_stop && stopping(l))
+			return -ECANCELED;       /* what was not taken stays stale */
+		n = take_stale(l, &from, &first, TLM_SRC_SCAN_BATCH);
+		if (n == 0)
+			break;
 		rc = classify_range(l, first, n, err, errlen);
 		*done += n;
 		if (check_stop)
@@ -419,7 +429,7 @@ static int live_final(struct tlm_src_region *r, struct tlm_live *l, char *err, s
 	}
 	st_set(&l->st.final_dirty, ld(&l->st.dirty_last));
 	for (uint64_t p = l->next; p < r->page_count; p++)   /* not reached by the pass */
-		l->stale[p / BITS] |= 1ull << (p % BITS);
+		stale_set(l, p);
 	l->next = r->page_count;
 	rc = redo_stale(l, false, &redone, err, errlen);
 	if (rc == 0)
