@@ -217,7 +217,7 @@ tcp=$(tcp_baseline "$payload")
 tcp_fresh=$(tcp_baseline "$payload" --fresh)
 [ -n "$tcp" ] && [ -n "$tcp_fresh" ] || tlm_die "the TCP baseline failed"
 
-python3 - "$work" "$bytes" "$tcp" "$json_out" "${ps_opts[1]:-512k}" "$tcp_fresh" <<'PY'
+python3 - "$work" "$bytes" "$tcp" "$json_out" "${ps_opts[1]:-8M}" "$tcp_fresh" <<'PY'
 import json, sys
 work, size, tcp_mbs, json_out, ahead = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
     sys.argv[4], sys.argv[5]

@@ -41,7 +41,7 @@ static const char usage[] =
 "  --bulk-ahead SIZE   a demand for a DATA page already queued on the background stream\n"
 "                      is left to that copy while at most SIZE bytes of the stream lie\n"
 "                      between what the destination has handled (its CREDIT) and the\n"
-"                      copy (k/M/G; default 512k, 0 = always answer on urgent): larger\n"
+"                      copy (k/M/G; default 8M, 0 = always answer on urgent): larger\n"
 "                      saves duplicate pages, smaller bounds the demand's wait\n"
 "  --live-rate MiB     live phase: read at most MiB MiB/s of guest RAM (default 512,\n"
 "                      0 = no limit)\n"
@@ -125,7 +125,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	int c;
 
 	o->level = TLM_LOG_INFO;
-	o->c.bulk_ahead = 512u << 10;
+	o->c.bulk_ahead = 8u << 20;
 	o->c.live_rate = 512ull << 20;
 	o->c.regions = calloc((size_t)argc, sizeof(*o->c.regions));
 	if (!o->c.regions)

@@ -4,7 +4,7 @@
  *
  *     struct tlm_ps ps = TLM_PS_INIT;
  *     struct tlm_ps_config c = { .listen = "0.0.0.0:7000", .key = "k", .ctl = "ctl.sock",
- *                                .bulk_ahead = 512 << 10 };
+ *                                .bulk_ahead = 8 << 20 };
  *     if (tlm_ps_start(&ps, &c) == 0) { tlm_ps_announce(&ps); rc = tlm_ps_run(&ps); }
  *     tlm_ps_cleanup(&ps);
  */
