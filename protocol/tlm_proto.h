@@ -18,6 +18,11 @@
  *   src -> dst  VM_ACCEPT  page count   (or ERROR: unknown VM, size/digest mismatch)
  * then on bulk:   src -> dst CLASS_MAP* (whole map, once the source is frozen),
  *                            PAGE* / PROGRESS*, DONE
+ *   or, when the bulk session was open during the source's live phase (version 3):
+ *                 src -> dst CLASS_MAP(live)* (provisional map of the running guest),
+ *                            PAGES* (pre-sent DATA: kept, never placed before the fix),
+ *                            CLASS_MAP(fix)* (once frozen: KEEP runs or corrections),
+ *                            PAGES* / PROGRESS*, DONE
  * and on urgent:  dst -> src DEMAND;  src -> dst PAGE (DATA) or ZERO/REF (other classes)
  */
 #ifndef TLM_PROTO_H
@@ -28,7 +33,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-#define TLM_PROTO_VERSION      2u   /* 2: PAGES frames */
+#define TLM_PROTO_VERSION      3u   /* 2: PAGES frames; 3: live and fix class maps */
 #define TLM_PROTO_MAGIC        0x314d4c54u   /* "TLM1" little-endian */
 #define TLM_PROTO_HDR_SIZE     8u
 #define TLM_PROTO_MAX_PAYLOAD  (1u << 20)
@@ -71,6 +76,16 @@ enum tlm_page_class {
 	TLM_CLASS_REF = 3,      /* equals template page `arg` (+i for the i-th page of a run) */
 	TLM_CLASS_DATA = 4,     /* content travels in PAGE messages */
 };
+/* Only in a CLASS_MAP of kind FIX: the page's class (and any content pre-sent for it in
+ * this bulk session) is what the live map said. */
+#define TLM_CLASS_KEEP 0
+
+/* CLASS_MAP kinds (version 3). WHOLE: the map of the frozen guest. LIVE: a provisional
+ * map of the running guest; the receiver keeps it and places nothing from it. FIX: once
+ * frozen, the map again over the same pages, each run either KEEP (the live map and the
+ * content pre-sent for those pages stand) or the final class (replaces the live class and
+ * invalidates content pre-sent for those pages). */
+enum tlm_map_kind { TLM_MAP_WHOLE = 0, TLM_MAP_LIVE = 1, TLM_MAP_FIX = 2 };
 
 /* Error codes carried by ERROR (also used as exit reasons). */
 enum tlm_err_code {
@@ -101,9 +116,10 @@ struct tlm_msg {
 			 char vm_id[TLM_PROTO_VMID_MAX + 1]; } vm_open;
 		struct { uint64_t page_count; } vm_accept;
 		/* CLASS_MAP: runs cover pages [first_page, first_page + sum(len)).
-		 * `final` is set on the last CLASS_MAP frame of the map. Decoding points
-		 * `runs` at a caller-provided array (see tlm_conn / tlm_proto_decode). */
-		struct { uint64_t first_page; uint32_t nruns; bool final;
+		 * `final` is set on the last CLASS_MAP frame of the map; kind is an enum
+		 * tlm_map_kind. Decoding points `runs` at a caller-provided array (see
+		 * tlm_conn / tlm_proto_decode). */
+		struct { uint64_t first_page; uint32_t nruns; bool final; uint8_t kind;
 			 struct tlm_run *runs; } class_map;
 		struct { uint64_t page; uint32_t count; } demand;
 		/* PAGE: data points into the receive buffer (valid until the next read). */

@@ -87,6 +87,8 @@ const char *tlm_msg_name(enum tlm_msg_type t)
 
 const char *tlm_class_name(enum tlm_page_class c)
 {
+	if ((int)c == TLM_CLASS_KEEP)
+		return "keep";
 	switch (c) {
 	case TLM_CLASS_TEMPLATE: return "template";
 	case TLM_CLASS_ZERO:     return "zero";
@@ -194,9 +196,12 @@ static int check_vm_open(const struct tlm_msg *m, char *err, size_t errlen)
 	return 0;
 }
 
-static int check_run(const struct tlm_run *r, uint32_t i, char *err, size_t errlen)
+static int check_run(const struct tlm_run *r, uint32_t i, uint8_t kind, char *err,
+		     size_t errlen)
 {
-	if (r->cls < TLM_CLASS_TEMPLATE || r->cls > TLM_CLASS_DATA)
+	uint8_t lo = kind == TLM_MAP_FIX ? TLM_CLASS_KEEP : TLM_CLASS_TEMPLATE;
+
+	if (r->cls < lo || r->cls > TLM_CLASS_DATA)
 		return BAD("CLASS_MAP: run %u has class %u", i, r->cls);
 	if (r->len < 1)
 		return BAD("CLASS_MAP: run %u has length 0", i);
@@ -220,11 +225,13 @@ static int check_class_map(const struct tlm_msg *m, char *err, size_t errlen)
 		return BAD("CLASS_MAP: no runs in a non-final frame");
 	if (n && !m->u.class_map.runs)
 		return BAD("CLASS_MAP: no run storage");
+	if (m->u.class_map.kind > TLM_MAP_FIX)
+		return BAD("CLASS_MAP: unknown kind %u", m->u.class_map.kind);
 	if (end > TLM_WIRE_PAGE_LIMIT)
 		return BAD("CLASS_MAP: first page %llu out of range", (unsigned long long)end);
 	for (uint32_t i = 0; i < n; i++) {
 		const struct tlm_run *r = &m->u.class_map.runs[i];
-		int ret = check_run(r, i, err, errlen);
+		int ret = check_run(r, i, m->u.class_map.kind, err, errlen);
 
 		if (ret)
 			return ret;
@@ -469,9 +476,10 @@ static int dec_session(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
  * CLASS_MAP (src -> dst, bulk), 16 + 16 * nruns bytes, nruns <= TLM_PROTO_MAX_RUNS (65535)
  *   0  8 first_page  first page covered by this frame
  *   8  4 nruns       must equal (payload_len - 16) / 16; >= 1 unless final
- *  12  4 flags       bit 0 = final (last frame of the map); other bits 0
+ *  12  4 flags       bit 0 = final (last frame of the map); bit 1 = live map, bit 2 =
+ *                    fix map (version 3; not both: neither = whole map); other bits 0
  *  16 16*nruns runs, each:
- *      0 1 class     enum tlm_page_class (1..4)
+ *      0 1 class     enum tlm_page_class (1..4); a fix map also 0 = TLM_CLASS_KEEP
  *      1 3 reserved  0
  *      4 4 len       pages, >= 1
  *      8 8 arg       REF: first template page; 0 for the other classes
@@ -479,12 +487,20 @@ static int dec_session(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
  *  of the last run and every REF template range stay within 2^52 pages.
  */
 #define TLM_MAP_FINAL 0x1u
+#define TLM_MAP_F_LIVE 0x2u
+#define TLM_MAP_F_FIX 0x4u
 
 static void enc_class_map(const struct tlm_msg *m, uint8_t *p)
 {
+	uint32_t flags = m->u.class_map.final ? TLM_MAP_FINAL : 0;
+
+	if (m->u.class_map.kind == TLM_MAP_LIVE)
+		flags |= TLM_MAP_F_LIVE;
+	else if (m->u.class_map.kind == TLM_MAP_FIX)
+		flags |= TLM_MAP_F_FIX;
 	tlm_le64_put(p, m->u.class_map.first_page);
 	tlm_le32_put(p + 8, m->u.class_map.nruns);
-	tlm_le32_put(p + 12, m->u.class_map.final ? TLM_MAP_FINAL : 0);
+	tlm_le32_put(p + 12, flags);
 	for (uint32_t i = 0; i < m->u.class_map.nruns; i++) {
 		const struct tlm_run *r = &m->u.class_map.runs[i];
 		uint8_t *q = p + 16 + 16 * (size_t)i;
@@ -499,17 +515,22 @@ static int dec_class_map(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
 			 struct tlm_run *runs, uint32_t max_runs, char *err, size_t errlen)
 {
 	uint32_t n = tlm_le32_get(p + 8), flags = tlm_le32_get(p + 12);
+	const uint32_t known = TLM_MAP_FINAL | TLM_MAP_F_LIVE | TLM_MAP_F_FIX;
 
 	if (n != (plen - 16) / 16)
 		return BAD("CLASS_MAP: nruns %u does not match payload length %u (%u runs)",
 			   n, plen, (plen - 16) / 16);
-	if (flags & ~TLM_MAP_FINAL)
-		return BAD("CLASS_MAP: unknown flags 0x%x", flags & ~TLM_MAP_FINAL);
+	if (flags & ~known)
+		return BAD("CLASS_MAP: unknown flags 0x%x", flags & ~known);
+	if ((flags & TLM_MAP_F_LIVE) && (flags & TLM_MAP_F_FIX))
+		return BAD("CLASS_MAP: both live and fix flags set");
 	if (n > max_runs || (n && !runs))
 		return BAD("CLASS_MAP: %u runs exceed the receiver's limit %u", n, max_runs);
 	m->u.class_map.first_page = tlm_le64_get(p);
 	m->u.class_map.nruns = n;
 	m->u.class_map.final = flags & TLM_MAP_FINAL;
+	m->u.class_map.kind = (flags & TLM_MAP_F_LIVE) ? TLM_MAP_LIVE :
+			      (flags & TLM_MAP_F_FIX) ? TLM_MAP_FIX : TLM_MAP_WHOLE;
 	m->u.class_map.runs = runs;
 	for (uint32_t i = 0; i < n; i++) {
 		const uint8_t *q = p + 16 + 16 * (size_t)i;

@@ -20,7 +20,9 @@ static void check_map(const struct tlm_msg *m)
 	for (uint32_t i = 0; i < m->u.class_map.nruns; i++) {
 		const struct tlm_run *r = &m->u.class_map.runs[i];
 
-		fuzz_check(r->len >= 1 && r->cls >= TLM_CLASS_TEMPLATE && r->cls <= TLM_CLASS_DATA,
+		uint8_t lo = m->u.class_map.kind == TLM_MAP_FIX ? TLM_CLASS_KEEP : TLM_CLASS_TEMPLATE;
+
+		fuzz_check(r->len >= 1 && r->cls >= lo && r->cls <= TLM_CLASS_DATA,
 			   "run %u: class %u len %u", i, r->cls, r->len);
 		end += r->len;
 		fuzz_check(end <= (1ull << 52), "run %u ends at page %llu", i,

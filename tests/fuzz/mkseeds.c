@@ -47,6 +47,15 @@ static void wire_seeds(void)
 		sample_corpus_name(t, name, sizeof(name));
 		put("wire", name, f, n, NULL, 0);
 	}
+	/* Version 3 class map kinds: a live map, and a fix map with a KEEP run. */
+	uint8_t f[SAMPLE_FRAME_MAX];
+	size_t n = sample_frame(TLM_MSG_CLASS_MAP, f, sizeof(f));
+
+	f[TLM_PROTO_HDR_SIZE + 12] = 0x3;
+	put("wire", "07-class_map-live.bin", f, n, NULL, 0);
+	f[TLM_PROTO_HDR_SIZE + 12] = 0x5;
+	f[TLM_PROTO_HDR_SIZE + 16 + 32] = TLM_CLASS_KEEP;
+	put("wire", "07-class_map-fix.bin", f, n, NULL, 0);
 }
 
 /* Auth: selector byte, then a key file or the peer's frames. */

@@ -85,6 +85,45 @@ static void test_round_trip_fields(void **state)
 	assert_memory_equal(f, demand, n);
 }
 
+/* Version 3 map kinds: live and fix survive the round trip; KEEP runs only in a fix. */
+static void test_map_kinds(void **state)
+{
+	static const struct tlm_run fix[] = {
+		{ TLM_CLASS_KEEP, 100, 0 }, { TLM_CLASS_DATA, 2, 0 }, { TLM_CLASS_KEEP, 7, 0 },
+		{ TLM_CLASS_REF, 1, 9 },
+	};
+	uint8_t f[SAMPLE_FRAME_MAX];
+	struct tlm_msg m = { .type = TLM_MSG_CLASS_MAP }, out;
+	char err[200];
+	ssize_t n;
+
+	(void)state;
+	m.u.class_map.nruns = 4;
+	m.u.class_map.runs = (struct tlm_run *)fix;
+	m.u.class_map.kind = TLM_MAP_FIX;
+	n = tlm_proto_encode(&m, f, sizeof(f));
+	assert_true(n > 0);
+	assert_int_equal(f[TLM_PROTO_HDR_SIZE + 12], 0x4);
+	assert_int_equal(decode(f, n, &out, err), 0);
+	assert_int_equal(out.u.class_map.kind, TLM_MAP_FIX);
+	assert_false(out.u.class_map.final);
+	assert_int_equal(runs[0].cls, TLM_CLASS_KEEP);
+	assert_int_equal(runs[3].arg, 9);
+
+	m.u.class_map.kind = TLM_MAP_LIVE;     /* the encoder refuses what would not decode */
+	assert_int_equal(tlm_proto_encode(&m, f, sizeof(f)), -EINVAL);
+	m.u.class_map.runs = (struct tlm_run *)&fix[1];
+	m.u.class_map.nruns = 1;
+	m.u.class_map.final = true;
+	n = tlm_proto_encode(&m, f, sizeof(f));
+	assert_int_equal(f[TLM_PROTO_HDR_SIZE + 12], 0x3);
+	assert_int_equal(decode(f, n, &out, err), 0);
+	assert_int_equal(out.u.class_map.kind, TLM_MAP_LIVE);
+	assert_true(out.u.class_map.final);
+	m.u.class_map.kind = 3;
+	assert_int_equal(tlm_proto_encode(&m, f, sizeof(f)), -EINVAL);
+}
+
 static void test_empty_final_map_and_max_runs(void **state)
 {
 	static struct tlm_run big[TLM_PROTO_MAX_RUNS];
@@ -136,14 +175,17 @@ static const struct bad_case bad_cases[] = {
 	{ "bad magic", TLM_MSG_HELLO, P, 4, 0x12345678, 0, "bad magic" },
 	{ "hello reserved", TLM_MSG_HELLO, P + 10, 1, 1, 0, "HELLO: reserved bytes not zero" },
 	{ "bad channel", TLM_MSG_HELLO, P + 8, 1, 3, 0, "bad channel 3" },
-	{ "version range", TLM_MSG_HELLO, P + 4, 2, 3, 0, "bad version range 3..2" },
+	{ "version range", TLM_MSG_HELLO, P + 4, 2, 4, 0, "bad version range 4..3" },
 	{ "version zero", TLM_MSG_HELLO, P + 4, 4, 0, 0, "bad version range 0..0" },
 	{ "challenge v0", TLM_MSG_CHALLENGE, P, 2, 0, 0, "CHALLENGE: version 0" },
 	{ "bad class", TLM_MSG_CLASS_MAP, P + 16 + 16 * 3, 1, 9, 0, "run 3 has class 9" },
 	{ "zero-length run", TLM_MSG_CLASS_MAP, P + 16 + 4, 4, 0, 0, "run 0 has length 0" },
 	{ "nruns mismatch", TLM_MSG_CLASS_MAP, P + 8, 4, 3, 0, "nruns 3 does not match" },
 	{ "map length", TLM_MSG_CLASS_MAP, 0, 4, 16 + 16 * 4 + 5, 0, "not 16 + 16*nruns" },
-	{ "map flags", TLM_MSG_CLASS_MAP, P + 12, 4, 3, 0, "unknown flags 0x2" },
+	{ "map flags", TLM_MSG_CLASS_MAP, P + 12, 4, 9, 0, "unknown flags 0x8" },
+	{ "live and fix", TLM_MSG_CLASS_MAP, P + 12, 4, 7, 0, "both live and fix flags set" },
+	{ "keep in a whole map", TLM_MSG_CLASS_MAP, P + 16, 1, 0, 0, "run 0 has class 0" },
+	{ "keep in a live map", TLM_MSG_CLASS_MAP, P + 12, 4, 3, 0, "run 2 has class 0" },
 	{ "run reserved", TLM_MSG_CLASS_MAP, P + 16 + 2, 1, 1, 0, "run 0 reserved bytes" },
 	{ "arg on template", TLM_MSG_CLASS_MAP, P + 16 + 8, 8, 5, 0, "run 0 (template) has nonzero arg 5" },
 	{ "ref overflow", TLM_MSG_CLASS_MAP, P + 32 + 8, 8, UINT64_MAX - 1, 0, "run 1: template pages" },
@@ -196,6 +238,8 @@ static void test_malformed_table(void **state)
 
 		if (c->off >= 0)
 			put_le(f + c->off, c->width, c->val);
+		if (strstr(c->what, "keep in a live"))   /* a KEEP run in a live map */
+			f[P + 16 + 32] = TLM_CLASS_KEEP;
 		if (c->off == -2) {     /* CLASS_MAP without runs, final flag cleared */
 			put_le(f, 4, 16);
 			put_le(f + P + 8, 4, 0);
@@ -324,6 +368,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trip_all),
 		cmocka_unit_test(test_round_trip_fields),
+		cmocka_unit_test(test_map_kinds),
 		cmocka_unit_test(test_empty_final_map_and_max_runs),
 		cmocka_unit_test(test_malformed_table),
 		cmocka_unit_test(test_frame_len),
