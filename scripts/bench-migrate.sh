@@ -21,12 +21,16 @@
 #                    (default 8): the part that differs from the template (the DATA a
 #                    migration must send); the clones' workload is a quarter of the RAM
 #   --dirty-rate P   diverged: the workload's rewrites, pages/s (default 1000)
+#   --hot-mib M      diverged: the set those rewrites go to, MiB (default: the guest's,
+#                    workload / 8); a small hot set at a high rate is the write-heavy
+#                    guest of the policy comparison (modes tlm-post,tlm-hybrid,tlm-auto)
 #   --link L         wan (default: 1 Gbit/s, 20 ms RTT), lan (10 Gbit/s, 0.1 ms) or
 #                    loopback: two emulated hosts, scripts/lib/netns.sh (which says what the
 #                    kernel allowed: no sch_netem = wan through tunlink.py, lan rate only;
 #                    no namespaces = loopback)
 #   --modes LIST     which migrations (default tlm,qemu,precopy; tlm gives the lower bound;
-#                    tlm-nolive = tlm with --no-live, the classification after the stop)
+#                    tlm-nolive = tlm with --no-live, the classification after the stop;
+#                    tlm-post, tlm-hybrid, tlm-auto = tlm with that --policy)
 #   --out DIR        results directory (default build/bench-results/<link>-<date>)
 #   --plots-dir DIR  also copy the plots there (docs/img: the ones the README shows):
 #                    clones: bench-{bytes,memory,progress}.png + bench-results.md;
@@ -55,6 +59,7 @@ counts=
 mems=
 dirty_mib=8
 dirty_rate=1000
+hot_mib=
 link=wan
 modes=tlm,qemu,precopy
 out=
@@ -66,6 +71,7 @@ while [ $# -gt 0 ]; do
 	--mem) mems=${2:-}; shift ;;
 	--dirty-mib) dirty_mib=${2:-}; shift ;;
 	--dirty-rate) dirty_rate=${2:-}; shift ;;
+	--hot-mib) hot_mib=${2:-}; shift ;;
 	--link) link=${2:-}; shift ;;
 	--modes) modes=${2:-}; shift ;;
 	--out) out=${2:-}; shift ;;
@@ -91,8 +97,11 @@ done
 [[ "$dirty_mib" =~ ^[0-9]+$ ]] && [ "$dirty_mib" -le $((min_mem / 4)) ] ||
 	tlm_die "--dirty-mib: a whole number up to the workload's $((min_mem / 4)) MiB, not '$dirty_mib'"
 [[ "$dirty_rate" =~ ^[0-9]+$ ]] || tlm_die "--dirty-rate: pages/s, not '$dirty_rate'"
-[[ "$modes" =~ ^(tlm|tlm-nolive|qemu|precopy)(,(tlm|tlm-nolive|qemu|precopy))*$ ]] ||
-	tlm_die "--modes: a list of tlm, tlm-nolive, qemu, precopy, not '$modes'"
+[ -z "$hot_mib" ] || [[ "$hot_mib" =~ ^[1-9][0-9]*$ ]] ||
+	tlm_die "--hot-mib: MiB, a whole number, not '$hot_mib'"
+mode_re='(tlm|tlm-nolive|tlm-post|tlm-hybrid|tlm-auto|qemu|precopy)'
+[[ "$modes" =~ ^$mode_re(,$mode_re)*$ ]] ||
+	tlm_die "--modes: a list of tlm, tlm-nolive, tlm-post, tlm-hybrid, tlm-auto, qemu, precopy, not '$modes'"
 case "$link" in lan|wan|loopback) ;; *) tlm_die "--link: lan, wan or loopback, not '$link'" ;; esac
 : "${out:=$tlm_root/build/bench-results/$link-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out/logs"
@@ -172,7 +181,8 @@ start_vms() {
 	fi
 	for i in $(seq 1 "$n"); do
 		tlm_vm start "bm-$i" --mem "$mem" --wl-mem "$(max_wl_mem "$mem")" --seed "$i" \
-			--dirty "$dirty_rate" --track ${TLM_SRC_NS:+--netns "$TLM_SRC_NS"} \
+			--dirty "$dirty_rate" ${hot_mib:+--hot "$hot_mib"} --track \
+			${TLM_SRC_NS:+--netns "$TLM_SRC_NS"} \
 			>> "$out/logs/$tag.vms.log" 2>&1 || return 1
 	done
 	for i in $(seq 1 "$n"); do
@@ -186,7 +196,10 @@ bench_one() {
 	local n=$1 mode=$2 mem=$3 tag="$scenario-m$3-n$1-$2" names=() i b0 b1 t0 t1 rc=0
 	local mode_opts=(--mode "$mode") tr=${trace_n:+$base/trace.csv}
 
-	[ "$mode" != tlm-nolive ] || mode_opts=(--mode tlm --no-live) tr=	# tlm's is traced
+	case "$mode" in
+	tlm-nolive) mode_opts=(--mode tlm --no-live) tr= ;;	# tlm's is traced
+	tlm-post|tlm-hybrid|tlm-auto) mode_opts=(--mode tlm --policy "${mode#tlm-}") ;;
+	esac
 	for i in $(seq 1 "$n"); do names+=("bm-$i"); done
 	start_vms "$n" "$mem" "$tag" || { cat "$out/logs/$tag.vms.log" >&2
 		tlm_die "$scenario mem=$mem N=$n $mode: the VMs did not start"; }
@@ -214,7 +227,7 @@ bench_one() {
 	tail -n 1 "$out/logs/$tag.log"
 	python3 "$tlm_root/scripts/lib/bench_report.py" row "$out/runs.jsonl" "$link" "$n" \
 		"$mode" "$out/logs/$tag.json" "$base/ticks.csv" "$t0" "$t1" $((b1 - b0)) \
-		"$TLM_LINK_BPS" "$mem" "$dirty_mib" "$scenario" "$dirty_rate"
+		"$TLM_LINK_BPS" "$mem" "$dirty_mib" "$scenario" "$dirty_rate" "$hot_mib"
 	for i in "${names[@]}"; do tlm_vm stop "$i" >/dev/null; done
 }
 

@@ -41,6 +41,12 @@
 #                      source stops (the downtime grows with the RAM; kept for comparison)
 #   --live-rate MiB    MiB/s of the page server's live classification reads (0 = unlimited;
 #                      default: the page server's)
+#   --policy P         what the live phase sends the destination before the stop
+#                      (tlm-page-server --policy; default auto): post = the class map
+#                      only, DATA after the switch; hybrid = also DATA pages in rounds
+#                      until few are left; auto = DATA rounds while they converge, judged
+#                      from the measured write and send rates (a write-heavy guest
+#                      switches early). The stop waits until the page server says ready
 #   --before-stop CMD  test hook: run `sh -c CMD` once the destinations are armed and the
 #                      live phase runs, before any source stops (same environment as
 #                      --after-switch; a page server it kills is restarted and starts the
@@ -63,9 +69,10 @@
 #
 # tlm mode, live switch-over: a source QEMU that tracks its guest's writes (the glue with
 # TLM_TRACK=1: `tlm_qemu.vm start --track`, clones of scripts/clone-start.sh) has its RAM
-# classified by the page server while it runs; the source is stopped once the first pass
-# is done, and `freeze` reclassifies only the pages written since, so the downtime does
-# not grow with the RAM. Other VMs are classified after the stop, as with --no-live.
+# classified by the page server while it runs, and the destination receives the class
+# map (and, by --policy, DATA pages) meanwhile; the source is stopped once the page
+# server says ready, and `freeze` reclassifies only the pages written since and sends
+# only the corrections, so the downtime does not grow with the RAM. Other VMs are classified after the stop, as with --no-live.
 #
 # Downtime, every mode: from the source's QMP STOP event to the destination's RESUME
 # event (their timestamps, host clock; recorded on each VM's qmp-mig.sock), reported as
@@ -105,7 +112,7 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-port|--dst-port|\
 	--src-reach|--after-switch|--before-stop|--before-freeze|--bulk-delay|--live-rate|\
-	--src-netns|--dst-netns)
+	--policy|--src-netns|--dst-netns)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
 		tlm_opts+=("$1" "$2")
 		case "$1" in
@@ -113,6 +120,9 @@ while [ $# -gt 0 ]; do
 		--dst-netns) dst_netns=$2 ;;
 		--bulk-delay|--live-rate) [[ "$2" =~ ^[0-9]+$ ]] ||
 			{ echo "$tlm_prog: not a whole number: '$2'" >&2; exit 2; }
+			other_opt=${other_opt:-$1} ;;
+		--policy) [[ "$2" =~ ^(post|hybrid|auto)$ ]] ||
+			{ echo "$tlm_prog: --policy: post, hybrid or auto, not '$2'" >&2; exit 2; }
 			other_opt=${other_opt:-$1} ;;
 		--src-netns) ;;
 		*) other_opt=${other_opt:-$1} ;;

@@ -11,18 +11,22 @@ Per VM, in this order (the order is what keeps the guest's memory right):
      every region whose source QEMU tracks writes (glue TLM_TRACK=1: uffd WP_ASYNC) the
      page server classifies the RAM while the guest runs, then keeps reclassifying the
      pages written since; regions without tracking answer "post-copy: no dirty tracking"
-     and are classified at freeze as before. Nothing is served to a destination before
+     and are classified at freeze as before. Nothing is placed at a destination before
      freeze, whatever the live phase has done;
   1. destination QEMU started with the glue (-incoming defer); its RAM region reaches
      tlm-uffd-server, which is told to `arm` it: the glue discards the RAM and registers
      it, so the destination can touch no page that the daemon will not fill (this
      overlaps the first live pass);
   2. the daemon connects to the page server (authenticated, VM id and template digest
-     checked) and waits: the page server serves nothing before `freeze`;
-  3. switch-over, once the region's first live pass is done (or it has no live phase):
+     checked); during the live phase the page server sends it the live class map and,
+     by --policy (hybrid, auto), DATA pages in rounds, which it keeps without placing
+     any (protocol/PROTOCOL.md, "Live and fix maps"); demands wait until `freeze`;
+  3. switch-over, once the page server says the region is ready (its policy: the live
+     map sent; DATA rounds converged or stopped converging; or it has no live phase):
      QMP `stop` on the source (its STOP event starts the downtime); `freeze` is sent to
-     the page server (it reclassifies only the pages written since the live pass; without
-     one, the whole RAM), and while it runs QMP `migrate` sends the device state: this
+     the page server (it reclassifies only the pages written since the live pass, and
+     sends the destination the fix map: which live classes and pre-sent pages stand;
+     without a live phase, the whole RAM and map), and while it runs QMP `migrate` sends the device state: this
      overlap is safe because the destination, which starts running as soon as the device
      state is in, faults on every page it touches, and those faults wait at the page
      server until the freeze is done. Then the freeze reply is read; the destination's
@@ -376,6 +380,9 @@ class Mig:
             return True, "no live phase (the page server reports none)"
         if lv.get("method", "none") == "none":
             return True, f"no live phase: {lv.get('why') or 'no dirty tracking'}"
+        if "ready" in lv:       # the page server's switch policy decides
+            why = lv.get("ready_why") or ("ready" if lv["ready"] else "not ready")
+            return bool(lv["ready"]), f"live ({lv['method']}, {lv.get('policy')}): {why}"
         if lv.get("pass_done"):
             return True, (f"live ({lv['method']}): first pass done, {lv.get('rounds', 0)} "
                           f"rounds, {lv.get('dirty_last', 0)} pages dirty in the last")
@@ -530,6 +537,8 @@ class Run:
             argv += ["--bulk-hold"]
         if self.opt.live_rate is not None:
             argv += ["--live-rate", str(self.opt.live_rate)]
+        if self.opt.policy:
+            argv += ["--policy", self.opt.policy]
         self.ps = Daemon("tlm-page-server", argv, self.work,
                          os.path.join(self.work, "src", "ctl.sock"))
         self.ps.wait_ready()
@@ -786,6 +795,7 @@ def tlm_row(m):
     s, lat = m.stats, m.stats["latency_demand"]
     cls = s["classes"]
     lv = m.live or {}
+    ps = lv.get("presend") if isinstance(lv.get("presend"), dict) else {}
     return {"vm": m.name, "mode": "tlm", "time_s": round(m.t["complete"] - m.ev["stop"], 3),
             "downtime_ms": round((m.ev["resume"] - m.ev["stop"]) * 1000, 1),
             "downtime_qemu_ms": m.mig.get("downtime"),
@@ -796,7 +806,11 @@ def tlm_row(m):
             "live_wait_s": m.t.get("live_wait_s"),
             "final_dirty": lv.get("final_dirty"), "final_ms": lv.get("final_ms"),
             "redone": lv.get("redone"), "live_rounds": lv.get("rounds"),
-            "resent_bytes": 0,
+            "policy": lv.get("policy"), "ready_why": lv.get("ready_why"),
+            "presend_rounds": ps.get("round"), "presend_bytes": lv.get("presend_bytes", 0),
+            "resent_bytes": (ps.get("resent", 0) + lv.get("invalid_at_freeze", 0)) * 4096,
+            "valid_at_freeze": lv.get("valid_at_freeze"),
+            "post_window_s": round(m.t["complete"] - m.ev["resume"], 3),
             "qemu_bytes": m.mig.get("ram", {}).get("transferred"),
             "tlm_bytes": s["wire"]["in_bytes"] + s["wire"]["out_bytes"],
             "tlm_payload_bytes": s["wire"]["payload_bytes"],
@@ -844,6 +858,12 @@ def parser():
     ap.add_argument("--live-rate", type=int, metavar="MiB",
                     help="tlm-page-server --live-rate: MiB/s of live classification reads "
                          "(0 = unlimited)")
+    ap.add_argument("--policy", choices=("post", "hybrid", "auto"),
+                    help="tlm-page-server --policy: what the live phase sends before the "
+                         "stop: post = the class map only; hybrid = also DATA pages in "
+                         "rounds until few are left; auto (its default) = DATA rounds "
+                         "while they converge, judged from the measured write and send "
+                         "rates; the switch waits until the page server says ready")
     ap.add_argument("--bulk-delay", type=int, metavar="MS",
                     help="tlm-page-server --bulk-delay: the background DATA stream starts "
                          "MS ms after freeze (not after a page-server restart)")

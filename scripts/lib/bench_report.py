@@ -6,7 +6,7 @@
         too) until SIGTERM; every "TICK n rate=<pages/s> rewrites=<total>" line becomes
         "vm,host_seconds,n,rewrites" (polled every 20 ms: the host time is the time seen)
     bench_report.py row RUNS.jsonl LINK N MODE MIGRATE.json TICKS.csv T0 T1 LINK_BYTES \
-        LINK_BPS MEM_MIB DIRTY_MIB SCENARIO DIRTY_RATE
+        LINK_BPS MEM_MIB DIRTY_MIB SCENARIO DIRTY_RATE [HOT_MIB]
         append one run (its migrate-postcopy.sh --json, its longest TICK gap in [T0, T1])
     bench_report.py report RUNS.jsonl OUT_DIR [TRACE.csv]
         results.csv (one row per run, lower bounds and ratios added), results.md (tables),
@@ -25,8 +25,9 @@ import sys
 import time
 
 MODES = ("tlm", "qemu", "precopy")
-MODE_NAME = {"tlm": "tlm", "tlm-nolive": "tlm --no-live", "qemu": "postcopy-ram",
-             "precopy": "precopy"}
+MODE_NAME = {"tlm": "tlm", "tlm-post": "tlm --policy post",
+             "tlm-hybrid": "tlm --policy hybrid", "tlm-auto": "tlm --policy auto",
+             "tlm-nolive": "tlm --no-live", "qemu": "postcopy-ram", "precopy": "precopy"}
 
 
 def ticks(run_dir, prefix, out):
@@ -74,7 +75,7 @@ def tick_gap(path, t0, t1):
 
 
 def row(runs, link, n, mode, mig, tick_csv, t0, t1, link_bytes, link_bps, mem, dirty,
-        scenario, dirty_rate):
+        scenario, dirty_rate, hot_mib=""):
     j = json.load(open(mig))
     vms, tot = j["vms"], j["total"]
     p50 = [v["fault_p50_us"] for v in vms if v.get("fault_p50_us") is not None]
@@ -84,6 +85,7 @@ def row(runs, link, n, mode, mig, tick_csv, t0, t1, link_bytes, link_bps, mem, d
     r = {"link": link, "n": int(n), "mode": mode, "mem_mib": int(mem),
          "scenario": scenario, "dirty_mib": int(dirty) if scenario == "clones" else None,
          "dirty_rate": int(dirty_rate) if scenario == "diverged" else None,
+         "hot_mib": int(hot_mib) if hot_mib and scenario == "diverged" else None,
          "wire_bytes": tot["wire_bytes"], "wire_mb": round(tot["wire_bytes"] / 1e6, 1),
          "link_bytes": int(link_bytes) or None, "qemu_bytes": tot["qemu_bytes"],
          "tlm_bytes": tot["tlm_bytes"],
@@ -94,6 +96,11 @@ def row(runs, link, n, mode, mig, tick_csv, t0, t1, link_bytes, link_bps, mem, d
          "live_method": vms[0].get("live_method"),
          "final_dirty": vsum("final_dirty") if mode.startswith("tlm") else None,
          "resent_mb": round(vsum("resent_bytes") / 1e6, 1),
+         "presend_mb": round(vsum("presend_bytes") / 1e6, 1),
+         "presend_rounds": vmax("presend_rounds"), "post_window_s": vmax("post_window_s"),
+         "policy": vms[0].get("policy"), "ready_why": vms[0].get("ready_why"),
+         "data_pages": sum((v.get("pages") or {}).get("data", 0) for v in vms)
+         if mode.startswith("tlm") else None,
          "dst_pss_mib": round(tot["dst_pss_kb"] / 1024, 1),
          "demand_faults": sum(v.get("demand_faults") or 0 for v in vms),
          "fault_p50_us": max(p50) if p50 else None, "fault_p99_us": max(p99) if p99 else None,
@@ -108,7 +115,8 @@ COLS = ["link", "n", "mem_mib", "scenario", "mode", "downtime_ms", "time_s", "wi
         "data_bytes", "data_link_s", "slowest_vm_s", "dst_pss_mib", "demand_faults",
         "fault_p50_us", "fault_p99_us", "max_tick_gap_s", "wire_vs_data", "tlm_bytes_ratio",
         "tlm_time_ratio", "tlm_pss_ratio", "downtime_qemu_ms", "freeze_ms", "live_method",
-        "final_dirty", "resent_mb"]
+        "final_dirty", "resent_mb", "presend_mb", "presend_rounds", "post_window_s",
+        "policy", "hot_mib"]
 
 
 def key(r):
@@ -120,10 +128,15 @@ def derive(rows):
     """Lower bounds from the tlm run of the same scenario, RAM size and N (the same guest
     content); ratios tlm / this run, pair by pair."""
     tlm = {key(r): r for r in rows if r["mode"] == "tlm"}
+    for r in rows:      # without a plain tlm run: the first tlm --policy run
+        if r["mode"].startswith("tlm-") and r["mode"] != "tlm-nolive":
+            tlm.setdefault(key(r), r)
     for r in rows:
         r.setdefault("scenario", "clones")
         t = tlm.get(key(r))
-        data = t and t["tlm_payload_bytes"]
+        # the DATA pages of the final class map (pre-sent copies re-sent because the
+        # guest wrote them again are in resent_mb); older runs: tlm's payload
+        data = t and ((t.get("data_pages") or 0) * 4096 or t["tlm_payload_bytes"])
         r["data_bytes"] = data
         r["data_link_s"] = round(data * 8 / r["link_bps"], 3) if data and r["link_bps"] \
             else None
@@ -157,11 +170,24 @@ def markdown(rows, out):
                  f"{r['time_s']:.2f} | {r['slowest_vm_s']:.2f} | "
                  f"{r['dst_pss_mib']:.0f} | "
                  f"{r['demand_faults']} | {lat} | {r['max_tick_gap_s']:.2f} |")
+    live = [r for r in rows if r.get("policy")]
+    if live:
+        L += ["", "Live phase (tlm): what went before the stop, what was left after it:", "",
+              "| scenario | RAM MiB | N | mode | pre-send rounds | pre-sent MB | re-sent MB | "
+              "post-copy window s | demand faults | time s | wire MB | the policy's reason |",
+              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in live:
+            L.append(f"| {r['scenario']} | {r.get('mem_mib', '-')} | {r['n']} | "
+                     f"{MODE_NAME[r['mode']]} | {r.get('presend_rounds') or 0} | "
+                     f"{fmt(r.get('presend_mb'))} | {fmt(r.get('resent_mb'))} | "
+                     f"{fmt(r.get('post_window_s'), 1, 2)} | {r['demand_faults']} | "
+                     f"{r['time_s']:.2f} | {fmt(r['wire_bytes'], 1e6)} | "
+                     f"{r.get('ready_why') or '-'} |")
     L += ["", "Ratios tlm / baseline, same scenario, RAM size and N, same link, same run:",
           "", "| scenario | RAM MiB | N | baseline | bytes | time | dst memory |",
           "|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
-        if r["mode"] != "tlm" and r["tlm_bytes_ratio"] is not None:
+        if not r["mode"].startswith("tlm") and r["tlm_bytes_ratio"] is not None:
             L.append(f"| {r['scenario']} | {r.get('mem_mib', '-')} | {r['n']} | "
                      f"{MODE_NAME[r['mode']]} | {r['tlm_bytes_ratio']:.3f} | "
                      f"{fmt(r['tlm_time_ratio'], 1, 2)} | {fmt(r['tlm_pss_ratio'], 1, 2)} |")
@@ -279,7 +305,7 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     if len(a) == 4 and a[0] == "ticks":
         ticks(*a[1:])
-    elif len(a) == 15 and a[0] == "row":
+    elif len(a) in (15, 16) and a[0] == "row":
         row(*a[1:])
     elif len(a) in (3, 4) and a[0] == "report":
         report(*a[1:])
