@@ -205,7 +205,8 @@ unsigned tlm_presend_pick(struct tlm_src_region *r, uint64_t now, uint64_t *page
 	uint64_t budget;
 	unsigned n = 0;
 
-	if (!p || !p->live || p->cfg.policy == TLM_POLICY_POST || r->phase != TLM_SRC_LIVE)
+	if (!p || !p->live || p->cfg.policy == TLM_POLICY_POST || p->stopped ||
+	    r->phase != TLM_SRC_LIVE)
 		return 0;
 	budget = budget_pages(p);
 	if (budget == 0) {
@@ -243,6 +244,12 @@ int tlm_presend_read(struct tlm_src_region *r, const uint64_t *pages, unsigned n
 	if (rc < 0)
 		tlm_presend_unread(r, pages, n);
 	return rc;
+}
+
+void tlm_presend_stop(struct tlm_src_region *r, const char *why)
+{
+	r->pre->stopped = true;
+	set_ready(r, "%s: pre-sending stopped: %.150s", tlm_policy_name(r->pre->cfg.policy), why);
 }
 
 void tlm_presend_unread(struct tlm_src_region *r, const uint64_t *pages, unsigned n)

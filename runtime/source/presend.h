@@ -73,7 +73,7 @@ struct tlm_presend {
 	uint64_t cursor;           /* next page of the round */
 	uint64_t t_round;          /* round start (ns) */
 	uint64_t round_sent;
-	bool ready;
+	bool ready, stopped;
 	char ready_why[200];
 	struct tlm_presend_stats st;
 };
@@ -103,6 +103,8 @@ unsigned tlm_presend_pick(struct tlm_src_region *r, uint64_t now, uint64_t *page
 /* Read picked pages for sending (clears their `wrote` bits first). 0 or -errno. */
 int tlm_presend_read(struct tlm_src_region *r, const uint64_t *pages, unsigned n,
 		     uint8_t *buf, const uint8_t **ptrs, char *err, size_t errlen);
+/* Pre-sending cannot go on (a read failed): ready, why says so; freeze decides the rest. */
+void tlm_presend_stop(struct tlm_src_region *r, const char *why);
 /* n pages from page on were queued; pages read but not queued: tlm_presend_unread. */
 void tlm_presend_queued(struct tlm_src_region *r, uint64_t page, uint32_t n);
 void tlm_presend_unread(struct tlm_src_region *r, const uint64_t *pages, unsigned n);

@@ -43,7 +43,8 @@ enum tlm_src_kind { TLM_SRC_FILE = 1, TLM_SRC_PID = 2 };
  *     -> LIVE         ctl `live` with working dirty tracking (live.h).
  *     -> FROZEN       ctl `freeze`: the orchestrator has stopped the source VM.
  *   LIVE        a worker thread classifies the running guest's pages and reclassifies
- *               what it writes; nothing is sent, demands queue up as in CONFIGURED.
+ *               what it writes; an open bulk session gets the live map and pre-sent
+ *               DATA (presend.h), demands queue up as in CONFIGURED.
  *     -> FROZEN       ctl `freeze`: the worker stops, one last collect of written pages.
  *   FROZEN      reading allowed; the page server classifies at once: from the live
  *               result plus the pages written since (tlm_live_finish), or all pages

@@ -688,7 +688,7 @@ static int bulk_presend(struct tlm_ps_sess *s, unsigned budget)
 	} else if (n && tlm_presend_read(r, s->ra_page, n, s->ra_buf, s->ra_ptr, err,
 					 sizeof(err)) < 0) {
 		log_warn("%s; pre-sending stops", err);
-		r->pre->cfg.max_bytes = 0;
+		tlm_presend_stop(r, err);
 		n = 0;
 	}
 	s->presend_idle = n == 0;
