@@ -77,7 +77,8 @@ int tlm_classify_mem(struct tlm_cls_map *m, const void *data, uint64_t n);
 int tlm_cls_map_add(struct tlm_cls_map *m, enum tlm_page_class c, uint64_t k);
 
 /* Append n pages of one class (REF: template pages k .. k + n - 1; TEMPLATE: k ignored).
- * Same result as n calls of tlm_cls_map_add, in O(1) runs. 0 or -ENOMEM/-ERANGE. */
+ * Same result as n calls of tlm_cls_map_add, in O(1) runs. 0 or -ENOMEM/-ERANGE.
+ * TLM_CLASS_KEEP is taken too, for a fix map (presend.h); count[0] counts its pages. */
 int tlm_cls_map_add_run(struct tlm_cls_map *m, enum tlm_page_class c, uint64_t k, uint64_t n);
 
 /* Class of a classified page; *k gets the template page for TEMPLATE/REF. */

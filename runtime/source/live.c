@@ -106,13 +106,17 @@ static bool stale_test(const struct tlm_live *l, uint64_t p)
 	return l->stale[p / BITS] & (1ull << (p % BITS));
 }
 
+/* A collect reported [first, first + n): read it again (rule 3), and any copy of it sent
+ * before is no longer valid (rule 5). */
 static int mark_stale(void *arg, uint64_t first, uint64_t n)
 {
 	struct tlm_live *l = arg;
 	uint64_t *count = &l->st.dirty_last;
 
-	for (uint64_t p = first; p < first + n && p < l->r->page_count; p++)
+	for (uint64_t p = first; p < first + n && p < l->r->page_count; p++) {
 		stale_set(l, p);
+		tlm_live_wrote_mark(l, p);
+	}
 	st_add(count, n);
 	return 0;
 }
@@ -136,6 +140,23 @@ static unsigned take_stale(struct tlm_live *l, uint64_t *from, uint64_t *first, 
 	}
 	*from = p;
 	return len;
+}
+
+/* ---- wrote: what pre-sent copies the guest has written since (live.h, rules 5-7) ---- */
+
+void tlm_live_wrote_clear(struct tlm_live *l, uint64_t p)
+{
+	__atomic_fetch_and(&l->wrote[p / BITS], ~(1ull << (p % BITS)), __ATOMIC_SEQ_CST);
+}
+
+void tlm_live_wrote_mark(struct tlm_live *l, uint64_t p)
+{
+	__atomic_fetch_or(&l->wrote[p / BITS], 1ull << (p % BITS), __ATOMIC_SEQ_CST);
+}
+
+bool tlm_live_wrote(const struct tlm_live *l, uint64_t p)
+{
+	return __atomic_load_n(&l->wrote[p / BITS], __ATOMIC_SEQ_CST) & (1ull << (p % BITS));
 }
 
 /* ---- classifying ------------------------------------------------------------------------- */
@@ -224,13 +245,39 @@ static int round_once(struct tlm_live *l)
 	return rc;
 }
 
+static int fill_map(struct tlm_live *l, struct tlm_cls_map *m);
+
+/* The first pass is complete: hand a copy of its classes to the event loop (the live
+ * map). Without memory for it there is simply no live map (the whole map after freeze). */
+static void publish_map(struct tlm_live *l)
+{
+	struct tlm_src_region *r = l->r;
+	struct tlm_cls_map *m = calloc(1, sizeof(*m));
+
+	if (!m || tlm_cls_map_init(m, r->page_count, r->tmpl, r->tmpl_base) < 0 ||
+	    fill_map(l, m) < 0) {
+		if (m)
+			tlm_cls_map_fini(m);
+		free(m);
+		return;
+	}
+	__atomic_store_n(&l->snap, m, __ATOMIC_RELEASE);
+}
+
+struct tlm_cls_map *tlm_live_take_map(struct tlm_live *l)
+{
+	return __atomic_exchange_n(&l->snap, NULL, __ATOMIC_ACQ_REL);
+}
+
 static void *live_main(void *arg)
 {
 	struct tlm_live *l = arg;
 	int rc = first_pass(l);
 
-	if (rc == 0)
+	if (rc == 0) {
+		publish_map(l);
 		set_state(l, TLM_LIVE_ROUNDS);
+	}
 	while (rc == 0 && !stopping(l))
 		rc = round_once(l);
 	if (rc < 0 && rc != -ECANCELED)
@@ -263,7 +310,8 @@ static int live_alloc(struct tlm_live *l, struct tlm_src_region *r)
 	l->cls = malloc(r->page_count);
 	l->ref = malloc(r->page_count * sizeof(*l->ref));
 	l->stale = calloc((r->page_count + BITS - 1) / BITS, sizeof(*l->stale));
-	if (!l->cls || !l->ref || !l->stale)
+	l->wrote = calloc((r->page_count + BITS - 1) / BITS, sizeof(*l->wrote));
+	if (!l->cls || !l->ref || !l->stale || !l->wrote)
 		return -ENOMEM;
 	pthread_mutex_init(&l->mu, NULL);
 	pthread_condattr_init(&ca);
@@ -372,20 +420,25 @@ static uint64_t run_end(const struct tlm_live *l, uint64_t p, uint64_t n)
 	return p;
 }
 
-/* The final class map from the live tables, in page order, one call per run. */
-static int build_map(struct tlm_live *l)
+/* A class map (empty) from the live tables, in page order, one call per run. */
+static int fill_map(struct tlm_live *l, struct tlm_cls_map *m)
 {
-	struct tlm_src_region *r = l->r;
-	uint64_t n = r->page_count;
+	uint64_t n = l->r->page_count;
 	int rc = 0;
 
-	tlm_cls_map_reset(&r->map);
 	for (uint64_t p = 0, end; rc == 0 && p < n; p = end) {
 		end = run_end(l, p, n);
-		rc = tlm_cls_map_add_run(&r->map, l->cls[p], l->ref[p], end - p);
+		rc = tlm_cls_map_add_run(m, l->cls[p], l->ref[p], end - p);
 	}
-	r->map.known_pages = tlm_src_scan_known(l->scan);
+	m->known_pages = tlm_src_scan_known(l->scan);
 	return rc;
+}
+
+/* The final class map. */
+static int build_map(struct tlm_live *l)
+{
+	tlm_cls_map_reset(&l->r->map);
+	return fill_map(l, &l->r->map);
 }
 
 /* The worker is gone: drop the tables and the tracker, keep the counters for `stats`. */
@@ -398,6 +451,11 @@ static void live_release(struct tlm_live *l)
 	free(l->cls);
 	free(l->ref);
 	free(l->stale);
+	if (l->snap) {            /* published, never taken */
+		tlm_cls_map_fini(l->snap);
+		free(l->snap);
+		l->snap = NULL;
+	}
 	l->scan = NULL;
 	l->cls = NULL;
 	l->ref = NULL;
@@ -459,6 +517,7 @@ void tlm_live_free(struct tlm_live *l)
 	if (!l)
 		return;
 	live_release(l);
+	free(l->wrote);
 	if (l->r) {
 		pthread_cond_destroy(&l->cv);
 		pthread_mutex_destroy(&l->mu);

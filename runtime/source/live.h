@@ -22,13 +22,31 @@
  *      short by freeze stays in the stale set;
  *   4. the last collect runs in freeze, after QMP `stop` returned (no vCPU runs), and
  *      what it reports is read again before the region becomes CLASSIFIED.
- * A page written while it is being read (torn read) is covered by 2 and 3. Nothing read
- * in LIVE is ever sent; the first byte leaves after freeze. Whenever the live result
- * cannot be trusted (the worker failed, the last collect failed), freeze discards it
- * and classifies every page after the stop, as without a live phase.
+ * A page written while it is being read (torn read) is covered by 2 and 3. Whatever
+ * the worker read is only ever sent as a class: the live map (a snapshot of the tables
+ * when the first pass ends, provisional, corrected by the fix map after freeze). Whenever
+ * the live result cannot be trusted (the worker failed, the last collect failed), freeze
+ * discards it and classifies every page after the stop, as without a live phase.
+ *
+ * Pre-sent DATA (presend.h): the event loop may read pages in LIVE and send them before
+ * freeze. Such a copy is valid (the destination may place it) only if the guest did not
+ * write the page after it was read for sending. `wrote` (a bitmap of atomic words) is how:
+ *   5. every collect (worker rounds and the last one in freeze) ORs every page it reports
+ *      into `wrote`;
+ *   6. the loop clears a page's bit (tlm_live_wrote_clear, a full barrier) BEFORE it reads
+ *      the page for sending, and sets the page in its own `sent` bitmap once the copy is
+ *      queued; a page read but not queued gets its bit set again (tlm_live_wrote_mark);
+ *   7. at freeze, after the last collect: valid = sent && !wrote.
+ * A write after the clear is reported by a collect that follows the write (2), the last
+ * one at the latest (4), and that collect's OR comes after the clear: the bit is set and
+ * the copy is invalid. A write before the clear is either reported before it (the bit is
+ * cleared, the read sees the new bytes) or after it (the bit stays set: a false invalid,
+ * sent again, never a wrong page). So a valid copy holds the bytes of the stopped guest.
  *
  * Threads: the worker owns cls/ref/stale/next and the scan while it runs; the event loop
- * reads only the counters (relaxed atomics) until tlm_live_finish has joined it.
+ * reads only the counters (relaxed atomics) until tlm_live_finish has joined it. The live
+ * map changes hands once (tlm_live_take_map: an atomic exchange; the worker never touches
+ * it after publishing). `wrote` is shared: atomic ORs (worker), atomic clears (loop).
  */
 #ifndef TLM_LIVE_H
 #define TLM_LIVE_H
@@ -78,6 +96,9 @@ struct tlm_live {
 	int err;                     /* worker failure, -errno; read after the join */
 	char errmsg[200];
 	struct tlm_live_stats st;    /* written by the worker, relaxed atomics */
+	uint64_t *wrote;             /* bitmap [page_count], atomic words: rule 5-7 above;
+	                              * lives until tlm_live_free (freeze reads it) */
+	struct tlm_cls_map *snap;    /* the live map once published, until taken (atomic) */
 };
 
 /*
@@ -95,6 +116,16 @@ int tlm_live_finish(struct tlm_src_region *r, char *err, size_t errlen);
 
 /* The live tables still hold a result that freeze can use (once only). */
 bool tlm_live_usable(const struct tlm_live *l);
+
+/* The live map: the classes of the first pass, published by the worker when it ends
+ * (NULL before, and once taken). The caller owns it (tlm_cls_map_fini + free). */
+struct tlm_cls_map *tlm_live_take_map(struct tlm_live *l);
+
+/* `wrote` (rules 5-7): clear before reading a page for sending (a full barrier, so the
+ * read cannot come first); mark again a page read but not sent; test. */
+void tlm_live_wrote_clear(struct tlm_live *l, uint64_t page);
+void tlm_live_wrote_mark(struct tlm_live *l, uint64_t page);
+bool tlm_live_wrote(const struct tlm_live *l, uint64_t page);
 
 /* Counters and state for `stats`, safe while the worker runs. */
 void tlm_live_snapshot(const struct tlm_live *l, struct tlm_live_stats *st, int *state);

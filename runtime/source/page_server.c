@@ -15,6 +15,8 @@ static const char usage[] =
 "usage: tlm-page-server --listen HOST:PORT --key KEYFILE --ctl CTLSOCK\n"
 "                       [--region SPEC]... [--log-level L] [--bulk-delay MS]\n"
 "                       [--bulk-ahead SIZE] [--bulk-hold] [--live-rate MiB]\n"
+"                       [--policy post|hybrid|auto] [--presend-max MiB]\n"
+"                       [--presend-left PAGES] [--presend-rounds N]\n"
 "\n"
 "Source side of a tlm post-copy migration: serves guest RAM regions to the destination's\n"
 "tlm-uffd-server. Nothing of a region is sent before `freeze`; then every page is\n"
@@ -45,6 +47,17 @@ static const char usage[] =
 "                      saves duplicate pages, smaller bounds the demand's wait\n"
 "  --live-rate MiB     live phase: read at most MiB MiB/s of guest RAM (default 512,\n"
 "                      0 = no limit)\n"
+"  --policy P          live phase, with a bulk session open: post sends the live class\n"
+"                      map only; hybrid and auto also pre-send its DATA pages in rounds\n"
+"                      while the guest runs (a copy counts only if the guest does not\n"
+"                      write the page again). Ready to switch (stats \"ready\"): post\n"
+"                      once the live map is sent; hybrid once a round leaves at most\n"
+"                      --presend-left pages to send or after --presend-rounds rounds;\n"
+"                      auto (default) also as soon as the next round would leave half\n"
+"                      as many or more (a write-heavy guest: the rest goes post-copy)\n"
+"  --presend-max MiB   pre-send at most MiB MiB per VM, resends included (default 1024)\n"
+"  --presend-left N    pages a converged round may leave (default 256)\n"
+"  --presend-rounds N  rounds before hybrid and auto are ready anyway (default 8)\n"
 "  --help              this text\n"
 "\n"
 "SPEC:\n"
@@ -65,9 +78,12 @@ static const char usage[] =
 "                      (payload = page bytes, overhead = all else), demands served, DATA\n"
 "                      pages sent on bulk/urgent, elapsed ms since freeze, classify ms,\n"
 "                      stream ms (freeze to the first DONE)\n"
-"  live ID|all         the source VM runs: classify it now under dirty tracking (one\n"
-"                      line per region: \"ID live: METHOD (...)\" or \"ID post-copy: no\n"
-"                      dirty tracking (why)\"); stats shows the progress under \"live\"\n"
+"  live ID|all [P]     the source VM runs: classify it now under dirty tracking (one\n"
+"                      line per region: \"ID live: METHOD (...), policy P\" or \"ID\n"
+"                      post-copy: no dirty tracking (why)\"); P overrides --policy;\n"
+"                      stats shows the progress under \"live\" (policy, premap,\n"
+"                      presend, ready, ready_why, presend_bytes, fix_runs, keep_pages,\n"
+"                      valid_at_freeze, invalid_at_freeze)\n"
 "  freeze ID|all       the source VM is stopped: classify now (the reply comes after\n"
 "                      classification: after `live`, of the pages written since their\n"
 "                      read only) and start serving\n"
@@ -84,6 +100,30 @@ struct opts {
 	struct tlm_ps_config c;
 	int level;
 };
+
+/* --policy, --presend-max, --presend-left, --presend-rounds. 0, or -1. */
+static int parse_presend_opt(int c, const char *arg, struct opts *o)
+{
+	struct tlm_presend_cfg *p = &o->c.presend;
+	uint64_t v = 0;
+	int rc = c == 'P' ? (p->policy = tlm_policy_parse(arg)) : tlm_parse_u64(arg, &v);
+
+	if (rc < 0 || (c == 'M' && v > (1ull << 30)) || (c == 'N' && v > 1000)) {
+		fprintf(stderr, "tlm-page-server: bad --%s '%s' (%s)\n",
+			c == 'P' ? "policy" : c == 'M' ? "presend-max" : c == 'E' ?
+			"presend-left" : "presend-rounds", arg,
+			c == 'P' ? "post, hybrid or auto" : c == 'M' ? "MiB, 0..1G" :
+			c == 'E' ? "pages" : "0..1000");
+		return -1;
+	}
+	if (c == 'M')
+		p->max_bytes = v << 20;
+	else if (c == 'E')
+		p->left_max = v;
+	else if (c == 'N')
+		p->rounds_max = (unsigned)v;
+	return 0;
+}
 
 /* --bulk-delay, --bulk-ahead (the background stream's knobs), --live-rate. 0, or -1. */
 static int parse_bulk_opt(int c, const char *arg, struct opts *o)
@@ -120,6 +160,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "bulk-ahead", required_argument, NULL, 'A' },
 		{ "bulk-hold", no_argument, NULL, 'H' },
 		{ "live-rate", required_argument, NULL, 'R' },
+		{ "policy", required_argument, NULL, 'P' },
+		{ "presend-max", required_argument, NULL, 'M' },
+		{ "presend-left", required_argument, NULL, 'E' },
+		{ "presend-rounds", required_argument, NULL, 'N' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -127,6 +171,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	o->level = TLM_LOG_INFO;
 	o->c.bulk_ahead = 8u << 20;
 	o->c.live_rate = 512ull << 20;
+	o->c.presend = (struct tlm_presend_cfg){ .policy = TLM_POLICY_AUTO,
+		.max_bytes = 1024ull << 20, .left_max = 256, .rounds_max = 8 };
 	o->c.regions = calloc((size_t)argc, sizeof(*o->c.regions));
 	if (!o->c.regions)
 		return -1;
@@ -141,6 +187,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'h': fputs(usage, stdout); exit(0);
 		case 'D': case 'A': case 'R':
 			if (parse_bulk_opt(c, optarg, o) < 0)
+				return -1;
+			break;
+		case 'P': case 'M': case 'E': case 'N':
+			if (parse_presend_opt(c, optarg, o) < 0)
 				return -1;
 			break;
 		case 'L':

@@ -335,15 +335,11 @@ static int pid_read(struct tlm_src_region *r, const uint64_t *pages, unsigned n,
 	return -errno;
 }
 
-int tlm_src_read_pages(struct tlm_src_region *r, const uint64_t *pages, unsigned n,
-		       uint8_t *buf, const uint8_t **ptrs, char *err, size_t errlen)
+static int read_pages(struct tlm_src_region *r, const uint64_t *pages, unsigned n,
+		      uint8_t *buf, const uint8_t **ptrs, char *err, size_t errlen)
 {
 	int rc;
 
-	if (r->phase == TLM_SRC_CONFIGURED) {
-		snprintf(err, errlen, "%s: not frozen, refusing to read guest pages", r->id);
-		return -EPERM;
-	}
 	if (n > TLM_SRC_READ_MAX)
 		return -E2BIG;
 	for (unsigned i = 0; i < n; i++) {
@@ -355,6 +351,26 @@ int tlm_src_read_pages(struct tlm_src_region *r, const uint64_t *pages, unsigned
 		return 0;
 	rc = pid_read(r, pages, n, buf, err, errlen);
 	return rc;
+}
+
+int tlm_src_read_pages(struct tlm_src_region *r, const uint64_t *pages, unsigned n,
+		       uint8_t *buf, const uint8_t **ptrs, char *err, size_t errlen)
+{
+	if (r->phase == TLM_SRC_CONFIGURED || r->phase == TLM_SRC_LIVE) {
+		snprintf(err, errlen, "%s: not frozen, refusing to read guest pages", r->id);
+		return -EPERM;
+	}
+	return read_pages(r, pages, n, buf, ptrs, err, errlen);
+}
+
+int tlm_src_read_presend(struct tlm_src_region *r, const uint64_t *pages, unsigned n,
+			 uint8_t *buf, const uint8_t **ptrs, char *err, size_t errlen)
+{
+	if (r->phase != TLM_SRC_LIVE) {
+		snprintf(err, errlen, "%s: pre-sending outside the live phase", r->id);
+		return -EPERM;
+	}
+	return read_pages(r, pages, n, buf, ptrs, err, errlen);
 }
 
 /* ---- classification -------------------------------------------------------------------- */

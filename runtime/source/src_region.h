@@ -12,11 +12,12 @@
  * where tmpl_base = offset / 4096 for a file source (the template mirrors the whole RAM
  * file, as the destination glue maps it) and 0 for a pid source.
  *
- * No page read before the region is FROZEN is ever sent: tlm_src_read_pages refuses with
- * -EPERM in CONFIGURED and LIVE (the source VM may still be running until the
- * orchestrator stops it and sends `freeze`). The live phase (live.h) reads and classifies
- * pages while the guest runs, under dirty tracking; freeze keeps a live result only for
- * pages the tracker proves unwritten since they were read.
+ * tlm_src_read_pages refuses with -EPERM in CONFIGURED and LIVE (the source VM may still
+ * be running until the orchestrator stops it and sends `freeze`). The live phase (live.h)
+ * reads and classifies pages while the guest runs, under dirty tracking; freeze keeps a
+ * live result only for pages the tracker proves unwritten since they were read. Pages
+ * pre-sent in LIVE (presend.h) are read with tlm_src_read_presend, under the same
+ * tracking: the destination uses such a copy only if the fix map says it stands.
  */
 #ifndef TLM_SRC_REGION_H
 #define TLM_SRC_REGION_H
@@ -42,7 +43,8 @@ enum tlm_src_kind { TLM_SRC_FILE = 1, TLM_SRC_PID = 2 };
  *     -> LIVE         ctl `live` with working dirty tracking (live.h).
  *     -> FROZEN       ctl `freeze`: the orchestrator has stopped the source VM.
  *   LIVE        a worker thread classifies the running guest's pages and reclassifies
- *               what it writes; nothing is sent, demands queue up as in CONFIGURED.
+ *               what it writes; an open bulk session gets the live map and pre-sent
+ *               DATA (presend.h), demands queue up as in CONFIGURED.
  *     -> FROZEN       ctl `freeze`: the worker stops, one last collect of written pages.
  *   FROZEN      reading allowed; the page server classifies at once: from the live
  *               result plus the pages written since (tlm_live_finish), or all pages
@@ -68,6 +70,7 @@ enum tlm_src_phase {
 
 struct tlm_ps_sess;   /* a destination connection (src_session.h) */
 struct tlm_live;      /* the live phase's worker and tables (live.h) */
+struct tlm_presend;   /* live map, pre-sent DATA, fix map (presend.h) */
 
 /* Counters for `stats`. Wire bytes: payload = page bytes of PAGE messages; overhead =
  * everything else in both directions (frame headers, class map, demands, replies). */
@@ -110,6 +113,8 @@ struct tlm_src_region {
 	struct tlm_cls_map map;      /* valid from CLASSIFIED on */
 	struct tlm_live *live;       /* live phase (NULL: none); freed by the page server */
 	char live_why[160];          /* how it tracks, or why there is no live phase */
+	struct tlm_presend *pre;     /* with r->live; freed by the page server */
+	int policy;                  /* enum tlm_policy (presend.h) */
 	struct tlm_src_stats st;
 	char fail[200];              /* why FAILED */
 
@@ -153,6 +158,10 @@ void tlm_src_scan_close(struct tlm_src_scan *s);
 #define TLM_SRC_READ_MAX 64u
 int tlm_src_read_pages(struct tlm_src_region *r, const uint64_t *pages, unsigned n,
 		       uint8_t *buf, const uint8_t **ptrs, char *err, size_t errlen);
+/* The same in phase LIVE, for pre-sending only: the caller has cleared the pages' `wrote`
+ * bits first (live.h, rule 6; presend.c does). */
+int tlm_src_read_presend(struct tlm_src_region *r, const uint64_t *pages, unsigned n,
+			 uint8_t *buf, const uint8_t **ptrs, char *err, size_t errlen);
 
 const char *tlm_src_phase_name(enum tlm_src_phase p);
 const char *tlm_src_kind_name(enum tlm_src_kind k);

@@ -59,9 +59,53 @@ static int region_add(struct tlm_ps *ps, const char *spec, char *err, size_t err
 		pp = &(*pp)->next;
 	*pp = r;
 	r->bulk_hold = ps->bulk_hold;
+	r->policy = ps->presend.policy;
 	log_info("%s: %s source, %llu pages, template %s", r->id, tlm_src_kind_name(r->kind),
 		 (unsigned long long)r->page_count, r->tmpl ? r->tmpl_path : "none");
 	return 0;
+}
+
+/* Whether the orchestrator may stop the guest now, and why (presend.h). */
+static bool stats_ready(const struct tlm_src_region *r, char *why, size_t len)
+{
+	if (r->pre) {
+		snprintf(why, len, "%s", r->pre->ready ? r->pre->ready_why :
+			 r->pre->live ? "pre-sending" : "first pass");
+		return r->pre->ready;
+	}
+	if (r->live_why[0] && !r->live) {
+		snprintf(why, len, "no live phase (%s): post-copy", r->live_why);
+		return true;
+	}
+	snprintf(why, len, "%s", r->live ? "live phase without pre-send state" :
+		 "live not started");
+	return r->live != NULL;
+}
+
+/* The live map, pre-sent DATA and the fix map (protocol version 3), in "live". */
+static void stats_presend(struct tlm_json *j, const struct tlm_src_region *r)
+{
+	static const struct tlm_presend_stats none;
+	const struct tlm_presend_stats *st = r->pre ? &r->pre->st : &none;
+	char why[256];
+
+	tlm_json_str(j, "policy", tlm_policy_name(r->policy));
+	tlm_json_str(j, "premap", tlm_premap_name(r->pre ? r->pre->premap : TLM_PREMAP_NONE));
+	tlm_json_obj_begin(j, "presend");
+	tlm_json_u64(j, "round", st->round);
+	tlm_json_u64(j, "sent", st->sent);
+	tlm_json_u64(j, "resent", st->resent);
+	tlm_json_u64(j, "left", st->left);
+	tlm_json_double(j, "dirty_pps", st->dirty_pps);
+	tlm_json_double(j, "send_pps", st->send_pps);
+	tlm_json_obj_end(j);
+	tlm_json_bool(j, "ready", stats_ready(r, why, sizeof(why)));
+	tlm_json_str(j, "ready_why", why);
+	tlm_json_u64(j, "presend_bytes", st->bytes);
+	tlm_json_u64(j, "fix_runs", st->fix_runs);
+	tlm_json_u64(j, "keep_pages", st->keep_pages);
+	tlm_json_u64(j, "valid_at_freeze", st->valid);
+	tlm_json_u64(j, "invalid_at_freeze", st->invalid);
 }
 
 static void stats_live(struct tlm_json *j, const struct tlm_src_region *r)
@@ -84,6 +128,7 @@ static void stats_live(struct tlm_json *j, const struct tlm_src_region *r)
 	tlm_json_double(j, "pass_ms", (double)st.pass_ns / 1e6);
 	tlm_json_u64(j, "final_dirty", st.final_dirty);
 	tlm_json_double(j, "final_ms", (double)st.final_ns / 1e6);
+	stats_presend(j, r);
 	tlm_json_obj_end(j);
 }
 
@@ -189,6 +234,8 @@ static int freeze_classify(struct tlm_src_region *r, char *err, size_t errlen)
 	if (!tlm_live_usable(r->live))
 		return tlm_src_classify(r, err, errlen);
 	rc = tlm_live_finish(r, err, errlen);
+	if (rc == 0 && tlm_presend_freeze(r) < 0)
+		log_warn("%s: no memory for the fix map: the whole map goes", r->id);
 	r->st.classify_ns = tlm_now_ns() - t0;
 	if (rc == 0)
 		return 0;
@@ -270,9 +317,17 @@ static void cmd_freeze(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply
 }
 
 /* Start the live phase of one region; one reply line either way. */
-static int live_one(struct tlm_ps *ps, struct tlm_src_region *r, struct tlm_sbuf *out)
+static int live_one(struct tlm_ps *ps, struct tlm_src_region *r, int policy,
+		    struct tlm_sbuf *out)
 {
-	int rc = tlm_live_start(r, ps->live_rate, r->live_why, sizeof(r->live_why));
+	struct tlm_presend_cfg cfg = ps->presend;
+	int rc;
+
+	r->policy = cfg.policy = policy;
+	rc = tlm_live_start(r, ps->live_rate, r->live_why, sizeof(r->live_why));
+	/* Without it the destination gets the whole map after freeze, as before. */
+	if (rc == 1 && tlm_presend_new(r, &cfg) < 0)
+		log_warn("%s: no memory to pre-send: no live map", r->id);
 
 	if (rc < 0) {
 		tlm_sbuf_printf(out, "error: %s\n", r->live_why);
@@ -287,26 +342,34 @@ static int live_one(struct tlm_ps *ps, struct tlm_src_region *r, struct tlm_sbuf
 		log_info("%s: live phase: classifying while the guest runs, dirty tracking by "
 			 "%s (%s)", r->id, tlm_dirty_method_name(r->live->dirty.method),
 			 r->live_why);
-		tlm_sbuf_printf(out, "%s live: %s (%s)\n", r->id,
-				tlm_dirty_method_name(r->live->dirty.method), r->live_why);
+		tlm_sbuf_printf(out, "%s live: %s (%s), policy %s\n", r->id,
+				tlm_dirty_method_name(r->live->dirty.method), r->live_why,
+				tlm_policy_name(policy));
 	}
 	return 0;
 }
 
-/* `live ID|all`: classify while the guest runs (regions in phase configured). */
-static void cmd_live(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply)
+/* `live ID|all [post|hybrid|auto]`: classify while the guest runs (regions in phase
+ * configured), with this switch policy (default: --policy). */
+static void cmd_live(struct tlm_ps *ps, const char *id, const char *pol,
+		     struct tlm_sbuf *reply)
 {
 	struct tlm_src_region *only = NULL;
 	struct tlm_sbuf lines;
-	int failed = 0;
+	int failed = 0, policy = pol ? tlm_policy_parse(pol) : ps->presend.policy;
 
+	if (policy < 0) {
+		tlm_sbuf_printf(reply, "error: live: unknown policy '%s' (post, hybrid, auto)\n",
+				pol);
+		return;
+	}
 	if (!regions_arg(ps, "live", id, &only, reply))
 		return;
 	tlm_sbuf_init(&lines);
 	for (struct tlm_src_region *r = ps->regions; r; r = r->next) {
 		if ((only && r != only) || (!only && r->phase != TLM_SRC_CONFIGURED))
 			continue;
-		failed |= live_one(ps, r, &lines) < 0;
+		failed |= live_one(ps, r, policy, &lines) < 0;
 	}
 	/* An error first: the control client reads a leading "error:" as failure. */
 	if (failed)
@@ -342,6 +405,7 @@ static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
 	struct tlm_ps *ps = ctx;
 	char *save = NULL, *cmd = strtok_r(line, " \t\r\n", &save);
 	char *arg = strtok_r(NULL, " \t\r\n", &save), err[512];
+	char *arg2 = arg ? strtok_r(NULL, " \t\r\n", &save) : NULL;
 
 	if (!cmd) {
 		tlm_sbuf_printf(reply, "error: empty command\n");
@@ -350,7 +414,7 @@ static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
 	} else if (strcmp(cmd, "freeze") == 0) {
 		cmd_freeze(ps, arg, reply);
 	} else if (strcmp(cmd, "live") == 0) {
-		cmd_live(ps, arg, reply);
+		cmd_live(ps, arg, arg2, reply);
 	} else if (strcmp(cmd, "bulk-hold") == 0 || strcmp(cmd, "bulk-release") == 0) {
 		cmd_bulk(ps, arg, cmd[5] == 'h', reply);
 	} else if (strcmp(cmd, "add-region") == 0) {
@@ -364,7 +428,7 @@ static int ctl_handler(void *ctx, char *line, struct tlm_sbuf *reply)
 		ps->stop = true;
 		tlm_sbuf_printf(reply, "ok shutting down\n");
 	} else {
-		tlm_sbuf_printf(reply, "error: unknown command '%s' (stats [ID] | live ID|all | freeze ID|all | "
+		tlm_sbuf_printf(reply, "error: unknown command '%s' (stats [ID] | live ID|all [post|hybrid|auto] | freeze ID|all | "
 				"bulk-hold|bulk-release ID|all | add-region SPEC | shutdown)\n", cmd);
 	}
 	return reply->len && reply->p[0] == 'e' ? -1 : 0;
@@ -484,6 +548,7 @@ void tlm_ps_cleanup(struct tlm_ps *ps)
 
 		ps->regions = r->next;
 		tlm_live_free(r->live);   /* its worker reads the region */
+		tlm_presend_free(r->pre);
 		tlm_src_region_free(r);
 	}
 	if (ps->ctlfd >= 0) {
@@ -512,6 +577,7 @@ int tlm_ps_start(struct tlm_ps *ps, const struct tlm_ps_config *o)
 	ps->bulk_hold = o->bulk_hold;
 	ps->bulk_ahead_max = o->bulk_ahead;
 	ps->live_rate = o->live_rate;
+	ps->presend = o->presend;
 	rc = tlm_key_load(o->key, &ps->key, kerr, sizeof(kerr));
 	if (rc < 0)
 		snprintf(err, sizeof(err), "--key: %s", kerr);

@@ -52,6 +52,39 @@ static bool bulk_held(const struct tlm_ps_sess *s)
 				    tlm_now_ns() < s->r->st.freeze_ns + s->ps->bulk_hold_ns));
 }
 
+/*
+ * Pre-sending never holds up post-copy: while any frozen region's bulk stream has work
+ * (its class map or DATA pages, not held), no session pre-sends; the progress tick
+ * resumes them.
+ */
+static bool postcopy_busy(const struct tlm_ps *ps)
+{
+	for (const struct tlm_src_region *r = ps->regions; r; r = r->next) {
+		const struct tlm_ps_sess *b = r->bulk;
+
+		if (b && !b->dead && (b->bstate == BULK_MAP || b->bstate == BULK_PAGES) &&
+		    !bulk_held(b))
+			return true;
+	}
+	return false;
+}
+
+/* The bulk session has frames to queue now. */
+static bool bulk_has_work(const struct tlm_ps_sess *s)
+{
+	switch (s->bstate) {
+	case BULK_LIVE_MAP:
+		return true;
+	case BULK_PRESEND:
+		return !s->presend_idle;
+	case BULK_MAP:
+	case BULK_PAGES:
+		return !bulk_held(s);
+	default:
+		return false;
+	}
+}
+
 static void sess_set_events(struct tlm_ps_sess *s)
 {
 	uint32_t ev = 0;
@@ -60,9 +93,7 @@ static void sess_set_events(struct tlm_ps_sess *s)
 		return;
 	if (s->chan == TLM_CHAN_BULK || s->dq_len < PS_DEMAND_QUEUE)
 		ev |= EPOLLIN;
-	if (tlm_conn_pending(&s->c) ||
-	    (s->chan == TLM_CHAN_BULK && (s->bstate == BULK_MAP || s->bstate == BULK_PAGES) &&
-	     !bulk_held(s)))
+	if (tlm_conn_pending(&s->c) || (s->chan == TLM_CHAN_BULK && bulk_has_work(s)))
 		ev |= EPOLLOUT;
 	int rc = tlm_evloop_mod(&s->ps->loop, &s->src, ev);
 
@@ -94,6 +125,8 @@ void tlm_ps_sess_close(struct tlm_ps_sess *s, const char *why)
 	if (r->bulk == s) {
 		r->bulk = NULL;
 		r->credit_ok = false;   /* a credit speaks of one bulk session */
+		if (r->pre)
+			r->pre->premap = TLM_PREMAP_NONE;
 		if (r->phase == TLM_SRC_STREAMING)
 			r->phase = TLM_SRC_CLASSIFIED;
 	}
@@ -406,26 +439,57 @@ static void urgent_work(struct tlm_ps_sess *s)
 
 /* ---- bulk: class map, DATA pages, PROGRESS, DONE --------------------------------------- */
 
+/* Send map m (of kind) from page 0 in CLASS_MAP frames. */
+static void bulk_send_map(struct tlm_ps_sess *s, const struct tlm_cls_map *m, uint8_t kind,
+			  enum tlm_bulk_state state)
+{
+	s->mout = m;
+	s->mkind = kind;
+	s->map_run = 0;
+	s->bstate = state;
+	sess_set_events(s);
+}
+
+/* Live phase, the live map published: a waiting bulk session sends it. */
+static void bulk_live(struct tlm_ps_sess *s)
+{
+	struct tlm_src_region *r = s->r;
+
+	if (s->bstate != BULK_WAIT || r->phase != TLM_SRC_LIVE || !tlm_presend_adopt(r))
+		return;
+	r->pre->premap = TLM_PREMAP_SENDING;
+	bulk_send_map(s, r->pre->live, TLM_MAP_LIVE, BULK_LIVE_MAP);
+}
+
+/* The region is classified: the fix map when this session carried the whole live map
+ * and freeze trusted the live result, else the whole map (the destination then discards
+ * any live map and pre-sent copies). */
 static void bulk_start(struct tlm_ps_sess *s)
 {
+	struct tlm_presend *pre = s->r->pre;
+	bool fix = s->carried_live && pre && pre->fixable;
+
+	if (s->carried_live)
+		log_info("%s: bulk session carried the live map: sending the %s map", s->r->id,
+			 fix ? "fix" : "whole");
 	/* A new bulk session sends everything again (reconnect: keep it simple). */
 	if (!s->frames)   /* no memory: demands are simply never left to bulk */
 		s->frames = malloc(PS_BULK_FRAMES * sizeof(*s->frames));
 	s->nframes = s->frame_head = 0;
-	s->bstate = BULK_MAP;
-	s->map_run = 0;
+	s->skip_valid = fix;
 	s->cursor = 0;
 	s->data_passed = 0;
 	s->payload = 0;
 	s->ra_n = s->ra_i = 0;
 	s->r->phase = TLM_SRC_STREAMING;
-	sess_set_events(s);
+	bulk_send_map(s, fix ? &pre->fix : &s->r->map, fix ? TLM_MAP_FIX : TLM_MAP_WHOLE,
+		      BULK_MAP);
 }
 
 /* One CLASS_MAP frame with as many runs as fit. 1 = queued, 0 = no room. */
 static int bulk_map(struct tlm_ps_sess *s)
 {
-	const struct tlm_cls_map *map = &s->r->map;
+	const struct tlm_cls_map *map = s->mout;
 	size_t left = map->nruns - s->map_run, space = tlm_conn_space(&s->c);
 	size_t room = space > 24 ? (space - 24) / 16 : 0;
 	size_t n = left;
@@ -441,13 +505,22 @@ static int bulk_map(struct tlm_ps_sess *s)
 	m.u.class_map.first_page = map->run_first[s->map_run];
 	m.u.class_map.nruns = (uint32_t)n;
 	m.u.class_map.final = n == left;
+	m.u.class_map.kind = s->mkind;
 	m.u.class_map.runs = &map->runs[s->map_run];
 	rc = tlm_conn_queue(&s->c, &m);
 	if (rc < 0)
 		return rc == -ENOBUFS ? 0 : rc;
 	s->map_run += n;
-	if (s->map_run == map->nruns)
+	if (s->map_run < map->nruns)
+		return 1;
+	if (s->mkind != TLM_MAP_LIVE) {
 		s->bstate = BULK_PAGES;
+		return 1;
+	}
+	s->bstate = BULK_PRESEND;
+	s->carried_live = true;
+	s->presend_idle = false;
+	tlm_presend_map_sent(s->r);
 	return 1;
 }
 
@@ -462,8 +535,9 @@ static int bulk_readahead(struct tlm_ps_sess *s)
 	for (; s->cursor < r->page_count && n < TLM_SRC_READ_MAX; s->cursor++) {
 		if ((r->map.cls[s->cursor] & TLM_CLS_MASK) != TLM_CLASS_DATA)
 			continue;
-		if (tlm_cls_sent(&r->map, s->cursor))
-			s->data_passed++;
+		if (tlm_cls_sent(&r->map, s->cursor) ||
+		    (s->skip_valid && tlm_presend_valid(r->pre, s->cursor)))
+			s->data_passed++;   /* on urgent, or a valid pre-sent copy */
 		else
 			s->ra_page[n++] = s->cursor;
 	}
@@ -505,18 +579,25 @@ static int bulk_done(struct tlm_ps_sess *s)
 	return 1;
 }
 
+/* Read-ahead page i went out on urgent meanwhile (only after freeze: pre-sent pages are
+ * never demanded before). */
+static bool ra_sent(const struct tlm_ps_sess *s, unsigned i)
+{
+	return s->bstate == BULK_PAGES && tlm_cls_sent(&s->r->map, s->ra_page[i]);
+}
+
 /* Pages of the read-ahead from ra_i on that go out in one PAGES frame: consecutive, not
  * sent on urgent, contiguous in memory (the file mapping, or one process_vm_readv). */
 static uint32_t bulk_run(const struct tlm_ps_sess *s, unsigned max)
 {
 	uint32_t n = 1;
 
-	if (tlm_cls_sent(&s->r->map, s->ra_page[s->ra_i]))
+	if (ra_sent(s, s->ra_i))
 		return 0;
 	while (n < max && s->ra_i + n < s->ra_n &&
 	       s->ra_page[s->ra_i + n] == s->ra_page[s->ra_i] + n &&
 	       s->ra_ptr[s->ra_i + n] == s->ra_ptr[s->ra_i] + (size_t)n * TLM_PAGE_SIZE &&
-	       !tlm_cls_sent(&s->r->map, s->ra_page[s->ra_i + n]))
+	       !ra_sent(s, s->ra_i + n))
 		n++;
 	return n;
 }
@@ -536,10 +617,10 @@ static void bulk_remember(struct tlm_ps_sess *s, uint64_t page, uint32_t n)
 	*f = (struct tlm_bulk_frame){ page, n, s->c.bytes_out + tlm_conn_pending(&s->c) };
 }
 
-/* One PAGES frame of n read-ahead pages from ra_i. 0, or -ENOBUFS (no room yet). */
-static int bulk_queue_run(struct tlm_ps_sess *s, uint32_t n)
+/* One PAGES frame of n read-ahead pages from ra_i (pre-sent or not). 0, or -ENOBUFS (no
+ * room yet). */
+static int queue_pages(struct tlm_ps_sess *s, uint32_t n)
 {
-	struct tlm_src_region *r = s->r;
 	uint8_t sums[TLM_PROTO_MAX_PAGES * 8];
 	struct tlm_msg m = { .type = TLM_MSG_PAGES };
 	int rc;
@@ -552,15 +633,77 @@ static int bulk_queue_run(struct tlm_ps_sess *s, uint32_t n)
 		return -ENOBUFS;
 	tlm_proto_pages_sums(sums, m.u.pages.data, n);
 	rc = tlm_conn_queue(&s->c, &m);
+	if (rc == 0)
+		s->r->st.payload_bytes += (uint64_t)n * TLM_PAGE_SIZE;
+	return rc;
+}
+
+/* The bulk stream's PAGES frame: remembered for demands, counted. */
+static int bulk_queue_run(struct tlm_ps_sess *s, uint32_t n)
+{
+	struct tlm_src_region *r = s->r;
+	uint64_t page = s->ra_page[s->ra_i];
+	int rc = queue_pages(s, n);
+
 	if (rc < 0)
 		return rc;
-	bulk_remember(s, m.u.pages.page, n);
+	bulk_remember(s, page, n);
 	for (uint32_t i = 0; i < n; i++)
-		tlm_cls_set_flag(&r->map, m.u.pages.page + i, TLM_CLS_BULK);
+		tlm_cls_set_flag(&r->map, page + i, TLM_CLS_BULK);
 	r->st.data_sent_bulk += n;
-	r->st.payload_bytes += (uint64_t)n * TLM_PAGE_SIZE;
 	s->payload += (uint64_t)n * TLM_PAGE_SIZE;
 	return 0;
+}
+
+/* Pages that fit in the free output space now as PAGES frames (a frame of one page
+ * costs the most per page), at most max. */
+static unsigned room_pages(const struct tlm_ps_sess *s, unsigned max)
+{
+	struct tlm_msg m = { .type = TLM_MSG_PAGES, .u.pages = { .count = 1 } };
+	size_t n = tlm_conn_space(&s->c) / tlm_proto_frame_size(&m);
+
+	if (max > TLM_SRC_READ_MAX)
+		max = TLM_SRC_READ_MAX;
+	return n < max ? (unsigned)n : max;
+}
+
+/* Live phase: pre-send the next pages of the round, read only when there is room for all
+ * of them (a page read and not queued would leave its `wrote` bit cleared). Pages queued;
+ * 0 = nothing now (presend_idle: the progress tick tries again, or EPOLLOUT). A read that
+ * fails ends pre-sending only: freeze tells whether the region can still be served. */
+static int bulk_presend(struct tlm_ps_sess *s, unsigned budget)
+{
+	struct tlm_src_region *r = s->r;
+	unsigned n = room_pages(s, budget);
+	char err[200];
+
+	if (n == 0)
+		return 0;
+	n = postcopy_busy(s->ps) ? 0 : tlm_presend_pick(r, tlm_now_ns(), s->ra_page, n);
+	if (n && r->kind == TLM_SRC_PID && !s->ra_buf)
+		s->ra_buf = malloc(TLM_SRC_READ_MAX * TLM_PAGE_SIZE);
+	if (n && r->kind == TLM_SRC_PID && !s->ra_buf) {
+		tlm_presend_unread(r, s->ra_page, n);
+		n = 0;
+	} else if (n && tlm_presend_read(r, s->ra_page, n, s->ra_buf, s->ra_ptr, err,
+					 sizeof(err)) < 0) {
+		log_warn("%s; pre-sending stops", err);
+		tlm_presend_stop(r, err);
+		n = 0;
+	}
+	s->presend_idle = n == 0;
+	for (s->ra_i = 0, s->ra_n = n; s->ra_i < n;) {
+		uint32_t run = bulk_run(s, TLM_PROTO_MAX_PAGES);
+
+		if (queue_pages(s, run) < 0)
+			break;
+		tlm_presend_queued(r, s->ra_page[s->ra_i], run);
+		s->ra_i += run;
+	}
+	if (s->ra_i < n)
+		tlm_presend_unread(r, s->ra_page + s->ra_i, n - s->ra_i);
+	s->ra_i = s->ra_n = 0;
+	return (int)n;
 }
 
 /* Queue DATA pages from the read-ahead, runs of consecutive pages as one PAGES frame.
@@ -600,19 +743,17 @@ void tlm_ps_bulk_pump(struct tlm_ps_sess *s)
 	unsigned budget = PS_BULK_BATCH;
 	int rc = 1;
 
-	if (s->dead || (s->bstate != BULK_MAP && s->bstate != BULK_PAGES &&
-			!tlm_conn_pending(&s->c)))
+	if (s->dead || (!bulk_has_work(s) && !tlm_conn_pending(&s->c)))
 		return;
 	if (sess_flush(s) == -1)
 		return;
-	while (rc > 0 && budget && (s->bstate == BULK_MAP || s->bstate == BULK_PAGES) &&
-	       !bulk_held(s)) {
-		if (s->bstate == BULK_MAP) {
+	while (rc > 0 && budget && bulk_has_work(s)) {
+		if (s->bstate == BULK_MAP || s->bstate == BULK_LIVE_MAP) {
 			rc = bulk_map(s);
-		} else {
-			rc = bulk_pages(s, budget);
-			budget = rc > 0 && (unsigned)rc < budget ? budget - (unsigned)rc : 0;
+			continue;
 		}
+		rc = s->bstate == BULK_PRESEND ? bulk_presend(s, budget) : bulk_pages(s, budget);
+		budget = rc > 0 && (unsigned)rc < budget ? budget - (unsigned)rc : 0;
 	}
 	if (rc < 0) {
 		region_fail(s->r, rc);
@@ -623,13 +764,28 @@ void tlm_ps_bulk_pump(struct tlm_ps_sess *s)
 	sess_set_events(s);
 }
 
+/* Live phase: the live map once the worker published it, the next pre-send round. */
+static void live_tick(struct tlm_src_region *r, struct tlm_ps_sess *s)
+{
+	tlm_presend_tick(r, s != NULL);
+	if (!s)
+		return;
+	bulk_live(s);
+	if (s->bstate == BULK_PRESEND && s->presend_idle) {
+		s->presend_idle = false;
+		tlm_ps_bulk_pump(s);
+	}
+}
+
 void tlm_ps_progress_tick(struct tlm_ps *ps)
 {
 	for (struct tlm_src_region *r = ps->regions; r; r = r->next) {
-		struct tlm_ps_sess *s = r->bulk;
+		struct tlm_ps_sess *s = r->bulk && !r->bulk->dead ? r->bulk : NULL;
 		struct tlm_msg m = { .type = TLM_MSG_PROGRESS };
 
-		if (!s || s->dead || s->bstate != BULK_PAGES)
+		if (r->phase == TLM_SRC_LIVE)
+			live_tick(r, s);
+		if (!s || s->bstate != BULK_PAGES)
 			continue;
 		if (!(s->src.events & EPOLLOUT) && !bulk_held(s))
 			tlm_ps_bulk_pump(s);         /* the --bulk-delay hold is over */
@@ -674,7 +830,8 @@ void tlm_ps_region_ready(struct tlm_ps *ps, struct tlm_src_region *r)
 	}
 	if (r->urgent)
 		urgent_work(r->urgent);
-	if (r->bulk && r->bulk->bstate == BULK_WAIT)
+	if (r->bulk && (r->bulk->bstate == BULK_WAIT || r->bulk->bstate == BULK_LIVE_MAP ||
+			r->bulk->bstate == BULK_PRESEND))
 		bulk_start(r->bulk);
 }
 
@@ -784,8 +941,12 @@ static int sess_register(struct tlm_ps *ps, struct tlm_src_region *r, int fd, ui
 	r->st.sessions_opened++;
 	log_info("%s: %s session from %s (phase %s)", r->id, chan_name(chan), peer,
 		 tlm_src_phase_name(r->phase));
+	if (chan == TLM_CHAN_BULK)
+		tlm_presend_session(r);
 	if (region_serving(r))
 		tlm_ps_region_ready(ps, r);
+	else if (chan == TLM_CHAN_BULK)
+		bulk_live(s);
 	return 0;
 }
 

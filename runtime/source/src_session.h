@@ -16,6 +16,7 @@
 #include "evloop.h"
 #include "tlm_proto.h"
 #include "src_region.h"
+#include "presend.h"
 
 /* Event priorities (evloop.h): demands first, then the stream, then the rest. */
 enum { PS_PRIO_URGENT = 0, PS_PRIO_BULK, PS_PRIO_OTHER };
@@ -32,6 +33,8 @@ struct tlm_ps {
 	uint64_t bulk_ahead_max;            /* --bulk-ahead: see demand_rides_bulk */
 	bool bulk_hold;                     /* --bulk-hold: new regions hold their stream */
 	uint64_t live_rate;                 /* --live-rate, bytes/s (0: no limit) */
+	struct tlm_presend_cfg presend;     /* --policy, --presend-*: per `live` call the
+	                                     * policy may differ (region's cfg) */
 	bool stop;
 	/* Handshakes run in threads of their own (an unauthenticated peer must not hold
 	 * the loop); each finished one comes back as a pointer on hs_pipe. */
@@ -42,8 +45,10 @@ struct tlm_ps {
 
 /* Where a bulk session stands; the region's phase says the same from the VM's view. */
 enum tlm_bulk_state {
-	BULK_WAIT = 0,   /* region not classified yet */
-	BULK_MAP,        /* sending CLASS_MAP frames */
+	BULK_WAIT = 0,   /* nothing to send yet: no live map, region not classified */
+	BULK_LIVE_MAP,   /* live phase: sending the live map (presend.h) */
+	BULK_PRESEND,    /* live phase: live map sent; pre-sending DATA (hybrid, auto) */
+	BULK_MAP,        /* frozen: sending the fix map or the whole map */
 	BULK_PAGES,      /* sending DATA pages in page order */
 	BULK_FINISHED,   /* DONE queued */
 };
@@ -80,6 +85,11 @@ struct tlm_ps_sess {
 
 	/* bulk */
 	enum tlm_bulk_state bstate;
+	const struct tlm_cls_map *mout;   /* the map being sent (whole, live or fix) */
+	uint8_t mkind;                 /* its enum tlm_map_kind */
+	bool carried_live;             /* the whole live map went out on this session */
+	bool skip_valid;               /* the fix went out: skip valid pre-sent copies */
+	bool presend_idle;             /* nothing to pre-send until the next tick */
 	size_t map_run;                /* next run to put in a CLASS_MAP frame */
 	uint64_t cursor;               /* next page to look at for DATA */
 	uint64_t data_passed;          /* DATA pages behind the cursor (sent or skipped) */
@@ -109,7 +119,8 @@ void tlm_ps_sess_event(struct tlm_evsrc *src, uint32_t events);
 void tlm_ps_bulk_pump(struct tlm_ps_sess *s);
 /* Region classified (or failed): answer queued demands, start the bulk stream. */
 void tlm_ps_region_ready(struct tlm_ps *ps, struct tlm_src_region *r);
-/* Every ~100 ms: PROGRESS on streaming bulk sessions. */
+/* Every ~100 ms: PROGRESS on streaming bulk sessions; in the live phase the live map
+ * once published, pre-sending rounds, the switch decision. */
 void tlm_ps_progress_tick(struct tlm_ps *ps);
 /* Close with a reason (logged as a warning unless NULL = orderly). */
 void tlm_ps_sess_close(struct tlm_ps_sess *s, const char *why);
