@@ -224,9 +224,10 @@ struct dst_region_stats {
 	uint64_t sessions, reconnects;
 	uint64_t source_sent, source_total;               /* last PROGRESS of the source */
 	uint64_t adopted;                                 /* found present when attaching */
-	/* Pre-sent DATA (dst_stage.h): received = held or replaced; each copy ends placed,
-	 * invalidated (replaced by a newer one, a non-KEEP fix run, a lost session, a whole
-	 * map, its page present or discarded another way) or still held. Dropped ones were
+	/* Pre-sent DATA (dst_stage.h): received = copies taken into the stage, each of which
+	 * ends placed, invalidated (replaced by a newer one, a non-KEEP fix run, a lost
+	 * session, a whole map, its page present or discarded another way, the region
+	 * released) or is still held: received = placed + invalidated + held. Dropped ones were
 	 * never held: no room (dropped_full) or a bad checksum (dropped_badsum, which also
 	 * invalidates an older copy of the page). */
 	struct {
