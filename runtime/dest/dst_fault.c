@@ -217,6 +217,9 @@ void dst_fault_resolve(struct dst_region *r, uint64_t page)
 					     NULL);
 		else if (cls == TLM_CLASS_REF && dst_map_ref(r, page, &k) == 0)
 			rc = dst_place_copy_tmpl(r, page, 1, k, cls, DST_ALLOW_NORMAL);
+		else if (cls == TLM_CLASS_DATA && dst_stage_usable(r) &&
+			 dst_stage_has(&r->stage, page))
+			rc = dst_place_staged(r, page, 1);
 		else
 			dst_pg_demand(r, page, 1);
 	}

@@ -6,6 +6,7 @@
  *             is certain (zero, template), else the thread is woken
  *   REMOVED   the guest discarded it: a zero page
  *   TEMPLATE / ZERO / REF (class known from the class map or a reply): placed locally
+ *   DATA with a final staged copy (pre-sent, kept by the fix map): placed from it
  *   DATA, or class not known yet: demanded from the source; the fault waits (it is never
  *             answered with anything else) until the PAGE comes, or the class map says it
  *             is a class known locally

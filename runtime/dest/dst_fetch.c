@@ -86,6 +86,51 @@ static void data_place(struct dst_region *r, uint64_t page, uint64_t n, const ui
 	}
 }
 
+/* One pre-sent page: held if its checksum matches and there is room. A bad one is never
+ * held and takes an older copy of the page with it: the source sent the page again
+ * because the guest wrote it, so that copy is stale. */
+static void stage_page(struct dst_region *r, uint64_t page, const uint8_t *data, uint64_t sum)
+{
+	uint64_t got;
+	bool had;
+
+	if (!dst_pg_placeable(r, page)) {
+		r->st.data_pages_dropped++;     /* present already, or discarded */
+		return;
+	}
+	got = tlm_proto_page_sum(data);
+	if (got != sum) {
+		r->st.stage.dropped_badsum++;
+		r->st.stage.invalidated += dst_stage_drop(&r->stage, page);
+		log_warn("%s: pre-sent page %llu: checksum mismatch (data hashes to %016llx, sender "
+			 "said %016llx); not held", r->id, (unsigned long long)page,
+			 (unsigned long long)got, (unsigned long long)sum);
+		return;
+	}
+	had = dst_stage_has(&r->stage, page);
+	if (dst_stage_put(&r->stage, page, data) == 0) {
+		r->st.stage.received++;
+		r->st.stage.invalidated += had;     /* the newer copy replaced it */
+	} else if (!r->st.stage.dropped_full++) {
+		log_warn("%s: no room to hold pre-sent page %llu (--stage-max): it and any others "
+			 "dropped are fetched like missing pages", r->id, (unsigned long long)page);
+	}
+}
+
+/* Before the final fix frame, DATA on bulk is pre-sent: held aside, never placed. */
+static int stage_msg(struct dst_region *r, const char *what, uint64_t page, uint32_t n,
+		     const uint8_t *data, const uint64_t *sums, char *err, size_t errlen)
+{
+	int rc = range_check(r, what, page, n, err, errlen);
+
+	if (rc)
+		return rc;
+	r->st.data_pages_in += n;
+	for (uint32_t i = 0; i < n; i++)
+		stage_page(r, page + i, data + (uint64_t)i * TLM_PAGE_SIZE, sums[i]);
+	return 0;
+}
+
 /*
  * DATA pages [page, page + n) with their checksums: a page that fails its checksum is
  * never placed, the others go in as few UFFDIO_COPY calls as there are stretches of
@@ -96,8 +141,11 @@ static int data_msg(struct dst_region *r, const char *what, uint64_t page, uint3
 		    size_t errlen)
 {
 	uint64_t good = page;   /* first page of the current stretch of good sums */
-	int rc = range_check(r, what, page, n, err, errlen);
+	int rc;
 
+	if (!urgent && dst_region_staging(r))
+		return stage_msg(r, what, page, n, data, sums, err, errlen);
+	rc = range_check(r, what, page, n, err, errlen);
 	if (!rc)
 		rc = cls_check(r, what, page, n, TLM_CLASS_DATA, TLM_CLASS_DATA, err, errlen);
 	if (rc)
@@ -208,11 +256,13 @@ void dst_region_done_msg(struct dst_region *r, const struct tlm_msg *m)
 
 /* ---- finishing ---------------------------------------------------------------------------- */
 
+/* Only the source has its content (a final staged copy is placed like a known class). */
 static bool wants_data(const struct dst_region *r, uint64_t i)
 {
 	unsigned c = dst_pg_cls(r, i);
 
-	return dst_pg_state(r, i) == DST_MISSING && (c == 0 || c == TLM_CLASS_DATA);
+	return dst_pg_state(r, i) == DST_MISSING && (c == 0 || c == TLM_CLASS_DATA) &&
+	       !(dst_stage_usable(r) && dst_stage_has(&r->stage, i));
 }
 
 /* Every page's class is known and the stream is over (DONE) or not needed (resumed). */
@@ -332,11 +382,13 @@ void dst_region_connected(struct dst_region *r)
 	r->finish_cursor = 0;
 }
 
-/* The urgent session is gone: what was requested on it is missing again. */
+/* The sessions are gone: what was requested on them is missing again; a live map not
+ * fixed yet and the pages pre-sent with it go too. */
 void dst_region_disconnected(struct dst_region *r)
 {
 	if (!r->pg)
 		return;
+	dst_map_session_end(r);
 	dst_pg_session_lost(r);
 	r->finish_cursor = 0;
 }

@@ -12,6 +12,13 @@
  * again on urgent (bulk: unless a demand reply is on its way), a second fails the region.
  * A PAGE for a page already PRESENT or REMOVED is dropped.
  *
+ * Pre-sent DATA (version 3): from the first live map frame of a bulk session to its
+ * final fix frame, PAGE/PAGES on bulk are not placed: each page whose checksum matches is
+ * held in the stage (a newer copy replaces an older one), one that fails it is dropped
+ * (and so is any older copy of it); what does not fit the stage is dropped, and fetched
+ * later like any missing page. Both are counted. The sessions ending before the final fix
+ * frame drops the live map and every staged copy.
+ *
  * Finishing: after DONE (or at once on a session that follows one which brought the
  * whole class map: `resumed`), the pages still missing are demanded in runs as urgent has
  * room (a resumed sweep keeps a bounded number in flight so guest faults do not queue
@@ -30,7 +37,8 @@
 
 /* Both sessions are open: phase MAPPING; pages of waiting faults are demanded. */
 void dst_region_connected(struct dst_region *r);
-/* The sessions are gone: what was requested on them is missing again. */
+/* The sessions are gone: what was requested on them is missing again; an unfixed live
+ * map and the staged copies go. */
 void dst_region_disconnected(struct dst_region *r);
 /* One message each; urgent: it came on the urgent session. 0, or -EPROTO with err. */
 int dst_region_page_msg(struct dst_region *r, const struct tlm_msg *m, bool urgent,

@@ -20,12 +20,24 @@ bool dst_pg_allowed(const struct dst_region *r, uint64_t i, unsigned allow)
 	return s == DST_REMOVED && (allow & DST_ALLOW_REMOVED);
 }
 
+/* A page present or discarded by other means than its staged copy (a PAGE, EEXIST, the
+ * guest) has no use for the copy. Copies being placed are dst_place_staged's. */
+static void stage_forget(struct dst_region *r, uint64_t i)
+{
+	struct dst_stage *s = &r->stage;
+
+	if (s->held && (i < s->busy || i >= s->busy_end) && dst_stage_drop(s, i))
+		r->st.stage.invalidated++;
+}
+
 void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s)
 {
 	enum dst_pg_state old = dst_pg_state(r, i);
 
 	if (old == s)
 		return;
+	if (s == DST_PRESENT || s == DST_REMOVED)
+		stage_forget(r, i);
 	r->n_present -= old == DST_PRESENT;
 	r->n_removed -= old == DST_REMOVED;
 	r->n_requested -= old == DST_REQUESTED;

@@ -11,6 +11,7 @@
  *   MISSING/REQUESTED -> PRESENT   dst_pg_placed, dst_pg_existing (EEXIST), adoption
  *   any       -> REMOVED    dst_pg_removed (the guest discarded the page)
  *   REMOVED   -> PRESENT    dst_pg_placed with a zero page (ZEROFILL) on a fault
+ * A page that turns PRESENT or REMOVED loses its staged copy (dst_stage.h), if any.
  */
 #ifndef TLM_DST_PAGES_H
 #define TLM_DST_PAGES_H

@@ -142,6 +142,47 @@ int dst_place_range(struct dst_region *r, enum dst_how how, uint64_t first, uint
 	return 0;
 }
 
+/* n copies that follow each other at src. While the ioctl runs they are busy: a page
+ * that turns PRESENT or REMOVED meanwhile keeps its copy (src stays valid) until here,
+ * where each is counted placed or, if it never was (EEXIST, discarded), invalidated. */
+static int place_staged_run(struct dst_region *r, uint64_t page, uint64_t n,
+			    const uint8_t *src)
+{
+	uint64_t before = r->st.placed_by_class[TLM_CLASS_DATA], gone = 0, placed;
+	int rc;
+
+	r->stage.busy = page;
+	r->stage.busy_end = page + n;
+	rc = dst_place_range(r, DST_HOW_COPY, page, n, src, TLM_CLASS_DATA, DST_ALLOW_NORMAL,
+			     NULL);
+	r->stage.busy = r->stage.busy_end = 0;
+	placed = r->st.placed_by_class[TLM_CLASS_DATA] - before;
+	for (uint64_t i = page; i < page + n; i++)
+		if (!dst_pg_placeable(r, i))
+			gone += dst_stage_drop(&r->stage, i);
+	r->st.stage.placed += placed;
+	r->st.stage.invalidated += gone - placed;
+	return rc;
+}
+
+int dst_place_staged(struct dst_region *r, uint64_t page, uint64_t n)
+{
+	uint64_t end = page + n, k;
+	int rc = 0;
+
+	while (page < end && !rc && dst_stage_usable(r) && dst_region_live(r)) {
+		const uint8_t *src = dst_stage_get(&r->stage, page, end - page, &k);
+
+		if (!src) {
+			page++;
+			continue;
+		}
+		rc = place_staged_run(r, page, k, src);
+		page += k;
+	}
+	return rc;
+}
+
 const uint8_t *dst_place_tmpl_src(const struct dst_region *r, uint64_t k, uint64_t n)
 {
 	const uint8_t *a, *b;

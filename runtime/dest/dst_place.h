@@ -38,6 +38,12 @@ int dst_place_copy_tmpl(struct dst_region *r, uint64_t page, uint64_t n, uint64_
 			unsigned cls, unsigned allow);
 /* TEMPLATE pages [page, page + n): CONTINUE, a hole in the template's page cache COPY. */
 int dst_place_template(struct dst_region *r, uint64_t page, uint64_t n, unsigned allow);
+/*
+ * The DATA pages of [page, page + n) that hold a final staged copy (dst_stage_usable),
+ * placed by COPY from the stage (copies next to each other in one call). A copy is freed
+ * once its page is PRESENT or REMOVED, and kept when the placement is deferred (-EAGAIN).
+ */
+int dst_place_staged(struct dst_region *r, uint64_t page, uint64_t n);
 /* Template pages k .. k+n-1 as one contiguous source, or NULL. */
 const uint8_t *dst_place_tmpl_src(const struct dst_region *r, uint64_t k, uint64_t n);
 

@@ -85,6 +85,7 @@ struct dst_region *dst_region_new(struct tlm_evloop *loop, struct dst_glue *g,
 	r->uffd.fd = -1;
 	r->uffd_src.fd = -1;
 	r->st.pages_by_class[0] = r->npages;
+	dst_stage_init(&r->stage, NULL, r->npages);     /* the daemon gives it its pool */
 	tlm_hist_init(&r->st.lat_all);
 	tlm_hist_init(&r->st.lat_local);
 	tlm_hist_init(&r->st.lat_demand);
@@ -178,16 +179,16 @@ void dst_region_release(struct dst_region *r)
 	}
 	r->uops = NULL;
 	free(r->pg);
-	free(r->mruns);
-	free(r->mstart);
+	dst_runs_free(&r->map);
+	dst_runs_free(&r->lv.live);
+	dst_runs_free(&r->lv.fix);
+	r->st.stage.invalidated += dst_stage_clear(&r->stage);      /* never placed */
 	free(r->faults);
 	free(r->redo);
 	r->pg = NULL;
-	r->mruns = NULL;
-	r->mstart = NULL;
 	r->faults = NULL;
 	r->redo = NULL;
-	r->nmruns = r->mcap = r->mcur = 0;
+	r->mcur = 0;
 	r->nfaults = r->faults_cap = r->nredo = r->redo_cap = 0;
 }
 

@@ -8,13 +8,16 @@
  *   dst_pages   page-state transitions and waiting faults: the one place states change
  *   dst_uevent  reading the uffd's events and recording what they say (never places)
  *   dst_place   placing pages: CONTINUE / ZEROPAGE / COPY, EEXIST and EAGAIN handling
- *   dst_map     the class map: ingest, checks, the sweep that places known classes
+ *   dst_map     the class map: ingest, checks, the sweep that places known classes;
+ *               version 3's live and fix maps (merged into the class map)
  *   dst_fault   the fault path: the uffd arrives, a fault is read, resolved, answered
  *   dst_fetch   what the link brings (messages, sessions), the finish sweep, the
  *               background work slice; the link's way in
+ *   dst_stage   pre-sent DATA pages held aside (a store only, below everything)
  * Calls only go down that list (dst_fetch -> dst_fault -> dst_map -> dst_place ->
- * dst_uevent -> dst_pages, and everything -> dst_region.c); the peer (dst_peer.c) calls
- * dst_fetch.h and dst_region.h, the region reaches the peer only through struct dst_link.
+ * dst_uevent -> dst_pages, and everything -> dst_region.c -> dst_stage); the peer
+ * (dst_peer.c) calls dst_fetch.h and dst_region.h, the region reaches the peer only
+ * through struct dst_link.
  *
  * Page-state table: one byte per page (memory stays at 1 byte per guest page):
  *   bits 0-2  class (enum tlm_page_class; 0 = not known yet: the class map has not
@@ -34,8 +37,21 @@
  * Placement rules (docs/ARCHITECTURE.md): a page is only ever placed from
  * MISSING/REQUESTED with content that is certain: the local template (TEMPLATE: CONTINUE
  * on the template frame, or COPY of it), a zero page (ZERO, or REMOVED on fault),
- * template page k (REF), or a PAGE whose XXH3-64 matched (DATA). A fault whose content is not known yet waits:
- * it is never answered with anything else.
+ * template page k (REF), or a PAGE whose XXH3-64 matched (DATA), or a staged copy of
+ * one (below). A fault whose content is not known yet waits: it is never answered with
+ * anything else.
+ *
+ * Live and fix maps (protocol version 3, PROTOCOL.md): a bulk session may bring, while
+ * the source guest still runs, a live map (kept in live, never placed from, never used
+ * for a fault) and pre-sent DATA pages (checked, then held in the stage, never placed);
+ * once the source is frozen, a fix map over the whole region, merged with the live map
+ * into fix as it comes (KEEP: the live runs and copies stand; else the final class, the
+ * copies of those pages are dropped). Only the final fix frame hands the merged runs to
+ * the class map, exactly as if a whole map had come: until then nothing is placed and
+ * faults behave as before any map. From then on a staged copy is final content: the
+ * sweep and faults place it like a PAGE that just came. A bulk session lost before the
+ * final fix frame takes the live map and every staged copy with it (the source starts
+ * over); so does a whole map after a live map.
  */
 #ifndef TLM_DST_REGION_H
 #define TLM_DST_REGION_H
@@ -43,6 +59,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/types.h>
 
 #include "evloop.h"
@@ -50,6 +67,7 @@
 #include "stats.h"
 #include "template.h"
 #include "tlm_uffd.h"
+#include "dst_stage.h"
 
 struct dst_server;
 
@@ -154,6 +172,41 @@ enum dst_phase {
 	DST_FAILED,
 };
 
+/* Runs of a class map in page order, with each run's first page (dst_map.c). At most one
+ * run per page: bounded by the region. */
+struct dst_runs {
+	struct tlm_run *run;
+	uint64_t *start;                  /* first page of run[i] */
+	uint32_t n, cap;                  /* runs, allocated */
+	uint64_t end;                     /* first page no run covers */
+};
+
+static inline void dst_runs_free(struct dst_runs *rs)
+{
+	free(rs->run);
+	free(rs->start);
+	*rs = (struct dst_runs){ 0 };
+}
+
+/*
+ * Where the current bulk session is with version 3's maps (dst_map.c). Pre-sent DATA is
+ * staged from the first live frame to the final fix frame; the state goes back to NONE
+ * with the final fix frame (the merged map is the class map) or the session's end.
+ */
+enum dst_live_state {
+	DST_LIVE_NONE = 0,                /* no live map (any more) in this session */
+	DST_LIVE_MAP,                     /* live map frames arriving */
+	DST_LIVE_HELD,                    /* the live map is complete, no fix frame yet */
+	DST_LIVE_FIX,                     /* fix frames arriving */
+};
+
+struct dst_live {
+	enum dst_live_state state;
+	bool sess_map;                    /* a whole or fix frame came in this session */
+	struct dst_runs live;             /* the live map as received */
+	struct dst_runs fix;              /* the live map with the fixes received so far */
+};
+
 /* A guest thread waiting on a page: for the fault latency histogram. */
 struct dst_fault {
 	uint64_t page;
@@ -171,6 +224,15 @@ struct dst_region_stats {
 	uint64_t sessions, reconnects;
 	uint64_t source_sent, source_total;               /* last PROGRESS of the source */
 	uint64_t adopted;                                 /* found present when attaching */
+	/* Pre-sent DATA (dst_stage.h): received = copies taken into the stage, each of which
+	 * ends placed, invalidated (replaced by a newer one, a non-KEEP fix run, a lost
+	 * session, a whole map, its page present or discarded another way, the region
+	 * released) or is still held: received = placed + invalidated + held. Dropped ones were
+	 * never held: no room (dropped_full) or a bad checksum (dropped_badsum, which also
+	 * invalidates an older copy of the page). */
+	struct {
+		uint64_t received, placed, invalidated, dropped_full, dropped_badsum;
+	} stage;
 	/* Fault service latency, from reading the fault to the placing ioctl (which wakes):
 	 * all faults, by class placed, and split by how: from local knowledge (template,
 	 * zero, known class) or after a DEMAND round trip to the source. */
@@ -209,13 +271,14 @@ struct dst_region {
 	/* The class map as received, runs in page order (kept until the region is released:
 	 * REF lookups of faulted pages search it). Frames are appended, so the bulk stream
 	 * never waits for the sweep; a map resent after a reconnect only checks what is
-	 * covered already. At most one run per page: bounded by the region. */
-	struct tlm_run *mruns;
-	uint64_t *mstart;                 /* first page of mruns[i] */
-	uint32_t nmruns, mcap, mcur;      /* runs, allocated, the run being swept */
-	uint64_t mpos;                    /* pages of mruns[mcur] already swept */
-	uint64_t mend;                    /* first page no recorded run covers */
+	 * covered already. */
+	struct dst_runs map;
+	uint32_t mcur;                    /* the run being swept */
+	uint64_t mpos;                    /* pages of map.run[mcur] already swept */
 	bool map_final;                   /* the final CLASS_MAP frame was ingested */
+	const char *map_kind;             /* how it came: "whole", "live+fix"; NULL: not yet */
+	struct dst_live lv;               /* version 3: this session's live and fix maps */
+	struct dst_stage stage;           /* pre-sent DATA pages held aside */
 	bool done_rcvd;                   /* DONE came on bulk */
 	/* A session after one that brought the whole class map: the pages still missing are
 	 * demanded at once (finish sweep) and the region completes when they are present,
@@ -233,6 +296,7 @@ struct dst_region {
 	uint64_t t_start_ns, t_end_ns;    /* REGION received; COMPLETE/FAILED */
 	uint64_t t_map_ns, t_done_ns;     /* class map applied; first DONE (stats) */
 	uint64_t t_map_rcvd_ns;           /* final class map frame received (stats) */
+	uint64_t t_fix_ns;                /* final fix map frame received (stats) */
 	uint64_t last_progress_ns, last_progress_present;
 	char fail_reason[TLM_LOCAL_PATH_MAX];
 };
@@ -266,6 +330,18 @@ static inline bool dst_region_live(const struct dst_region *r)
 static inline bool dst_region_active(const struct dst_region *r)
 {
 	return !r->dead && r->phase != DST_COMPLETE && r->phase != DST_FAILED;
+}
+
+/* Pre-sent DATA is being staged: a live map began in this session, no final fix yet. */
+static inline bool dst_region_staging(const struct dst_region *r)
+{
+	return r->lv.state != DST_LIVE_NONE;
+}
+
+/* Staged copies are final content (the final fix frame came) and there are some. */
+static inline bool dst_stage_usable(const struct dst_region *r)
+{
+	return r->stage.held && !dst_region_staging(r);
 }
 
 static inline bool dst_link_up(const struct dst_region *r)

@@ -4,7 +4,7 @@
  *
  * Wire bytes: tlm_conn counters of closed sessions plus the open ones; payload is the
  * 4 KiB of every PAGE received; overhead is everything else (frame headers, class map,
- * DEMANDs, handshakes).
+ * DEMANDs, handshakes); pre-sent pages count as payload whether or not they were used.
  */
 #include "dst_report.h"
 
@@ -58,6 +58,7 @@ static void json_wire(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_u64(j, "elapsed_ms", elapsed_ns(r) / 1000000);
 	/* Since REGION; 0 = not yet. Between the two only DATA pages move (benchmarks). */
 	tlm_json_double(j, "map_received_ms", since_start_ms(r, r->t_map_rcvd_ns));
+	tlm_json_double(j, "fix_map_received_ms", since_start_ms(r, r->t_fix_ns));
 	tlm_json_double(j, "map_applied_ms", since_start_ms(r, r->t_map_ns));
 	tlm_json_double(j, "done_ms", since_start_ms(r, r->t_done_ns));
 }
@@ -96,6 +97,20 @@ static void json_faults(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_obj_end(j);
 }
 
+/* Pre-sent DATA: received = placed + invalidated + held (dst_region.h). */
+static void json_stage(const struct dst_region *r, struct tlm_json *j)
+{
+	tlm_json_obj_begin(j, "stage");
+	tlm_json_u64(j, "held", r->stage.held);
+	tlm_json_u64(j, "held_bytes", r->stage.held * PS);
+	tlm_json_u64(j, "received", r->st.stage.received);
+	tlm_json_u64(j, "placed", r->st.stage.placed);
+	tlm_json_u64(j, "invalidated", r->st.stage.invalidated);
+	tlm_json_u64(j, "dropped_full", r->st.stage.dropped_full);
+	tlm_json_u64(j, "dropped_badsum", r->st.stage.dropped_badsum);
+	tlm_json_obj_end(j);
+}
+
 void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j)
 {
 	const struct dst_region_stats *st = &r->st;
@@ -109,8 +124,10 @@ void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_str(j, "base", base);
 	tlm_json_bool(j, "template", r->tmpl != NULL);
 	tlm_json_bool(j, "attached", r->glue != NULL);
+	tlm_json_str(j, "map", r->map_kind ? r->map_kind : "none");
 	json_pages(r, j);
 	json_wire(r, j);
+	json_stage(r, j);
 	json_faults(r, j);
 	tlm_json_u64(j, "demand_requests", st->demand_msgs);
 	tlm_json_u64(j, "demand_pages", st->demand_pages);

@@ -118,6 +118,7 @@ static void glue_region(struct dst_glue *g, const struct tlm_local_msg *m, int f
 		glue_refuse(g, m, fd, buf);
 		return;
 	}
+	r->stage.pool = &s->stage;
 	r->next = s->regions;
 	s->regions = r;
 	log_info("%s: region from pid %d: %llu MiB at 0x%llx, offset %llu, %s, source %s",
@@ -442,6 +443,7 @@ int dst_server_open(struct dst_server *s, const struct dst_server_opts *o)
 				  .sock_path = o->sock, .ctl_path = o->ctl };
 	s->peer.outage_limit_ms = o->outage_limit_ms;
 	s->peer.stall_ms = o->stall_ms;
+	s->stage.max = o->stage_max;
 	if (tlm_key_load(o->key, &s->peer.key, err, sizeof(err)) < 0) {
 		log_error("--key %s", err);
 		return -1;

@@ -13,6 +13,10 @@
  * map time); a region without uffd waits for `arm ID`, which sends ARM, and the glue
  * answers UFFD + fd. We answer DONE when every page is present (after unregistering), or
  * ERROR with a reason.
+ *
+ * Pre-sent DATA pages (protocol version 3: sent while the source guest still runs, held
+ * until the fix map says they stand) of all regions together take at most --stage-max
+ * MiB (dst_stage.h); a page that does not fit is fetched later like any missing page.
  */
 #ifndef TLM_DST_SERVER_H
 #define TLM_DST_SERVER_H
@@ -32,11 +36,13 @@ struct dst_server_opts {
 	size_t ntmpl;
 	bool exit_when_done, progress;
 	uint64_t outage_limit_ms, stall_ms;
+	uint64_t stage_max;                      /* --stage-max, bytes (0: hold nothing) */
 };
 
 struct dst_server {
 	struct tlm_evloop loop;
 	struct dst_peer_cfg peer;        /* key, outage limit, stall timeout */
+	struct dst_stage_pool stage;     /* pre-sent pages of every region (--stage-max) */
 	const char *default_source;      /* --source, may be NULL */
 	struct tlm_tmpl **tmpls;         /* --template files, opened at startup */
 	size_t ntmpls;

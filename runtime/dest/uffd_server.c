@@ -3,6 +3,7 @@
  * and resolves their faults from the local template and the source page server. This is
  * its command line; the daemon is dst_server.h.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,7 +23,7 @@ struct opts {
 static const char usage_text[] =
 "usage: tlm-uffd-server --sock GLUESOCK --ctl CTLSOCK --key KEYFILE [--source HOST:PORT]\n"
 "                       [--template PAGES]... [--outage-limit S] [--stall-timeout S]\n"
-"                       [--exit-when-done] [--log-level L] [--progress]\n"
+"                       [--stage-max MIB] [--exit-when-done] [--log-level L] [--progress]\n"
 "\n"
 "Destination daemon of tlm: receives guest RAM regions and their userfaultfds from\n"
 "libtlm-glue.so over GLUESOCK and resolves the guest's page faults: template pages from the\n"
@@ -38,6 +39,9 @@ static const char usage_text[] =
 "                     pauses (faults wait, phase \"paused\") until `resume ID`\n"
 "  --stall-timeout S  demands unanswered and nothing received this long (default 10):\n"
 "                     the source is taken as hung, its sessions are reconnected\n"
+"  --stage-max MIB    memory for DATA pages the source pre-sends while its guest still\n"
+"                     runs, all regions together (default 1024; 0 holds none); pages\n"
+"                     that do not fit are fetched later like any missing page\n"
 "  --exit-when-done   exit once a region completed and none is active\n"
 "  --log-level L      error | warn | info (default) | debug\n"
 "  --progress         one progress line per second and region (default on a TTY)\n"
@@ -71,6 +75,19 @@ static int opt_seconds(const char *name, const char *arg, uint64_t *ms)
 	return 0;
 }
 
+static int opt_mib(const char *name, const char *arg, uint64_t *bytes)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(arg, &end, 10);
+	if (end == arg || *end || errno || arg[0] == '-' || v > (1ull << 24))
+		return opt_fail("%s '%s': expected MiB, 0..16777216", name, arg);
+	*bytes = (uint64_t)v << 20;
+	return 0;
+}
+
 static int opt_one(struct opts *opts, int c, const char *arg)
 {
 	struct dst_server_opts *o = &opts->d;
@@ -97,6 +114,8 @@ static int opt_one(struct opts *opts, int c, const char *arg)
 		return opt_seconds("--outage-limit", arg, &o->outage_limit_ms);
 	case 'T':
 		return opt_seconds("--stall-timeout", arg, &o->stall_ms);
+	case 'm':
+		return opt_mib("--stage-max", arg, &o->stage_max);
 	case 'x': o->exit_when_done = true; return 0;
 	case 'p': o->progress = true; return 0;
 	case 'l':
@@ -120,6 +139,7 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 		{ "template", required_argument, NULL, 't' },
 		{ "outage-limit", required_argument, NULL, 'o' },
 		{ "stall-timeout", required_argument, NULL, 'T' },
+		{ "stage-max", required_argument, NULL, 'm' },
 		{ "exit-when-done", no_argument, NULL, 'x' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "progress", no_argument, NULL, 'p' },
@@ -132,6 +152,7 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 	opts->level = TLM_LOG_INFO;
 	o->outage_limit_ms = 60000;
 	o->stall_ms = 10000;
+	o->stage_max = DST_STAGE_MAX_DEFAULT;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(usage_text, stdout);

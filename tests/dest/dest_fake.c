@@ -253,15 +253,20 @@ static const struct dst_link_ops fk_link_ops = {
 
 /* ---- the fixture ------------------------------------------------------------------------------- */
 
-const uint8_t *fx_data(uint64_t page)
+const uint8_t *fx_data_v(uint64_t page, unsigned v)
 {
 	static uint8_t ring[8][FX_PS];
 	static unsigned next;
 	uint8_t *p = ring[next++ % 8];
-	uint64_t seed = 0x5eed0000u + page;
+	uint64_t seed = 0x5eed0000u + page + ((uint64_t)v << 40);
 
 	tt_fill(p, FX_PS, &seed);
 	return p;
+}
+
+const uint8_t *fx_data(uint64_t page)
+{
+	return fx_data_v(page, 0);
 }
 
 const uint8_t *fx_tmpl_page(const struct fx *x, uint64_t k)
@@ -338,6 +343,8 @@ void fx_init_at(struct fx *x, uint64_t npages, uint64_t tp, uint64_t offset, uns
 	x->r = dst_region_new(&x->loop, NULL, &m, x->tmpl, "source:1", x->err, sizeof(x->err));
 	assert_non_null(x->r);
 	x->r->link = &x->l.link;
+	x->pool.max = DST_STAGE_MAX_DEFAULT;
+	x->r->stage.pool = &x->pool;
 	if (flags & FX_MINOR)
 		features |= UFFD_FEATURE_MINOR_SHMEM;
 	dst_region_attach_ops(x->r, &fk_uffd_ops, &x->u, features);
@@ -403,7 +410,8 @@ void fx_remove(struct fx *x, uint64_t first, uint64_t n)
 	dst_region_uffd_event(x->r);
 }
 
-int fx_map(struct fx *x, uint64_t first, bool final, const struct tlm_run *runs, uint32_t n)
+int fx_map_kind(struct fx *x, uint8_t kind, uint64_t first, bool final,
+		const struct tlm_run *runs, uint32_t n)
 {
 	struct tlm_run copy[64];
 	struct tlm_msg m = { .type = TLM_MSG_CLASS_MAP };
@@ -413,9 +421,15 @@ int fx_map(struct fx *x, uint64_t first, bool final, const struct tlm_run *runs,
 	m.u.class_map.first_page = first;
 	m.u.class_map.nruns = n;
 	m.u.class_map.final = final;
+	m.u.class_map.kind = kind;
 	m.u.class_map.runs = copy;
 	x->err[0] = '\0';
 	return dst_region_map_msg(x->r, &m, x->err, sizeof(x->err));
+}
+
+int fx_map(struct fx *x, uint64_t first, bool final, const struct tlm_run *runs, uint32_t n)
+{
+	return fx_map_kind(x, TLM_MAP_WHOLE, first, final, runs, n);
 }
 
 int fx_page(struct fx *x, uint64_t page, unsigned flags)
@@ -427,6 +441,25 @@ int fx_page(struct fx *x, uint64_t page, unsigned flags)
 	m.u.page.xxh64 = tlm_proto_page_sum(m.u.page.data) ^ (flags & FX_BADSUM ? 1 : 0);
 	x->err[0] = '\0';
 	return dst_region_page_msg(x->r, &m, flags & FX_URGENT, x->err, sizeof(x->err));
+}
+
+int fx_pages(struct fx *x, uint64_t page, uint32_t count, unsigned v, unsigned flags)
+{
+	static uint8_t data[TLM_PROTO_MAX_PAGES * FX_PS], sums[TLM_PROTO_MAX_PAGES * 8];
+	struct tlm_msg m = { .type = TLM_MSG_PAGES };
+
+	assert_true(count >= 1 && count <= TLM_PROTO_MAX_PAGES);
+	for (uint32_t i = 0; i < count; i++)
+		memcpy(data + (size_t)i * FX_PS, fx_data_v(page + i, v), FX_PS);
+	tlm_proto_pages_sums(sums, data, count);
+	if (flags & FX_BADSUM)
+		sums[0] ^= 1;
+	m.u.pages.page = page;
+	m.u.pages.count = count;
+	m.u.pages.sums = sums;
+	m.u.pages.data = data;
+	x->err[0] = '\0';
+	return dst_region_pages_msg(x->r, &m, false, x->err, sizeof(x->err));
 }
 
 int fx_zero(struct fx *x, uint64_t page, uint64_t count)

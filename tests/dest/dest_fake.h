@@ -98,6 +98,7 @@ struct fx {
 	struct fk_uffd u;
 	struct fk_link l;
 	struct dst_region *r;
+	struct dst_stage_pool pool;      /* the region's stage pool (default --stage-max) */
 	char err[320];
 };
 
@@ -108,8 +109,11 @@ void fx_init(struct fx *x, uint64_t npages, unsigned flags);
 void fx_init_at(struct fx *x, uint64_t npages, uint64_t tp, uint64_t offset, unsigned flags);
 void fx_fini(struct fx *x);
 
-/* Distinct 4 KiB contents: what the source holds for DATA page `page`. */
+/* Distinct 4 KiB contents: what the source holds for DATA page `page`; fx_data_v: its
+ * content at version v (a guest that wrote the page after it was pre-sent), fx_data is
+ * version 0. */
 const uint8_t *fx_data(uint64_t page);
+const uint8_t *fx_data_v(uint64_t page, unsigned v);
 const uint8_t *fx_tmpl_page(const struct fx *x, uint64_t k);
 bool fx_is_zero(const uint8_t *p);
 
@@ -126,7 +130,13 @@ void fx_queue_remove(struct fx *x, uint64_t first, uint64_t n);
 
 /* The source: returns the region's answer (0 or -EPROTO, err in x->err). */
 int fx_map(struct fx *x, uint64_t first, bool final, const struct tlm_run *runs, uint32_t n);
+/* The same with a map kind (TLM_MAP_WHOLE, TLM_MAP_LIVE, TLM_MAP_FIX). */
+int fx_map_kind(struct fx *x, uint8_t kind, uint64_t first, bool final,
+		const struct tlm_run *runs, uint32_t n);
 int fx_page(struct fx *x, uint64_t page, unsigned flags);
+/* A PAGES frame on bulk: count pages from page, content version v; FX_BADSUM spoils the
+ * checksum of its first page. */
+int fx_pages(struct fx *x, uint64_t page, uint32_t count, unsigned v, unsigned flags);
 int fx_zero(struct fx *x, uint64_t page, uint64_t count);
 int fx_ref(struct fx *x, uint64_t page, uint64_t count, uint64_t k);
 void fx_done(struct fx *x);

@@ -174,8 +174,8 @@ static void test_map_frames_and_resend(void **state)
 	fx_connect(&x);
 	assert_int_equal(fx_map(&x, 0, false, a, 1), 0);
 	assert_int_equal(fx_map(&x, 8, true, b, 2), 0);      /* 8..9 again, agreeing */
-	assert_int_equal(x.r->nmruns, 3);
-	assert_int_equal(x.r->mend, 30);
+	assert_int_equal(x.r->map.n, 3);
+	assert_int_equal(x.r->map.end, 30);
 	assert_int_equal(x.r->st.pages_by_class[TLM_CLASS_ZERO], 12);
 	fx_work(&x);
 	assert_int_equal(x.r->phase, DST_FETCHING);
@@ -183,7 +183,7 @@ static void test_map_frames_and_resend(void **state)
 	fx_disconnect(&x);
 	fx_connect(&x);
 	assert_int_equal(fx_map(&x, 0, false, a, 1), 0);     /* resent: nothing new */
-	assert_int_equal(x.r->nmruns, 3);
+	assert_int_equal(x.r->map.n, 3);
 	assert_int_equal(fk_pages(&x.u, FK_ZERO), 12);
 	fx_fini(&x);
 }

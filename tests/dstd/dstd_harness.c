@@ -517,15 +517,14 @@ static uint32_t src_runs(const struct h_src *s, uint64_t first, uint64_t end,
 	return n;
 }
 
-static void src_go(struct h_src *s)
+/* The class map (kind: whole or live) in frames_per_map frames. */
+static void src_map(struct h_src *s, uint8_t kind)
 {
 	struct tlm_run *runs = calloc(s->npages, sizeof(*runs));
 	unsigned frames = s->frames_per_map ? s->frames_per_map : 1;
-	uint64_t per = (s->npages + frames - 1) / frames, data = 0;
+	uint64_t per = (s->npages + frames - 1) / frames;
 	struct tlm_msg m;
 
-	for (unsigned i = 0; i < s->ninject; i++)
-		src_send(s->bulk, &s->inject[i]);
 	for (uint64_t first = 0; runs && first < s->npages; first += per) {
 		uint64_t end = first + per < s->npages ? first + per : s->npages;
 
@@ -535,10 +534,41 @@ static void src_go(struct h_src *s)
 		m.u.class_map.runs = runs;
 		m.u.class_map.nruns = src_runs(s, first, end, runs);
 		m.u.class_map.final = end == s->npages;
+		m.u.class_map.kind = kind;
 		src_send(s->bulk, &m);
 	}
 	free(runs);
-	for (uint64_t p = 0; p < s->npages; p++) {
+}
+
+/* The live phase: live map, every DATA page pre-sent, then a fix map keeping it all. */
+static void src_live(struct h_src *s)
+{
+	struct tlm_run keep = { .cls = TLM_CLASS_KEEP, .len = (uint32_t)s->npages };
+	struct tlm_msg m = { .type = TLM_MSG_CLASS_MAP };
+
+	src_map(s, TLM_MAP_LIVE);
+	for (uint64_t p = 0; p < s->npages; p++)
+		if (s->pages[p].cls == TLM_CLASS_DATA)
+			src_page(s, s->bulk, p, false);
+	m.u.class_map.runs = &keep;
+	m.u.class_map.nruns = 1;
+	m.u.class_map.final = true;
+	m.u.class_map.kind = TLM_MAP_FIX;
+	src_send(s->bulk, &m);
+}
+
+static void src_go(struct h_src *s)
+{
+	uint64_t data = 0;
+	struct tlm_msg m;
+
+	for (unsigned i = 0; i < s->ninject; i++)
+		src_send(s->bulk, &s->inject[i]);
+	if (s->live)
+		src_live(s);
+	else
+		src_map(s, TLM_MAP_WHOLE);
+	for (uint64_t p = 0; p < s->npages && !s->live; p++) {
 		if (s->pages[p].cls != TLM_CLASS_DATA || s->sent_urgent[p])
 			continue;
 		src_page(s, s->bulk, p, s->bad_page_set && p == s->bad_page);

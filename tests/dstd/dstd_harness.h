@@ -126,6 +126,8 @@ struct h_src {
 	const struct tlm_key *key;
 	char err[256];
 	unsigned frames_per_map;       /* CLASS_MAP frames to split the map into */
+	bool live;                     /* 'G' as in version 3's live phase: a live map, every
+					  DATA page pre-sent, a fix map of KEEP, no PAGE more */
 	const struct tlm_msg *inject;  /* a hostile source: sent on bulk before the map */
 	unsigned ninject;
 };

@@ -244,6 +244,8 @@ static void test_bad_options(void **state)
 			      "--source", "nohostport", NULL };
 	const char *outage[] = { bin, "--sock", "/tmp/a", "--ctl", "/tmp/b", "--key", "/tmp/k",
 				 "--outage-limit", "0", NULL };
+	const char *stage[] = { bin, "--sock", "/tmp/a", "--ctl", "/tmp/b", "--key", "/tmp/k",
+				"--stage-max", "lots", NULL };
 	const char *help[] = { bin, "--help", NULL };
 
 	snprintf(bin, sizeof(bin), "%s/tlm-uffd-server", dir);
@@ -258,8 +260,11 @@ static void test_bad_options(void **state)
 	assert_non_null(strstr(err, "HOST:PORT"));
 	assert_int_equal(h_run_daemon_args(outage, err, sizeof(err)), 2);
 	assert_non_null(strstr(err, "--outage-limit '0'"));
+	assert_int_equal(h_run_daemon_args(stage, err, sizeof(err)), 2);
+	assert_non_null(strstr(err, "--stage-max 'lots'"));
 	assert_int_equal(h_run_daemon_args(help, err, sizeof(err)), 0);
 	assert_non_null(strstr(err, "usage: tlm-uffd-server"));
+	assert_non_null(strstr(err, "--stage-max MIB"));
 }
 
 /* The main scenario: see the top of the file. */
@@ -537,6 +542,58 @@ static void test_map_overlap(void **state)
 		       "CLASS_MAP says page 0 is template, earlier it was zero");
 }
 
+/* A fix map with no live map before it. */
+static void test_fix_without_live(void **state)
+{
+	static struct tlm_run keep = { TLM_CLASS_KEEP, NP, 0 };
+	struct tlm_msg m = { .type = TLM_MSG_CLASS_MAP };
+
+	m.u.class_map.nruns = 1;
+	m.u.class_map.runs = &keep;
+	m.u.class_map.final = true;
+	m.u.class_map.kind = TLM_MAP_FIX;
+	hostile_source(state, &m, 1, UINT64_MAX, "CLASS_MAP: fix map without a live map");
+}
+
+/* Version 3's live phase: a live map, every DATA page pre-sent, a fix map of KEEP, no
+ * PAGE after it. With room, the pre-sent pages are placed and nothing is demanded;
+ * with --stage-max 0 none is held and all are demanded after DONE. */
+static void live_fix_migration(void **state, const char *stage_max, uint64_t placed)
+{
+	const char *const extra[] = { "--stage-max", stage_max, NULL };
+	struct fixture *f = *state;
+	char *json = NULL;
+
+	if (fx_setup(f, NP, true, extra))
+		fail_msg("setup failed");
+	layout_small(f->pages);
+	f->src.live = true;
+	f->src.frames_per_map = 2;
+	assert_int_equal(h_guest_send_region(&f->guest, &f->env, "vm1", true), 0);
+	assert_true(h_src_wait(&f->src, src_ready, 5000));
+	h_src_cmd(&f->src, 'G');
+	expect_glue_done(f);
+	verify_region(f, NULL, 0);
+	assert_int_equal(stat_u64(f, "stage", "placed"), placed);
+	assert_int_equal(stat_u64(f, "stage", "dropped_full"), 16 - placed);
+	assert_int_equal(stat_u64(f, NULL, "finish_demanded"), 16 - placed);
+	assert_int_equal(stat_u64(f, NULL, "demand_pages"), 16 - placed);
+	assert_int_equal(h_ctl(&f->env, "stats vm1", &json), 0);
+	assert_non_null(strstr(json, "\"map\":\"live+fix\""));
+	free(json);
+	assert_int_equal(h_daemon_stop(&f->env, SIGTERM, 3000), 0);
+}
+
+static void test_live_fix_migration(void **state)
+{
+	live_fix_migration(state, "1", 16);
+}
+
+static void test_live_fix_no_stage(void **state)
+{
+	live_fix_migration(state, "0", 0);
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -638,6 +695,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_checksum_twice_fails, fx_alloc, fx_free),
 		cmocka_unit_test_setup_teardown(test_page_past_end, fx_alloc, fx_free),
 		cmocka_unit_test_setup_teardown(test_map_overlap, fx_alloc, fx_free),
+		cmocka_unit_test_setup_teardown(test_fix_without_live, fx_alloc, fx_free),
+		cmocka_unit_test_setup_teardown(test_live_fix_migration, fx_alloc, fx_free),
+		cmocka_unit_test_setup_teardown(test_live_fix_no_stage, fx_alloc, fx_free),
 		cmocka_unit_test_setup_teardown(test_template_fault_latency, fx_alloc, fx_free),
 	};
 
