@@ -14,16 +14,17 @@
  * With TLM_SOCK the region is announced to tlm-uffd-server (glue_daemon.c), which resolves
  * its faults through a userfaultfd registered here.
  *
- * Dirty tracking (TLM_TRACK=1, source side; any other value is ignored with a warning).
+ * Dirty tracking (TLM_TRACK=1; any other value is ignored with a warning; glue_track.c).
  * tlm-page-server classifies the RAM while the guest runs and, after the stop, re-reads
  * only the pages written since (runtime/source/dirty.h: PAGEMAP_SCAN on our pagemap). The
  * kernel reports writes there only over a range the owning process registered with
  * userfaultfd WP + WP_ASYNC, and that registration is neither inherited nor possible from
  * outside: so the glue registers the mapping (the kept shared one, or the template clone)
  * and keeps that uffd open until exit (closing it would unregister). Async WP faults are
- * resolved by the kernel and never queued, so nothing reads the fd. With TLM_SOCK the
- * variable is ignored with a warning: the daemon's uffd takes the mapping, and a mapping
- * belongs to one uffd only. Tracking is optional: if the kernel cannot do it (< 6.7, no
+ * resolved by the kernel and never queued, so nothing reads the fd. With TLM_SOCK (a
+ * destination) the daemon's uffd takes the mapping, and a mapping belongs to one uffd
+ * only: the glue registers it for tracking once the daemon says DONE (every page present,
+ * unregistered), so a VM that arrived by tlm can leave live again. Tracking is optional: if the kernel cannot do it (< 6.7, no
  * userfaultfd), one warning and the mapping stands; the page server then classifies after
  * the stop.
  *
@@ -266,88 +267,6 @@ static int glue_prepare(struct glue_region *r, const struct glue_cfg *c, off_t o
 	return 0;
 }
 
-/*
- * TLM_REGION_FILE: one line
- *   "base=0x.. size=N offset=N template=PATH|- mapping=private|shared track=wp-async|none"
- * so that an orchestrator can serve this process's RAM later (tlm-page-server
- * pid=PID,addr=BASE): the replacement mapping is private, so neither the RAM file nor QMP
- * shows where it is; track says whether the page server can track writes there live.
- * Fields are only ever appended (readers split on spaces into k=v). Written to a temporary
- * name and renamed: readers never see half a line.
- */
-static void glue_publish(const struct glue_region *r, const struct glue_cfg *c)
-{
-	char tmp[4096], line[4200];
-	bool ok;
-	int fd, n;
-
-	if (!c->region_file)
-		return;
-	n = snprintf(line, sizeof(line), "base=%p size=%zu offset=%llu template=%s mapping=%s "
-		     "track=%s\n", r->base, r->size, (unsigned long long)r->offset,
-		     r->has_template ? c->template_path : "-", r->shared ? "shared" : "private",
-		     r->track.fd >= 0 ? "wp-async" : "none");
-	if (n >= (int)sizeof(line) ||
-	    snprintf(tmp, sizeof(tmp), "%s.tmp", c->region_file) >= (int)sizeof(tmp))
-		goto fail;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		goto fail;
-	ok = write(fd, line, (size_t)n) == n;
-	ok = close(fd) == 0 && ok;
-	if (!ok || rename(tmp, c->region_file) < 0) {
-		unlink(tmp);
-		goto fail;
-	}
-	return;
-fail:
-	glue_log(GLUE_WARN, "TLM_REGION_FILE %s: cannot write it: %s", c->region_file,
-		 strerror(errno ? errno : ENAMETOOLONG));
-}
-
-/*
- * TLM_TRACK: register the mapping with a userfaultfd in write-protect-async mode, so that
- * tlm-page-server's PAGEMAP_SCAN sees which pages are written (file header). WP is the only
- * mode: with WP_ASYNC the kernel then admits any memory (shmem, private file, anonymous).
- * WP_HUGETLBFS_SHMEM is the kernel's word that it protects file memory with pte markers
- * (an unmapped page keeps its protection); WP_UNPOPULATED (6.4) extends the markers to
- * unpopulated anonymous pages, so it is asked for where the kernel has it. Never fails the
- * mmap: without tracking the page server classifies after the stop.
- */
-static void glue_track(struct glue_region *r, const struct glue_cfg *c)
-{
-	const uint64_t wp = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-	char why[200];
-	int rc;
-
-	if (!c->track)
-		return;
-	if (r->sock >= 0) {
-		glue_log(GLUE_WARN, "%s: TLM_TRACK ignored: %s is handed to tlm-uffd-server, whose "
-			 "userfaultfd takes the whole mapping", glue_vm(), c->ram_path);
-		return;
-	}
-	rc = tlm_uffd_open(&r->track, 0, wp | UFFD_FEATURE_WP_UNPOPULATED);
-	if (rc == -EINVAL)
-		rc = tlm_uffd_open(&r->track, 0, wp);
-	if (rc < 0)
-		snprintf(why, sizeof(why), "userfaultfd: %s", rc == -EINVAL ? "the kernel lacks "
-			 "WP_ASYNC or WP_HUGETLBFS_SHMEM (Linux 6.7+)" : strerror(-rc));
-	else if ((rc = tlm_uffd_register(&r->track, r->base, r->size, TLM_UFFD_MODE_WP,
-					 NULL)) < 0)
-		snprintf(why, sizeof(why), "registering %p+%zu for write-protect: %s", r->base,
-			 r->size, strerror(-rc));
-	if (rc < 0) {
-		tlm_uffd_close(&r->track);
-		glue_log(GLUE_WARN, "%s: dirty tracking off (%s); tlm-page-server will classify "
-			 "after the stop", glue_vm(), why);
-		return;
-	}
-	glue_log(GLUE_INFO, "%s: dirty tracking on: %p+%zu registered userfaultfd WP with "
-		 "WP_ASYNC WP_HUGETLBFS_SHMEM%s", glue_vm(), r->base, r->size,
-		 r->track.features & UFFD_FEATURE_WP_UNPOPULATED ? " WP_UNPOPULATED" : "");
-}
-
 /* The RAM mapping: the program's own request when it is kept (tracking only), else the
  * private replacement (of the template tfd, or anonymous). */
 static void *glue_mmap_ram(const struct glue_region *r, void *addr, size_t len, int prot,
@@ -408,7 +327,7 @@ static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int 
 		goto fail;
 	}
 	glue_log_mapped(r, c);
-	glue_track(r, c);
+	glue_track_mapped(r, c);
 	glue_publish(r, c);
 	return p;
 fail:

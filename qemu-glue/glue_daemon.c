@@ -209,6 +209,7 @@ static void glue_on_msg(struct glue_region *r, const struct tlm_local_msg *m)
 			tlm_uffd_close(&r->uffd);   /* the daemon has unregistered */
 		r->uffd.fd = -1;
 		r->state = GLUE_DONE;
+		glue_track_done(r);
 		break;
 	case TLM_LOCAL_ERROR:
 		glue_log(GLUE_ERROR, "%s: tlm-uffd-server: %s%s", glue_vm(), m->text,

@@ -34,7 +34,7 @@ struct glue_cfg {
 	const char *vm_id;         /* TLM_VM_ID */
 	const char *source;        /* TLM_SOURCE */
 	const char *region_file;   /* TLM_REGION_FILE: where to publish the mapped region */
-	bool track;                /* TLM_TRACK=1: register the RAM for dirty tracking (source) */
+	bool track;                /* TLM_TRACK=1: register the RAM for dirty tracking */
 	enum glue_arm_mode arm;
 	enum glue_level level;
 };
@@ -66,6 +66,14 @@ GLUE_HIDDEN const struct glue_cfg *glue_config(void);
 GLUE_HIDDEN const char *glue_vm(void);     /* TLM_VM_ID for log lines, "-" when unset */
 GLUE_HIDDEN void glue_log(enum glue_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+/* glue_track.c (used by glue.c and glue_daemon.c) */
+/* TLM_REGION_FILE: (re)write the line describing the region. */
+GLUE_HIDDEN void glue_publish(const struct glue_region *r, const struct glue_cfg *c);
+/* TLM_TRACK at mmap: register for dirty tracking, unless a daemon's uffd takes the range. */
+GLUE_HIDDEN void glue_track_mapped(struct glue_region *r, const struct glue_cfg *c);
+/* TLM_TRACK on DONE (the daemon unregistered): register now, publish the region again. */
+GLUE_HIDDEN void glue_track_done(struct glue_region *r);
 
 /* glue_daemon.c (used by glue.c; it calls nothing of glue.c) */
 GLUE_HIDDEN int glue_daemon_connect(const char *path, char *err, size_t errlen);

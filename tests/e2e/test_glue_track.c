@@ -10,7 +10,11 @@
  *                   writes land in the RAM file) and tracked; the region file says so
  *   template_clone  TLM_TEMPLATE: the private copy-on-write clone is tracked, including a
  *                   first write to a template page the guest had never touched
- *   daemon_wins     TLM_SOCK: TLM_TRACK is ignored with a warning and nothing registers WP
+ *   daemon_wins     TLM_SOCK: the daemon's uffd takes the mapping, nothing registers WP
+ *                   while the migration runs
+ *   done_tracks     TLM_SOCK, then the "daemon" arms, unregisters and says DONE: the glue
+ *                   registers the migrated RAM for tracking then and says so in the region
+ *                   file (a VM that arrived by tlm can leave live again)
  * Without userfaultfd WP_ASYNC (Linux < 6.7) the first two check the fallback instead (the
  * mapping works, one warning, track=none) and then skip.
  */
@@ -20,6 +24,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -287,8 +292,8 @@ static void test_template_clone(void **state)
 	guest_stop(&g);
 }
 
-/* With a daemon the uffd belongs to tlm-uffd-server: TLM_TRACK must step aside. The
- * listener never answers: deferred arming waits for it, so the region stays unregistered. */
+/* With a daemon the uffd belongs to tlm-uffd-server: TLM_TRACK must wait. The listener
+ * never answers: deferred arming waits for it, so the region stays unregistered. */
 static void test_daemon_wins(void **state)
 {
 	struct tk *f = *state;
@@ -296,13 +301,94 @@ static void test_daemon_wins(void **state)
 	struct guest g;
 
 	guest_start(f, &g, false, true);
-	assert_true(e2e_file_contains(f->log, "TLM_TRACK ignored"));
+	assert_true(e2e_file_contains(f->log, "dirty tracking once the migration is done"));
 	assert_true(e2e_file_contains(f->log, "handed to tlm-uffd-server"));
-	assert_false(e2e_file_contains(f->log, "dirty tracking"));
+	assert_false(e2e_file_contains(f->log, "dirty tracking on:"));
+	assert_false(e2e_file_contains(f->log, "dirty tracking on after"));
 	expect_region(f, &g, false, "mapping=private track=none");
 	assert_int_equal(tlm_dirty_open(&d, g.p.pid, g.addr, TK_SIZE), 0);
 	assert_int_not_equal(d.method, TLM_DIRTY_PM_SCAN);
 	tlm_dirty_close(&d);
+	guest_stop(&g);
+}
+
+/* Until the guest's log holds needle (the glue thread writes it): 0, or -ETIMEDOUT. */
+static int wait_log(struct tk *f, const char *needle, int timeout_ms)
+{
+	uint64_t end = tt_now_ms() + (uint64_t)timeout_ms;
+
+	while (!e2e_file_contains(f->log, needle))
+		if (tt_now_ms() > end)
+			return -ETIMEDOUT;
+		else
+			usleep(10000);
+	return 0;
+}
+
+/* Play tlm-uffd-server's part: take REGION, ARM, take the uffd; returns the uffd fd. */
+static int daemon_arm(struct tk *f, int *conn)
+{
+	struct tlm_local_msg m;
+	int fd = -1;
+
+	*conn = accept4(f->lsock, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(*conn >= 0);
+	assert_true(tlm_local_recv(*conn, &m, &fd) > 0);
+	assert_int_equal(m.type, TLM_LOCAL_REGION);
+	assert_int_equal(fd, -1);                    /* deferred: no uffd before ARM */
+	memset(&m, 0, sizeof(m));
+	m.version = TLM_LOCAL_VERSION;
+	m.type = TLM_LOCAL_ARM;
+	m.page_size = E2E_PAGE;
+	assert_int_equal(tlm_local_send(*conn, &m, -1), 0);
+	assert_true(tlm_local_recv(*conn, &m, &fd) > 0);
+	assert_int_equal(m.type, TLM_LOCAL_UFFD);
+	assert_true(fd >= 0);
+	return fd;
+}
+
+static void test_done_tracks(void **state)
+{
+	struct tk *f = *state;
+	struct tlm_local_msg m = { .version = TLM_LOCAL_VERSION, .type = TLM_LOCAL_DONE,
+				   .page_size = E2E_PAGE };
+	struct tlm_uffd u = { .fd = -1 };
+	struct tlm_dirty d;
+	struct guest g;
+	char why[200];
+	int conn;
+
+	guest_start(f, &g, false, true);
+	u.fd = daemon_arm(f, &conn);
+	expect_region(f, &g, false, "mapping=private track=none");
+	/* "every page present": place them all, unregister, say DONE, as the daemon does */
+	for (uint32_t i = 0; i < TK_PAGES; i++)
+		assert_int_equal(tlm_uffd_zeropage(&u, (void *)(uintptr_t)(g.addr + i * E2E_PAGE),
+						   E2E_PAGE, 0, NULL, NULL), 0);
+	assert_int_equal(tlm_uffd_unregister(&u, (void *)(uintptr_t)g.addr, TK_SIZE), 0);
+	assert_int_equal(tlm_local_send(conn, &m, -1), 0);
+	assert_int_equal(wait_log(f, "migration done", 10000), 0);
+	if (tt_uffd_missing(TK_WP, why, sizeof(why))) {
+		assert_int_equal(wait_log(f, "dirty tracking off", 10000), 0);
+		close(conn);
+		tlm_uffd_close(&u);
+		skip_untracked(&g, why);
+		return;
+	}
+	assert_int_equal(wait_log(f, "dirty tracking on after the migration",
+						10000), 0);
+	expect_region(f, &g, false, "mapping=private track=wp-async");
+	assert_int_equal(tlm_dirty_open(&d, g.p.pid, g.addr, TK_SIZE), 0);
+	assert_int_equal(d.method, TLM_DIRTY_PM_SCAN);
+	assert_int_equal(tlm_dirty_arm(&d), 0);
+	expect_collect(&d, "");
+	guest_do(&g, 'w', 5);
+	guest_do(&g, 'w', 6);
+	guest_do(&g, 'w', 400);
+	expect_collect(&d, "5+2 400+1 ");
+	tlm_dirty_close(&d);
+	close(conn);
+	tlm_uffd_close(&u);
 	guest_stop(&g);
 }
 
@@ -312,6 +398,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_shared_kept, tk_setup, tk_teardown),
 		cmocka_unit_test_setup_teardown(test_template_clone, tk_setup, tk_teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_wins, tk_setup, tk_teardown),
+		cmocka_unit_test_setup_teardown(test_done_tracks, tk_setup, tk_teardown),
 	};
 
 	signal(SIGPIPE, SIG_IGN);
