@@ -320,6 +320,10 @@ class Mig:
                "TLM_REGION_FILE": "{dir}/region"}
         if self.tmpl_dst:
             env["TLM_TEMPLATE"] = self.tmpl_dst
+        if self.src.get("env", {}).get("TLM_TRACK") == "1":
+            # tracked at the destination too, once every page is there (the glue
+            # registers on DONE): the VM can leave with a live phase again
+            env["TLM_TRACK"] = "1"
         argv = [sys.executable, "-m", "tlm_qemu.vm", "start",
                 self.name, "--like", self.src["dir"], "--incoming", "defer", "--no-link"]
         if self.opt.dst_netns:
@@ -811,6 +815,7 @@ def tlm_row(m):
             "resent_bytes": (ps.get("resent", 0) + lv.get("invalid_at_freeze", 0)) * 4096,
             "valid_at_freeze": lv.get("valid_at_freeze"),
             "post_window_s": round(m.t["complete"] - m.ev["resume"], 3),
+            "map": s.get("map"), "stage": s.get("stage"),
             "qemu_bytes": m.mig.get("ram", {}).get("transferred"),
             "tlm_bytes": s["wire"]["in_bytes"] + s["wire"]["out_bytes"],
             "tlm_payload_bytes": s["wire"]["payload_bytes"],
