@@ -135,11 +135,11 @@ void tlm_presend_tick(struct tlm_src_region *r, bool bulk_session)
 {
 	struct tlm_presend *p = r->pre;
 
-	if (!p || p->ready || r->phase != TLM_SRC_LIVE)
+	/* Without a destination's bulk session nothing can go ahead of the stop: not ready
+	 * (the orchestrator arms the destination first; its own timeout bounds the wait). */
+	if (!p || p->ready || r->phase != TLM_SRC_LIVE || bulk_session)
 		return;
-	if (!bulk_session && tlm_presend_adopt(r))
-		set_ready(r, "%s: first pass done, no bulk session to send to",
-			  tlm_policy_name(p->cfg.policy));
+	tlm_presend_adopt(r);
 }
 
 /* ---- rounds ------------------------------------------------------------------------------ */
@@ -205,7 +205,9 @@ unsigned tlm_presend_pick(struct tlm_src_region *r, uint64_t now, uint64_t *page
 	uint64_t budget;
 	unsigned n = 0;
 
-	if (!p || !p->live || p->cfg.policy == TLM_POLICY_POST || p->stopped ||
+	/* Ready ends the rounds: the policy judged that more would not pay (or enough went),
+	 * and what still sits in the bulk queue at the stop delays the fix map. */
+	if (!p || !p->live || p->cfg.policy == TLM_POLICY_POST || p->stopped || p->ready ||
 	    r->phase != TLM_SRC_LIVE)
 		return 0;
 	budget = budget_pages(p);
@@ -219,6 +221,8 @@ unsigned tlm_presend_pick(struct tlm_src_region *r, uint64_t now, uint64_t *page
 				 now - p->t_round >= TLM_PRESEND_ROUND_MS * 1000000ull)) {
 		if (p->st.round)
 			round_end(r, now);
+		if (p->ready)
+			return 0;
 		p->st.round++;
 		p->cursor = 0;
 		p->t_round = now;

@@ -18,7 +18,7 @@
  *                --presend-left pages without a valid copy, or after --presend-rounds
  *                rounds. auto (AdaMig-style): also when the next round is predicted to
  *                leave half of this round's leftover or more (a write-heavy guest: the
- *                rest goes post-copy). Pre-sending goes on after ready, until freeze.
+ *                rest goes post-copy). Ready ends the rounds (the stop follows).
  *
  *     tlm_presend_new(r, &cfg)          // live phase started
  *     tlm_presend_adopt(r)              // loop: take the live map once published
@@ -93,7 +93,8 @@ bool tlm_presend_adopt(struct tlm_src_region *r);
 void tlm_presend_session(struct tlm_src_region *r);
 /* The bulk session queued the last frame of the live map. */
 void tlm_presend_map_sent(struct tlm_src_region *r);
-/* Readiness that needs no round (no bulk session: the live map is ready). */
+/* Progress tick without a bulk session: take the live map once published (never ready
+ * then: nothing can go ahead of the stop). */
 void tlm_presend_tick(struct tlm_src_region *r, bool bulk_session);
 
 /* Up to max pages to pre-send now, in page order (rounds start and end here). 0: none

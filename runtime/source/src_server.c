@@ -70,7 +70,10 @@ static bool stats_ready(const struct tlm_src_region *r, char *why, size_t len)
 {
 	if (r->pre) {
 		snprintf(why, len, "%s", r->pre->ready ? r->pre->ready_why :
-			 r->pre->live ? "pre-sending" : "first pass");
+			 !r->pre->live ? "first pass" : !r->bulk ?
+			 "first pass done; waiting for a destination's bulk session" :
+			 r->pre->premap != TLM_PREMAP_SENT ? "sending the live map" :
+			 "pre-sending");
 		return r->pre->ready;
 	}
 	if (r->live_why[0] && !r->live) {
