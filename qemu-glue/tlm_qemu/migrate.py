@@ -739,6 +739,7 @@ class Run:
             m.live = r["live"]
 
     def migrate(self):
+        self.t0 = time.time()       # total_s of every VM counts from here
         self.start_page_server()
         if self.opt.live:
             self.start_live()       # the first pass overlaps everything up to the stop
@@ -816,6 +817,10 @@ def tlm_row(m):
             "valid_at_freeze": lv.get("valid_at_freeze"),
             "post_window_s": round(m.t["complete"] - m.ev["resume"], 3),
             "map": s.get("map"), "stage": s.get("stage"),
+            # the destination daemon's clock, ms after it got the region: where the
+            # post-copy window goes
+            "dst_ms": {k: s.get(k) for k in ("elapsed_ms", "fix_map_received_ms",
+                                             "map_applied_ms", "done_ms")},
             "qemu_bytes": m.mig.get("ram", {}).get("transferred"),
             "tlm_bytes": s["wire"]["in_bytes"] + s["wire"]["out_bytes"],
             "tlm_payload_bytes": s["wire"]["payload_bytes"],
@@ -891,7 +896,7 @@ def main(argv):
     finally:
         if run and not run.cleanup(ok) and not ok:
             open(os.path.join(opt.work, ".keep"), "w").close()
-    rows = [tlm_row(m) for m in run.migs]
+    rows = [dict(tlm_row(m), total_s=round(m.t["complete"] - run.t0, 3)) for m in run.migs]
     t0 = min(m.ev["stop"] for m in run.migs)
     t1 = max(m.t["complete"] for m in run.migs)
     report.emit("tlm", rows, t1 - t0, opt.json)
