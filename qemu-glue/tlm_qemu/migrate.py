@@ -788,10 +788,13 @@ class Run:
 
 def switch_timeline(m):
     """Where the downtime went: ms after the source's STOP event at which the freeze
-    reply came, QEMU's stream completed at the source and at the destination, and the
-    destination resumed (host clock; events carry QEMU's timestamps)."""
+    reply came, the destination daemon had the final class map (whole or fix), QEMU's
+    stream completed at the source and at the destination, and the destination resumed
+    (host clock; events carry QEMU's timestamps)."""
     t0 = m.ev["stop"]
-    at = {"frozen": m.t.get("frozen"), "src_completed": m.ev.get("src_completed"),
+    dst_map = (m.stats or {}).get("map_received_wall") or None
+    at = {"frozen": m.t.get("frozen"), "dst_map": dst_map,
+          "src_completed": m.ev.get("src_completed"),
           "dst_completed": m.ev.get("dst_completed"), "resume": m.ev.get("resume")}
     return {k: round((v - t0) * 1000, 1) for k, v in at.items() if v}
 

@@ -9,6 +9,7 @@
 #include "dst_report.h"
 
 #include <stdio.h>
+#include <time.h>
 
 #include "json.h"
 #include "util.h"
@@ -37,6 +38,18 @@ static double since_start_ms(const struct dst_region *r, uint64_t t)
 	return t > r->t_start_ns ? (double)(t - r->t_start_ns) / 1e6 : 0.0;
 }
 
+/* Monotonic time t on the wall clock (seconds since the epoch; 0 = not yet), so that an
+ * orchestrator can put it on the same line as QMP events (host clock). */
+static double wall_s(uint64_t t)
+{
+	struct timespec now;
+
+	if (!t || clock_gettime(CLOCK_REALTIME, &now) < 0)
+		return 0.0;
+	return (double)now.tv_sec + (double)now.tv_nsec / 1e9 -
+	       (double)(tlm_now_ns() - t) / 1e9;
+}
+
 static void json_wire(const struct dst_region *r, struct tlm_json *j)
 {
 	uint64_t in = 0, out = 0, payload = r->st.data_pages_in * PS;
@@ -61,6 +74,7 @@ static void json_wire(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_double(j, "fix_map_received_ms", since_start_ms(r, r->t_fix_ns));
 	tlm_json_double(j, "map_applied_ms", since_start_ms(r, r->t_map_ns));
 	tlm_json_double(j, "done_ms", since_start_ms(r, r->t_done_ns));
+	tlm_json_double(j, "map_received_wall", wall_s(r->t_map_rcvd_ns));
 }
 
 static void json_pages(const struct dst_region *r, struct tlm_json *j)

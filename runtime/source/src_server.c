@@ -170,7 +170,9 @@ static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 	tlm_json_obj_end(j);
 	tlm_json_obj_begin(j, "bytes");
 	tlm_json_u64(j, "payload", r->st.payload_bytes);
-	tlm_json_u64(j, "overhead", wire - r->st.payload_bytes);
+	/* Payload counts at queueing, wire bytes at writing: while frames wait behind a slow
+	 * link (pre-sent pages) the difference is not the overhead yet; never below 0. */
+	tlm_json_u64(j, "overhead", wire > r->st.payload_bytes ? wire - r->st.payload_bytes : 0);
 	tlm_json_obj_end(j);
 	tlm_json_u64(j, "demand_requests", r->st.demand_requests);
 	tlm_json_u64(j, "demand_pages", r->st.demand_pages);
