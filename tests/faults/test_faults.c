@@ -38,7 +38,8 @@
  * allowed, and the region must be complete. A live phase that misses a write (a page
  * re-read too early, a lost collect) shows up as differing pages.
  *
- *   test_faults [--runs N] [--seed S] [--keep]      (default 48 runs, seed 1)
+ *   test_faults [--runs N] [--seed S] [--only K] [--keep]    (default 48 runs, seed 1)
+ * --only K replays run K (1-based) of that campaign alone: a failure names its run.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -104,7 +105,7 @@ struct f_world {
 	char *dir;
 	char tmpl[300], key[300], ps_ctl[300], us_ctl[300], us_sock[300];
 	char bin_ps[400], bin_us[400], bin_tt[400], bin_px[400], guest[400], glue[400];
-	unsigned runs;
+	unsigned runs, only;
 	uint64_t seed;
 	bool keep;
 	struct f_totals t;
@@ -409,17 +410,24 @@ static void f_outage(struct f_run *x)
 
 /* ---- live phase (the source guest runs and writes) ------------------------------------------ */
 
-/* The "live" object of the page server's region stats (a new reference), or NULL. */
-static json_t *f_ps_live(struct f_run *x)
+/* The "live" object of the page server's region stats (a new reference), or NULL with
+ * why (no reply, or a reply that is not JSON: jansson takes no integer past INT64_MAX). */
+static json_t *f_ps_live(struct f_run *x, char *why, size_t len)
 {
 	char cmd[64], *js;
+	json_error_t je;
 	json_t *root, *live;
 
 	snprintf(cmd, sizeof(cmd), "stats %s", x->id);
 	js = e2e_ctl(F.ps_ctl, cmd);
-	root = js ? json_loads(js, 0, NULL) : NULL;
+	root = js ? json_loads(js, 0, &je) : NULL;
+	if (!root && why)
+		snprintf(why, len, js ? "stats reply is not JSON: %s at %d" : "stats: no reply",
+			 je.text, je.position);
 	free(js);
 	live = json_object_get(json_array_get(json_object_get(root, "regions"), 0), "live");
+	if (root && !live && why)
+		snprintf(why, len, "stats: no \"live\" object");
 	json_incref(live);
 	json_decref(root);
 	return live;
@@ -456,13 +464,15 @@ static void f_live_start(struct f_run *x)
 static void f_live_wait(struct f_run *x, bool need_ready, int timeout_ms)
 {
 	uint64_t end = tt_now_ms() + (uint64_t)timeout_ms;
-	char state[64] = "no stats";
+	char state[96] = "no stats", why[160] = "";
+	bool bad = false;               /* the last reply gave no "live" object (why) */
 
 	for (;;) {
-		json_t *lv = f_ps_live(x), *ready = json_object_get(lv, "ready");
+		json_t *lv = f_ps_live(x, why, sizeof(why)), *ready = json_object_get(lv, "ready");
 		bool ok = json_is_true(json_object_get(lv, "pass_done")) &&
 			  (!need_ready || !ready || json_is_true(ready));
 
+		bad = !lv;
 		if (lv)
 			snprintf(state, sizeof(state), "%s, %" PRIu64 " pages classified%s",
 				 json_string_value(json_object_get(lv, "state")) ?: "?",
@@ -473,9 +483,10 @@ static void f_live_wait(struct f_run *x, bool need_ready, int timeout_ms)
 			return;
 		if (tt_now_ms() >= end)
 			fail_msg("%s (%s, seed %" PRIu64 "): the live phase is not %s after %d ms "
-				 "(%s; see %s)", x->id, f_kind_names[x->kind], x->seed,
-				 need_ready ? "ready" : "past its first pass", timeout_ms, state,
-				 x->log[LOG_PS]);
+				 "(%s%s%s; see %s)", x->id, f_kind_names[x->kind], x->seed,
+				 need_ready ? "ready" : "past its first pass", timeout_ms,
+				 bad ? why : state, bad ? "; the last readable stats: " : "",
+				 bad ? state : "", x->log[LOG_PS]);
 		usleep(5000);
 	}
 }
@@ -494,7 +505,7 @@ static void f_live_point(struct f_run *x)
 	want = x->size / E2E_PAGE * (tt_rand(&x->lrng) % 100) / 100;
 	end = tt_now_ms() + 5000;
 	while (tt_now_ms() < end) {
-		json_t *lv = f_ps_live(x);
+		json_t *lv = f_ps_live(x, NULL, 0);
 		bool past = f_json_u64(lv, "classified") >= want ||
 			    json_is_true(json_object_get(lv, "pass_done"));
 
@@ -587,10 +598,20 @@ static void f_live_manifest(struct f_run *x)
  * and what the tracking caught. */
 static void f_live_after_freeze(struct f_run *x)
 {
-	json_t *lv = f_ps_live(x);
+	char why[160], said[32];
+	json_t *lv = f_ps_live(x, why, sizeof(why));
 	uint64_t redone = f_json_u64(lv, "redone"), fin = f_json_u64(lv, "final_dirty");
+	const char *pol = json_string_value(json_object_get(lv, "policy"));
 
+	if (!lv)
+		fail_msg("%s (%s, seed %" PRIu64 "): after the freeze: %s (see %s)", x->id,
+			 f_kind_names[x->kind], x->seed, why, x->log[LOG_PS]);
+	snprintf(said, sizeof(said), "%s", pol ? pol : "");
 	json_decref(lv);
+	/* a page server that reports its policy ran the one it was told */
+	if (f_policy_on() && said[0] && strcmp(said, x->policy) != 0)
+		fail_msg("%s (seed %" PRIu64 "): `live %s %s` ran policy '%s' (see %s)", x->id,
+			 x->seed, x->id, x->policy, said, x->log[LOG_PS]);
 	if (e2e_file_contains(x->log[LOG_PS], "live result is discarded"))
 		fail_msg("%s (%s, seed %" PRIu64 "): the page server discarded its live result "
 			 "(see %s)", x->id, f_kind_names[x->kind], x->seed, x->log[LOG_PS]);
@@ -781,6 +802,8 @@ static void test_campaign(void **state)
 	for (unsigned n = 0; n < F.runs; n++) {
 		struct f_run x;
 
+		if (F.only && n + 1 != F.only)
+			continue;
 		f_run_init(&x, n);
 		F.t.runs++;
 		F.t.by_kind[x.kind]++;
@@ -872,6 +895,7 @@ static int f_args(int argc, char **argv)
 		{ "runs", required_argument, NULL, 'r' },
 		{ "seed", required_argument, NULL, 's' },
 		{ "keep", no_argument, NULL, 'k' },
+		{ "only", required_argument, NULL, 'o' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -885,10 +909,12 @@ static int f_args(int argc, char **argv)
 			F.seed = strtoull(optarg, NULL, 0);
 		else if (c == 'k')
 			F.keep = true;
+		else if (c == 'o')
+			F.only = (unsigned)strtoul(optarg, NULL, 0);
 		else
 			return -1;
 	}
-	return F.runs ? 0 : -1;
+	return F.runs && F.only <= F.runs ? 0 : -1;
 }
 
 int main(int argc, char **argv)
@@ -897,7 +923,8 @@ int main(int argc, char **argv)
 	int rc;
 
 	if (f_args(argc, argv) < 0) {
-		fprintf(stderr, "usage: test_faults [--runs N>0] [--seed S] [--keep]\n");
+		fprintf(stderr, "usage: test_faults [--runs N>0] [--seed S] [--only K<=N] "
+			"[--keep]\n");
 		return 2;
 	}
 	if ((rc = e2e_skip_unless_uffd_root("process_vm_readv of another process, its pagemap")) != 0)
