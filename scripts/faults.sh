@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Fault-injection campaign on synthetic guests: builds tlm if needed, then runs
 # tests/faults/test_faults (seeded proxy faults between the daemons, kill -9 of either
-# daemon, a stalled link, an outage past --outage-limit then `resume`), and prints its
-# summary: runs, faults injected by kind, migrations completed, pages compared, mismatches
-# (must be 0).
+# daemon, a stalled link, an outage past --outage-limit then `resume`; and runs through
+# the page server's live phase, where the source guest keeps writing under dirty tracking
+# until its stop while the page server is killed and restarted, the link is cut, or the
+# uffd server is killed and restarted), and prints its summary: runs by kind, faults
+# injected, live-phase writes and re-reads, migrations completed, pages compared,
+# mismatches (must be 0). TLM_FAULTS_POLICY=1 sends `live ID POLICY` (a page server that
+# knows the policy word).
 #
 #   scripts/faults.sh [--runs N] [--seed S] [--keep] [--build-dir DIR]
 #

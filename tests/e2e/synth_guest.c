@@ -5,15 +5,27 @@
  *
  *   tlm-synth-guest source --ram F --size N [--template T] --seed S
  *                          --mix template=70,zero=10,ref=5,data=15[,dirty=P] --manifest OUT
+ *                          [--live RATE]
  *       fills RAM deterministically from the seed, writes the manifest, prints
  *       "ready addr=0x... size=N pid=P" and waits for SIGTERM.
+ *       --live RATE: a running VM. After "ready" it keeps rewriting pages, RATE pages/s,
+ *       seeded (a DATA page given new bytes, a page zeroed, turned back into its template
+ *       page or into a copy of another one (REF), a few bytes or one byte changed, half a
+ *       page written; a third of the writes go to a hot set of 64 pages) until SIGUSR1,
+ *       which means "the VM is stopped": it writes nothing more and prints "stopped
+ *       writes=W" at once, then rewrites the manifest (XXH3 of every page as it is now),
+ *       prints "manifest: template=A zero=B ref=C data=D" and waits for SIGTERM. For
+ *       tlm-page-server's live phase the RAM must be tracked: preload the glue with
+ *       TLM_TRACK=1.
  *   tlm-synth-guest dest --ram F --size N --manifest IN [--write-check] [--discard-check]
  *                        [--wait-signal] [--hold] [--reverse]
  *       (RAM armed by the glue) prints "mapped addr=0x... pid=P", reads and checks every
  *       page against the manifest (--reverse: last page first, so that the reads meet
- *       pages the daemon's forward class-map sweep has not placed yet: benchmarks), prints "verify: pages=N mismatches=M ...", class counts,
- *       shared_pages=K, pss_kb=P; --wait-signal: wait for SIGUSR1 before reading
- *       (stands for QEMU waiting for the incoming migration); --hold: print "holding" and
+ *       pages the daemon's forward class-map sweep has not placed yet: benchmarks),
+ *       prints "verify: pages=N mismatches=M ...", class counts, shared_pages=K,
+ *       pss_kb=P; --wait-signal: wait for SIGUSR1 before reading (stands for QEMU
+ *       waiting for the incoming migration; the manifest is read after it, so that a
+ *       live source can write its final one at its stop); --hold: print "holding" and
  *       wait for SIGTERM. Exit 0 only if every page matched and every check passed.
  *   tlm-synth-guest poke --ram F --size N --ctl-fd FD
  *       maps RAM as above (and touches none of it), prints "mapped addr=0x... pid=P", then
@@ -42,8 +54,9 @@
 
 struct sg_opts {
 	const char *mode, *ram, *tmpl, *manifest, *mix;
-	uint64_t size, seed;
+	uint64_t size, seed, live_rate;
 	int ctl_fd;
+	bool live;
 	bool write_check, discard_check, wait_signal, hold, reverse;
 };
 
@@ -58,6 +71,7 @@ static void sg_usage(FILE *f)
 {
 	fprintf(f, "usage: tlm-synth-guest source --ram F --size N [--template T] --seed S "
 		"--mix template=70,zero=10,ref=5,data=15[,dirty=P] --manifest OUT\n"
+		"                            [--live PAGES_PER_S]\n"
 		"       tlm-synth-guest dest --ram F --size N --manifest IN [--write-check] "
 		"[--discard-check] [--wait-signal] [--hold] [--reverse]\n"
 		"       tlm-synth-guest poke --ram F --size N --ctl-fd FD\n");
@@ -245,6 +259,108 @@ static void sg_block_signals(void)
 	sigprocmask(SIG_BLOCK, &set, NULL);
 }
 
+/* The class page i really has now (m->cls[i]: what it was last made as). */
+static uint8_t sg_class_now(const uint8_t *p, uint64_t i, uint8_t made, const uint8_t *t,
+			    uint64_t tpages)
+{
+	if (t && i < tpages && memcmp(p, t + i * E2E_PAGE, E2E_PAGE) == 0)
+		return TLM_CLASS_TEMPLATE;
+	if (sg_is_zero(p))
+		return TLM_CLASS_ZERO;
+	return made == TLM_CLASS_REF ? TLM_CLASS_REF : TLM_CLASS_DATA;
+}
+
+/* One write of the running guest to page i; returns the class it was made as. */
+static uint8_t sg_live_write_one(uint8_t *p, uint64_t i, uint8_t made, const uint8_t *t,
+				 uint64_t tpages, uint64_t *rng)
+{
+	const uint8_t *ti = t && i < tpages ? t + i * E2E_PAGE : NULL;
+	uint8_t half[E2E_PAGE / 2];
+	uint64_t k;
+
+	switch (tt_rand(rng) % 8) {
+	case 0:
+	case 1:                                 /* new random bytes: DATA */
+		sg_fill_random(p, rng);
+		return TLM_CLASS_DATA;
+	case 2:                                 /* zeroed */
+		memset(p, 0, E2E_PAGE);
+		return TLM_CLASS_ZERO;
+	case 3:                                 /* back to its template page */
+		if (!ti)
+			break;
+		memcpy(p, ti, E2E_PAGE);
+		return TLM_CLASS_TEMPLATE;
+	case 4:                                 /* a copy of another template page: REF */
+		if (!t || (k = sg_pick_ref(t, tpages, i, rng)) == UINT64_MAX)
+			break;
+		memcpy(p, t + k * E2E_PAGE, E2E_PAGE);
+		return TLM_CLASS_REF;
+	case 5:                                 /* a few bytes: a template page turns DATA */
+		for (int b = 0; b < 4; b++)
+			p[tt_rand(rng) % E2E_PAGE] ^= (uint8_t)(1 + tt_rand(rng) % 255);
+		return TLM_CLASS_DATA;
+	case 6:                                 /* one byte, near the end of the page */
+		p[E2E_PAGE - 1 - tt_rand(rng) % 64]++;
+		return made == TLM_CLASS_REF ? TLM_CLASS_DATA : made;
+	default:                                /* half a page, the other half stays */
+		tt_fill(half, sizeof(half), rng);
+		memcpy(p + (tt_rand(rng) % 2) * (E2E_PAGE / 2), half, sizeof(half));
+		return TLM_CLASS_DATA;
+	}
+	sg_fill_random(p, rng);
+	return TLM_CLASS_DATA;
+}
+
+/*
+ * --live: rewrite pages at rate pages/s until SIGUSR1 (the VM stops; SIGTERM/SIGINT end
+ * the program). Returns the number of writes, or -1 when a terminating signal came first.
+ */
+static int64_t sg_live(uint8_t *ram, uint64_t n, struct e2e_manifest *m, const uint8_t *t,
+		       uint64_t tpages, uint64_t rate, uint64_t seed)
+{
+	const struct timespec tick = { 0, 2 * 1000 * 1000 };
+	uint64_t rng = seed ^ 0x6c69766577726974ull, hot = tt_rand(&rng) % n, done = 0;
+	uint64_t t0 = tlm_now_ns();
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	for (;;) {
+		uint64_t due = (tlm_now_ns() - t0) / 1000 * rate / 1000000;
+
+		for (; done < due; done++) {
+			uint64_t i = tt_rand(&rng) % 3 == 0 ? (hot + tt_rand(&rng) % 64) % n :
+				     tt_rand(&rng) % n;
+
+			m->cls[i] = sg_live_write_one(ram + i * E2E_PAGE, i, m->cls[i], t, tpages,
+						      &rng);
+		}
+		sig = sigtimedwait(&set, NULL, &tick);
+		if (sig == SIGUSR1)
+			return (int64_t)done;
+		if (sig == SIGTERM || sig == SIGINT)
+			return -1;
+	}
+}
+
+/* The manifest of the RAM as it is now (after the live writes). */
+static void sg_rehash(const uint8_t *ram, uint64_t n, struct e2e_manifest *m,
+		      const uint8_t *t, uint64_t tpages)
+{
+	memset(m->count, 0, sizeof(m->count));
+	for (uint64_t i = 0; i < n; i++) {
+		const uint8_t *p = ram + i * E2E_PAGE;
+
+		m->cls[i] = sg_class_now(p, i, m->cls[i], t, tpages);
+		m->count[m->cls[i]]++;
+		m->hash[i] = XXH3_64bits(p, E2E_PAGE);
+	}
+}
+
 static int sg_source(const struct sg_opts *o)
 {
 	uint64_t n = o->size / E2E_PAGE, tpages = 0, rng = o->seed;
@@ -285,6 +401,26 @@ static int sg_source(const struct sg_opts *o)
 	printf("ready addr=%p size=%llu pid=%d\n", (void *)ram, (unsigned long long)o->size,
 	       (int)getpid());
 	fflush(stdout);
+	if (o->live) {
+		int64_t w = sg_live(ram, n, &m, t, tpages, o->live_rate, o->seed);
+
+		if (w < 0) {
+			e2e_manifest_free(&m);
+			return 0;
+		}
+		/* At once: the test freezes now, as after QMP stop; the manifest follows. */
+		printf("stopped writes=%lld\n", (long long)w);
+		fflush(stdout);
+		sg_rehash(ram, n, &m, t, tpages);
+		if (e2e_manifest_write(o->manifest, &m, err, sizeof(err)) < 0) {
+			fprintf(stderr, "tlm-synth-guest: %s\n", err);
+			return 1;
+		}
+		printf("manifest: template=%llu zero=%llu ref=%llu data=%llu\n",
+		       (unsigned long long)m.count[1], (unsigned long long)m.count[2],
+		       (unsigned long long)m.count[3], (unsigned long long)m.count[4]);
+		fflush(stdout);
+	}
 	e2e_manifest_free(&m);
 	sg_wait_term();
 	return 0;
@@ -408,13 +544,8 @@ static int sg_dest(const struct sg_opts *o)
 	uint8_t *ram;
 	int rc = 0;
 
-	if (!o->manifest || e2e_manifest_read(o->manifest, &m, err, sizeof(err)) < 0) {
-		fprintf(stderr, "tlm-synth-guest: %s\n", o->manifest ? err : "--manifest missing");
-		return 2;
-	}
-	if (m.pages != n) {
-		fprintf(stderr, "tlm-synth-guest: manifest has %llu pages, --size gives %llu\n",
-			(unsigned long long)m.pages, (unsigned long long)n);
+	if (!o->manifest) {
+		fprintf(stderr, "tlm-synth-guest: --manifest missing\n");
 		return 2;
 	}
 	ram = sg_map_ram(o->ram, o->size);
@@ -424,6 +555,17 @@ static int sg_dest(const struct sg_opts *o)
 	fflush(stdout);
 	if (o->wait_signal)
 		sg_wait_usr1();
+	/* Read now: a live source writes its final manifest when it stops. */
+	if (e2e_manifest_read(o->manifest, &m, err, sizeof(err)) < 0) {
+		fprintf(stderr, "tlm-synth-guest: %s\n", err);
+		return 2;
+	}
+	if (m.pages != n) {
+		fprintf(stderr, "tlm-synth-guest: manifest has %llu pages, --size gives %llu\n",
+			(unsigned long long)m.pages, (unsigned long long)n);
+		e2e_manifest_free(&m);
+		return 2;
+	}
 	t0 = tlm_now_ns();
 	miss = sg_verify(ram, &m, o->reverse, bad);
 	printf("verify: pages=%llu mismatches=%llu read_ms=%.1f\n", (unsigned long long)n,
@@ -493,7 +635,7 @@ static int sg_parse(int argc, char **argv, struct sg_opts *o)
 		{ "seed", 1, 0, 'S' }, { "mix", 1, 0, 'm' }, { "manifest", 1, 0, 'M' },
 		{ "write-check", 0, 0, 'w' }, { "discard-check", 0, 0, 'd' },
 		{ "wait-signal", 0, 0, 'W' }, { "hold", 0, 0, 'H' }, { "reverse", 0, 0, 'R' },
-		{ "ctl-fd", 1, 0, 'C' }, { "help", 0, 0, 'h' },
+		{ "ctl-fd", 1, 0, 'C' }, { "live", 1, 0, 'L' }, { "help", 0, 0, 'h' },
 		{ 0, 0, 0, 0 } };
 	uint64_t v;
 	int c;
@@ -515,6 +657,9 @@ static int sg_parse(int argc, char **argv, struct sg_opts *o)
 		case 'R': o->reverse = true; break;
 		case 'C': if (tlm_parse_u64(optarg, &v) < 0 || v > INT_MAX) goto bad;
 			  o->ctl_fd = (int)v; break;
+		case 'L': if (tlm_parse_u64(optarg, &o->live_rate) < 0 || !o->live_rate ||
+			      o->live_rate > 10000000) goto bad;
+			  o->live = true; break;
 		case 'h': sg_usage(stdout); exit(0);
 		default: goto usage;
 		}

@@ -18,6 +18,9 @@
  *             channel lags the other (TCP itself never reorders)
  *   drop      the connection is closed at once and new ones are refused for 0.1..1.5 s
  *             (the link is down)
+ * On SIGUSR1 every open connection is cut at once (each counts as a cut) and new ones are
+ * refused for 0..500 ms (drawn from the same generator): a link that breaks at a moment
+ * the test chooses, e.g. during a live phase whose traffic no byte count can aim at.
  * On SIGTERM/SIGINT it prints "faults cut=A truncate=B delay=C reorder=D drop=E conns=F"
  * and exits 0. Counts are of faults that took effect (a cut whose K is never reached does
  * not count). --rate limits each direction of a connection to MBPS MB/s, so that a short
@@ -74,7 +77,7 @@ struct fp_pair {
 };
 
 struct fp {
-	int epfd, lfd, sigfd;
+	int epfd, lfd, sigfd, usr1fd;
 	const char *upstream;
 	uint64_t rng;
 	unsigned prob, max_faults, nfaults, nconns, rate;
@@ -307,6 +310,22 @@ static void fp_event(struct fp *f, struct fp_pair *p, uint32_t events)
 	fp_flush(f, p);
 }
 
+/* SIGUSR1: the link breaks now; new connections are refused for a moment. */
+static void fp_cut_all(struct fp *f)
+{
+	struct signalfd_siginfo si;
+
+	while (read(f->usr1fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+		;
+	for (struct fp_pair *p = f->pairs; p; p = p->next) {
+		if (p->dead)
+			continue;
+		fp_count(f, p, FP_CUT, " (SIGUSR1: every connection)");
+		fp_pair_close(f, p);
+	}
+	f->refuse_until = tlm_now_ns() + fp_range(f, 0, 500) * 1000000ull;
+}
+
 /* ---- main -------------------------------------------------------------------------------- */
 
 /* Writes due, closed pairs freed; returns the epoll timeout until the next release. */
@@ -347,6 +366,10 @@ static int fp_loop(struct fp *f)
 		for (int i = 0; i < n; i++) {
 			if (ev[i].data.ptr == &f->sigfd)
 				return 0;
+			if (ev[i].data.ptr == &f->usr1fd) {
+				fp_cut_all(f);
+				continue;
+			}
 			if (ev[i].data.ptr == &f->lfd)
 				fp_accept(f);
 			else if (!((struct fp_pair *)ev[i].data.ptr)->dead)
@@ -405,14 +428,20 @@ static int fp_setup(struct fp *f, const char *listen)
 {
 	struct epoll_event el = { .events = EPOLLIN, .data.ptr = &f->lfd };
 	struct epoll_event es = { .events = EPOLLIN, .data.ptr = &f->sigfd };
+	struct epoll_event eu = { .events = EPOLLIN, .data.ptr = &f->usr1fd };
 	struct sockaddr_storage sa;
+	sigset_t usr1;
 	socklen_t slen = sizeof(sa);
 	char err[256];
 
 	f->sigfd = tlm_term_signalfd(0);
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	f->usr1fd = sigprocmask(SIG_BLOCK, &usr1, NULL) < 0 ? -1 :
+		    signalfd(-1, &usr1, SFD_NONBLOCK | SFD_CLOEXEC);
 	f->epfd = epoll_create1(EPOLL_CLOEXEC);
 	f->lfd = tlm_tcp_listen(listen, err, sizeof(err));
-	if (f->lfd < 0 || f->sigfd < 0 || f->epfd < 0 ||
+	if (f->lfd < 0 || f->sigfd < 0 || f->usr1fd < 0 || f->epfd < 0 ||
 	    getsockname(f->lfd, (struct sockaddr *)&sa, &slen) < 0) {
 		fprintf(stderr, "tlm-fault-proxy: %s\n", f->lfd < 0 ? err : strerror(errno));
 		return -1;
@@ -420,6 +449,7 @@ static int fp_setup(struct fp *f, const char *listen)
 	tlm_set_nonblock(f->lfd, 1);
 	epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->lfd, &el);
 	epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->sigfd, &es);
+	epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->usr1fd, &eu);
 	printf("port %u\n", ntohs(((struct sockaddr_in *)&sa)->sin_port));
 	fflush(stdout);
 	return 0;
@@ -427,7 +457,7 @@ static int fp_setup(struct fp *f, const char *listen)
 
 int main(int argc, char **argv)
 {
-	struct fp f = { .epfd = -1, .lfd = -1, .sigfd = -1 };
+	struct fp f = { .epfd = -1, .lfd = -1, .sigfd = -1, .usr1fd = -1 };
 	const char *listen = NULL;
 	int rc = fp_opts(&f, argc, argv, &listen);
 

@@ -3,21 +3,43 @@
  *
  * Many short migrations, each with its own seed (reproducible: `--seed S` gives the same
  * guests, the same kinds of runs and the same proxy plans), real processes, real TCP:
- *   source:      tlm-synth-guest source (frozen with SIGSTOP) + tlm-page-server
+ *   source:      tlm-synth-guest source + tlm-page-server
  *   in between:  tlm-fault-proxy (cuts, truncates, delays, reorders, drops connections)
  *   destination: tlm-uffd-server + tlm-synth-guest dest (glue, TLM_ARM=map)
- * Kinds of run, in turn: proxy faults only (twice); tlm-page-server killed with SIGKILL,
- * restarted on the same port with the same region and frozen again; tlm-uffd-server
- * killed with SIGKILL and restarted (the glue hands the region and its uffd over again);
- * the link stalls with its connections open (the proxy is stopped with SIGSTOP) until the
- * destination takes the silence for a lost session (--stall-timeout 1), then it runs on.
+ * Kinds of run, in turn (8 in the rotation):
+ *   proxy (twice)    proxy faults only; the source is frozen (SIGSTOP + `freeze`) before
+ *                    the destination starts, as in all kinds not named live+;
+ *   kill-page-server tlm-page-server killed with SIGKILL, restarted on the same port with
+ *                    the same region and frozen again;
+ *   kill-uffd-server tlm-uffd-server killed with SIGKILL and restarted (the glue hands the
+ *                    region and its uffd over again);
+ *   stall            the link stalls with its connections open (the proxy is stopped with
+ *                    SIGSTOP) until the destination takes the silence for a lost session
+ *                    (--stall-timeout 1), then it runs on;
+ *   live+...         the page server's live phase: the source guest runs (--live: it keeps
+ *                    rewriting pages at 2000..20000 pages/s, its RAM tracked by the glue,
+ *                    TLM_TRACK=1) and the destination is started, armed and connected
+ *                    (phase mapping) before `live ID`; during the live phase, either
+ *     live+kill-page-server  tlm-page-server is killed, restarted and told `live` again,
+ *     live+proxy             the proxy cuts every connection (SIGUSR1), once or twice, on
+ *                            top of its seeded faults, or
+ *     live+kill-uffd-server  tlm-uffd-server is killed and restarted;
+ *                    then, once the page server's stats say the first pass is done (and
+ *                    "ready", when it reports that), the guest stops writing (SIGUSR1:
+ *                    "the VM is stopped"), `freeze` follows at once, and the guest writes
+ *                    the manifest of its final RAM. The page server must have used its
+ *                    live result (not discarded it). With TLM_FAULTS_POLICY=1 `live` also
+ *                    carries a policy word drawn per run (post, hybrid, auto).
  * The last run is an outage: tlm-page-server killed and not restarted, the destination
  * (--outage-limit 1) must report the region "paused" (faults wait), then a new page
  * server on another port and `resume ID HOST:PORT` finish it.
  * Every run ends with the destination guest reading every page and comparing it with the
- * source's XXH3-64 (manifest): zero differences allowed, and the region must be complete.
+ * source's XXH3-64 (manifest; in live runs the one written at the stop): zero differences
+ * allowed, and the region must be complete. A live phase that misses a write (a page
+ * re-read too early, a lost collect) shows up as differing pages.
  *
- *   test_faults [--runs N] [--seed S] [--keep]      (default 48 runs, seed 1)
+ *   test_faults [--runs N] [--seed S] [--only K] [--keep]    (default 48 runs, seed 1)
+ * --only K replays run K (1-based) of that campaign alone: a failure names its run.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -35,6 +57,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "ctl.h"
 #include "tlm_test.h"
 #include "json.h"
@@ -47,25 +71,41 @@
 #define F_TIMEOUT_MS 60000
 #define F_RATE "24"              /* MB/s per connection: a 16 MiB run lasts ~0.2 s */
 
-enum f_kind { F_PROXY = 0, F_KILL_PS, F_KILL_US, F_STALL, F_OUTAGE, F_NKINDS };
+enum f_kind {
+	F_PROXY = 0, F_KILL_PS, F_KILL_US, F_STALL, F_OUTAGE,
+	F_LIVE_KILL_PS, F_LIVE_PROXY, F_LIVE_KILL_US,     /* during the live phase */
+	F_NKINDS
+};
 
-static const char *const f_kind_names[F_NKINDS] = { "proxy", "kill-page-server",
-						     "kill-uffd-server", "stall", "outage" };
+static const char *const f_kind_names[F_NKINDS] = {
+	"proxy", "kill-page-server", "kill-uffd-server", "stall", "outage",
+	"live+kill-page-server", "live+proxy", "live+kill-uffd-server",
+};
 
 /* Kinds of run in turn (the last run is always F_OUTAGE). */
-static const enum f_kind f_rotation[] = { F_PROXY, F_PROXY, F_KILL_PS, F_KILL_US, F_STALL };
+static const enum f_kind f_rotation[] = { F_PROXY, F_LIVE_KILL_PS, F_PROXY, F_KILL_PS,
+					  F_LIVE_PROXY, F_KILL_US, F_LIVE_KILL_US, F_STALL };
+
+/* Live runs: the source guest's writes (pages/s), the page server's --live-rate (MiB/s,
+ * 0: no limit) and the policy word of `live ID POLICY` (sent with TLM_FAULTS_POLICY=1). */
+static const char *const f_live_writes[] = { "2000", "8000", "20000" };
+static const char *const f_live_rates[] = { "64", "256", "0" };
+static const char *const f_live_policies[] = { "post", "hybrid", "auto" };
+
+#define F_NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
 struct f_totals {
 	unsigned runs, completed, resumed, by_kind[F_NKINDS];
 	uint64_t faults[6];        /* cut truncate delay reorder drop conns (from the proxy) */
 	uint64_t kills_ps, kills_us, stalls, pages, mismatches, reconnects;
+	uint64_t live_cuts, live_writes, live_redone, live_final_dirty, live_restarts;
 };
 
 struct f_world {
 	char *dir;
 	char tmpl[300], key[300], ps_ctl[300], us_ctl[300], us_sock[300];
 	char bin_ps[400], bin_us[400], bin_tt[400], bin_px[400], guest[400], glue[400];
-	unsigned runs;
+	unsigned runs, only;
 	uint64_t seed;
 	bool keep;
 	struct f_totals t;
@@ -76,6 +116,9 @@ struct f_run {
 	unsigned n;
 	uint64_t seed, rng, size;
 	enum f_kind kind;
+	bool live;
+	uint64_t lrng;                   /* live choices: their own stream */
+	const char *writes, *live_rate, *policy;
 	char id[16], ram_src[300], ram_dst[300], manifest[300], log[5][300];
 	struct e2e_proc src, ps, px, us, dst;
 	uint64_t src_addr;
@@ -86,6 +129,19 @@ struct f_run {
 enum { LOG_SRC, LOG_PS, LOG_PX, LOG_US, LOG_DST };
 
 static struct f_world F;
+
+/* TLM_FAULTS_POLICY=1: `live ID POLICY` (page servers that know the policy word). */
+static bool f_policy_on(void)
+{
+	const char *v = getenv("TLM_FAULTS_POLICY");
+
+	return v && strcmp(v, "1") == 0;
+}
+
+static bool f_is_live(enum f_kind k)
+{
+	return k == F_LIVE_KILL_PS || k == F_LIVE_PROXY || k == F_LIVE_KILL_US;
+}
 
 static void f_path(char *out, size_t len, const char *name)
 {
@@ -117,9 +173,12 @@ static void f_ctl_refused(const char *ctl, const char *cmd)
 static void f_start_source(struct f_run *x)
 {
 	char e_pre[500], e_ram[400], e_tmpl[400], seed[32], size[32], line[256];
-	char *env[] = { e_pre, e_ram, e_tmpl, "TLM_SOCK", NULL };
+	/* live: the glue registers the RAM for dirty tracking (uffd WP_ASYNC), as in QEMU */
+	char *env[] = { e_pre, e_ram, e_tmpl, "TLM_SOCK", x->live ? "TLM_TRACK=1" : NULL,
+			NULL };
 	char *argv[] = { F.guest, "source", "--ram", x->ram_src, "--size", size, "--template",
-			 F.tmpl, "--seed", seed, "--mix", F_MIX, "--manifest", x->manifest, NULL };
+			 F.tmpl, "--seed", seed, "--mix", F_MIX, "--manifest", x->manifest,
+			 x->live ? "--live" : NULL, (char *)x->writes, NULL };
 
 	snprintf(e_pre, sizeof(e_pre), "LD_PRELOAD=%s", F.glue);
 	snprintf(e_ram, sizeof(e_ram), "TLM_RAM_PATH=%s", x->ram_src);
@@ -137,7 +196,8 @@ static void f_start_page_server(struct f_run *x)
 {
 	char spec[600], listen[64], line[128];
 	char *argv[] = { F.bin_ps, "--listen", listen, "--key", F.key, "--ctl", F.ps_ctl,
-			 "--region", spec, "--log-level", "info", NULL };
+			 "--region", spec, "--log-level", "info",
+			 x->live ? "--live-rate" : NULL, (char *)x->live_rate, NULL };
 
 	snprintf(listen, sizeof(listen), "127.0.0.1:%d", x->ps_port);
 	snprintf(spec, sizeof(spec), "%s,pid=%d,addr=0x%" PRIx64 ",size=%" PRIu64
@@ -152,7 +212,8 @@ static void f_start_proxy(struct f_run *x)
 {
 	char listen[] = "127.0.0.1:0", up[64], seed[32], line[128];
 	char *argv[] = { F.bin_px, "--listen", listen, "--upstream", up, "--seed", seed,
-			 "--faults", x->kind == F_PROXY ? "4" : "1", "--rate", F_RATE, NULL };
+			 "--faults", x->kind == F_PROXY || x->kind == F_LIVE_PROXY ? "4" : "1",
+			 "--rate", F_RATE, NULL };
 
 	snprintf(up, sizeof(up), "127.0.0.1:%d", x->ps_port);
 	snprintf(seed, sizeof(seed), "%" PRIu64, x->seed);
@@ -196,8 +257,10 @@ static void f_start_dest(struct f_run *x)
 	char e_pre[500], e_ram[400], e_tmpl[400], e_sock[400], e_vm[64], e_src[128], size[32];
 	char line[256];
 	char *env[] = { e_pre, e_ram, e_tmpl, e_sock, e_vm, e_src, "TLM_ARM=map", NULL };
+	/* live: the destination is ready before the source stops; it reads its RAM (and
+	 * the manifest the source writes at its stop) on SIGUSR1, after the freeze */
 	char *argv[] = { F.guest, "dest", "--ram", x->ram_dst, "--size", size, "--manifest",
-			 x->manifest, "--hold", NULL };
+			 x->manifest, "--hold", x->live ? "--wait-signal" : NULL, NULL };
 
 	snprintf(e_pre, sizeof(e_pre), "LD_PRELOAD=%s", F.glue);
 	snprintf(e_ram, sizeof(e_ram), "TLM_RAM_PATH=%s", x->ram_dst);
@@ -345,6 +408,240 @@ static void f_outage(struct f_run *x)
 	F.t.resumed++;
 }
 
+/* ---- live phase (the source guest runs and writes) ------------------------------------------ */
+
+/* The "live" object of the page server's region stats (a new reference), or NULL with
+ * why (no reply, or a reply that is not JSON: jansson takes no integer past INT64_MAX). */
+static json_t *f_ps_live(struct f_run *x, char *why, size_t len)
+{
+	char cmd[64], *js;
+	json_error_t je;
+	json_t *root, *live;
+
+	snprintf(cmd, sizeof(cmd), "stats %s", x->id);
+	js = e2e_ctl(F.ps_ctl, cmd);
+	root = js ? json_loads(js, 0, &je) : NULL;
+	if (!root && why)
+		snprintf(why, len, js ? "stats reply is not JSON: %s at %d" : "stats: no reply",
+			 je.text, je.position);
+	free(js);
+	live = json_object_get(json_array_get(json_object_get(root, "regions"), 0), "live");
+	if (root && !live && why)
+		snprintf(why, len, "stats: no \"live\" object");
+	json_incref(live);
+	json_decref(root);
+	return live;
+}
+
+static uint64_t f_json_u64(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key);
+
+	return json_is_integer(v) && json_integer_value(v) > 0 ?
+	       (uint64_t)json_integer_value(v) : 0;
+}
+
+/* `live ID` (with the run's policy word under TLM_FAULTS_POLICY=1): the region must go
+ * live under dirty tracking, not fall back to post-copy. */
+static void f_live_start(struct f_run *x)
+{
+	char cmd[96], *r;
+
+	if (f_policy_on())
+		snprintf(cmd, sizeof(cmd), "live %s %s", x->id, x->policy);
+	else
+		snprintf(cmd, sizeof(cmd), "live %s", x->id);
+	r = e2e_ctl(F.ps_ctl, cmd);
+	if (!r || strncmp(r, x->id, strlen(x->id)) != 0 || !strstr(r, " live: "))
+		fail_msg("%s (%s, seed %" PRIu64 "): `%s`: %s (tracking by the glue, TLM_TRACK=1: "
+			 "see %s, %s)", x->id, f_kind_names[x->kind], x->seed, cmd,
+			 r ? r : "no reply", x->log[LOG_PS], x->log[LOG_SRC]);
+	free(r);
+}
+
+/* Until the page server's live phase has its first pass done and, when it reports a
+ * switch policy ("ready"), is ready for the stop. */
+static void f_live_wait(struct f_run *x, bool need_ready, int timeout_ms)
+{
+	uint64_t end = tt_now_ms() + (uint64_t)timeout_ms;
+	char state[96] = "no stats", why[160] = "";
+	bool bad = false;               /* the last reply gave no "live" object (why) */
+
+	for (;;) {
+		json_t *lv = f_ps_live(x, why, sizeof(why)), *ready = json_object_get(lv, "ready");
+		bool ok = json_is_true(json_object_get(lv, "pass_done")) &&
+			  (!need_ready || !ready || json_is_true(ready));
+
+		bad = !lv;
+		if (lv)
+			snprintf(state, sizeof(state), "%s, %" PRIu64 " pages classified%s",
+				 json_string_value(json_object_get(lv, "state")) ?: "?",
+				 f_json_u64(lv, "classified"),
+				 ready && !json_is_true(ready) ? ", not ready" : "");
+		json_decref(lv);
+		if (ok)
+			return;
+		if (tt_now_ms() >= end)
+			fail_msg("%s (%s, seed %" PRIu64 "): the live phase is not %s after %d ms "
+				 "(%s%s%s; see %s)", x->id, f_kind_names[x->kind], x->seed,
+				 need_ready ? "ready" : "past its first pass", timeout_ms,
+				 bad ? why : state, bad ? "; the last readable stats: " : "",
+				 bad ? state : "", x->log[LOG_PS]);
+		usleep(5000);
+	}
+}
+
+/* A moment of the live phase: in the first pass (once 0..99 % of the pages are
+ * classified; an unlimited --live-rate often finishes first) or 0..300 ms after it. */
+static void f_live_point(struct f_run *x)
+{
+	uint64_t want, end;
+
+	if (tt_rand(&x->lrng) % 2) {
+		f_live_wait(x, false, 20000);
+		usleep((useconds_t)(tt_rand(&x->lrng) % 300) * 1000);
+		return;
+	}
+	want = x->size / E2E_PAGE * (tt_rand(&x->lrng) % 100) / 100;
+	end = tt_now_ms() + 5000;
+	while (tt_now_ms() < end) {
+		json_t *lv = f_ps_live(x, NULL, 0);
+		bool past = f_json_u64(lv, "classified") >= want ||
+			    json_is_true(json_object_get(lv, "pass_done"));
+
+		json_decref(lv);
+		if (past)
+			return;
+		usleep(1000);
+	}
+}
+
+/* The destination is ready before the source stops: both sessions to the page server
+ * open (phase mapping: it waits for the class map). */
+static void f_dest_connected(struct f_run *x)
+{
+	char phase[32] = "", *js = f_wait_phase(x, "mapping", 15000);
+
+	if (js)
+		tt_json_str(js, NULL, "phase", phase, sizeof(phase));
+	free(js);
+	if (strcmp(phase, "mapping") != 0)
+		fail_msg("%s (%s, seed %" PRIu64 "): the destination is not connected before the "
+			 "stop: phase '%s' (see %s)", x->id, f_kind_names[x->kind], x->seed, phase,
+			 x->log[LOG_US]);
+}
+
+/* The fault of the run, somewhere in the live phase. */
+static void f_live_fault(struct f_run *x)
+{
+	unsigned cuts = 1 + (unsigned)(tt_rand(&x->lrng) % 2);
+
+	switch (x->kind) {
+	case F_LIVE_KILL_PS:        /* a new page server on the same port, `live` again */
+		f_live_point(x);
+		e2e_stop(&x->ps, SIGKILL, 5000);
+		e2e_close(&x->ps);
+		F.t.kills_ps++;
+		usleep((useconds_t)(tt_rand(&x->lrng) % 500) * 1000);
+		f_start_page_server(x);
+		f_live_start(x);
+		F.t.live_restarts++;
+		break;
+	case F_LIVE_PROXY:          /* the link breaks (every connection), once or twice */
+		for (unsigned i = 0; i < cuts; i++) {
+			f_live_point(x);
+			kill(x->px.pid, SIGUSR1);
+			F.t.live_cuts++;
+		}
+		break;
+	case F_LIVE_KILL_US:        /* the glue hands region and uffd to the new daemon */
+		f_live_point(x);
+		e2e_stop(&x->us, SIGKILL, 5000);
+		e2e_close(&x->us);
+		F.t.kills_us++;
+		usleep((useconds_t)(tt_rand(&x->lrng) % 300) * 1000);
+		f_start_uffd_server(x);
+		f_dest_connected(x);
+		break;
+	default:
+		break;
+	}
+}
+
+/* "The VM is stopped": the guest writes nothing more from its "stopped" line on; the
+ * freeze follows at once (the guest hashes its RAM for the manifest meanwhile). */
+static void f_live_stop(struct f_run *x)
+{
+	long long w = -1;
+	char line[256];
+
+	kill(x->src.pid, SIGUSR1);
+	if (e2e_expect(&x->src, "stopped ", line, sizeof(line), 20000) != 1 ||
+	    sscanf(line, "stopped writes=%lld", &w) != 1 || w < 0)
+		fail_msg("%s (seed %" PRIu64 "): the source guest did not stop (see %s)", x->id,
+			 x->seed, x->log[LOG_SRC]);
+	F.t.live_writes += (uint64_t)w;
+}
+
+/* The final manifest is written; then the source process stops like a stopped VM. */
+static void f_live_manifest(struct f_run *x)
+{
+	char line[256];
+
+	if (e2e_expect(&x->src, "manifest: ", line, sizeof(line), 20000) != 1)
+		fail_msg("%s (seed %" PRIu64 "): the source guest wrote no final manifest (see "
+			 "%s)", x->id, x->seed, x->log[LOG_SRC]);
+	kill(x->src.pid, SIGSTOP);
+}
+
+/* After the freeze: the live result was used (not discarded for a full classification),
+ * and what the tracking caught. */
+static void f_live_after_freeze(struct f_run *x)
+{
+	char why[160], said[32];
+	json_t *lv = f_ps_live(x, why, sizeof(why));
+	uint64_t redone = f_json_u64(lv, "redone"), fin = f_json_u64(lv, "final_dirty");
+	const char *pol = json_string_value(json_object_get(lv, "policy"));
+
+	if (!lv)
+		fail_msg("%s (%s, seed %" PRIu64 "): after the freeze: %s (see %s)", x->id,
+			 f_kind_names[x->kind], x->seed, why, x->log[LOG_PS]);
+	snprintf(said, sizeof(said), "%s", pol ? pol : "");
+	json_decref(lv);
+	/* a page server that reports its policy ran the one it was told */
+	if (f_policy_on() && said[0] && strcmp(said, x->policy) != 0)
+		fail_msg("%s (seed %" PRIu64 "): `live %s %s` ran policy '%s' (see %s)", x->id,
+			 x->seed, x->id, x->policy, said, x->log[LOG_PS]);
+	if (e2e_file_contains(x->log[LOG_PS], "live result is discarded"))
+		fail_msg("%s (%s, seed %" PRIu64 "): the page server discarded its live result "
+			 "(see %s)", x->id, f_kind_names[x->kind], x->seed, x->log[LOG_PS]);
+	F.t.live_redone += redone;
+	F.t.live_final_dirty += fin;
+	print_message("  live: %" PRIu64 " pages redone while running, %" PRIu64 " at the "
+		      "freeze\n", redone, fin);
+}
+
+/* A live run up to the destination reading its RAM: everything ready and armed, `live`,
+ * the fault, the first pass done, the stop, the freeze. */
+static void f_run_live(struct f_run *x)
+{
+	f_start_source(x);
+	f_start_page_server(x);
+	f_start_proxy(x);
+	f_start_uffd_server(x);
+	f_start_dest(x);
+	f_dest_connected(x);
+	f_live_start(x);
+	f_live_fault(x);
+	f_live_wait(x, true, 20000);
+	usleep((useconds_t)(20 + tt_rand(&x->lrng) % 180) * 1000);   /* rounds, writes */
+	f_live_stop(x);
+	f_freeze(x);
+	f_live_after_freeze(x);
+	f_live_manifest(x);
+	kill(x->dst.pid, SIGUSR1);        /* the destination VM starts */
+}
+
 /* ---- checks ----------------------------------------------------------------------------------- */
 
 /* "running", or how a daemon ended that nobody here stopped (something else killed it). */
@@ -429,9 +726,14 @@ static void f_run_init(struct f_run *x, unsigned n)
 	x->n = n;
 	x->seed = F.seed * 1000003ull + n;
 	x->rng = x->seed;
-	x->kind = f_rotation[n % (sizeof(f_rotation) / sizeof(f_rotation[0]))];
+	x->kind = f_rotation[n % F_NELEM(f_rotation)];
 	if (n + 1 == F.runs)
 		x->kind = F_OUTAGE;
+	x->live = f_is_live(x->kind);
+	x->lrng = x->seed ^ 0x6c6976656c697665ull;
+	x->writes = f_live_writes[tt_rand(&x->lrng) % F_NELEM(f_live_writes)];
+	x->live_rate = f_live_rates[tt_rand(&x->lrng) % F_NELEM(f_live_rates)];
+	x->policy = f_live_policies[tt_rand(&x->lrng) % F_NELEM(f_live_policies)];
 	x->size = (tt_rand(&x->rng) % 8 == 0 ? 64ull : 16ull) << 20;
 	snprintf(x->id, sizeof(x->id), "f%u", n);
 	e2e_pathf(x->ram_src, sizeof(x->ram_src), F.dir, "%s.src.ram", x->id);
@@ -458,6 +760,10 @@ static void f_run_fini(struct f_run *x)
 
 static void f_run_one(struct f_run *x)
 {
+	if (x->live) {
+		f_run_live(x);
+		goto verify;
+	}
 	f_start_source(x);
 	f_start_page_server(x);
 	f_start_proxy(x);
@@ -473,6 +779,7 @@ static void f_run_one(struct f_run *x)
 		f_stall(x);
 	else if (x->kind == F_OUTAGE)
 		f_outage(x);
+verify:
 	f_verify_guest(x);
 	f_check_complete(x);
 	if (x->kind == F_OUTAGE) {
@@ -495,11 +802,17 @@ static void test_campaign(void **state)
 	for (unsigned n = 0; n < F.runs; n++) {
 		struct f_run x;
 
+		if (F.only && n + 1 != F.only)
+			continue;
 		f_run_init(&x, n);
 		F.t.runs++;
 		F.t.by_kind[x.kind]++;
 		print_message("run %u/%u: %s, %" PRIu64 " MiB, seed %" PRIu64 "\n", n + 1, F.runs,
 			      f_kind_names[x.kind], x.size >> 20, x.seed);
+		if (x.live)
+			print_message("  live: guest writes %s pages/s, --live-rate %s, policy %s"
+				      "%s\n", x.writes, x.live_rate, x.policy,
+				      f_policy_on() ? "" : " (not sent)");
 		f_run_one(&x);
 		f_run_fini(&x);
 	}
@@ -507,6 +820,9 @@ static void test_campaign(void **state)
 		      (double)(tt_now_ms() - t0) / 1000.0);
 	assert_int_equal(F.t.mismatches, 0);
 	assert_int_equal(F.t.completed, F.t.runs);
+	/* the live runs exercised the tracking: writes after a page's read were caught */
+	if (F.t.by_kind[F_LIVE_KILL_PS] + F.t.by_kind[F_LIVE_PROXY] + F.t.by_kind[F_LIVE_KILL_US])
+		assert_true(F.t.live_redone + F.t.live_final_dirty > 0);
 }
 
 /* ---- setup ------------------------------------------------------------------------------------ */
@@ -547,9 +863,16 @@ static int f_teardown(void **state)
 	(void)state;
 	printf("\n== tlm fault injection summary (seed %" PRIu64 ")\n", F.seed);
 	printf("runs: %u (proxy faults %u, page-server killed %u, uffd-server killed %u, "
-	       "link stalled %u, outage past the limit %u: paused and resumed %u)\n",
+	       "link stalled %u, outage past the limit %u: paused and resumed %u; "
+	       "live phase with page-server killed %u, link faults %u, uffd-server killed %u)\n",
 	       t->runs, t->by_kind[F_PROXY], t->by_kind[F_KILL_PS], t->by_kind[F_KILL_US],
-	       t->by_kind[F_STALL], t->by_kind[F_OUTAGE], t->resumed);
+	       t->by_kind[F_STALL], t->by_kind[F_OUTAGE], t->resumed,
+	       t->by_kind[F_LIVE_KILL_PS], t->by_kind[F_LIVE_PROXY], t->by_kind[F_LIVE_KILL_US]);
+	printf("live phase: guest writes %" PRIu64 ", pages redone while running %" PRIu64
+	       ", at the freeze %" PRIu64 "; page servers restarted and live again %" PRIu64
+	       ", links cut %" PRIu64 " (policy word %s)\n", t->live_writes, t->live_redone,
+	       t->live_final_dirty, t->live_restarts, t->live_cuts,
+	       f_policy_on() ? "sent" : "not sent: TLM_FAULTS_POLICY=1 sends it");
 	printf("faults injected: cut %" PRIu64 ", truncate %" PRIu64 ", delay %" PRIu64
 	       ", reorder %" PRIu64 ", drop %" PRIu64 " (over %" PRIu64 " connections); "
 	       "kill -9 page-server %" PRIu64 ", uffd-server %" PRIu64 "; link stalls %" PRIu64
@@ -572,6 +895,7 @@ static int f_args(int argc, char **argv)
 		{ "runs", required_argument, NULL, 'r' },
 		{ "seed", required_argument, NULL, 's' },
 		{ "keep", no_argument, NULL, 'k' },
+		{ "only", required_argument, NULL, 'o' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -585,10 +909,12 @@ static int f_args(int argc, char **argv)
 			F.seed = strtoull(optarg, NULL, 0);
 		else if (c == 'k')
 			F.keep = true;
+		else if (c == 'o')
+			F.only = (unsigned)strtoul(optarg, NULL, 0);
 		else
 			return -1;
 	}
-	return F.runs ? 0 : -1;
+	return F.runs && F.only <= F.runs ? 0 : -1;
 }
 
 int main(int argc, char **argv)
@@ -597,7 +923,8 @@ int main(int argc, char **argv)
 	int rc;
 
 	if (f_args(argc, argv) < 0) {
-		fprintf(stderr, "usage: test_faults [--runs N>0] [--seed S] [--keep]\n");
+		fprintf(stderr, "usage: test_faults [--runs N>0] [--seed S] [--only K<=N] "
+			"[--keep]\n");
 		return 2;
 	}
 	if ((rc = e2e_skip_unless_uffd_root("process_vm_readv of another process, its pagemap")) != 0)
