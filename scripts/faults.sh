@@ -6,8 +6,8 @@
 # until its stop while the page server is killed and restarted, the link is cut, or the
 # uffd server is killed and restarted), and prints its summary: runs by kind, faults
 # injected, live-phase writes and re-reads, migrations completed, pages compared,
-# mismatches (must be 0). TLM_FAULTS_POLICY=1 sends `live ID POLICY` (a page server that
-# knows the policy word).
+# mismatches (must be 0). Live runs draw the page server's policy (post, hybrid, auto), so
+# the live class map, pre-sent DATA and the fix map go through the same faults.
 #
 #   scripts/faults.sh [--runs N] [--seed S] [--keep] [--build-dir DIR]
 #

@@ -28,8 +28,8 @@
  *                    "ready", when it reports that), the guest stops writing (SIGUSR1:
  *                    "the VM is stopped"), `freeze` follows at once, and the guest writes
  *                    the manifest of its final RAM. The page server must have used its
- *                    live result (not discarded it). With TLM_FAULTS_POLICY=1 `live` also
- *                    carries a policy word drawn per run (post, hybrid, auto).
+ *                    live result (not discarded it). `live` carries a policy word drawn
+ *                    per run (post, hybrid, auto), and the page server must report it.
  * The last run is an outage: tlm-page-server killed and not restarted, the destination
  * (--outage-limit 1) must report the region "paused" (faults wait), then a new page
  * server on another port and `resume ID HOST:PORT` finish it.
@@ -87,7 +87,7 @@ static const enum f_kind f_rotation[] = { F_PROXY, F_LIVE_KILL_PS, F_PROXY, F_KI
 					  F_LIVE_PROXY, F_KILL_US, F_LIVE_KILL_US, F_STALL };
 
 /* Live runs: the source guest's writes (pages/s), the page server's --live-rate (MiB/s,
- * 0: no limit) and the policy word of `live ID POLICY` (sent with TLM_FAULTS_POLICY=1). */
+ * 0: no limit) and the policy word of `live ID POLICY`. */
 static const char *const f_live_writes[] = { "2000", "8000", "20000" };
 static const char *const f_live_rates[] = { "64", "256", "0" };
 static const char *const f_live_policies[] = { "post", "hybrid", "auto" };
@@ -99,6 +99,8 @@ struct f_totals {
 	uint64_t faults[6];        /* cut truncate delay reorder drop conns (from the proxy) */
 	uint64_t kills_ps, kills_us, stalls, pages, mismatches, reconnects;
 	uint64_t live_cuts, live_writes, live_redone, live_final_dirty, live_restarts;
+	uint64_t live_present, live_valid;  /* pages pre-sent; copies valid at the freeze */
+	unsigned live_presend_runs;         /* live runs with policy hybrid or auto */
 };
 
 struct f_world {
@@ -129,14 +131,6 @@ struct f_run {
 enum { LOG_SRC, LOG_PS, LOG_PX, LOG_US, LOG_DST };
 
 static struct f_world F;
-
-/* TLM_FAULTS_POLICY=1: `live ID POLICY` (page servers that know the policy word). */
-static bool f_policy_on(void)
-{
-	const char *v = getenv("TLM_FAULTS_POLICY");
-
-	return v && strcmp(v, "1") == 0;
-}
 
 static bool f_is_live(enum f_kind k)
 {
@@ -441,16 +435,13 @@ static uint64_t f_json_u64(json_t *o, const char *key)
 	       (uint64_t)json_integer_value(v) : 0;
 }
 
-/* `live ID` (with the run's policy word under TLM_FAULTS_POLICY=1): the region must go
- * live under dirty tracking, not fall back to post-copy. */
+/* `live ID POLICY`: the region must go live under dirty tracking, not fall back to
+ * post-copy. */
 static void f_live_start(struct f_run *x)
 {
 	char cmd[96], *r;
 
-	if (f_policy_on())
-		snprintf(cmd, sizeof(cmd), "live %s %s", x->id, x->policy);
-	else
-		snprintf(cmd, sizeof(cmd), "live %s", x->id);
+	snprintf(cmd, sizeof(cmd), "live %s %s", x->id, x->policy);
 	r = e2e_ctl(F.ps_ctl, cmd);
 	if (!r || strncmp(r, x->id, strlen(x->id)) != 0 || !strstr(r, " live: "))
 		fail_msg("%s (%s, seed %" PRIu64 "): `%s`: %s (tracking by the glue, TLM_TRACK=1: "
@@ -601,6 +592,8 @@ static void f_live_after_freeze(struct f_run *x)
 	char why[160], said[32];
 	json_t *lv = f_ps_live(x, why, sizeof(why));
 	uint64_t redone = f_json_u64(lv, "redone"), fin = f_json_u64(lv, "final_dirty");
+	uint64_t pre = f_json_u64(lv, "presend_bytes") / E2E_PAGE;
+	uint64_t valid = f_json_u64(lv, "valid_at_freeze");
 	const char *pol = json_string_value(json_object_get(lv, "policy"));
 
 	if (!lv)
@@ -608,8 +601,8 @@ static void f_live_after_freeze(struct f_run *x)
 			 f_kind_names[x->kind], x->seed, why, x->log[LOG_PS]);
 	snprintf(said, sizeof(said), "%s", pol ? pol : "");
 	json_decref(lv);
-	/* a page server that reports its policy ran the one it was told */
-	if (f_policy_on() && said[0] && strcmp(said, x->policy) != 0)
+	/* the page server ran the policy it was told */
+	if (strcmp(said, x->policy) != 0)
 		fail_msg("%s (seed %" PRIu64 "): `live %s %s` ran policy '%s' (see %s)", x->id,
 			 x->seed, x->id, x->policy, said, x->log[LOG_PS]);
 	if (e2e_file_contains(x->log[LOG_PS], "live result is discarded"))
@@ -617,8 +610,12 @@ static void f_live_after_freeze(struct f_run *x)
 			 "(see %s)", x->id, f_kind_names[x->kind], x->seed, x->log[LOG_PS]);
 	F.t.live_redone += redone;
 	F.t.live_final_dirty += fin;
+	F.t.live_present += pre;
+	F.t.live_presend_runs += strcmp(x->policy, "post") != 0;
+	F.t.live_valid += valid;
 	print_message("  live: %" PRIu64 " pages redone while running, %" PRIu64 " at the "
-		      "freeze\n", redone, fin);
+		      "freeze; %" PRIu64 " pre-sent, %" PRIu64 " valid at the freeze\n", redone,
+		      fin, pre, valid);
 }
 
 /* A live run up to the destination reading its RAM: everything ready and armed, `live`,
@@ -810,9 +807,8 @@ static void test_campaign(void **state)
 		print_message("run %u/%u: %s, %" PRIu64 " MiB, seed %" PRIu64 "\n", n + 1, F.runs,
 			      f_kind_names[x.kind], x.size >> 20, x.seed);
 		if (x.live)
-			print_message("  live: guest writes %s pages/s, --live-rate %s, policy %s"
-				      "%s\n", x.writes, x.live_rate, x.policy,
-				      f_policy_on() ? "" : " (not sent)");
+			print_message("  live: guest writes %s pages/s, --live-rate %s, policy %s\n",
+				      x.writes, x.live_rate, x.policy);
 		f_run_one(&x);
 		f_run_fini(&x);
 	}
@@ -823,6 +819,9 @@ static void test_campaign(void **state)
 	/* the live runs exercised the tracking: writes after a page's read were caught */
 	if (F.t.by_kind[F_LIVE_KILL_PS] + F.t.by_kind[F_LIVE_PROXY] + F.t.by_kind[F_LIVE_KILL_US])
 		assert_true(F.t.live_redone + F.t.live_final_dirty > 0);
+	/* and the hybrid and auto runs pre-sent DATA */
+	if (F.t.live_presend_runs)
+		assert_true(F.t.live_present > 0);
 }
 
 /* ---- setup ------------------------------------------------------------------------------------ */
@@ -870,9 +869,9 @@ static int f_teardown(void **state)
 	       t->by_kind[F_LIVE_KILL_PS], t->by_kind[F_LIVE_PROXY], t->by_kind[F_LIVE_KILL_US]);
 	printf("live phase: guest writes %" PRIu64 ", pages redone while running %" PRIu64
 	       ", at the freeze %" PRIu64 "; page servers restarted and live again %" PRIu64
-	       ", links cut %" PRIu64 " (policy word %s)\n", t->live_writes, t->live_redone,
-	       t->live_final_dirty, t->live_restarts, t->live_cuts,
-	       f_policy_on() ? "sent" : "not sent: TLM_FAULTS_POLICY=1 sends it");
+	       ", links cut %" PRIu64 "; pages pre-sent %" PRIu64 ", valid at the freeze %"
+	       PRIu64 "\n", t->live_writes, t->live_redone, t->live_final_dirty,
+	       t->live_restarts, t->live_cuts, t->live_present, t->live_valid);
 	printf("faults injected: cut %" PRIu64 ", truncate %" PRIu64 ", delay %" PRIu64
 	       ", reorder %" PRIu64 ", drop %" PRIu64 " (over %" PRIu64 " connections); "
 	       "kill -9 page-server %" PRIu64 ", uffd-server %" PRIu64 "; link stalls %" PRIu64
