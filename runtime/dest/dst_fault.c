@@ -220,8 +220,12 @@ void dst_fault_resolve(struct dst_region *r, uint64_t page)
 		else if (cls == TLM_CLASS_DATA && dst_stage_usable(r) &&
 			 dst_stage_has(&r->stage, page))
 			rc = dst_place_staged(r, page, 1);
-		else
+		else {
+			log_debug("%s: fault on page %llu (class %s%s): demanded", r->id,
+				  (unsigned long long)page, cls ? tlm_class_name(cls) : "unknown",
+				  dst_stage_has(&r->stage, page) ? ", held copy" : "");
 			dst_pg_demand(r, page, 1);
+		}
 	}
 	if (rc == -EAGAIN)
 		dst_pg_redo(r, page);
