@@ -279,14 +279,57 @@ void tlm_presend_queued(struct tlm_src_region *r, uint64_t page, uint32_t n)
 
 /* ---- the fix map ------------------------------------------------------------------------- */
 
-/* A pre-sent copy the guest wrote after it was read (valid = sent && !wrote). */
-static bool invalid_copy(const struct tlm_src_region *r, uint64_t pg)
+/* Word w of the stale copies: sent, then written (valid = sent && !wrote). At freeze the
+ * worker is joined; the atomic load is for form's sake. */
+static uint64_t stale_word(const struct tlm_src_region *r, uint64_t w)
 {
-	return bit(r->pre->sent, pg) && tlm_live_wrote(r->live, pg);
+	return r->pre->sent[w] & __atomic_load_n(&r->live->wrote[w], __ATOMIC_RELAXED);
+}
+
+/* The bits of word w that fall in pages [a, b). */
+static uint64_t range_mask(uint64_t w, uint64_t a, uint64_t b)
+{
+	uint64_t lo = w * BITS, m = ~0ull;
+
+	if (a > lo)
+		m &= ~0ull << (a - lo);
+	if (b < lo + BITS)
+		m &= (1ull << (b - lo)) - 1;
+	return m;
+}
+
+/* First page in [pg, b) whose copy is stale (want) or not stale (!want); b if none. */
+static uint64_t next_stale(const struct tlm_src_region *r, uint64_t pg, uint64_t b, bool want)
+{
+	for (uint64_t w = pg / BITS; w * BITS < b; w++) {
+		uint64_t x = stale_word(r, w);
+
+		x = (want ? x : ~x) & range_mask(w, pg, b);
+		if (x)
+			return w * BITS + (uint64_t)__builtin_ctzll(x);
+	}
+	return b;
+}
+
+/* Pre-sent copies of pages [a, b): those in keep (and not stale) stay valid, the others
+ * are dropped from sent. Counted in st.valid / st.invalid. */
+static void settle_copies(struct tlm_src_region *r, uint64_t a, uint64_t b, bool keep)
+{
+	struct tlm_presend *p = r->pre;
+
+	for (uint64_t w = a / BITS; w * BITS < b; w++) {
+		uint64_t m = range_mask(w, a, b), in = p->sent[w] & m;
+		uint64_t bad = keep ? stale_word(r, w) & m : in;
+
+		p->st.invalid += (uint64_t)__builtin_popcountll(bad);
+		p->st.valid += (uint64_t)__builtin_popcountll(in & ~bad);
+		p->sent[w] &= ~bad;
+	}
 }
 
 /* Pages [a, b), where the final run fr (a is foff pages into it) and the live run lr (loff
- * pages in) both hold: KEEP where the classes agree and no copy went stale, else fr. */
+ * pages in) both hold: KEEP where the classes agree and no copy went stale, else fr. The
+ * copies that stand stay in sent (valid), the others leave it. */
 static int fix_segment(struct tlm_src_region *r, const struct tlm_run *fr, uint64_t foff,
 		       const struct tlm_run *lr, uint64_t loff, uint64_t a, uint64_t b)
 {
@@ -296,25 +339,26 @@ static int fix_segment(struct tlm_src_region *r, const struct tlm_run *fr, uint6
 	int rc = 0;
 
 	if (!same)
-		return tlm_cls_map_add_run(fix, fr->cls, fr->arg + foff, b - a);
-	for (uint64_t pg = a, e; rc == 0 && pg < b; pg = e) {
-		bool keep = !invalid_copy(r, pg);
+		rc = tlm_cls_map_add_run(fix, fr->cls, fr->arg + foff, b - a);
+	for (uint64_t pg = a, e; same && rc == 0 && pg < b; pg = e) {
+		bool keep = next_stale(r, pg, pg + 1, true) > pg;
 
-		for (e = pg + 1; e < b && !invalid_copy(r, e) == keep; e++)
-			;
+		e = next_stale(r, pg, b, keep);
 		rc = keep ? tlm_cls_map_add_run(fix, TLM_CLASS_KEEP, 0, e - pg) :
 			    tlm_cls_map_add_run(fix, fr->cls, fr->arg + foff + (pg - a), e - pg);
 	}
+	settle_copies(r, a, b, same);   /* after: the runs above read the stale copies */
 	return rc;
 }
 
-/* The final map and the live map side by side, segment by segment. */
+/* The final map and the live map side by side, segment by segment: O(runs + words). */
 static int build_fix(struct tlm_src_region *r)
 {
 	const struct tlm_cls_map *f = &r->map, *l = r->pre->live;
 	size_t i = 0, j = 0;
 	int rc = 0;
 
+	r->pre->st.valid = r->pre->st.invalid = 0;
 	for (uint64_t a = 0; rc == 0 && a < r->page_count;) {
 		uint64_t fe = f->run_first[i] + f->runs[i].len;
 		uint64_t le = l->run_first[j] + l->runs[j].len;
@@ -327,24 +371,6 @@ static int build_fix(struct tlm_src_region *r)
 		j += a == le;
 	}
 	return rc;
-}
-
-/* sent becomes the valid copies: not written since their read, and under KEEP. */
-static void keep_valid(struct tlm_src_region *r)
-{
-	struct tlm_presend *p = r->pre;
-
-	p->st.valid = p->st.invalid = 0;
-	for (uint64_t pg = 0; pg < r->page_count; pg++) {
-		if (!bit(p->sent, pg))
-			continue;
-		if (invalid_copy(r, pg) || (p->fix.cls[pg] & TLM_CLS_MASK) != TLM_CLASS_KEEP) {
-			p->sent[pg / BITS] &= ~(1ull << (pg % BITS));
-			p->st.invalid++;
-		} else {
-			p->st.valid++;
-		}
-	}
 }
 
 int tlm_presend_freeze(struct tlm_src_region *r)
@@ -362,7 +388,6 @@ int tlm_presend_freeze(struct tlm_src_region *r)
 		tlm_cls_map_fini(&p->fix);
 		return rc;
 	}
-	keep_valid(r);
 	p->st.fix_runs = p->fix.nruns;
 	p->st.keep_pages = p->fix.count[TLM_CLASS_KEEP];
 	p->fixable = true;
