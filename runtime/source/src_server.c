@@ -65,9 +65,20 @@ static int region_add(struct tlm_ps *ps, const char *spec, char *err, size_t err
 	return 0;
 }
 
-/* Whether the orchestrator may stop the guest now, and why (presend.h). */
+#define PS_READY_BACKLOG (256u << 10)   /* bulk bytes still on their way at "ready" */
+
+/* Whether the orchestrator may stop the guest now, and why (presend.h). Once the policy
+ * is satisfied the bulk queue must drain too: the fix map must not wait behind pre-sent
+ * pages after the stop, nor the destination be busy holding them while QEMU loads. */
 static bool stats_ready(const struct tlm_src_region *r, char *why, size_t len)
 {
+	uint64_t backlog;
+
+	if (r->pre && r->pre->ready && (backlog = tlm_ps_bulk_backlog(r)) > PS_READY_BACKLOG) {
+		snprintf(why, len, "%s; draining the bulk queue (%llu KiB)", r->pre->ready_why,
+			 (unsigned long long)(backlog >> 10));
+		return false;
+	}
 	if (r->pre) {
 		snprintf(why, len, "%s", r->pre->ready ? r->pre->ready_why :
 			 !r->pre->live ? "first pass" : !r->bulk ?

@@ -11,6 +11,8 @@
 #include "src_session.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
@@ -181,6 +183,17 @@ uint64_t tlm_ps_wire_bytes(const struct tlm_src_region *r)
 	if (r->bulk)
 		n += r->bulk->c.bytes_in + r->bulk->c.bytes_out + r->bulk->handshake_bytes;
 	return n;
+}
+
+uint64_t tlm_ps_bulk_backlog(const struct tlm_src_region *r)
+{
+	int q = 0;
+
+	if (!r->bulk || r->bulk->dead)
+		return 0;
+	if (ioctl(r->bulk->c.fd, SIOCOUTQ, &q) < 0 || q < 0)
+		q = 0;
+	return tlm_conn_pending(&r->bulk->c) + (uint64_t)q;
 }
 
 /* Returns 0, or -1 if the session is gone. */

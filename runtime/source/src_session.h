@@ -122,6 +122,9 @@ void tlm_ps_region_ready(struct tlm_ps *ps, struct tlm_src_region *r);
 /* Every ~100 ms: PROGRESS on streaming bulk sessions; in the live phase the live map
  * once published, pre-sending rounds, the switch decision. */
 void tlm_ps_progress_tick(struct tlm_ps *ps);
+/* Bytes the region's bulk session has not delivered yet: queued here and in the socket's
+ * send queue (SIOCOUTQ: unsent + unacknowledged); 0 without a session. */
+uint64_t tlm_ps_bulk_backlog(const struct tlm_src_region *r);
 /* Close with a reason (logged as a warning unless NULL = orderly). */
 void tlm_ps_sess_close(struct tlm_ps_sess *s, const char *why);
 /* Free closed sessions (end of a loop iteration) or all (shutdown). */
