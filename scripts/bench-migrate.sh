@@ -4,7 +4,8 @@
 #
 #   scripts/bench-migrate.sh [--scenario clones|diverged] [--counts 1,2,4,8]
 #                            [--mem LIST] [--dirty-mib MiB] [--dirty-rate P]
-#                            [--link lan|wan|loopback] [--modes tlm,qemu,precopy]
+#                            [--link lan|wan|loopback] [--link-mbit N]
+#                            [--modes tlm,qemu,precopy]
 #                            [--out DIR] [--plots-dir DIR] [--quick]
 #
 #   --scenario S     clones (default): N clones of one template (scripts/clone-start.sh;
@@ -24,6 +25,7 @@
 #   --hot-mib M      diverged: the set those rewrites go to, MiB (default: the guest's,
 #                    workload / 8); a small hot set at a high rate is the write-heavy
 #                    guest of the policy comparison (modes tlm-post,tlm-hybrid,tlm-auto)
+#   --link-mbit N    the link's rate in Mbit/s instead of the preset's (TLM_LINK_MBIT)
 #   --link L         wan (default: 1 Gbit/s, 20 ms RTT), lan (10 Gbit/s, 0.1 ms) or
 #                    loopback: two emulated hosts, scripts/lib/netns.sh (which says what the
 #                    kernel allowed: no sch_netem = wan through tunlink.py, lan rate only;
@@ -73,6 +75,7 @@ while [ $# -gt 0 ]; do
 	--dirty-rate) dirty_rate=${2:-}; shift ;;
 	--hot-mib) hot_mib=${2:-}; shift ;;
 	--link) link=${2:-}; shift ;;
+	--link-mbit) export TLM_LINK_MBIT=${2:-}; shift ;;
 	--modes) modes=${2:-}; shift ;;
 	--out) out=${2:-}; shift ;;
 	--plots-dir) plots_dir=${2:-}; shift ;;

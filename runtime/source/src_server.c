@@ -74,7 +74,8 @@ static bool stats_ready(const struct tlm_src_region *r, char *why, size_t len)
 {
 	uint64_t backlog;
 
-	if (r->pre && r->pre->ready && (backlog = tlm_ps_bulk_backlog(r)) > PS_READY_BACKLOG) {
+	if (r->pre && r->pre->ready && r->phase == TLM_SRC_LIVE &&
+	    (backlog = tlm_ps_bulk_backlog(r)) > PS_READY_BACKLOG) {
 		snprintf(why, len, "%s; draining the bulk queue (%llu KiB)", r->pre->ready_why,
 			 (unsigned long long)(backlog >> 10));
 		return false;

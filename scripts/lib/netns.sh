@@ -15,7 +15,8 @@
 # (one line: what was made and what was measured), tlm_link_bytes (bytes through the link
 # so far, both directions).
 #
-# Presets: lan = 10 Gbit/s, 0.1 ms RTT; wan = 1 Gbit/s, 20 ms RTT (inter-DC migration).
+# Presets: lan = 10 Gbit/s, 0.1 ms RTT; wan = 1 Gbit/s, 20 ms RTT (inter-DC migration);
+# TLM_LINK_MBIT=N sets another rate with the preset's delay (e.g. a 200 Mbit/s WAN).
 # With netem: a veth pair, netem (delay RTT/2 per direction, loss $TLM_LINK_LOSS percent,
 # default 0) + tbf (rate; queue: one RTT, at least 5 ms) on both ends. Without netem (this
 # project's kernel): an RTT of 1 ms or more goes through tunlink.py (rate, delay, queue,
@@ -103,6 +104,11 @@ tlm_link_up() {
 	loopback) tlm_link_loopback; return 0 ;;
 	*) tlm_die "link preset must be lan, wan or loopback, not '$preset'" ;;
 	esac
+	if [ -n "${TLM_LINK_MBIT:-}" ]; then     # the preset's delay at another rate
+		[[ "$TLM_LINK_MBIT" =~ ^[1-9][0-9]*$ ]] ||
+			tlm_die "TLM_LINK_MBIT: Mbit/s, a whole number, not '$TLM_LINK_MBIT'"
+		bps=$((TLM_LINK_MBIT * 1000000))
+	fi
 	if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
 		tlm_link_loopback "needs root, ip and tc"; return 0
 	fi
