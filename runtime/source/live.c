@@ -363,9 +363,12 @@ int tlm_live_start(struct tlm_src_region *r, uint64_t rate, char *why, size_t wh
 	l->rate = rate;
 	rc = live_track(l, why, whylen);
 	if (rc == 1) {
-		int e = pthread_create(&l->thread, NULL, live_main, l);
+		int e;
 
+		/* Before the thread exists: a quick first pass moves it on (to ROUNDS) and a
+		 * store after pthread_create could put it back. */
 		l->state = TLM_LIVE_PASS;
+		e = pthread_create(&l->thread, NULL, live_main, l);
 		l->joined = e != 0;
 		if (e) {
 			snprintf(why, whylen, "%s: worker thread: %s", r->id, strerror(e));

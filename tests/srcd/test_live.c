@@ -283,9 +283,14 @@ static void wait_live(struct tlm_live *l, int state, uint64_t classified, uint64
 	struct tlm_live_stats st;
 	int now;
 
-	if (!tt_wait(reached, &u, 60000))
-		fail_msg("live phase did not reach state %d / %llu pages / %llu rounds", state,
-			 (unsigned long long)classified, (unsigned long long)rounds);
+	if (!tt_wait(reached, &u, 60000)) {
+		tlm_live_snapshot(l, &st, &now);
+		fail_msg("live phase did not reach state %d / %llu pages / %llu rounds: it is in "
+			 "state %d, %llu pages, %llu rounds, %llu dirty in the last", state,
+			 (unsigned long long)classified, (unsigned long long)rounds, now,
+			 (unsigned long long)st.classified, (unsigned long long)st.rounds,
+			 (unsigned long long)st.dirty_last);
+	}
 	tlm_live_snapshot(l, &st, &now);
 	if (now == TLM_LIVE_STOPPED)
 		fail_msg("the live worker ended (%llu pages, %llu rounds): %s",
