@@ -186,6 +186,7 @@ static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 	 * link (pre-sent pages) the difference is not the overhead yet; never below 0. */
 	tlm_json_u64(j, "overhead", wire > r->st.payload_bytes ? wire - r->st.payload_bytes : 0);
 	tlm_json_obj_end(j);
+	tlm_json_u64(j, "bulk_rtt_us", tlm_ps_bulk_rtt_us(r));
 	tlm_json_u64(j, "demand_requests", r->st.demand_requests);
 	tlm_json_u64(j, "demand_pages", r->st.demand_pages);
 	tlm_json_u64(j, "data_sent_bulk", r->st.data_sent_bulk);

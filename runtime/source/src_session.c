@@ -14,6 +14,8 @@
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -194,6 +196,17 @@ uint64_t tlm_ps_bulk_backlog(const struct tlm_src_region *r)
 	if (ioctl(r->bulk->c.fd, SIOCOUTQ, &q) < 0 || q < 0)
 		q = 0;
 	return tlm_conn_pending(&r->bulk->c) + (uint64_t)q;
+}
+
+uint32_t tlm_ps_bulk_rtt_us(const struct tlm_src_region *r)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	if (!r->bulk || r->bulk->dead ||
+	    getsockopt(r->bulk->c.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+		return 0;
+	return ti.tcpi_rtt;
 }
 
 /* Returns 0, or -1 if the session is gone. */

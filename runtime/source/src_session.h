@@ -125,6 +125,9 @@ void tlm_ps_progress_tick(struct tlm_ps *ps);
 /* Bytes the region's bulk session has not delivered yet: queued here and in the socket's
  * send queue (SIOCOUTQ: unsent + unacknowledged); 0 without a session. */
 uint64_t tlm_ps_bulk_backlog(const struct tlm_src_region *r);
+/* The kernel's smoothed round-trip time of the bulk session, µs (TCP_INFO); 0 without a
+ * session. Tells an orchestrator how far the destination is. */
+uint32_t tlm_ps_bulk_rtt_us(const struct tlm_src_region *r);
 /* Close with a reason (logged as a warning unless NULL = orderly). */
 void tlm_ps_sess_close(struct tlm_ps_sess *s, const char *why);
 /* Free closed sessions (end of a loop iteration) or all (shutdown). */

@@ -769,6 +769,8 @@ static void test_policy_post(void **state)
 	d = dst_open(f);
 	live(f, "post");                       /* overrides --policy auto */
 	dst_wait(d, 'L', 0);
+	/* the bulk session's round trip, which tells the orchestrator how far we are */
+	assert_true(stat_u64(f, NULL, "bulk_rtt_us") > 0);
 	wait_ready(f);
 	stat_str(f, "ready_why", why, sizeof(why));
 	assert_non_null(strstr(why, "post: live map sent"));
