@@ -68,6 +68,10 @@ POLL_S = 0.05
 PKG_PATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_RESTARTS = 3
 REANNOUNCE_S = 15
+# Mig.stop_source: from this round trip on, QEMU's own RAM blocks go paced before the stop
+# (its rate limiter works in 100 ms windows: 512 KiB/s = 51 KiB per window, 0.2 MB in ~4)
+WARM_RTT_US = 2000
+WARM_BPS = 512 << 10
 
 
 class Fail(V.VMError):
@@ -223,6 +227,7 @@ class Mig:
         self.live = None            # the page server's "live" stats after the freeze
         self.migrate_sent = False   # QMP migrate issued (QEMU's stream is open)
         self.continued = False      # migrate-continue issued (the device state is going)
+        self.bandwidth = None       # QEMU's max-bandwidth to restore before the continue
         self.live_said = None       # its reply to `live`
         self.tmpl_src = self.tmpl_dst = None
         self.region = {}
@@ -405,15 +410,25 @@ class Mig:
 
     # ---- switch-over ----------------------------------------------------------------------
 
-    def stop_source(self):
+    def stop_source(self, rtt_us=0):
         """QMP `migrate` with pause-before-switchover: QEMU copies what it still carries
         (its own small RAM blocks: firmware, option ROMs; the guest RAM is shared and
         left out) while the guest runs, stops the guest itself (its STOP event starts
-        the downtime) and waits in pre-switchover. Its TCP connection is then open and
-        past slow start: on a 20 ms link a cold one took ~100 ms for these 0.2 MB."""
+        the downtime) and waits in pre-switchover. QEMU stops as soon as it has written
+        those 0.2 MB into its socket; over a slow link they then crawl through TCP slow
+        start after the stop (docs/ARCHITECTURE.md F24). Where the page server's bulk
+        session measures a round trip of WARM_RTT_US or more, QEMU's bandwidth is held
+        at WARM_BPS until the stop, so that they go in bursts over ~0.3 s while the guest
+        runs, and the device state follows on a warm connection (WAN downtime 117-138 ->
+        51-85 ms); it is restored before `migrate-continue`."""
         self.conn["src"].events.clear()     # only this stop's STOP counts
         self.t["stop"] = time.time()
         self.continued = False
+        self.bandwidth = None
+        if rtt_us >= WARM_RTT_US:
+            params = self.qmp("src", "query-migrate-parameters")
+            self.bandwidth = params.get("max-bandwidth")
+            self.qmp("src", "migrate-set-parameters", {"max-bandwidth": WARM_BPS})
         self.send_migrate()
         self.phase = "stopped"              # undo cancels the migration from here on
         ev = self.event("src", "STOP", 60)
@@ -436,7 +451,9 @@ class Mig:
         self.t["frozen"] = time.time()
 
     def continue_migrate(self):
-        """The source leaves pre-switchover: the device state goes."""
+        """The source leaves pre-switchover: the device state goes (at full speed)."""
+        if self.bandwidth:
+            self.qmp("src", "migrate-set-parameters", {"max-bandwidth": self.bandwidth})
         self.qmp("src", "migrate-continue", {"state": "pre-switchover"})
         self.continued = True
 
@@ -751,6 +768,13 @@ class Run:
         m.t["live_wait_s"] = round(time.time() - t0, 3)
         log(f"{m.name}: {why} (waited {m.t['live_wait_s']:.1f} s)")
 
+    def bulk_rtt_us(self, m):
+        """The round trip the page server measures on m's bulk session (0: unknown)."""
+        try:
+            return int(all_region_stats(self.ps.ctl).get(m.name, {}).get("bulk_rtt_us") or 0)
+        except (Fail, ValueError):
+            return 0
+
     def live_stats(self, m):
         """The page server's live figures of m after its freeze."""
         try:
@@ -778,7 +802,7 @@ class Run:
         for m in self.migs:     # one switch-over after the other: each VM's downtime is its own
             self.wait_live(m)
             self.watch_daemons()
-            m.stop_source()
+            m.stop_source(self.bulk_rtt_us(m))
             self.switch(m)
             m.resume_dst()
             self.live_stats(m)
@@ -850,6 +874,7 @@ def tlm_row(m):
             # of which after the stop (QEMU 7.1+): its RAM blocks should have gone before
             "qemu_downtime_bytes": m.mig.get("ram", {}).get("downtime-bytes"),
             "qemu_stop_ms": round((m.ev["stop"] - m.t["stop"]) * 1000, 1),
+            "qemu_warmup": bool(m.bandwidth),
             "tlm_bytes": s["wire"]["in_bytes"] + s["wire"]["out_bytes"],
             "tlm_payload_bytes": s["wire"]["payload_bytes"],
             "pages": {k: cls[k] for k in ("template", "zero", "ref", "data")},
