@@ -13,13 +13,24 @@ not apply):
                           what the live phase left, or of the whole RAM without it)
   live_method, live_why   tlm: how the page server classified while the guest ran
                           (pagemap-scan, soft-dirty) or "none" and why
-  live_wait_s             tlm: how long the switch-over waited for the first live pass
+  live_wait_s             tlm: how long the switch-over waited for the page server's
+                          "ready" (its policy: live map sent, pre-send rounds done)
+  policy, ready_why       tlm: the page server's switch policy and why it said ready
+  presend_rounds, presend_bytes, valid_at_freeze   tlm: DATA sent before the stop, and
+                          the pre-sent copies that still stood at the freeze
+  post_window_s, total_s  tlm: destination running -> every page present; the
+                          migration's start (live phase included) -> every page present
+  map, stage, dst_ms      tlm: the destination's map kind (whole | live+fix), its stage
+                          of pre-sent pages, its own timeline (ms after the region)
+  qemu_downtime_bytes, qemu_stop_ms, qemu_warmup   tlm: what QEMU sent after the stop
+                          (its ROM blocks go before it), `migrate` -> STOP, and whether
+                          those were paced on a slow link (ARCHITECTURE F24)
   final_dirty, final_ms, redone, live_rounds   tlm: pages written since the last live
                           round that the freeze reclassified, its time; pages classified
                           again during the live phase; live rounds
   resent_bytes            pages sent again because they were written after being sent
-                          (QEMU's normal + zero pages beyond the RAM size; 0 in tlm mode,
-                          which sends nothing before the stop)
+                          (QEMU's normal + zero pages beyond the RAM size; tlm: pre-sent
+                          copies sent again in a later round or after the freeze)
   qemu_bytes              bytes of QEMU's migration stream (RAM counters)
   tlm_bytes, tlm_payload_bytes   bytes tlm moved (both directions) and their DATA payload
   pages                   tlm: pages by class (template, zero, ref, data)
