@@ -8,9 +8,9 @@
 #include <time.h>
 
 #include "log.h"
+#include "pagebits.h"
 #include "util.h"
 
-#define BITS 64u
 
 static uint64_t ld(const uint64_t *p)
 {
@@ -98,12 +98,12 @@ static void pace_reset(struct tlm_live *l)
 
 static void stale_set(struct tlm_live *l, uint64_t p)
 {
-	l->stale[p / BITS] |= 1ull << (p % BITS);
+	tlm_pb_set(l->stale, p);
 }
 
 static bool stale_test(const struct tlm_live *l, uint64_t p)
 {
-	return l->stale[p / BITS] & (1ull << (p % BITS));
+	return tlm_pb_test(l->stale, p);
 }
 
 /* A collect reported [first, first + n): read it again (rule 3), and any copy of it sent
@@ -128,13 +128,13 @@ static unsigned take_stale(struct tlm_live *l, uint64_t *from, uint64_t *first, 
 	uint64_t n = l->r->page_count, p = *from;
 	unsigned len = 0;
 
-	while (p < n && !l->stale[p / BITS]) /* skip empty words */
-		p = (p / BITS + 1) * BITS;
+	while (p < n && !l->stale[tlm_pb_word(p)]) /* skip empty words */
+		p = (tlm_pb_word(p) + 1) * TLM_PB_BITS;
 	while (p < n && !stale_test(l, p))
 		p++;
 	*first = p;
 	while (p < n && len < max && stale_test(l, p)) {
-		l->stale[p / BITS] &= ~(1ull << (p % BITS));
+		tlm_pb_clear(l->stale, p);
 		p++;
 		len++;
 	}
@@ -146,17 +146,17 @@ static unsigned take_stale(struct tlm_live *l, uint64_t *from, uint64_t *first, 
 
 void tlm_live_wrote_clear(struct tlm_live *l, uint64_t p)
 {
-	__atomic_fetch_and(&l->wrote[p / BITS], ~(1ull << (p % BITS)), __ATOMIC_SEQ_CST);
+	__atomic_fetch_and(&l->wrote[tlm_pb_word(p)], ~tlm_pb_mask(p), __ATOMIC_SEQ_CST);
 }
 
 void tlm_live_wrote_mark(struct tlm_live *l, uint64_t p)
 {
-	__atomic_fetch_or(&l->wrote[p / BITS], 1ull << (p % BITS), __ATOMIC_SEQ_CST);
+	__atomic_fetch_or(&l->wrote[tlm_pb_word(p)], tlm_pb_mask(p), __ATOMIC_SEQ_CST);
 }
 
 bool tlm_live_wrote(const struct tlm_live *l, uint64_t p)
 {
-	return __atomic_load_n(&l->wrote[p / BITS], __ATOMIC_SEQ_CST) & (1ull << (p % BITS));
+	return __atomic_load_n(&l->wrote[tlm_pb_word(p)], __ATOMIC_SEQ_CST) & tlm_pb_mask(p);
 }
 
 /* ---- classifying ------------------------------------------------------------------------- */
@@ -309,8 +309,8 @@ static int live_alloc(struct tlm_live *l, struct tlm_src_region *r)
 	l->dirty.pagemap_fd = l->dirty.clear_refs_fd = -1;
 	l->cls = malloc(r->page_count);
 	l->ref = malloc(r->page_count * sizeof(*l->ref));
-	l->stale = calloc((r->page_count + BITS - 1) / BITS, sizeof(*l->stale));
-	l->wrote = calloc((r->page_count + BITS - 1) / BITS, sizeof(*l->wrote));
+	l->stale = calloc(tlm_pb_words(r->page_count), sizeof(*l->stale));
+	l->wrote = calloc(tlm_pb_words(r->page_count), sizeof(*l->wrote));
 	if (!l->cls || !l->ref || !l->stale || !l->wrote)
 		return -ENOMEM;
 	pthread_mutex_init(&l->mu, NULL);

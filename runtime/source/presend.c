@@ -8,20 +8,10 @@
 #include <string.h>
 
 #include "live.h"
+#include "pagebits.h"
 #include "log.h"
 #include "util.h"
 
-#define BITS 64u
-
-static uint64_t words(uint64_t pages)
-{
-	return (pages + BITS - 1) / BITS;
-}
-
-static bool bit(const uint64_t *b, uint64_t p)
-{
-	return b[p / BITS] & (1ull << (p % BITS));
-}
 
 static bool is_data(const struct tlm_cls_map *m, uint64_t p)
 {
@@ -57,7 +47,7 @@ int tlm_presend_new(struct tlm_src_region *r, const struct tlm_presend_cfg *cfg)
 	struct tlm_presend *p = calloc(1, sizeof(*p));
 
 	if (p)
-		p->sent = calloc(words(r->page_count), sizeof(*p->sent));
+		p->sent = calloc(tlm_pb_words(r->page_count), sizeof(*p->sent));
 	if (!p || !p->sent) {
 		free(p);
 		return -ENOMEM;
@@ -116,7 +106,7 @@ void tlm_presend_session(struct tlm_src_region *r)
 	if (!p)
 		return;
 	/* The destination discards the copies of an earlier session: so do we. */
-	memset(p->sent, 0, words(r->page_count) * sizeof(*p->sent));
+	memset(p->sent, 0, tlm_pb_words(r->page_count) * sizeof(*p->sent));
 	p->premap = TLM_PREMAP_NONE;
 	p->cursor = 0;
 	p->round_sent = 0;
@@ -178,7 +168,7 @@ static void round_end(struct tlm_src_region *r, uint64_t now)
 	for (uint64_t pg = 0; pg < r->page_count; pg++) {
 		if (!is_data(p->live, pg))
 			continue;
-		if (!bit(p->sent, pg)) {
+		if (!tlm_pb_test(p->sent, pg)) {
 			left++;
 		} else if (tlm_live_wrote(r->live, pg)) {
 			left++;
@@ -232,7 +222,7 @@ unsigned tlm_presend_pick(struct tlm_src_region *r, uint64_t now, uint64_t *page
 		max = (unsigned)budget;
 	for (; p->cursor < r->page_count && n < max; p->cursor++)
 		if (is_data(p->live, p->cursor) &&
-		    (!bit(p->sent, p->cursor) || tlm_live_wrote(r->live, p->cursor)))
+		    (!tlm_pb_test(p->sent, p->cursor) || tlm_live_wrote(r->live, p->cursor)))
 			pages[n++] = p->cursor;
 	return n;
 }
@@ -268,9 +258,9 @@ void tlm_presend_queued(struct tlm_src_region *r, uint64_t page, uint32_t n)
 	struct tlm_presend *p = r->pre;
 
 	for (uint64_t pg = page; pg < page + n; pg++) {
-		if (bit(p->sent, pg))
+		if (tlm_pb_test(p->sent, pg))
 			p->st.resent++;
-		p->sent[pg / BITS] |= 1ull << (pg % BITS);
+		tlm_pb_set(p->sent, pg);
 	}
 	p->st.sent += n;
 	p->round_sent += n;
@@ -289,11 +279,11 @@ static uint64_t stale_word(const struct tlm_src_region *r, uint64_t w)
 /* The bits of word w that fall in pages [a, b). */
 static uint64_t range_mask(uint64_t w, uint64_t a, uint64_t b)
 {
-	uint64_t lo = w * BITS, m = ~0ull;
+	uint64_t lo = w * TLM_PB_BITS, m = ~0ull;
 
 	if (a > lo)
 		m &= ~0ull << (a - lo);
-	if (b < lo + BITS)
+	if (b < lo + TLM_PB_BITS)
 		m &= (1ull << (b - lo)) - 1;
 	return m;
 }
@@ -301,12 +291,12 @@ static uint64_t range_mask(uint64_t w, uint64_t a, uint64_t b)
 /* First page in [pg, b) whose copy is stale (want) or not stale (!want); b if none. */
 static uint64_t next_stale(const struct tlm_src_region *r, uint64_t pg, uint64_t b, bool want)
 {
-	for (uint64_t w = pg / BITS; w * BITS < b; w++) {
+	for (uint64_t w = tlm_pb_word(pg); w * TLM_PB_BITS < b; w++) {
 		uint64_t x = stale_word(r, w);
 
 		x = (want ? x : ~x) & range_mask(w, pg, b);
 		if (x)
-			return w * BITS + (uint64_t)__builtin_ctzll(x);
+			return w * TLM_PB_BITS + (uint64_t)__builtin_ctzll(x);
 	}
 	return b;
 }
@@ -317,7 +307,7 @@ static void settle_copies(struct tlm_src_region *r, uint64_t a, uint64_t b, bool
 {
 	struct tlm_presend *p = r->pre;
 
-	for (uint64_t w = a / BITS; w * BITS < b; w++) {
+	for (uint64_t w = tlm_pb_word(a); w * TLM_PB_BITS < b; w++) {
 		uint64_t m = range_mask(w, a, b), in = p->sent[w] & m;
 		uint64_t bad = keep ? stale_word(r, w) & m : in;
 
@@ -400,5 +390,5 @@ int tlm_presend_freeze(struct tlm_src_region *r)
 
 bool tlm_presend_valid(const struct tlm_presend *p, uint64_t page)
 {
-	return p && p->fixable && bit(p->sent, page);
+	return p && p->fixable && tlm_pb_test(p->sent, page);
 }
