@@ -12,7 +12,8 @@
 #   --mode precopy     stock QEMU precopy (reference: no postcopy at all)
 #   --precopy S        qemu mode: seconds of precopy before migrate-start-postcopy (default 0:
 #                      the switch is requested right with `migrate`, so the RAM moves post-copy)
-#   --bandwidth MiB    max-bandwidth of QEMU's stream, MiB/s (default 10240: loopback)
+#   --bandwidth R      max-bandwidth of QEMU's stream, MiB/s, or with a k/M/G suffix
+#                      (default 10240: loopback)
 #   --preempt          qemu mode: also enable postcopy-preempt (separate demand channel)
 #   --timeout S        per-VM limit for the migration to complete (default 300)
 #   --no-check         skip the guest checks (checksum before/after, TICKs at destination)
@@ -92,7 +93,7 @@ set -euo pipefail
 
 mode=
 precopy_s=0
-bandwidth_mib=10240
+bandwidth=10240
 preempt=0
 timeout_s=300
 check=1
@@ -132,7 +133,7 @@ while [ $# -gt 0 ]; do
 	--trace) trace=${2:-}; shift ;;
 	--mode) mode=${2:-}; shift ;;
 	--precopy) precopy_s=${2:-}; shift ;;
-	--bandwidth) bandwidth_mib=${2:-}; shift ;;
+	--bandwidth) bandwidth=${2:-}; shift ;;
 	--preempt) preempt=1 ;;
 	--timeout) timeout_s=${2:-}; shift ;;
 	--no-check) check=0 ;;
@@ -151,9 +152,12 @@ esac
 if [ "$mode" != tlm ] && [ -n "${other_opt:-}" ]; then
 	echo "$tlm_prog: $other_opt is a tlm-mode option" >&2; exit 2
 fi
-for n in "$precopy_s" "$bandwidth_mib" "$timeout_s"; do
+for n in "$precopy_s" "$timeout_s"; do
 	[[ "$n" =~ ^[0-9]+$ ]] || { echo "$tlm_prog: not a whole number: '$n'" >&2; exit 2; }
 done
+[[ "$bandwidth" =~ ^[0-9]+$ ]] && bandwidth+=M
+bandwidth_bps=$(numfmt --from=iec "${bandwidth^^}" 2>/dev/null) && [ "$bandwidth_bps" -gt 0 ] ||
+	{ echo "$tlm_prog: --bandwidth: not a rate: '$bandwidth' (MiB/s, or k/M/G suffix)" >&2; exit 2; }
 [ ${#vms[@]} -gt 0 ] || { echo "$tlm_prog: no VM given (try --help)" >&2; exit 2; }
 
 # ---- tlm mode: qemu-glue/tlm_qemu/migrate.py runs it (the order of its steps is documented there)
@@ -247,7 +251,7 @@ prepare() {
 	tlm_qmp "$src/qmp.sock" migrate-set-capabilities "$(caps_json)" >/dev/null
 	tlm_qmp "$dst/qmp.sock" migrate-set-capabilities "$(caps_json)" >/dev/null
 	tlm_qmp "$src/qmp.sock" migrate-set-parameters \
-		"{\"max-bandwidth\": $((bandwidth_mib * 1024 * 1024))}" >/dev/null
+		"{\"max-bandwidth\": $bandwidth_bps}" >/dev/null
 	tlm_qmp "$dst/qmp.sock" migrate-incoming "{\"uri\":\"tcp:$dst_addr:0\"}" >/dev/null
 }
 
@@ -360,7 +364,8 @@ wait_completed() {
 finish() {
 	local i=$1 src=${src_dirs[$1]} dst=${dst_dirs[$1]} st
 
-	st=$(tlm_qmp "$dst/qmp.sock" query-status --get status)
+	st=$(tlm_qmp "$dst/qmp.sock" query-status --get status 2>&1) ||
+		tlm_die "${names[$i]}: the destination QEMU does not answer: $st"
 	[ "$st" = running ] || tlm_die "${names[$i]}: destination is '$st', not running"
 	wait_events "$i"
 	phases[$i]=migrated
