@@ -155,8 +155,9 @@ fi
 for n in "$precopy_s" "$timeout_s"; do
 	[[ "$n" =~ ^[0-9]+$ ]] || { echo "$tlm_prog: not a whole number: '$n'" >&2; exit 2; }
 done
-[[ "$bandwidth" =~ ^[0-9]+$ ]] && bandwidth+=M
-bandwidth_bps=$(numfmt --from=iec "${bandwidth^^}" 2>/dev/null) && [ "$bandwidth_bps" -gt 0 ] ||
+bandwidth_bps=$bandwidth
+[[ "$bandwidth" =~ ^[0-9]+$ ]] && bandwidth_bps+=M
+bandwidth_bps=$(numfmt --from=iec "${bandwidth_bps^^}" 2>/dev/null) && [ "$bandwidth_bps" -gt 0 ] ||
 	{ echo "$tlm_prog: --bandwidth: not a rate: '$bandwidth' (MiB/s, or k/M/G suffix)" >&2; exit 2; }
 [ ${#vms[@]} -gt 0 ] || { echo "$tlm_prog: no VM given (try --help)" >&2; exit 2; }
 
