@@ -14,7 +14,8 @@
 static const char usage[] =
 "usage: tlm-page-server --listen HOST:PORT --key KEYFILE --ctl CTLSOCK\n"
 "                       [--region SPEC]... [--log-level L] [--bulk-delay MS]\n"
-"                       [--bulk-ahead SIZE] [--bulk-hold] [--live-rate MiB]\n"
+"                       [--bulk-ahead SIZE] [--bulk-hold] [--bulk-pace P]\n"
+"                       [--live-rate MiB]\n"
 "                       [--policy post|hybrid|auto] [--presend-max MiB]\n"
 "                       [--presend-left PAGES] [--presend-rounds N]\n"
 "\n"
@@ -45,6 +46,10 @@ static const char usage[] =
 "                      between what the destination has handled (its CREDIT) and the\n"
 "                      copy (k/M/G; default 8M, 0 = always answer on urgent): larger\n"
 "                      saves duplicate pages, smaller bounds the demand's wait\n"
+"  --bulk-pace P       auto (default): on a link with an RTT of 2 ms or more, measure\n"
+"                      the link's rate over the stream's first 16 MiB, then pace the\n"
+"                      stream at 85 % of it so demand replies do not queue behind it;\n"
+"                      off; or a fixed rate (bytes/s with k/M/G, or e.g. 180mbit)\n"
 "  --live-rate MiB     live phase: read at most MiB MiB/s of guest RAM (default 512,\n"
 "                      0 = no limit)\n"
 "  --policy P          live phase, with a bulk session open: post sends the live class\n"
@@ -125,7 +130,8 @@ static int parse_presend_opt(int c, const char *arg, struct opts *o)
 	return 0;
 }
 
-/* --bulk-delay, --bulk-ahead (the background stream's knobs), --live-rate. 0, or -1. */
+/* --bulk-delay, --bulk-ahead, --bulk-pace (the background stream's knobs), --live-rate.
+ * 0, or -1. */
 static int parse_bulk_opt(int c, const char *arg, struct opts *o)
 {
 	if (c == 'D' && (tlm_parse_u64(arg, &o->c.bulk_delay_ms) < 0 ||
@@ -147,6 +153,11 @@ static int parse_bulk_opt(int c, const char *arg, struct opts *o)
 	}
 	if (c == 'R')
 		o->c.live_rate <<= 20;
+	if (c == 'p' && tlm_pace_parse(arg, &o->c.pace) < 0) {
+		fprintf(stderr, "tlm-page-server: bad --bulk-pace '%s' (auto, off, bytes/s with "
+			"k/M/G, or NUMBERmbit)\n", arg);
+		return -1;
+	}
 	return 0;
 }
 
@@ -159,6 +170,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "bulk-delay", required_argument, NULL, 'D' },
 		{ "bulk-ahead", required_argument, NULL, 'A' },
 		{ "bulk-hold", no_argument, NULL, 'H' },
+		{ "bulk-pace", required_argument, NULL, 'p' },
 		{ "live-rate", required_argument, NULL, 'R' },
 		{ "policy", required_argument, NULL, 'P' },
 		{ "presend-max", required_argument, NULL, 'M' },
@@ -185,7 +197,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'r': o->c.regions[o->c.nregions++] = optarg; break;
 		case 'H': o->c.bulk_hold = true; break;
 		case 'h': fputs(usage, stdout); exit(0);
-		case 'D': case 'A': case 'R':
+		case 'D': case 'A': case 'R': case 'p':
 			if (parse_bulk_opt(c, optarg, o) < 0)
 				return -1;
 			break;

@@ -85,6 +85,8 @@ struct tlm_src_stats {
 	uint64_t demand_on_bulk;      /* demands left to the bulk copy already on its way */
 	uint64_t sessions_opened, sessions_dropped;
 	uint64_t bulk_rounds;        /* bulk streams completed (DONE sent) */
+	int bulk_pace_state;         /* the last bulk session's enum tlm_pace_state */
+	uint64_t bulk_pace_bps;      /* and its pace (bytes/s, 0: none) */
 };
 
 struct tlm_src_region {

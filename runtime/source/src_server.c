@@ -187,6 +187,8 @@ static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 	tlm_json_u64(j, "overhead", wire > r->st.payload_bytes ? wire - r->st.payload_bytes : 0);
 	tlm_json_obj_end(j);
 	tlm_json_u64(j, "bulk_rtt_us", tlm_ps_bulk_rtt_us(r));
+	tlm_json_str(j, "bulk_pace", tlm_pace_state_str(r->st.bulk_pace_state));
+	tlm_json_u64(j, "bulk_pace_bps", r->st.bulk_pace_bps);
 	tlm_json_u64(j, "demand_requests", r->st.demand_requests);
 	tlm_json_u64(j, "demand_pages", r->st.demand_pages);
 	tlm_json_u64(j, "data_sent_bulk", r->st.data_sent_bulk);
@@ -594,6 +596,7 @@ int tlm_ps_start(struct tlm_ps *ps, const struct tlm_ps_config *o)
 	ps->bulk_hold_ns = o->bulk_delay_ms * 1000000ull;
 	ps->bulk_hold = o->bulk_hold;
 	ps->bulk_ahead_max = o->bulk_ahead;
+	ps->pace = o->pace;
 	ps->live_rate = o->live_rate;
 	ps->presend = o->presend;
 	rc = tlm_key_load(o->key, &ps->key, kerr, sizeof(kerr));

@@ -24,6 +24,7 @@ struct tlm_ps_config {
 	bool bulk_hold;                     /* DATA stream starts at `bulk-release` */
 	uint64_t bulk_ahead;                /* see demand_rides_bulk (src_session.c) */
 	uint64_t live_rate;                 /* live phase reads, bytes/s (0: no limit) */
+	struct tlm_pace_cfg pace;           /* --bulk-pace (pace.h; zeroed = auto) */
 	struct tlm_presend_cfg presend;     /* --policy, --presend-max (bytes),
 	                                     * --presend-left, --presend-rounds */
 };

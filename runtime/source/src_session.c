@@ -370,18 +370,23 @@ static uint64_t bulk_frame_end(const struct tlm_ps_sess *b, uint64_t page)
  * buffer, both sockets and its receive buffer all counts. No credit, a frame the
  * destination has handled already (it asks because it could not use it) or one too far
  * back to remember: answered on urgent. Only once per page: a second demand is answered.
+ * On a paced WAN stream, also at most what the stream delivers in one round trip (8 MiB
+ * at 700 Mbit/s is 95 ms: the urgent reply comes in about 20).
  */
 static bool demand_rides_bulk(struct tlm_ps_sess *s, uint64_t page)
 {
 	struct tlm_src_region *r = s->r;
-	uint64_t end;
+	uint64_t end, ahead_max;
 
 	if (!r->bulk || r->bulk->dead || !r->credit_ok ||
 	    !tlm_cls_flag(&r->map, page, TLM_CLS_BULK) ||
 	    tlm_cls_flag(&r->map, page, TLM_CLS_HELD))
 		return false;
 	end = bulk_frame_end(r->bulk, page);
-	if (end <= r->bulk_credit || end - r->bulk_credit > s->ps->bulk_ahead_max)
+	ahead_max = tlm_pace_ride_max(&r->bulk->pace);
+	if (ahead_max > s->ps->bulk_ahead_max)
+		ahead_max = s->ps->bulk_ahead_max;
+	if (end <= r->bulk_credit || end - r->bulk_credit > ahead_max)
 		return false;
 	tlm_cls_set_flag(&r->map, page, TLM_CLS_HELD);
 	r->st.demand_on_bulk++;
@@ -771,6 +776,12 @@ void tlm_ps_bulk_pump(struct tlm_ps_sess *s)
 
 	if (s->dead || (!bulk_has_work(s) && !tlm_conn_pending(&s->c)))
 		return;
+	rc = tlm_pace_tick(&s->pace, s->c.fd, s->r->id, tlm_now_ns());
+	if (rc < 0)
+		log_debug("%s: bulk stream not paced: %s", s->r->id, strerror(-rc));
+	s->r->st.bulk_pace_state = s->pace.state;
+	s->r->st.bulk_pace_bps = s->pace.rate;
+	rc = 1;
 	if (sess_flush(s) == -1)
 		return;
 	while (rc > 0 && budget && bulk_has_work(s)) {
@@ -953,6 +964,7 @@ static int sess_register(struct tlm_ps *ps, struct tlm_src_region *r, int fd, ui
 	s->r = r;
 	s->chan = chan;
 	s->handshake_bytes = handshake_bytes(open);
+	tlm_pace_init(&s->pace, &ps->pace);
 	snprintf(s->peer, sizeof(s->peer), "%s", peer);
 	if (tlm_set_nonblock(fd, 1) < 0 || (rc = tlm_evloop_add(&ps->loop, &s->src, EPOLLIN)) < 0) {
 		rc = rc < 0 ? rc : -errno;

@@ -17,6 +17,7 @@
 #include "tlm_proto.h"
 #include "src_region.h"
 #include "presend.h"
+#include "pace.h"
 
 /* Event priorities (evloop.h): demands first, then the stream, then the rest. */
 enum { PS_PRIO_URGENT = 0, PS_PRIO_BULK, PS_PRIO_OTHER };
@@ -31,6 +32,7 @@ struct tlm_ps {
 	uint64_t bulk_hold_ns;              /* --bulk-delay: DATA stream starts this long
 	                                     * after freeze (benchmarks: demand-only faults) */
 	uint64_t bulk_ahead_max;            /* --bulk-ahead: see demand_rides_bulk */
+	struct tlm_pace_cfg pace;           /* --bulk-pace (pace.h) */
 	bool bulk_hold;                     /* --bulk-hold: new regions hold their stream */
 	uint64_t live_rate;                 /* --live-rate, bytes/s (0: no limit) */
 	struct tlm_presend_cfg presend;     /* --policy, --presend-*: per `live` call the
@@ -101,6 +103,7 @@ struct tlm_ps_sess {
 	struct tlm_bulk_frame *frames; /* ring of the last PS_BULK_FRAMES DATA frames, in
 	                                * page order (the cursor only moves forward) */
 	unsigned nframes, frame_head;
+	struct tlm_pace pace;          /* kept below a WAN bottleneck (pace.h) */
 
 	struct tlm_ps_sess *next;
 };
