@@ -65,6 +65,8 @@
 #                      restarted after it. The page server holds its background DATA stream
 #                      until the hook returns (tlm-page-server --bulk-hold), so pages are
 #                      still missing while it runs (tests/qemu/qemu_tlm_faults.sh)
+# TLM_MIGRATE_KEEP=1 keeps the tlm mode's work directory (the daemons' logs and stats) and
+# prints its path; it is kept anyway when a migration fails and something is left there.
 # qemu and precopy modes take --dst-addr and --dst-netns (the destination QEMU runs there
 # and listens on --dst-addr; --src-netns is accepted and unused: the source QEMU connects).
 #
@@ -176,7 +178,11 @@ migrate_tlm() {
 	tlm_py migrate --work "$work" --bin-dir "$bin" \
 		--glue "$glue" --timeout "$timeout_s" ${tlm_opts[@]+"${tlm_opts[@]}"} \
 		${args[@]+"${args[@]}"} "${vms[@]}" || rc=$?
-	[ -e "$work/.keep" ] || rm -rf "$work"
+	if [ -e "$work/.keep" ] || [ "${TLM_MIGRATE_KEEP:-0}" = 1 ]; then
+		tlm_log "work directory kept: $work"
+	else
+		rm -rf "$work"
+	fi
 	exit "$rc"
 }
 [ "$mode" = tlm ] && migrate_tlm

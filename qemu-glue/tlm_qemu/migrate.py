@@ -225,6 +225,7 @@ class Mig:
         self.t = {}
         self.ev = {}                # event timestamps: stop (source), resume (destination)
         self.live = None            # the page server's "live" stats after the freeze
+        self.src_stats = {}         # the page server's region stats once complete
         self.migrate_sent = False   # QMP migrate issued (QEMU's stream is open)
         self.continued = False      # migrate-continue issued (the device state is going)
         self.bandwidth = None       # QEMU's max-bandwidth to restore before the continue
@@ -637,6 +638,16 @@ class Run:
         finally:
             if trace:
                 trace.close()
+        self.read_src_stats()
+
+    def read_src_stats(self):
+        """The page server's view of each region once complete (its bulk pacing)."""
+        try:
+            regions = all_region_stats(self.ps.ctl)
+        except Fail:
+            return
+        for m in self.migs:
+            m.src_stats = regions.get(m.name, {})
 
     def hook(self, opt_name, cmd):
         """Run a test hook `sh -c CMD`, its stdout to our stderr, with the daemons in its
@@ -878,6 +889,10 @@ def tlm_row(m):
             "tlm_bytes": s["wire"]["in_bytes"] + s["wire"]["out_bytes"],
             "tlm_payload_bytes": s["wire"]["payload_bytes"],
             "pages": {k: cls[k] for k in ("template", "zero", "ref", "data")},
+            "bulk_pace": m.src_stats.get("bulk_pace"),
+            "bulk_pace_mbps": round(m.src_stats.get("bulk_pace_bps", 0)
+                                    * 8 / 1e6, 1),
+            "bulk_rtt_us": m.src_stats.get("bulk_rtt_us"),
             "demand_faults": lat["count"], "fault_p50_us": lat["p50_us"],
             "fault_p99_us": lat["p99_us"], "faults": s["faults"],
             "dst_pss_kb": V.pss(m.dst)["pss_kb"],
