@@ -9,28 +9,30 @@ void tlm_hist_init(struct tlm_hist *h)
 	h->min_ns = UINT64_MAX;
 }
 
-/* Values below 8 get one bucket each; above, each power of two [2^m, 2^(m+1)) is split
- * into TLM_HIST_SUB equal buckets. */
+/* Values below TLM_HIST_SUB get one bucket each; above, each power of two [2^m, 2^(m+1))
+ * is split into TLM_HIST_SUB equal buckets. */
 static unsigned hist_index(uint64_t v)
 {
+	const unsigned b = TLM_HIST_SUB_BITS;
 	unsigned msb, idx;
 
 	if (v < TLM_HIST_SUB)
 		return (unsigned)v;
 	msb = 63u - (unsigned)__builtin_clzll(v);
-	idx = (msb - 2u) * TLM_HIST_SUB + (unsigned)((v >> (msb - 3u)) & (TLM_HIST_SUB - 1));
+	idx = (msb - b + 1u) * TLM_HIST_SUB + (unsigned)((v >> (msb - b)) & (TLM_HIST_SUB - 1));
 	return idx < TLM_HIST_BUCKETS ? idx : TLM_HIST_BUCKETS - 1;
 }
 
 static uint64_t hist_upper(unsigned idx)
 {
+	const unsigned b = TLM_HIST_SUB_BITS;
 	unsigned msb, sub;
 
 	if (idx < TLM_HIST_SUB)
 		return idx;
-	msb = idx / TLM_HIST_SUB + 2u;
+	msb = idx / TLM_HIST_SUB + b - 1u;
 	sub = idx % TLM_HIST_SUB;
-	return (((uint64_t)TLM_HIST_SUB + sub) << (msb - 3u)) + (1ull << (msb - 3u)) - 1;
+	return (((uint64_t)TLM_HIST_SUB + sub) << (msb - b)) + (1ull << (msb - b)) - 1;
 }
 
 void tlm_hist_add(struct tlm_hist *h, uint64_t ns)

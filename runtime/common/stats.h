@@ -9,9 +9,11 @@
 
 struct tlm_json;
 
-/* 8 linear sub-buckets per power of two from 1 ns to ~2^40 ns: relative error <= 12.5 %. */
-#define TLM_HIST_SUB 8
-#define TLM_HIST_BUCKETS (41 * TLM_HIST_SUB)
+/* 32 linear sub-buckets per power of two from 1 ns to ~2^41 ns: relative error <= 3.2 %
+ * (8 gave 12.5 %: a 20 ms WAN fault could only read 21.0, 23.1 or 25.2 ms). 9.5 KiB each. */
+#define TLM_HIST_SUB_BITS 5
+#define TLM_HIST_SUB (1u << TLM_HIST_SUB_BITS)
+#define TLM_HIST_BUCKETS ((42 - TLM_HIST_SUB_BITS) * TLM_HIST_SUB)
 
 struct tlm_hist {
 	uint64_t bucket[TLM_HIST_BUCKETS];
