@@ -2,9 +2,13 @@
 # Install tlm's build dependencies (Debian 12 packages only) and build it.
 #
 #   scripts/setup.sh [--build-dir DIR] [--sanitize] [--werror] [--debug] [--no-build]
+#                    [--install [PREFIX]]
 #
 # Idempotent: installs only what is missing (apt-get update only then). Needs root for the
 # install step; when not root and something is missing it prints the command to run.
+# --install: then `cmake --install` into PREFIX (default /usr/local): the daemons, tlmctl,
+# tlm-template, libtlm-glue.so, the docs and the systemd units of both daemons (reloaded
+# when systemd runs; enabling them is left to the operator, see README "Services").
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,6 +16,7 @@ build_dir="$here/build"
 build_type=RelWithDebInfo
 cmake_opts=()
 do_build=1
+install_prefix=
 
 # Why each package: compiler/build tools; liburing (io_uring, probed by the daemons);
 # libxxhash (XXH3 page hashes); libcmocka (tests); libssl (HMAC-SHA256 authentication);
@@ -26,7 +31,10 @@ while [ $# -gt 0 ]; do
 	--werror) cmake_opts+=(-DTLM_WERROR=ON) ;;
 	--debug) build_type=Debug ;;
 	--no-build) do_build=0 ;;
-	-h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--install)
+		install_prefix=/usr/local
+		if [ $# -gt 1 ] && [[ "$2" != -* ]]; then install_prefix=$2; shift; fi ;;
+	-h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
 	esac
 	shift
@@ -53,3 +61,12 @@ fi
 cmake -S "$here" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" \
 	${cmake_opts[@]+"${cmake_opts[@]}"} >/dev/null
 ninja -C "$build_dir"
+[ -n "$install_prefix" ] || exit 0
+cmake --install "$build_dir" --prefix "$install_prefix"
+if [ -d /run/systemd/system ]; then
+	systemctl daemon-reload
+	echo "setup.sh: units installed; enable with: systemctl enable --now tlm-page-server" \
+		"(source host) / tlm-uffd-server (destination host)"
+else
+	echo "setup.sh: systemd is not running here: units installed, not loaded"
+fi
