@@ -31,6 +31,9 @@
 #      src_/dst_stream_ keys from the class map's arrival on: the DATA stream alone).
 #   T  plain TCP streams of the same bytes over loopback (tlm-bench-runtime): the baseline;
 #      also received into fresh memory (--fresh), as the destination must place its pages.
+#   P  the same bytes placed by UFFDIO_COPY alone, in 64-page runs, by 1 and by 2 threads
+#      (tlm-bench-runtime place): what placement costs, and whether placement threads
+#      would scale on this machine.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -238,6 +241,11 @@ echo "   into a reused buffer and into fresh memory"
 tcp=$(tcp_baseline "$payload")
 tcp_fresh=$(tcp_baseline "$payload" --fresh)
 [ -n "$tcp" ] && [ -n "$tcp_fresh" ] || tlm_die "the TCP baseline failed"
+echo "== run P: the same bytes placed with UFFDIO_COPY alone (64-page runs), 1 and 2 threads"
+for t in 1 2; do
+	"$bin/tlm-bench-runtime" place --bytes "$payload" --threads "$t" ||
+		tlm_die "the placement baseline failed"
+done > "$work/place.out"
 
 python3 - "$work" "$bytes" "$tcp" "$json_out" "${ps_opts[1]:-8M}" "$tcp_fresh" <<'PY'
 import json, sys
@@ -300,6 +308,11 @@ fig["src_stream_cpu_us_per_page"] = (int(src2) - int(src1)) / pages["data"] \
     if src1 != "-" else None
 fig["dst_stream_cpu_us_per_page"] = (int(dst2) - int(dst1)) / pages["data"] \
     if dst1 != "-" else None
+place = {int(kv["threads"]): kv for kv in (dict(w.split("=") for w in l.split())
+                                           for l in open(f"{work}/place.out"))}
+fig["place_mb_per_s_1_thread"] = float(place[1]["place_mb_per_s"])
+fig["place_mb_per_s_2_threads"] = float(place[2]["place_mb_per_s"])
+fig["place_us_per_page"] = float(place[1]["us_per_page"])
 fig["bulk_over_tcp"] = fig["bulk_mb_per_s"] / tcp_mbs
 fig["tcp_fresh_mb_per_s"] = tcp_fresh
 fig["bulk_over_tcp_fresh"] = fig["bulk_mb_per_s"] / tcp_fresh
@@ -325,6 +338,8 @@ rows = [
      f"{tcp_fresh:.0f} = {f['bulk_over_tcp_fresh']:.2f}x", "-"),
     ("  whole stream incl. class map, MB/s", f"{f['stream_with_map_mb_per_s']:.0f} "
      f"(DATA part {f['data_stream_ms']:.0f} ms)", "-"),
+    ("UFFDIO_COPY alone, 1 / 2 threads, MB/s", f"{f['place_mb_per_s_1_thread']:.0f} / "
+     f"{f['place_mb_per_s_2_threads']:.0f} ({f['place_us_per_page']:.2f} us per page)", "-"),
     ("CPU per DATA page, freeze to end, src / dst, us",
      f"{f['src_cpu_us_per_page']:.2f} / {f['dst_cpu_us_per_page']:.2f}", "<= 1.5"),
     ("  over the DATA stream only (from the class map)", " / ".join(

@@ -10,8 +10,19 @@
  *       of newly mapped memory instead of one reused buffer, as a destination must place
  *       pages into memory that nothing has touched yet (on some machines, virtual ones in
  *       particular, backing fresh memory costs more than moving the bytes).
+ *
+ *   tlm-bench-runtime place --bytes N [--threads T] [--run PAGES]
+ *       what placing costs and how it scales: N bytes of fresh anonymous memory registered
+ *       with userfaultfd (MISSING), filled with UFFDIO_COPY in runs of PAGES pages
+ *       (default 64, a PAGES frame) by T threads (default 1) each taking its own slice,
+ *       as placement threads of tlm-uffd-server would; prints
+ *       "place_mb_per_s=X threads=T run=PAGES us_per_page=U" (U: wall time per page
+ *       times T, the CPU a page costs when the threads are busy).
  */
+#include "tlm_uffd.h"
 #include "util.h"
+
+#include <pthread.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -31,8 +42,11 @@
 
 static const char usage[] =
 	"usage: tlm-bench-runtime tcp --bytes N [--chunk SIZE] [--fresh]\n"
-	"  a plain TCP stream of N bytes over loopback (k/M/G suffixes); prints tcp_mb_per_s=X\n"
-	"  --fresh: received into N bytes of newly mapped memory, not one reused buffer\n";
+	"       tlm-bench-runtime place --bytes N [--threads T] [--run PAGES]\n"
+	"  tcp: a plain TCP stream of N bytes over loopback (k/M/G suffixes); prints\n"
+	"  tcp_mb_per_s=X; --fresh: received into N bytes of newly mapped memory\n"
+	"  place: N bytes of fresh memory filled by UFFDIO_COPY in runs of PAGES pages (64)\n"
+	"  by T threads (1); prints place_mb_per_s=X\n";
 
 /* Receiver: read until end of stream, into one reused buffer or (fresh) into want bytes
  * of new memory. Exit status 0 if exactly want bytes came. */
@@ -138,15 +152,97 @@ static int tcp_stream(uint64_t bytes, size_t chunk, bool fresh)
 	return 0;
 }
 
+/* One placing thread's slice: [dst, dst + len) in runs of `run` bytes from src. */
+struct place_job {
+	struct tlm_uffd *u;
+	uint8_t *dst;
+	const uint8_t *src;
+	size_t len, run;
+	int rc;
+};
+
+static void *place_slice(void *arg)
+{
+	struct place_job *j = arg;
+	size_t done;
+
+	for (size_t off = 0; off < j->len && !j->rc; off += j->run) {
+		size_t n = j->len - off < j->run ? j->len - off : j->run;
+
+		j->rc = tlm_uffd_copy(j->u, j->dst + off, j->src, n, 0, &done, NULL);
+	}
+	return NULL;
+}
+
+static int place(uint64_t bytes, unsigned threads, size_t run_pages)
+{
+	size_t len = (size_t)bytes & ~(size_t)4095, run = run_pages * 4096, slice;
+	struct place_job job[16];
+	pthread_t tid[16];
+	struct tlm_uffd u;
+	uint8_t *mem, *src;
+	uint64_t t0;
+	double secs;
+	int rc = tlm_uffd_open(&u, 0, 0);
+
+	if (rc < 0) {
+		fprintf(stderr, "tlm-bench-runtime: userfaultfd: %s\n", strerror(-rc));
+		return 1;
+	}
+	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		   -1, 0);
+	src = malloc(run);
+	if (mem == MAP_FAILED || !src ||
+	    (rc = tlm_uffd_register(&u, mem, len, TLM_UFFD_MODE_MISSING, NULL)) < 0) {
+		fprintf(stderr, "tlm-bench-runtime: %zu bytes registered: %s\n", len,
+			strerror(rc < 0 ? -rc : ENOMEM));
+		return 1;
+	}
+	memset(src, 0xa5, run);
+	slice = len / threads / run * run;
+	t0 = tlm_now_ns();
+	for (unsigned i = 0; i < threads; i++) {
+		job[i] = (struct place_job){ &u, mem + i * slice, src,
+					     i + 1 == threads ? len - i * slice : slice, run, 0 };
+		pthread_create(&tid[i], NULL, place_slice, &job[i]);
+	}
+	for (unsigned i = 0; i < threads; i++) {
+		pthread_join(tid[i], NULL);
+		rc = rc ? rc : job[i].rc;
+	}
+	secs = (double)(tlm_now_ns() - t0) / 1e9;
+	if (rc < 0) {
+		fprintf(stderr, "tlm-bench-runtime: UFFDIO_COPY: %s\n", strerror(-rc));
+		return 1;
+	}
+	printf("place_mb_per_s=%.1f threads=%u run=%zu us_per_page=%.2f\n",
+	       (double)len / 1e6 / secs, threads, run_pages, secs * 1e6 * threads / (len / 4096));
+	return 0;
+}
+
+/* --threads 1..16, --run 1..64 pages: 0, or -1 (message printed). */
+static int parse_place_opt(int c, const char *arg, uint64_t *threads, uint64_t *run)
+{
+	if (c == 't' && tlm_parse_u64(arg, threads) == 0 && *threads >= 1 && *threads <= 16)
+		return 0;
+	if (c == 'r' && tlm_parse_u64(arg, run) == 0 && *run >= 1 && *run <= 64)
+		return 0;
+	fprintf(stderr, "tlm-bench-runtime: bad --%s '%s' (%s)\n", c == 't' ? "threads" : "run",
+		arg, c == 't' ? "1..16" : "1..64 pages");
+	return -1;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option lo[] = {
 		{ "bytes", required_argument, NULL, 'b' }, { "chunk", required_argument, NULL, 'c' },
 		{ "help", no_argument, NULL, 'h' }, { "fresh", no_argument, NULL, 'f' },
+		{ "threads", required_argument, NULL, 't' }, { "run", required_argument, NULL, 'r' },
 		{ NULL, 0, NULL, 0 },
 	};
-	uint64_t bytes = 0, chunk = 1u << 20;
+	uint64_t bytes = 0, chunk = 1u << 20, threads = 1, run = 64;
 	bool fresh = false;
+	const char *cmd;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -156,6 +252,11 @@ int main(int argc, char **argv)
 		}
 		if (c == 'f') {
 			fresh = true;
+			continue;
+		}
+		if (c == 't' || c == 'r') {
+			if (parse_place_opt(c, optarg, &threads, &run) < 0)
+				return 2;
 			continue;
 		}
 		if (c == 'b' && tlm_parse_size(optarg, &bytes) == 0 && bytes)
@@ -170,9 +271,12 @@ int main(int argc, char **argv)
 			fputs(usage, stderr);
 		return 2;
 	}
-	if (optind + 1 != argc || strcmp(argv[optind], "tcp") != 0 || !bytes) {
-		fprintf(stderr, "tlm-bench-runtime: want: tcp --bytes N (try --help)\n");
+	cmd = optind + 1 == argc ? argv[optind] : "";
+	if ((strcmp(cmd, "tcp") != 0 && strcmp(cmd, "place") != 0) || !bytes) {
+		fprintf(stderr, "tlm-bench-runtime: want: tcp|place --bytes N (try --help)\n");
 		return 2;
 	}
+	if (strcmp(cmd, "place") == 0)
+		return place(bytes, (unsigned)threads, (size_t)run);
 	return tcp_stream(bytes, (size_t)chunk, fresh);
 }
