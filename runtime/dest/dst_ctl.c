@@ -32,6 +32,7 @@ static void ctl_stats(struct dst_server *s, const char *id, struct tlm_sbuf *rep
 		if (!r->dead && (!id || strcmp(r->id, id) == 0))
 			dst_region_stats_json(r, &j);
 	tlm_json_arr_end(&j);
+	tlm_json_str(&j, "net_io", dst_net_io_name(s->peer.net_io));
 	tlm_json_obj_end(&j);
 	tlm_sbuf_putc(reply, '\n');
 }

@@ -41,9 +41,10 @@ struct dst_peer;
 struct dst_conn {
 	struct dst_peer *p;
 	struct tlm_conn c;               /* c.fd -1 while down */
-	struct tlm_evsrc src;            /* c.fd in the loop while up */
+	struct tlm_evsrc src;            /* c.fd (or rx.efd) in the loop while up */
+	struct dst_rx rx;                /* bulk input through io_uring (uring set) */
 	uint8_t chan;                    /* TLM_CHAN_URGENT / TLM_CHAN_BULK */
-	bool up;
+	bool up, uring;
 };
 
 struct dst_peer {
@@ -135,8 +136,11 @@ static void conn_close(struct dst_conn *c)
 	r->st.wire_in += c->c.bytes_in;
 	r->st.wire_out += c->c.bytes_out;
 	tlm_evloop_del(r->loop, &c->src);
+	if (c->uring)
+		dst_rx_close(&c->rx, &c->c);
 	tlm_conn_fini(&c->c);          /* closes the fd */
 	c->up = false;
+	c->uring = false;
 }
 
 /* Close both sessions (counters are added to the region's stats); tell the region unless
@@ -237,6 +241,21 @@ static struct dst_connect_job *job_start(struct dst_peer *p)
 	return NULL;
 }
 
+/* Bulk input through a ring of its own (--net-io): the loop watches its eventfd, and the
+ * first RECV is armed now (bytes may be waiting already). read() if the ring fails. */
+static void attach_uring(struct dst_conn *c)
+{
+	int rc = dst_rx_open(&c->rx);
+
+	if (rc) {
+		log_warn("%s: bulk session: io_uring: %s; reading it with read()", c->p->r->id,
+			 strerror(-rc));
+		return;
+	}
+	c->uring = true;
+	c->src.fd = c->rx.efd;
+}
+
 /* A handshaken socket joins the event loop; closed on failure. */
 static int attach_session(struct dst_conn *c, int fd)
 {
@@ -248,8 +267,16 @@ static int attach_session(struct dst_conn *c, int fd)
 		return rc;
 	}
 	c->src.fd = fd;
+	if (c->chan == TLM_CHAN_BULK && c->p->cfg->net_io == DST_NET_IO_URING)
+		attach_uring(c);
 	rc = tlm_evloop_add(c->p->r->loop, &c->src, EPOLLIN);
-	if (rc) {
+	if (!rc && c->uring)
+		rc = (int)dst_rx_fill(&c->rx, &c->c);
+	if (rc && rc != -EAGAIN) {
+		tlm_evloop_del(c->p->r->loop, &c->src);
+		if (c->uring)
+			dst_rx_close(&c->rx, &c->c);
+		c->uring = false;
 		tlm_conn_fini(&c->c);
 		return rc;
 	}
@@ -640,15 +667,18 @@ static void bulk_pause(struct dst_conn *c)
 /*
  * Read and handle input: every buffered frame is handled before the next read (a frame
  * left in the buffer would get no EPOLLIN), at most READS_PER_EVENT reads so one busy
- * session cannot starve the others (epoll is level-triggered: it comes back).
+ * session cannot starve the others (epoll is level-triggered: it comes back; a ring
+ * only once a RECV is armed again, which the last read may have found no room for).
  */
 static void conn_input(struct dst_conn *c)
 {
 	unsigned budget = c->chan == TLM_CHAN_URGENT ? UINT_MAX : PAGES_PER_CALL;
+	int rc;
+
 	for (int reads = 0;; reads++) {
-		int rc = handle_frames(c, budget);
 		ssize_t n;
 
+		rc = handle_frames(c, budget);
 		if (rc < 0)
 			return;
 		if (rc > 0) {
@@ -657,8 +687,8 @@ static void conn_input(struct dst_conn *c)
 			return;
 		}
 		if (reads == READS_PER_EVENT)
-			return;
-		n = tlm_conn_read(&c->c);
+			break;
+		n = c->uring ? dst_rx_fill(&c->rx, &c->c) : tlm_conn_read(&c->c);
 		if (n == -EAGAIN)
 			return;
 		if (n <= 0) {
@@ -667,6 +697,9 @@ static void conn_input(struct dst_conn *c)
 		}
 		c->p->last_input_ns = tlm_now_ns();
 	}
+	rc = c->uring ? dst_rx_arm(&c->rx, &c->c) : 0;
+	if (rc)
+		conn_broken(c, strerror(-rc));
 }
 
 static void on_conn(struct tlm_evsrc *src, uint32_t events)

@@ -26,6 +26,7 @@
 
 #include <stdint.h>
 
+#include "dst_rx.h"
 #include "tlm_proto.h"
 
 struct dst_region;
@@ -37,6 +38,7 @@ struct dst_peer_cfg {
 	struct tlm_key key;              /* --key: pre-shared with the source */
 	uint64_t outage_limit_ms;        /* --outage-limit: source unreachable -> paused */
 	uint64_t stall_ms;               /* --stall-timeout: demands unanswered -> reconnect */
+	enum dst_net_io net_io;          /* bulk input: uring or syscall (chosen at start) */
 };
 
 /* Give r its link (r->link), idle until the region connects it. 0 or -ENOMEM. */

@@ -432,6 +432,23 @@ static int open_fds(struct dst_server *s, const struct dst_server_opts *o)
 	return 0;
 }
 
+/* Bulk input: io_uring or read(), by a probe of what this kernel lets us do. */
+static int choose_net_io(struct dst_server *s, const struct dst_server_opts *o)
+{
+	char why[160];
+
+	if (dst_net_io_choose(o->net_io, &s->peer.net_io, why, sizeof(why)) < 0) {
+		log_error("--net-io uring: %s", why);
+		return -1;
+	}
+	if (s->peer.net_io == DST_NET_IO_URING)
+		log_info("bulk input: io_uring (IORING_OP_RECV kept armed)");
+	else
+		log_info("bulk input: read()%s%s%s", why[0] ? " (io_uring unavailable: " : "",
+			 why, why[0] ? ")" : "");
+	return 0;
+}
+
 /* Everything starts closed (-1) so that dst_server_close can run after any failure. */
 int dst_server_open(struct dst_server *s, const struct dst_server_opts *o)
 {
@@ -448,6 +465,8 @@ int dst_server_open(struct dst_server *s, const struct dst_server_opts *o)
 		log_error("--key %s", err);
 		return -1;
 	}
+	if (choose_net_io(s, o) < 0)
+		return -1;
 	if (open_templates(s, o) < 0 || open_fds(s, o) < 0)
 		return -1;
 	log_info("ready: glue socket %s, control socket %s, %zu template(s)%s%s", o->sock,

@@ -23,7 +23,8 @@ struct opts {
 static const char usage_text[] =
 "usage: tlm-uffd-server --sock GLUESOCK --ctl CTLSOCK --key KEYFILE [--source HOST:PORT]\n"
 "                       [--template PAGES]... [--outage-limit S] [--stall-timeout S]\n"
-"                       [--stage-max MIB] [--exit-when-done] [--log-level L] [--progress]\n"
+"                       [--stage-max MIB] [--net-io MODE] [--exit-when-done]\n"
+"                       [--log-level L] [--progress]\n"
 "\n"
 "Destination daemon of tlm: receives guest RAM regions and their userfaultfds from\n"
 "libtlm-glue.so over GLUESOCK and resolves the guest's page faults: template pages from the\n"
@@ -42,6 +43,9 @@ static const char usage_text[] =
 "  --stage-max MIB    memory for DATA pages the source pre-sends while its guest still\n"
 "                     runs, all regions together (default 1024; 0 holds none); pages\n"
 "                     that do not fit are fetched later like any missing page\n"
+"  --net-io MODE      how the bulk stream is received: uring (io_uring RECV kept\n"
+"                     armed), syscall (read() when readable), auto (default: uring\n"
+"                     if this kernel allows it, else syscall; the log says which)\n"
 "  --exit-when-done   exit once a region completed and none is active\n"
 "  --log-level L      error | warn | info (default) | debug\n"
 "  --progress         one progress line per second and region (default on a TTY)\n"
@@ -116,6 +120,10 @@ static int opt_one(struct opts *opts, int c, const char *arg)
 		return opt_seconds("--stall-timeout", arg, &o->stall_ms);
 	case 'm':
 		return opt_mib("--stage-max", arg, &o->stage_max);
+	case 'n':
+		if (dst_net_io_parse(arg, &o->net_io) < 0)
+			return opt_fail("--net-io '%s': expected uring, syscall or auto", arg);
+		return 0;
 	case 'x': o->exit_when_done = true; return 0;
 	case 'p': o->progress = true; return 0;
 	case 'l':
@@ -140,6 +148,7 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 		{ "outage-limit", required_argument, NULL, 'o' },
 		{ "stall-timeout", required_argument, NULL, 'T' },
 		{ "stage-max", required_argument, NULL, 'm' },
+		{ "net-io", required_argument, NULL, 'n' },
 		{ "exit-when-done", no_argument, NULL, 'x' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "progress", no_argument, NULL, 'p' },
