@@ -5,14 +5,15 @@
 # their targets. Everything is measured in this one run, so ratios compare like with like
 # on a shared, noisy machine.
 #
-#   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--net-io MODE] [--json FILE]
-#                            [--keep]
+#   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--net-io MODE]
+#                            [--bulk-rcvbuf KIB] [--json FILE] [--keep]
 #
 #   --size SIZE        region size (default 1G; k/M/G suffixes, multiple of 4 KiB, >= 16M)
 #   --bulk-ahead SIZE  passed to tlm-page-server (how much of the background stream may be
 #                      ahead of a queued page for a demand to wait for it; default its own)
 #   --net-io MODE      passed to tlm-uffd-server (how it receives the bulk stream: uring,
 #                      syscall, auto; default its own)
+#   --bulk-rcvbuf KIB  passed to tlm-uffd-server (its bulk sockets' SO_RCVBUF; 0: autotuning)
 #   --json FILE        also write the figures as one JSON object
 #   --keep             keep the work directory (/dev/shm/tlm-bench.*)
 #
@@ -46,7 +47,7 @@ while [ $# -gt 0 ]; do
 	--size) need_arg "$@"; size=$2; shift ;;
 	--json) need_arg "$@"; json_out=$2; shift ;;
 	--bulk-ahead) need_arg "$@"; ps_opts=(--bulk-ahead "$2"); shift ;;
-	--net-io) need_arg "$@"; ud_opts=(--net-io "$2"); shift ;;
+	--net-io|--bulk-rcvbuf) need_arg "$@"; ud_opts+=("$1" "$2"); shift ;;
 	--keep) keep=1 ;;
 	-h|--help) tlm_usage; exit 0 ;;
 	*) echo "$tlm_prog: unknown option '$1' (try --help)" >&2; exit 2 ;;

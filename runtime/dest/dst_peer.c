@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "dst_fetch.h"
@@ -177,6 +178,12 @@ static int job_channel(struct dst_connect_job *j, uint8_t chan)
 	}
 	if (!rc)
 		rc = tlm_tcp_keepalive(fd, KEEPALIVE_IDLE_S, KEEPALIVE_TIMEOUT_S);
+	/* Bounded: what waits in the socket is out of reach until it is read, and counts
+	 * against the source's --bulk-ahead as stream ahead of a queued page. */
+	if (!rc && chan == TLM_CHAN_BULK && j->cfg->bulk_rcvbuf &&
+	    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &j->cfg->bulk_rcvbuf,
+		       sizeof(j->cfg->bulk_rcvbuf)) < 0)
+		rc = -errno;
 	if (!rc)
 		rc = tlm_set_nonblock(fd, 1);
 	if (rc) {

@@ -460,6 +460,7 @@ int dst_server_open(struct dst_server *s, const struct dst_server_opts *o)
 				  .sock_path = o->sock, .ctl_path = o->ctl };
 	s->peer.outage_limit_ms = o->outage_limit_ms;
 	s->peer.stall_ms = o->stall_ms;
+	s->peer.bulk_rcvbuf = (int)o->bulk_rcvbuf;
 	s->stage.max = o->stage_max;
 	if (tlm_key_load(o->key, &s->peer.key, err, sizeof(err)) < 0) {
 		log_error("--key %s", err);

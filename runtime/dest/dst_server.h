@@ -38,6 +38,7 @@ struct dst_server_opts {
 	uint64_t outage_limit_ms, stall_ms;
 	uint64_t stage_max;                      /* --stage-max, bytes (0: hold nothing) */
 	enum dst_net_io net_io;                  /* --net-io */
+	uint64_t bulk_rcvbuf;                    /* --bulk-rcvbuf, bytes (0: autotuning) */
 };
 
 struct dst_server {
