@@ -24,6 +24,7 @@
 #include "dst_region.h"
 #include "evloop.h"
 #include "log.h"
+#include "tlm_bytes.h"
 #include "util.h"
 
 #define CONNECT_TIMEOUT_MS   3000
@@ -178,8 +179,9 @@ static int job_channel(struct dst_connect_job *j, uint8_t chan)
 	}
 	if (!rc)
 		rc = tlm_tcp_keepalive(fd, KEEPALIVE_IDLE_S, KEEPALIVE_TIMEOUT_S);
-	/* Bounded: what waits in the socket is out of reach until it is read, and counts
-	 * against the source's --bulk-ahead as stream ahead of a queued page. */
+	/* Bounded: a page waiting in the socket cannot be placed for a fault that wants it,
+	 * one in our input buffer can (link_buffered); and what waits there counts against
+	 * the source's --bulk-ahead as stream ahead of a queued page. */
 	if (!rc && chan == TLM_CHAN_BULK && j->cfg->bulk_rcvbuf &&
 	    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &j->cfg->bulk_rcvbuf,
 		       sizeof(j->cfg->bulk_rcvbuf)) < 0)
@@ -757,6 +759,36 @@ static size_t link_demand_room(const struct dst_link *l)
 	return tlm_conn_space(&p->urg.c) / tlm_proto_frame_size(&m);
 }
 
+/*
+ * A demanded page may already sit in the bulk input buffer, behind frames not handled
+ * yet (paused by the budget, or just received): the frames after the last one handled
+ * are looked through without being consumed. Only PAGES frames are decoded (a CLASS_MAP
+ * decode would reuse the run storage the map being applied may point into).
+ */
+static const uint8_t *link_buffered(const struct dst_link *l, uint64_t page, uint64_t *sum)
+{
+	const struct tlm_conn *c = &peer_of(l)->bulk.c;
+	struct tlm_msg m;
+
+	if (!peer_of(l)->bulk.up)
+		return NULL;
+	for (size_t off = c->rconsumed; off < c->rlen;) {
+		const uint8_t *f = c->rbuf + off;
+		ssize_t flen = tlm_proto_frame_len(f, c->rlen - off, NULL, 0);
+
+		if (flen <= 0 || (size_t)flen > c->rlen - off)
+			return NULL;
+		off += (size_t)flen;
+		if (tlm_le16_get(f + 4) != TLM_MSG_PAGES ||
+		    tlm_proto_decode(f, (size_t)flen, &m, NULL, 0, NULL, 0) ||
+		    page < m.u.pages.page || page - m.u.pages.page >= m.u.pages.count)
+			continue;
+		*sum = tlm_proto_pages_sum(&m, (uint32_t)(page - m.u.pages.page));
+		return m.u.pages.data + (page - m.u.pages.page) * TLM_PROTO_PAGE_SIZE;
+	}
+	return NULL;
+}
+
 /* Resume bulk input stopped by its budget (or a yield); handle what it buffered. */
 static bool link_pump(struct dst_link *l)
 {
@@ -806,6 +838,7 @@ static const struct dst_link_ops peer_ops = {
 	.up = link_up,
 	.demand = link_demand,
 	.demand_room = link_demand_room,
+	.buffered = link_buffered,
 	.pump = link_pump,
 	.tick = link_tick,
 	.wire = link_wire,
