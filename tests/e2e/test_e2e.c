@@ -195,6 +195,11 @@ static void w_start_uffd_server(struct e2e_proc *p, const char *sock, const char
 	if (strcmp(net_io, "auto") && !strstr(js, want))
 		fail_msg("tlm-uffd-server stats lack %s: %s", want, js);
 	free(js);
+	/* Templates mapped at once where the kernel can, and either way the log says so. */
+	if (!e2e_file_contains(log, "mapped at once (MADV_POPULATE_READ)") &&
+	    !e2e_file_contains(log, "not populated (this kernel lacks MADV_POPULATE_READ)"))
+		fail_msg("tlm-uffd-server does not say whether its templates were populated "
+			 "(see %s)", log);
 }
 
 static void w_freeze(struct w_vm *v)
