@@ -252,6 +252,8 @@ stream_s = (c_src["stream_ms"] - c_src["classify_ms"]) / 1e3
 fig = {
     "size_bytes": size, "pages": {k: pages[k] for k in ("template", "zero", "ref", "data")},
     "bulk_ahead": ahead, "net_io": json.load(open(f"{work}/C.dst.json"))["net_io"],
+    # run C's daemon did one region's whole migration: its CPU time per page of it
+    "dst_cpu_us_per_page": json.load(open(f"{work}/C.dst.json"))["cpu_us"] / c_dst["pages"]["total"],
     "template_fault_p50_us": lat(a_dst, "template")["p50_us"],
     "template_fault_p99_us": lat(a_dst, "template")["p99_us"],
     "template_faults": lat(a_dst, "template")["count"],
