@@ -5,7 +5,8 @@
  * returned by tlm_conn_next. The bytes of the last returned frame stay where they are until
  * the next tlm_conn_next / tlm_conn_read call, so a PAGE's data pointer can be used
  * directly (no copy). Compaction is lazy: only a partial frame at the end of the buffer is
- * moved to the front, when tlm_conn_next runs out of whole frames.
+ * moved to the front, when tlm_conn_next runs out of whole frames, unless the free tail
+ * is pinned: lent to an asynchronous receiver (io_uring) that writes it in place.
  *
  * Output: wbuf[woff, wlen) is pending; frames are encoded straight into wbuf and
  * tlm_conn_queue refuses (-ENOBUFS) what does not fit, so memory stays bounded and the
@@ -55,10 +56,11 @@ void tlm_conn_fini(struct tlm_conn *c)
 	c->fd = -1;
 }
 
-/* Drop consumed frames: move the unconsumed tail to the front. */
+/* Drop consumed frames: move the unconsumed tail to the front (never under a pinned
+ * tail: the kernel may be writing it at its place). */
 static void conn_compact(struct tlm_conn *c)
 {
-	if (!c->rconsumed)
+	if (!c->rconsumed || c->rpinned)
 		return;
 	if (c->rconsumed < c->rlen)
 		memmove(c->rbuf, c->rbuf + c->rconsumed, c->rlen - c->rconsumed);
@@ -66,21 +68,40 @@ static void conn_compact(struct tlm_conn *c)
 	c->rconsumed = 0;
 }
 
-ssize_t tlm_conn_read(struct tlm_conn *c)
+int tlm_conn_rtail(struct tlm_conn *c, bool pin, uint8_t **tail, size_t *len)
 {
-	ssize_t r;
-
 	conn_compact(c);
 	/* Full of unconsumed whole frames: the caller must drain tlm_conn_next first. */
 	if (c->rlen == c->rcap)
 		return -ENOBUFS;
+	*tail = c->rbuf + c->rlen;
+	*len = c->rcap - c->rlen;
+	c->rpinned = pin;
+	return 0;
+}
+
+void tlm_conn_received(struct tlm_conn *c, size_t n)
+{
+	c->rlen += n;
+	c->bytes_in += n;
+	c->rpinned = false;
+}
+
+ssize_t tlm_conn_read(struct tlm_conn *c)
+{
+	uint8_t *tail;
+	size_t len;
+	ssize_t r;
+	int rc = tlm_conn_rtail(c, false, &tail, &len);
+
+	if (rc)
+		return rc;
 	do
-		r = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+		r = read(c->fd, tail, len);
 	while (r < 0 && errno == EINTR);
 	if (r < 0)
 		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-	c->rlen += r;
-	c->bytes_in += r;
+	tlm_conn_received(c, (size_t)r);
 	return r;
 }
 

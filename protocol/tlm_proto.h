@@ -207,6 +207,7 @@ struct tlm_conn {
 	int fd;
 	uint8_t *rbuf;  size_t rlen, rcap;         /* received, not yet consumed */
 	size_t rconsumed;                          /* bytes of the last frame returned by next */
+	bool rpinned;                              /* tail lent out (tlm_conn_rtail): no compaction */
 	uint8_t *wbuf;  size_t woff, wlen, wcap;   /* pending output [woff, wlen) */
 	uint64_t bytes_in, bytes_out;              /* on the wire, headers included */
 	struct tlm_run *runs;  uint32_t max_runs;  /* CLASS_MAP decode storage */
@@ -217,6 +218,12 @@ int tlm_conn_init(struct tlm_conn *c, int fd, size_t wcap);
 void tlm_conn_fini(struct tlm_conn *c);           /* frees buffers, closes fd */
 /* Read what the socket has. >0 bytes read, 0 on EOF, -EAGAIN, or -errno. */
 ssize_t tlm_conn_read(struct tlm_conn *c);
+/* For a receiver other than read() (io_uring): the free tail of the input buffer, after
+ * dropping handled frames; -ENOBUFS when it is full of unhandled ones. Pinned (rpinned
+ * set) the buffer is never compacted, so the tail may be filled asynchronously; the bytes
+ * are added, and the pin dropped, by tlm_conn_received (n may be 0). */
+int tlm_conn_rtail(struct tlm_conn *c, bool pin, uint8_t **tail, size_t *len);
+void tlm_conn_received(struct tlm_conn *c, size_t n);
 /* Next complete frame: 1 = *m filled (pointers valid until the next call), 0 = need more
  * bytes, -EBADMSG = malformed (err says why; drop the peer). */
 int tlm_conn_next(struct tlm_conn *c, struct tlm_msg *m, char *err, size_t errlen);

@@ -125,6 +125,24 @@ static int glue_read_digest(const char *pages, uint64_t pages_size, uint8_t dige
 	return 0;
 }
 
+/*
+ * Guest RAM on hugetlbfs: its pages are 2 MiB or 1 GiB, and QEMU sizes its RAM block by
+ * them, while the replacement mapping, the template and the daemon's placements are all
+ * 4 KiB pages. Refused with what to change (a template on hugetlbfs likewise).
+ */
+static int glue_check_not_huge(int fd, const char *what, const char *path, char *err,
+			       size_t errlen)
+{
+	struct statfs sfs;
+
+	if (fstatfs(fd, &sfs) < 0 || sfs.f_type != HUGETLBFS_MAGIC)
+		return 0;
+	snprintf(err, errlen, "%s %s is on hugetlbfs (%ld KiB pages): tlm places 4 KiB pages; "
+		 "back the guest with memory-backend-file on tmpfs (/dev/shm)", what, path,
+		 (long)sfs.f_bsize >> 10);
+	return -1;
+}
+
 /* Open the template read-only and check it covers [off, off + len). Returns fd or -1. */
 static int glue_template_open(const char *path, off_t off, size_t len, bool need_shmem,
 			      uint8_t digest[16], char *err, size_t errlen)
@@ -147,9 +165,10 @@ static int glue_template_open(const char *path, off_t off, size_t len, bool need
 			 (unsigned long long)off + len, (long long)off, len);
 		goto fail;
 	}
-	/* userfaultfd MINOR faults (UFFDIO_CONTINUE) exist only for shmem and hugetlbfs. */
-	if (need_shmem && (fstatfs(fd, &sfs) < 0 || (sfs.f_type != TMPFS_MAGIC &&
-						    sfs.f_type != HUGETLBFS_MAGIC))) {
+	if (glue_check_not_huge(fd, "template", path, err, errlen) < 0)
+		goto fail;
+	/* userfaultfd MINOR faults (UFFDIO_CONTINUE) exist only for shmem (and hugetlbfs). */
+	if (need_shmem && (fstatfs(fd, &sfs) < 0 || sfs.f_type != TMPFS_MAGIC)) {
 		snprintf(err, errlen, "template %s is not on tmpfs: userfaultfd minor faults "
 			 "need shmem (copy it to /dev/shm)", path);
 		goto fail;
@@ -236,13 +255,18 @@ static int glue_check_ids(const struct glue_cfg *c, char *err, size_t errlen)
 	return 0;
 }
 
-/* Prepare what can fail before touching the address space: template, ids, socket. */
-static int glue_prepare(struct glue_region *r, const struct glue_cfg *c, off_t off,
+/* Prepare what can fail before touching the address space: the RAM it replaces, template,
+ * ids, socket. */
+static int glue_prepare(struct glue_region *r, const struct glue_cfg *c, int fd, off_t off,
 			size_t len, int *tfd, char *err, size_t errlen)
 {
 	bool daemon = c->sock_path != NULL;
 
 	*tfd = -1;
+	if (!r->shared && glue_check_not_huge(fd, "guest RAM", c->ram_path, err, errlen) < 0) {
+		errno = EINVAL;
+		return -1;
+	}
 	if (daemon && glue_check_ids(c, err, errlen) < 0) {
 		errno = EINVAL;
 		return -1;
@@ -303,9 +327,9 @@ static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int 
 	int tfd, saved;
 	void *p;
 
-	if (glue_prepare(r, c, off, len, &tfd, err, sizeof(err)) < 0)
-		goto fail;
 	r->shared = c->track && !c->template_path && !c->sock_path;
+	if (glue_prepare(r, c, fd, off, len, &tfd, err, sizeof(err)) < 0)
+		goto fail;
 	p = glue_mmap_ram(r, addr, len, prot, flags, fd, off, tfd);
 	saved = errno;
 	if (tfd >= 0)

@@ -5,11 +5,15 @@
 # their targets. Everything is measured in this one run, so ratios compare like with like
 # on a shared, noisy machine.
 #
-#   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--json FILE] [--keep]
+#   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--net-io MODE]
+#                            [--bulk-rcvbuf KIB] [--json FILE] [--keep]
 #
 #   --size SIZE        region size (default 1G; k/M/G suffixes, multiple of 4 KiB, >= 16M)
 #   --bulk-ahead SIZE  passed to tlm-page-server (how much of the background stream may be
 #                      ahead of a queued page for a demand to wait for it; default its own)
+#   --net-io MODE      passed to tlm-uffd-server (how it receives the bulk stream: uring,
+#                      syscall, auto; default its own)
+#   --bulk-rcvbuf KIB  passed to tlm-uffd-server (its bulk sockets' SO_RCVBUF; 0: autotuning)
 #   --json FILE        also write the figures as one JSON object
 #   --keep             keep the work directory (/dev/shm/tlm-bench.*)
 #
@@ -42,12 +46,14 @@ size=1G
 json_out=
 keep=0
 ps_opts=()
+ud_opts=()
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) need_arg "$@"; size=$2; shift ;;
 	--json) need_arg "$@"; json_out=$2; shift ;;
 	--bulk-ahead) need_arg "$@"; ps_opts=(--bulk-ahead "$2"); shift ;;
+	--net-io|--bulk-rcvbuf) need_arg "$@"; ud_opts+=("$1" "$2"); shift ;;
 	--keep) keep=1 ;;
 	-h|--help) tlm_usage; exit 0 ;;
 	*) echo "$tlm_prog: unknown option '$1' (try --help)" >&2; exit 2 ;;
@@ -171,7 +177,7 @@ migrate() {
 	port=$(wait_line "$work/$label.ps.out" "port " | cut -d' ' -f2)
 	bg "$label.ud" "$bin/tlm-uffd-server" --sock "$work/$label.glue" \
 		--ctl "$work/$label.ud.ctl" --key "$work/key" --source "127.0.0.1:$port" \
-		--template "$work/dtmpl" --log-level warn
+		--template "$work/dtmpl" --log-level warn "${ud_opts[@]}"
 	local udpid=${pids[-1]}
 	until [ -S "$work/$label.glue" ]; do sleep 0.05; done
 	for k in $(seq "$n"); do
@@ -275,7 +281,9 @@ data_s = (c_dst["done_ms"] - c_dst["map_received_ms"]) / 1e3
 stream_s = (c_src["stream_ms"] - c_src["classify_ms"]) / 1e3
 fig = {
     "size_bytes": size, "pages": {k: pages[k] for k in ("template", "zero", "ref", "data")},
-    "bulk_ahead": ahead,
+    "bulk_ahead": ahead, "net_io": json.load(open(f"{work}/C.dst.json"))["net_io"],
+    # run C's daemon did one region's whole migration: its CPU time per page of it
+    "dst_cpu_us_per_page": json.load(open(f"{work}/C.dst.json"))["cpu_us"] / c_dst["pages"]["total"],
     "template_fault_p50_us": lat(a_dst, "template")["p50_us"],
     "template_fault_p99_us": lat(a_dst, "template")["p99_us"],
     "template_faults": lat(a_dst, "template")["count"],

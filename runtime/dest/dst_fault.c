@@ -194,6 +194,36 @@ static void fault_on_present(struct dst_region *r, uint64_t page)
 	dst_pg_fault_over(r, page, cls);
 }
 
+/*
+ * A DATA page the bulk stream brought already, in frames received but not handled yet:
+ * placed from there at once instead of after the frames ahead of it or a demand's round
+ * trip. Its frame finds it present later. A copy that fails its checksum is left to its
+ * frame (reported there, in stream order) and the page is demanded as usual.
+ */
+static bool place_buffered(struct dst_region *r, uint64_t page, int *rc)
+{
+	const uint8_t *d;
+	uint64_t sum;
+
+	if (dst_region_staging(r) || !dst_link_up(r))
+		return false;
+	d = r->link->ops->buffered(r->link, page, &sum);
+	if (!d || tlm_proto_page_sum(d) != sum)
+		return false;
+	r->st.data_from_buffer++;
+	*rc = dst_place_range(r, DST_HOW_COPY, page, 1, d, TLM_CLASS_DATA, DST_ALLOW_NORMAL,
+			      NULL);
+	return true;
+}
+
+static void demand(struct dst_region *r, uint64_t page, unsigned cls)
+{
+	log_debug("%s: fault on page %llu (class %s%s): demanded", r->id,
+		  (unsigned long long)page, cls ? tlm_class_name(cls) : "unknown",
+		  dst_stage_has(&r->stage, page) ? ", held copy" : "");
+	dst_pg_demand(r, page, 1);
+}
+
 void dst_fault_resolve(struct dst_region *r, uint64_t page)
 {
 	unsigned cls = dst_pg_cls(r, page);
@@ -220,12 +250,8 @@ void dst_fault_resolve(struct dst_region *r, uint64_t page)
 		else if (cls == TLM_CLASS_DATA && dst_stage_usable(r) &&
 			 dst_stage_has(&r->stage, page))
 			rc = dst_place_staged(r, page, 1);
-		else {
-			log_debug("%s: fault on page %llu (class %s%s): demanded", r->id,
-				  (unsigned long long)page, cls ? tlm_class_name(cls) : "unknown",
-				  dst_stage_has(&r->stage, page) ? ", held copy" : "");
-			dst_pg_demand(r, page, 1);
-		}
+		else if (cls != TLM_CLASS_DATA || !place_buffered(r, page, &rc))
+			demand(r, page, cls);
 	}
 	if (rc == -EAGAIN)
 		dst_pg_redo(r, page);

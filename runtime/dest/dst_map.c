@@ -13,7 +13,8 @@
 #include "log.h"
 #include "util.h"
 
-#define SWEEP_CHUNK 64               /* pages per ioctl between checks for events */
+#define SWEEP_CHUNK 64               /* pages per ioctl at most */
+#define SWEEP_YIELD 256              /* pages placed between checks for events */
 
 /* ---- runs ---------------------------------------------------------------------------------- */
 
@@ -449,12 +450,15 @@ static int sweep_place(struct dst_region *r, const struct tlm_run *run, uint64_t
 	return 0;
 }
 
-/* A guest fault must not wait behind the sweep: after the first chunk, it stops as soon
- * as an event waits. DATA runs without staged copies cost one unit of budget (nothing to
- * place: the pages come in PAGE messages). */
+/*
+ * A guest fault must not wait behind the sweep: every SWEEP_YIELD pages placed it stops
+ * if an event waits. Counted in pages, not runs: a map of short runs would otherwise pay
+ * an epoll_wait for every run of a page or two. DATA runs without staged copies cost one
+ * unit of budget (nothing to place: the pages come in PAGE messages).
+ */
 void dst_map_sweep(struct dst_region *r, uint64_t budget)
 {
-	bool first = true;
+	uint64_t placed = 0;
 
 	while (budget && r->mcur < r->map.n && dst_region_live(r)) {
 		const struct tlm_run *run = &r->map.run[r->mcur];
@@ -462,9 +466,11 @@ void dst_map_sweep(struct dst_region *r, uint64_t budget)
 		uint64_t n = left < SWEEP_CHUNK ? left : SWEEP_CHUNK;
 		bool skip = run->cls == TLM_CLASS_DATA && !dst_stage_usable(r);
 
-		if (!first && !skip && tlm_evloop_should_yield(r->loop))
-			break;
-		first = false;
+		if (placed >= SWEEP_YIELD && !skip) {
+			placed = 0;
+			if (tlm_evloop_should_yield(r->loop))
+				break;
+		}
 		if (n > budget)
 			n = budget;
 		if (skip)
@@ -472,6 +478,7 @@ void dst_map_sweep(struct dst_region *r, uint64_t budget)
 		else if (sweep_place(r, run, page, r->mpos, n))
 			return;
 		budget -= skip ? 1 : n;
+		placed += skip ? 0 : n;
 		r->mpos += n;
 		if (r->mpos == run->len) {
 			r->mcur++;

@@ -17,12 +17,14 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "dst_fetch.h"
 #include "dst_region.h"
 #include "evloop.h"
 #include "log.h"
+#include "tlm_bytes.h"
 #include "util.h"
 
 #define CONNECT_TIMEOUT_MS   3000
@@ -41,9 +43,10 @@ struct dst_peer;
 struct dst_conn {
 	struct dst_peer *p;
 	struct tlm_conn c;               /* c.fd -1 while down */
-	struct tlm_evsrc src;            /* c.fd in the loop while up */
+	struct tlm_evsrc src;            /* c.fd (or rx.efd) in the loop while up */
+	struct dst_rx rx;                /* bulk input through io_uring (uring set) */
 	uint8_t chan;                    /* TLM_CHAN_URGENT / TLM_CHAN_BULK */
-	bool up;
+	bool up, uring;
 };
 
 struct dst_peer {
@@ -135,8 +138,11 @@ static void conn_close(struct dst_conn *c)
 	r->st.wire_in += c->c.bytes_in;
 	r->st.wire_out += c->c.bytes_out;
 	tlm_evloop_del(r->loop, &c->src);
+	if (c->uring)
+		dst_rx_close(&c->rx, &c->c);
 	tlm_conn_fini(&c->c);          /* closes the fd */
 	c->up = false;
+	c->uring = false;
 }
 
 /* Close both sessions (counters are added to the region's stats); tell the region unless
@@ -173,6 +179,13 @@ static int job_channel(struct dst_connect_job *j, uint8_t chan)
 	}
 	if (!rc)
 		rc = tlm_tcp_keepalive(fd, KEEPALIVE_IDLE_S, KEEPALIVE_TIMEOUT_S);
+	/* Bounded: a page waiting in the socket cannot be placed for a fault that wants it,
+	 * one in our input buffer can (link_buffered); and what waits there counts against
+	 * the source's --bulk-ahead as stream ahead of a queued page. */
+	if (!rc && chan == TLM_CHAN_BULK && j->cfg->bulk_rcvbuf &&
+	    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &j->cfg->bulk_rcvbuf,
+		       sizeof(j->cfg->bulk_rcvbuf)) < 0)
+		rc = -errno;
 	if (!rc)
 		rc = tlm_set_nonblock(fd, 1);
 	if (rc) {
@@ -237,6 +250,21 @@ static struct dst_connect_job *job_start(struct dst_peer *p)
 	return NULL;
 }
 
+/* Bulk input through a ring of its own (--net-io): the loop watches its eventfd, and the
+ * first RECV is armed now (bytes may be waiting already). read() if the ring fails. */
+static void attach_uring(struct dst_conn *c)
+{
+	int rc = dst_rx_open(&c->rx);
+
+	if (rc) {
+		log_warn("%s: bulk session: io_uring: %s; reading it with read()", c->p->r->id,
+			 strerror(-rc));
+		return;
+	}
+	c->uring = true;
+	c->src.fd = c->rx.efd;
+}
+
 /* A handshaken socket joins the event loop; closed on failure. */
 static int attach_session(struct dst_conn *c, int fd)
 {
@@ -248,8 +276,16 @@ static int attach_session(struct dst_conn *c, int fd)
 		return rc;
 	}
 	c->src.fd = fd;
+	if (c->chan == TLM_CHAN_BULK && c->p->cfg->net_io == DST_NET_IO_URING)
+		attach_uring(c);
 	rc = tlm_evloop_add(c->p->r->loop, &c->src, EPOLLIN);
-	if (rc) {
+	if (!rc && c->uring)
+		rc = (int)dst_rx_fill(&c->rx, &c->c);
+	if (rc && rc != -EAGAIN) {
+		tlm_evloop_del(c->p->r->loop, &c->src);
+		if (c->uring)
+			dst_rx_close(&c->rx, &c->c);
+		c->uring = false;
 		tlm_conn_fini(&c->c);
 		return rc;
 	}
@@ -640,15 +676,18 @@ static void bulk_pause(struct dst_conn *c)
 /*
  * Read and handle input: every buffered frame is handled before the next read (a frame
  * left in the buffer would get no EPOLLIN), at most READS_PER_EVENT reads so one busy
- * session cannot starve the others (epoll is level-triggered: it comes back).
+ * session cannot starve the others (epoll is level-triggered: it comes back; a ring
+ * only once a RECV is armed again, which the last read may have found no room for).
  */
 static void conn_input(struct dst_conn *c)
 {
 	unsigned budget = c->chan == TLM_CHAN_URGENT ? UINT_MAX : PAGES_PER_CALL;
+	int rc;
+
 	for (int reads = 0;; reads++) {
-		int rc = handle_frames(c, budget);
 		ssize_t n;
 
+		rc = handle_frames(c, budget);
 		if (rc < 0)
 			return;
 		if (rc > 0) {
@@ -657,8 +696,8 @@ static void conn_input(struct dst_conn *c)
 			return;
 		}
 		if (reads == READS_PER_EVENT)
-			return;
-		n = tlm_conn_read(&c->c);
+			break;
+		n = c->uring ? dst_rx_fill(&c->rx, &c->c) : tlm_conn_read(&c->c);
 		if (n == -EAGAIN)
 			return;
 		if (n <= 0) {
@@ -667,6 +706,9 @@ static void conn_input(struct dst_conn *c)
 		}
 		c->p->last_input_ns = tlm_now_ns();
 	}
+	rc = c->uring ? dst_rx_arm(&c->rx, &c->c) : 0;
+	if (rc)
+		conn_broken(c, strerror(-rc));
 }
 
 static void on_conn(struct tlm_evsrc *src, uint32_t events)
@@ -715,6 +757,36 @@ static size_t link_demand_room(const struct dst_link *l)
 	if (!peer_up(p) || p->nbacklog)
 		return 0;
 	return tlm_conn_space(&p->urg.c) / tlm_proto_frame_size(&m);
+}
+
+/*
+ * A demanded page may already sit in the bulk input buffer, behind frames not handled
+ * yet (paused by the budget, or just received): the frames after the last one handled
+ * are looked through without being consumed. Only PAGES frames are decoded (a CLASS_MAP
+ * decode would reuse the run storage the map being applied may point into).
+ */
+static const uint8_t *link_buffered(const struct dst_link *l, uint64_t page, uint64_t *sum)
+{
+	const struct tlm_conn *c = &peer_of(l)->bulk.c;
+	struct tlm_msg m;
+
+	if (!peer_of(l)->bulk.up)
+		return NULL;
+	for (size_t off = c->rconsumed; off < c->rlen;) {
+		const uint8_t *f = c->rbuf + off;
+		ssize_t flen = tlm_proto_frame_len(f, c->rlen - off, NULL, 0);
+
+		if (flen <= 0 || (size_t)flen > c->rlen - off)
+			return NULL;
+		off += (size_t)flen;
+		if (tlm_le16_get(f + 4) != TLM_MSG_PAGES ||
+		    tlm_proto_decode(f, (size_t)flen, &m, NULL, 0, NULL, 0) ||
+		    page < m.u.pages.page || page - m.u.pages.page >= m.u.pages.count)
+			continue;
+		*sum = tlm_proto_pages_sum(&m, (uint32_t)(page - m.u.pages.page));
+		return m.u.pages.data + (page - m.u.pages.page) * TLM_PROTO_PAGE_SIZE;
+	}
+	return NULL;
 }
 
 /* Resume bulk input stopped by its budget (or a yield); handle what it buffered. */
@@ -766,6 +838,7 @@ static const struct dst_link_ops peer_ops = {
 	.up = link_up,
 	.demand = link_demand,
 	.demand_room = link_demand_room,
+	.buffered = link_buffered,
 	.pump = link_pump,
 	.tick = link_tick,
 	.wire = link_wire,

@@ -26,17 +26,21 @@
 
 #include <stdint.h>
 
+#include "dst_rx.h"
 #include "tlm_proto.h"
 
 struct dst_region;
 
 #define DST_PEER_RETRY_MAX_MS 2000      /* backoff ceiling between connection attempts */
+#define DST_PEER_RCVBUF_DEFAULT (1u << 20)  /* bulk SO_RCVBUF (--bulk-rcvbuf) */
 
 /* The daemon's settings every peer shares (they must outlive the peers). */
 struct dst_peer_cfg {
 	struct tlm_key key;              /* --key: pre-shared with the source */
 	uint64_t outage_limit_ms;        /* --outage-limit: source unreachable -> paused */
 	uint64_t stall_ms;               /* --stall-timeout: demands unanswered -> reconnect */
+	enum dst_net_io net_io;          /* bulk input: uring or syscall (chosen at start) */
+	int bulk_rcvbuf;                 /* SO_RCVBUF of bulk sockets, bytes (0: autotuning) */
 };
 
 /* Give r its link (r->link), idle until the region connects it. 0 or -ENOMEM. */

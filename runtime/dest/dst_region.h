@@ -107,6 +107,9 @@ struct dst_link_ops {
 	int (*demand)(struct dst_link *l, uint64_t page, uint32_t count);
 	/* DEMAND frames that fit in the output right now (0 while demands wait). */
 	size_t (*demand_room)(const struct dst_link *l);
+	/* The content and checksum of page in a bulk PAGES frame received but not handled
+	 * yet, or NULL (valid until the link's input is handled or read again). */
+	const uint8_t *(*buffered)(const struct dst_link *l, uint64_t page, uint64_t *sum);
 	/* Handle input held back (bulk frame budget, a yield); true if more is pending. */
 	bool (*pump)(struct dst_link *l);
 	/* Timer tick: retries, stalls, lost sessions. */
@@ -218,6 +221,7 @@ struct dst_region_stats {
 	uint64_t faults, faults_by_class[TLM_CLASS_DATA + 1], faults_present, faults_removed;
 	uint64_t placed_by_class[TLM_CLASS_DATA + 1];
 	uint64_t data_pages_in, data_pages_dropped;      /* PAGEs received / not used */
+	uint64_t data_from_buffer;       /* faults placed from bulk frames not handled yet */
 	uint64_t demand_msgs, demand_pages, checksum_errors, eexist, continue_fallbacks;
 	uint64_t finish_demanded;                         /* DATA pages missing after DONE */
 	uint64_t wire_in, wire_out;                       /* of closed sessions */

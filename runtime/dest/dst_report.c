@@ -147,6 +147,7 @@ void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_u64(j, "demand_pages", st->demand_pages);
 	tlm_json_u64(j, "data_pages_received", st->data_pages_in);
 	tlm_json_u64(j, "data_pages_dropped", st->data_pages_dropped);
+	tlm_json_u64(j, "data_from_buffer", st->data_from_buffer);
 	tlm_json_u64(j, "checksum_errors", st->checksum_errors);
 	tlm_json_u64(j, "eexist", st->eexist);
 	tlm_json_u64(j, "continue_fallbacks", st->continue_fallbacks);

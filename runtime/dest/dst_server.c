@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -372,6 +373,26 @@ int dst_server_run(struct dst_server *s)
 
 /* ---- setup ------------------------------------------------------------------------------------- */
 
+/*
+ * Template pages are copied out of our mapping (REF pages, holes in the page cache) and
+ * hashed there: mapped at once (MADV_POPULATE_READ, Linux 5.14), the first use of each
+ * page takes no page fault in the daemon, which would delay a guest's fault. A kernel
+ * without it says EINVAL: the pages are then mapped as they are used.
+ */
+static void populate_template(const struct tlm_tmpl *t, const char *path)
+{
+	size_t len = tlm_tmpl_page_count(t) * TLM_PAGE_SIZE;
+
+	if (madvise((void *)tlm_tmpl_page(t, 0), len, MADV_POPULATE_READ) == 0)
+		log_info("template %s: mapped at once (MADV_POPULATE_READ)", path);
+	else if (errno == EINVAL)
+		log_info("template %s: not populated (this kernel lacks MADV_POPULATE_READ): "
+			 "pages are mapped as they are used", path);
+	else
+		log_warn("template %s: MADV_POPULATE_READ: %s; pages are mapped as they are used",
+			 path, strerror(errno));
+}
+
 static int open_templates(struct dst_server *s, const struct dst_server_opts *o)
 {
 	char err[512], hex[33];
@@ -390,6 +411,7 @@ static int open_templates(struct dst_server *s, const struct dst_server_opts *o)
 		tlm_digest_hex(tlm_tmpl_digest(s->tmpls[i]), hex);
 		log_info("template %s: %llu pages, digest %s", o->tmpl[i],
 			 (unsigned long long)tlm_tmpl_page_count(s->tmpls[i]), hex);
+		populate_template(s->tmpls[i], o->tmpl[i]);
 	}
 	return 0;
 }
@@ -432,6 +454,23 @@ static int open_fds(struct dst_server *s, const struct dst_server_opts *o)
 	return 0;
 }
 
+/* Bulk input: io_uring or read(), by a probe of what this kernel lets us do. */
+static int choose_net_io(struct dst_server *s, const struct dst_server_opts *o)
+{
+	char why[160];
+
+	if (dst_net_io_choose(o->net_io, &s->peer.net_io, why, sizeof(why)) < 0) {
+		log_error("--net-io uring: %s", why);
+		return -1;
+	}
+	if (s->peer.net_io == DST_NET_IO_URING)
+		log_info("bulk input: io_uring (IORING_OP_RECV kept armed)");
+	else
+		log_info("bulk input: read()%s%s%s", why[0] ? " (io_uring unavailable: " : "",
+			 why, why[0] ? ")" : "");
+	return 0;
+}
+
 /* Everything starts closed (-1) so that dst_server_close can run after any failure. */
 int dst_server_open(struct dst_server *s, const struct dst_server_opts *o)
 {
@@ -443,11 +482,14 @@ int dst_server_open(struct dst_server *s, const struct dst_server_opts *o)
 				  .sock_path = o->sock, .ctl_path = o->ctl };
 	s->peer.outage_limit_ms = o->outage_limit_ms;
 	s->peer.stall_ms = o->stall_ms;
+	s->peer.bulk_rcvbuf = (int)o->bulk_rcvbuf;
 	s->stage.max = o->stage_max;
 	if (tlm_key_load(o->key, &s->peer.key, err, sizeof(err)) < 0) {
 		log_error("--key %s", err);
 		return -1;
 	}
+	if (choose_net_io(s, o) < 0)
+		return -1;
 	if (open_templates(s, o) < 0 || open_fds(s, o) < 0)
 		return -1;
 	log_info("ready: glue socket %s, control socket %s, %zu template(s)%s%s", o->sock,

@@ -37,6 +37,8 @@ struct dst_server_opts {
 	bool exit_when_done, progress;
 	uint64_t outage_limit_ms, stall_ms;
 	uint64_t stage_max;                      /* --stage-max, bytes (0: hold nothing) */
+	enum dst_net_io net_io;                  /* --net-io */
+	uint64_t bulk_rcvbuf;                    /* --bulk-rcvbuf, bytes (0: autotuning) */
 };
 
 struct dst_server {

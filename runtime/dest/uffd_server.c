@@ -23,7 +23,8 @@ struct opts {
 static const char usage_text[] =
 "usage: tlm-uffd-server --sock GLUESOCK --ctl CTLSOCK --key KEYFILE [--source HOST:PORT]\n"
 "                       [--template PAGES]... [--outage-limit S] [--stall-timeout S]\n"
-"                       [--stage-max MIB] [--exit-when-done] [--log-level L] [--progress]\n"
+"                       [--stage-max MIB] [--net-io MODE] [--bulk-rcvbuf KIB]\n"
+"                       [--exit-when-done] [--log-level L] [--progress]\n"
 "\n"
 "Destination daemon of tlm: receives guest RAM regions and their userfaultfds from\n"
 "libtlm-glue.so over GLUESOCK and resolves the guest's page faults: template pages from the\n"
@@ -42,6 +43,12 @@ static const char usage_text[] =
 "  --stage-max MIB    memory for DATA pages the source pre-sends while its guest still\n"
 "                     runs, all regions together (default 1024; 0 holds none); pages\n"
 "                     that do not fit are fetched later like any missing page\n"
+"  --net-io MODE      how the bulk stream is received: uring (io_uring RECV kept\n"
+"                     armed), syscall (read() when readable), auto (default: uring\n"
+"                     if this kernel allows it, else syscall; the log says which)\n"
+"  --bulk-rcvbuf KIB  receive buffer of a bulk socket (SO_RCVBUF, default 1024; 0: the\n"
+"                     kernel's autotuning): what waits there is out of reach of a\n"
+"                     fault that wants one of its pages\n"
 "  --exit-when-done   exit once a region completed and none is active\n"
 "  --log-level L      error | warn | info (default) | debug\n"
 "  --progress         one progress line per second and region (default on a TTY)\n"
@@ -75,16 +82,19 @@ static int opt_seconds(const char *name, const char *arg, uint64_t *ms)
 	return 0;
 }
 
-static int opt_mib(const char *name, const char *arg, uint64_t *bytes)
+/* A size given in units of 1 << shift bytes (KiB: 10, MiB: 20), 0..max units. */
+static int opt_size(const char *name, const char *arg, unsigned shift, uint64_t max,
+		    uint64_t *bytes)
 {
 	char *end;
 	unsigned long long v;
 
 	errno = 0;
 	v = strtoull(arg, &end, 10);
-	if (end == arg || *end || errno || arg[0] == '-' || v > (1ull << 24))
-		return opt_fail("%s '%s': expected MiB, 0..16777216", name, arg);
-	*bytes = (uint64_t)v << 20;
+	if (end == arg || *end || errno || arg[0] == '-' || v > max)
+		return opt_fail("%s '%s': expected %s, 0..%llu", name, arg,
+				shift == 20 ? "MiB" : "KiB", (unsigned long long)max);
+	*bytes = (uint64_t)v << shift;
 	return 0;
 }
 
@@ -115,7 +125,13 @@ static int opt_one(struct opts *opts, int c, const char *arg)
 	case 'T':
 		return opt_seconds("--stall-timeout", arg, &o->stall_ms);
 	case 'm':
-		return opt_mib("--stage-max", arg, &o->stage_max);
+		return opt_size("--stage-max", arg, 20, 1ull << 24, &o->stage_max);
+	case 'r':
+		return opt_size("--bulk-rcvbuf", arg, 10, 1ull << 20, &o->bulk_rcvbuf);
+	case 'n':
+		if (dst_net_io_parse(arg, &o->net_io) < 0)
+			return opt_fail("--net-io '%s': expected uring, syscall or auto", arg);
+		return 0;
 	case 'x': o->exit_when_done = true; return 0;
 	case 'p': o->progress = true; return 0;
 	case 'l':
@@ -140,6 +156,8 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 		{ "outage-limit", required_argument, NULL, 'o' },
 		{ "stall-timeout", required_argument, NULL, 'T' },
 		{ "stage-max", required_argument, NULL, 'm' },
+		{ "net-io", required_argument, NULL, 'n' },
+		{ "bulk-rcvbuf", required_argument, NULL, 'r' },
 		{ "exit-when-done", no_argument, NULL, 'x' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "progress", no_argument, NULL, 'p' },
@@ -153,6 +171,7 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 	o->outage_limit_ms = 60000;
 	o->stall_ms = 10000;
 	o->stage_max = DST_STAGE_MAX_DEFAULT;
+	o->bulk_rcvbuf = DST_PEER_RCVBUF_DEFAULT;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(usage_text, stdout);

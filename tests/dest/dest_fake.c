@@ -223,6 +223,16 @@ static size_t fl_demand_room(const struct dst_link *l)
 	return link_of(l)->up ? link_of(l)->room : 0;
 }
 
+static const uint8_t *fl_buffered(const struct dst_link *l, uint64_t page, uint64_t *sum)
+{
+	const struct fk_link *k = link_of(l);
+
+	if (!k->buf_data || page != k->buf_page)
+		return NULL;
+	*sum = k->buf_sum;
+	return k->buf_data;
+}
+
 static bool fl_pump(struct dst_link *l)
 {
 	link_of(l)->pumps++;
@@ -248,7 +258,7 @@ static void fl_release(struct dst_link *l)
 
 static const struct dst_link_ops fk_link_ops = {
 	.connect = fl_connect, .up = fl_up, .demand = fl_demand, .demand_room = fl_demand_room,
-	.pump = fl_pump, .tick = fl_tick, .wire = fl_wire, .release = fl_release,
+	.buffered = fl_buffered, .pump = fl_pump, .tick = fl_tick, .wire = fl_wire, .release = fl_release,
 };
 
 /* ---- the fixture ------------------------------------------------------------------------------- */

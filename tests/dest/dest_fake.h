@@ -79,6 +79,9 @@ struct fk_link {
 	size_t room;                     /* what demand_room answers (default: plenty) */
 	int demand_rc;                   /* 0, or -ENOMEM to refuse demands */
 	uint64_t wire_in;
+	/* A PAGES frame received, not handled yet: what `buffered` finds for buf_page. */
+	uint64_t buf_page, buf_sum;
+	const uint8_t *buf_data;         /* NULL: nothing buffered */
 };
 
 /* ---- the fixture ------------------------------------------------------------------------------- */

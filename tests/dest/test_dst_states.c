@@ -87,6 +87,42 @@ static void test_fault_demand_page(void **state)
 	fx_fini(&x);
 }
 
+/* A DATA page whose copy sits in bulk input not handled yet is placed from there at once
+ * (no demand); its frame, handled later, finds it present. A copy that fails its checksum
+ * is not used: the page is demanded. */
+static void test_fault_from_bulk_buffer(void **state)
+{
+	const struct tlm_run data16 = { TLM_CLASS_DATA, 16, 0 };
+	struct fx x;
+
+	fx_init(&x, 16, FX_NOTMPL);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, true, &data16, 1), 0);
+	x.l.buf_page = 5;
+	x.l.buf_data = fx_data(5);
+	x.l.buf_sum = tlm_proto_page_sum(fx_data(5));
+	fx_fault(&x, 5);
+	assert_int_equal(x.l.ndem, 0);
+	assert_int_equal(fx_state(&x, 5), DST_PRESENT);
+	assert_memory_equal(fk_mem(&x.u, 5), fx_data(5), FX_PS);
+	assert_int_equal(x.r->st.data_from_buffer, 1);
+	assert_int_equal(x.r->nfaults, 0);
+
+	assert_int_equal(fx_pages(&x, 4, 4, 0, 0), 0);       /* its frame comes in */
+	assert_int_equal(x.r->st.data_pages_dropped, 1);
+	assert_int_equal(fk_pages(&x.u, FK_COPY), 4);
+
+	x.l.buf_page = 9;
+	x.l.buf_data = fx_data(9);
+	x.l.buf_sum = tlm_proto_page_sum(fx_data(9)) ^ 1;
+	fx_fault(&x, 9);
+	assert_int_equal(x.l.ndem, 1);
+	assert_int_equal(x.l.dem[0], 9);
+	assert_int_equal(fx_state(&x, 9), DST_REQUESTED);
+	assert_int_equal(x.r->st.data_from_buffer, 1);
+	fx_fini(&x);
+}
+
 /* A fault while the link is down waits (nothing placed, nothing demanded) until the link
  * connects; a link that cannot queue the demand leaves the page MISSING. */
 static void test_fault_waits_for_link(void **state)
@@ -390,6 +426,7 @@ int main(void)
 		cmocka_unit_test(test_attach_starts_link),
 		cmocka_unit_test(test_template_region_needs_minor),
 		cmocka_unit_test(test_fault_demand_page),
+		cmocka_unit_test(test_fault_from_bulk_buffer),
 		cmocka_unit_test(test_fault_waits_for_link),
 		cmocka_unit_test(test_remove_then_fault_zero),
 		cmocka_unit_test(test_late_data_for_removed_dropped),

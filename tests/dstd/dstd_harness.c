@@ -169,6 +169,10 @@ int h_daemon_start(struct h_env *e, const char *source, bool with_template,
 	argv[n++] = e->key;
 	argv[n++] = "--log-level";
 	argv[n++] = "debug";
+	if (getenv("TLM_TEST_NET_IO")) {         /* the bulk input path under test */
+		argv[n++] = "--net-io";
+		argv[n++] = getenv("TLM_TEST_NET_IO");
+	}
 	if (source) {
 		argv[n++] = "--source";
 		argv[n++] = source;

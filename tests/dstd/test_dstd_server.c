@@ -246,6 +246,10 @@ static void test_bad_options(void **state)
 				 "--outage-limit", "0", NULL };
 	const char *stage[] = { bin, "--sock", "/tmp/a", "--ctl", "/tmp/b", "--key", "/tmp/k",
 				"--stage-max", "lots", NULL };
+	const char *netio[] = { bin, "--sock", "/tmp/a", "--ctl", "/tmp/b", "--key", "/tmp/k",
+				"--net-io", "epoll", NULL };
+	const char *rcvbuf[] = { bin, "--sock", "/tmp/a", "--ctl", "/tmp/b", "--key", "/tmp/k",
+				 "--bulk-rcvbuf", "-1", NULL };
 	const char *help[] = { bin, "--help", NULL };
 
 	snprintf(bin, sizeof(bin), "%s/tlm-uffd-server", dir);
@@ -262,6 +266,12 @@ static void test_bad_options(void **state)
 	assert_non_null(strstr(err, "--outage-limit '0'"));
 	assert_int_equal(h_run_daemon_args(stage, err, sizeof(err)), 2);
 	assert_non_null(strstr(err, "--stage-max 'lots'"));
+	assert_int_equal(h_run_daemon_args(netio, err, sizeof(err)), 2);
+	assert_non_null(strstr(err, "--net-io 'epoll': expected uring, syscall or auto"));
+	assert_int_equal(lines(err), 1);
+	assert_int_equal(h_run_daemon_args(rcvbuf, err, sizeof(err)), 2);
+	assert_non_null(strstr(err, "--bulk-rcvbuf '-1'"));
+	assert_int_equal(lines(err), 1);
 	assert_int_equal(h_run_daemon_args(help, err, sizeof(err)), 0);
 	assert_non_null(strstr(err, "usage: tlm-uffd-server"));
 	assert_non_null(strstr(err, "--stage-max MIB"));

@@ -176,11 +176,13 @@ static void w_start_page_server(void)
 static void w_start_uffd_server(struct e2e_proc *p, const char *sock, const char *ctl,
 				const char *key, const char *log)
 {
+	/* TLM_TEST_NET_IO: the bulk input path under test (ctest runs each). */
+	char *net_io = getenv("TLM_TEST_NET_IO") ? getenv("TLM_TEST_NET_IO") : "auto";
 	char *argv[] = { W->bin_us, "--sock", (char *)sock, "--ctl", (char *)ctl, "--key",
 			 (char *)key, "--source", W->source, "--template", W->tmpl, "--template",
-			 W->tmpl2, "--log-level", "info", NULL };
+			 W->tmpl2, "--log-level", "info", "--net-io", net_io, NULL };
 	uint64_t end = tt_now_ms() + 20000;
-	char *js = NULL;
+	char want[64], *js = NULL;
 
 	assert_int_equal(e2e_spawn(p, "uffd-server", argv, NULL, log), 0);
 	while (!js && tt_now_ms() < end) {
@@ -189,7 +191,15 @@ static void w_start_uffd_server(struct e2e_proc *p, const char *sock, const char
 	}
 	if (!js)
 		fail_msg("tlm-uffd-server does not answer on %s (see %s)", ctl, log);
+	snprintf(want, sizeof(want), "\"net_io\":\"%s\"", net_io);
+	if (strcmp(net_io, "auto") && !strstr(js, want))
+		fail_msg("tlm-uffd-server stats lack %s: %s", want, js);
 	free(js);
+	/* Templates mapped at once where the kernel can, and either way the log says so. */
+	if (!e2e_file_contains(log, "mapped at once (MADV_POPULATE_READ)") &&
+	    !e2e_file_contains(log, "not populated (this kernel lacks MADV_POPULATE_READ)"))
+		fail_msg("tlm-uffd-server does not say whether its templates were populated "
+			 "(see %s)", log);
 }
 
 static void w_freeze(struct w_vm *v)

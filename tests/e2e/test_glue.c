@@ -7,7 +7,7 @@
  * checks what the guest reads. Proves: the interposition, the private template mapping
  * (frames shared with the page cache, template file never written), fd passing in both
  * arming modes, REMOVE events on discards, DONE handling, and the refusals (template too
- * short, daemon absent).
+ * short, daemon absent, guest RAM on hugetlbfs).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -467,6 +468,38 @@ static void test_template_too_short(void **state)
 	e2e_close(&g);
 }
 
+/*
+ * Guest RAM on hugetlbfs: refused before anything is mapped, with one line saying what to
+ * change. The mount needs no reserved huge pages: the glue refuses before the mmap that
+ * would reserve them.
+ */
+static void test_ram_on_hugetlbfs(void **state)
+{
+	struct fx *f = *state;
+	char mnt[560];
+	struct e2e_proc g;
+	int st;
+
+	snprintf(mnt, sizeof(mnt), "%s/huge", f->dir);
+	assert_int_equal(mkdir(mnt, 0700), 0);
+	if (mount("tlm-test", mnt, "hugetlbfs", 0, "pagesize=2M") < 0) {
+		print_message("skipped: cannot mount hugetlbfs (%s): this kernel has no 2 MiB "
+			      "huge pages or we are not root\n", strerror(errno));
+		skip();
+	}
+	snprintf(f->ram, sizeof(f->ram), "%s/ram", mnt);   /* fixture is per test */
+	fx_build_content(f, true);
+	fx_write_manifest(f);
+	fx_spawn_dest(f, &g, "map", true, f->sock, NULL);
+	assert_int_equal(e2e_wait(&g, 10000, &st), 0);
+	unlink(f->ram);
+	umount2(mnt, MNT_DETACH);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+	assert_true(e2e_file_contains(f->log, "is on hugetlbfs (2048 KiB pages): tlm places 4 KiB "
+				      "pages; back the guest with memory-backend-file on tmpfs"));
+	e2e_close(&g);
+}
+
 static void test_daemon_absent(void **state)
 {
 	struct fx *f = *state;
@@ -535,6 +568,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deferred_anonymous, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_template_too_short, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_absent, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_ram_on_hugetlbfs, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_source_private, fx_setup, fx_teardown),
 	};
 	uint64_t feat = 0, ioctls = 0;
