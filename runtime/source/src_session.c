@@ -550,14 +550,45 @@ static int bulk_map(struct tlm_ps_sess *s)
 	return 1;
 }
 
-/* Next DATA pages not yet sent on urgent, read in one go. 0, or -errno. */
+/*
+ * Where the next read-ahead goes: 0 with *buf (NULL for file sources, read in place),
+ * -EAGAIN, or -ENOMEM. Pid sources read into one of PS_RA_BUFS buffers in turn, and
+ * PAGES frames reference the buffer rather than copy it (tlm_conn_queue_ref): here the
+ * lifetime rule is enforced. The buffer being left is busy until everything queued so far
+ * is written; the next one is refilled only once its own frames are (-EAGAIN until then:
+ * output is pending, so EPOLLOUT brings the pump back).
+ */
+static int ra_buffer(struct tlm_ps_sess *s, uint8_t **buf)
+{
+	unsigned k = (s->ra_cur + 1) % PS_RA_BUFS;
+
+	*buf = NULL;
+	if (s->r->kind != TLM_SRC_PID)
+		return 0;
+	if (!s->ra_buf)
+		s->ra_buf = malloc((size_t)PS_RA_BUFS * TLM_SRC_READ_MAX * TLM_PAGE_SIZE);
+	if (!s->ra_buf)
+		return -ENOMEM;
+	s->ra_busy[s->ra_cur] = tlm_conn_end(&s->c);
+	if (s->c.bytes_out < s->ra_busy[k])
+		return -EAGAIN;
+	s->ra_cur = k;
+	*buf = s->ra_buf + (size_t)k * TLM_SRC_READ_MAX * TLM_PAGE_SIZE;
+	return 0;
+}
+
+/* Next DATA pages not yet sent on urgent, read in one go. 0, -EAGAIN (no free read-ahead
+ * buffer yet), or -errno. */
 static int bulk_readahead(struct tlm_ps_sess *s)
 {
 	struct tlm_src_region *r = s->r;
 	char err[200];
 	unsigned n = 0;
-	int rc;
+	uint8_t *buf;
+	int rc = ra_buffer(s, &buf);
 
+	if (rc < 0)
+		return rc;
 	for (; s->cursor < r->page_count && n < TLM_SRC_READ_MAX; s->cursor++) {
 		if ((r->map.cls[s->cursor] & TLM_CLS_MASK) != TLM_CLASS_DATA)
 			continue;
@@ -571,12 +602,7 @@ static int bulk_readahead(struct tlm_ps_sess *s)
 	s->ra_n = n;
 	if (!n)
 		return 0;
-	if (r->kind == TLM_SRC_PID && !s->ra_buf) {
-		s->ra_buf = malloc(TLM_SRC_READ_MAX * TLM_PAGE_SIZE);
-		if (!s->ra_buf)
-			return -ENOMEM;
-	}
-	rc = tlm_src_read_pages(r, s->ra_page, n, s->ra_buf, s->ra_ptr, err, sizeof(err));
+	rc = tlm_src_read_pages(r, s->ra_page, n, buf, s->ra_ptr, err, sizeof(err));
 	if (rc < 0)
 		log_error("%s", err);
 	return rc;
@@ -644,7 +670,10 @@ static void bulk_remember(struct tlm_ps_sess *s, uint64_t page, uint32_t n)
 }
 
 /* One PAGES frame of n read-ahead pages from ra_i (pre-sent or not). 0, or -ENOBUFS (no
- * room yet). */
+ * room yet). The data is sent by reference when it cannot change before it is written:
+ * a read-ahead buffer (ra_buffer keeps it), or the file mapping of a frozen guest; a
+ * running guest's file mapping is copied, so that the data sent is what was read and
+ * summed (live.h: a page is valid as read, and the `wrote` bit speaks of that read). */
 static int queue_pages(struct tlm_ps_sess *s, uint32_t n)
 {
 	uint8_t sums[TLM_PROTO_MAX_PAGES * 8];
@@ -658,7 +687,10 @@ static int queue_pages(struct tlm_ps_sess *s, uint32_t n)
 	if (tlm_proto_frame_size(&m) > tlm_conn_space(&s->c))
 		return -ENOBUFS;
 	tlm_proto_pages_sums(sums, m.u.pages.data, n);
-	rc = tlm_conn_queue(&s->c, &m);
+	if (s->r->kind == TLM_SRC_PID || s->bstate == BULK_PAGES)
+		rc = tlm_conn_queue_ref(&s->c, &m);
+	else
+		rc = tlm_conn_queue(&s->c, &m);
 	if (rc == 0)
 		s->r->st.payload_bytes += (uint64_t)n * TLM_PAGE_SIZE;
 	return rc;
@@ -702,17 +734,13 @@ static int bulk_presend(struct tlm_ps_sess *s, unsigned budget)
 	struct tlm_src_region *r = s->r;
 	unsigned n = room_pages(s, budget);
 	char err[200];
+	uint8_t *buf;
+	int rc;
 
-	if (n == 0)
+	if (n == 0 || (rc = ra_buffer(s, &buf)) == -EAGAIN)
 		return 0;
-	n = postcopy_busy(s->ps) ? 0 : tlm_presend_pick(r, tlm_now_ns(), s->ra_page, n);
-	if (n && r->kind == TLM_SRC_PID && !s->ra_buf)
-		s->ra_buf = malloc(TLM_SRC_READ_MAX * TLM_PAGE_SIZE);
-	if (n && r->kind == TLM_SRC_PID && !s->ra_buf) {
-		tlm_presend_unread(r, s->ra_page, n);
-		n = 0;
-	} else if (n && tlm_presend_read(r, s->ra_page, n, s->ra_buf, s->ra_ptr, err,
-					 sizeof(err)) < 0) {
+	n = rc < 0 || postcopy_busy(s->ps) ? 0 : tlm_presend_pick(r, tlm_now_ns(), s->ra_page, n);
+	if (n && tlm_presend_read(r, s->ra_page, n, buf, s->ra_ptr, err, sizeof(err)) < 0) {
 		log_warn("%s; pre-sending stops", err);
 		tlm_presend_stop(r, err);
 		n = 0;
@@ -743,6 +771,8 @@ static int bulk_pages(struct tlm_ps_sess *s, unsigned budget)
 		if (s->cursor == r->page_count)
 			return bulk_done(s);
 		rc = bulk_readahead(s);
+		if (rc == -EAGAIN)
+			return 0;
 		if (rc < 0)
 			return rc;
 		if (s->ra_n == 0)         /* the rest was sent on urgent */

@@ -60,6 +60,7 @@ struct tlm_demand {
 
 #define PS_DEMAND_QUEUE 1024u   /* queued DEMANDs before we stop reading the socket */
 #define PS_BULK_FRAMES  8192u   /* bulk DATA frames remembered for demand_rides_bulk */
+#define PS_RA_BUFS      4u      /* read-ahead buffers: one is read while the others go out */
 
 /* Where a DATA frame queued on bulk ends in the session's stream (bytes). */
 struct tlm_bulk_frame {
@@ -97,7 +98,10 @@ struct tlm_ps_sess {
 	uint64_t ra_page[TLM_SRC_READ_MAX];   /* read-ahead: pages read, not yet queued */
 	const uint8_t *ra_ptr[TLM_SRC_READ_MAX];
 	unsigned ra_n, ra_i;
-	uint8_t *ra_buf;               /* TLM_SRC_READ_MAX pages, pid sources */
+	uint8_t *ra_buf;               /* PS_RA_BUFS buffers of TLM_SRC_READ_MAX pages, pid
+	                                * sources: queued PAGES frames reference them */
+	uint64_t ra_busy[PS_RA_BUFS];  /* buffer k is referenced until c.bytes_out gets here */
+	unsigned ra_cur;               /* the buffer the read-ahead is in */
 	struct tlm_bulk_frame *frames; /* ring of the last PS_BULK_FRAMES DATA frames, in
 	                                * page order (the cursor only moves forward) */
 	unsigned nframes, frame_head;
