@@ -263,6 +263,9 @@ fig = {
     "bulk_mb_per_s": bulk_bytes / 1e6 / data_s, "tcp_mb_per_s": tcp_mbs,
     "stream_with_map_mb_per_s": bulk_bytes / 1e6 / stream_s,
     "data_stream_ms": data_s * 1e3,
+    # the page server's whole CPU time in run C (classification included) per DATA page
+    "src_cpu_us_per_page": json.load(open(f"{work}/C.src.json"))["cpu_us"] /
+                           c_src["data_sent_bulk"],
     "wire_bytes": wire, "data_payload_bytes": data_payload,
     "wire_over_payload": wire / data_payload,
     "pss_two_vms_kb": pss_kb, "dst_memory_kb": dst_mem_kb,
