@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "pagebits.h"
 #include "util.h"
 
 #define PS_HANDSHAKE_MS 3000
@@ -171,7 +172,9 @@ void tlm_ps_reap(struct tlm_ps *ps, bool all)
 		}
 		*pp = s->next;
 		free(s->ra_buf);
-		free(s->frames);
+		free(s->frames.f);
+		free(s->jframes.f);
+		free(s->jumped);
 		free(s);
 	}
 }
@@ -341,24 +344,83 @@ static int reply_data(struct tlm_ps_sess *s, uint64_t page)
 	return rc;
 }
 
-/* Where in the bulk stream the frame holding page ends, 0 if it is not remembered. */
-static uint64_t bulk_frame_end(const struct tlm_ps_sess *b, uint64_t page)
+static const struct tlm_bulk_frame *ring_at(const struct tlm_bulk_ring *q, unsigned i)
 {
-	unsigned lo = 0, hi = b->nframes;   /* oldest .. newest, page order */
+	return &q->f[(q->head + i) % q->cap];
+}
+
+/* An empty ring of cap frames (no memory: demands are simply never left to bulk). */
+static void ring_reset(struct tlm_bulk_ring *q, unsigned cap)
+{
+	if (!q->f)
+		q->f = malloc(cap * sizeof(*q->f));
+	q->cap = cap;
+	q->n = q->head = 0;
+}
+
+static void ring_push(struct tlm_bulk_ring *q, struct tlm_bulk_frame f)
+{
+	if (!q->f)
+		return;
+	if (q->n == q->cap) {                   /* forget the oldest */
+		q->head = (q->head + 1) % q->cap;
+		q->n--;
+	}
+	q->f[(q->head + q->n++) % q->cap] = f;
+}
+
+/* The frame of a ring in page order holding page, or NULL. */
+static const struct tlm_bulk_frame *ring_bisect(const struct tlm_bulk_ring *q,
+						uint64_t page)
+{
+	unsigned lo = 0, hi = q->n;
 
 	while (lo < hi) {
 		unsigned mid = lo + (hi - lo) / 2;
-		const struct tlm_bulk_frame *f =
-			&b->frames[(b->frame_head + mid) % PS_BULK_FRAMES];
+		const struct tlm_bulk_frame *f = ring_at(q, mid);
 
 		if (page < f->page)
 			hi = mid;
 		else if (page >= f->page + f->count)
 			lo = mid + 1;
 		else
-			return f->end;
+			return f;
 	}
-	return 0;
+	return NULL;
+}
+
+/* Where in the bulk stream the frame holding page ends, 0 if it is not remembered: the
+ * cursor's frames are in page order, the few a jump sent are looked at newest first. */
+static uint64_t bulk_frame_end(const struct tlm_ps_sess *b, uint64_t page)
+{
+	const struct tlm_bulk_frame *f = ring_bisect(&b->frames, page);
+
+	for (unsigned i = b->jframes.n; !f && i-- > 0;) {
+		f = ring_at(&b->jframes, i);
+		if (page < f->page || page >= f->page + f->count)
+			f = NULL;
+	}
+	return f ? f->end : 0;
+}
+
+/*
+ * A demand for pages ahead of the bulk cursor: the guest works there, so the stream sends
+ * the next PS_JUMP_PAGES pages' DATA (the neighbourhood) next, then goes back to its
+ * cursor, as QEMU's postcopy does. The cursor skips what a jump sent, so each page still
+ * goes once. A newer demand moves the window.
+ */
+static void bulk_jump(struct tlm_src_region *r, uint64_t next)
+{
+	struct tlm_ps_sess *b = r->bulk;
+
+	if (!b || b->dead || next <= b->cursor || next >= r->page_count)
+		return;
+	if (!b->jumped)
+		b->jumped = calloc(tlm_pb_words(r->page_count), sizeof(*b->jumped));
+	if (!b->jumped)
+		return;
+	b->jump_page = next;
+	b->jump_left = PS_JUMP_PAGES;
 }
 
 /*
@@ -440,6 +502,7 @@ static int urgent_serve(struct tlm_ps_sess *s)
 			s->dq_done += used;
 			n++;
 		}
+		bulk_jump(r, d->page + d->count);
 		r->st.demand_requests++;
 		r->st.demand_pages += d->count;
 		s->dq_head = (s->dq_head + 1) % PS_DEMAND_QUEUE;
@@ -498,10 +561,12 @@ static void bulk_start(struct tlm_ps_sess *s)
 	if (s->carried_live)
 		log_info("%s: bulk session carried the live map: sending the %s map", s->r->id,
 			 fix ? "fix" : "whole");
-	/* A new bulk session sends everything again (reconnect: keep it simple). */
-	if (!s->frames)   /* no memory: demands are simply never left to bulk */
-		s->frames = malloc(PS_BULK_FRAMES * sizeof(*s->frames));
-	s->nframes = s->frame_head = 0;
+	/* A new bulk session sends everything again (reconnect: keep it simple). A jump
+	 * set by the demands answered just before (tlm_ps_region_ready) stands. */
+	ring_reset(&s->frames, PS_BULK_FRAMES);
+	ring_reset(&s->jframes, PS_JUMP_FRAMES);
+	if (s->jumped)
+		memset(s->jumped, 0, tlm_pb_words(s->r->page_count) * sizeof(*s->jumped));
 	s->skip_valid = fix;
 	s->cursor = 0;
 	s->data_passed = 0;
@@ -577,27 +642,72 @@ static int ra_buffer(struct tlm_ps_sess *s, uint8_t **buf)
 	return 0;
 }
 
-/* Next DATA pages not yet sent on urgent, read in one go. 0, -EAGAIN (no free read-ahead
+/* DATA page p goes without the stream: sent on urgent, or a valid pre-sent copy. */
+static bool ra_skip(const struct tlm_ps_sess *s, uint64_t p)
+{
+	return tlm_cls_sent(&s->r->map, p) || (s->skip_valid && tlm_presend_valid(s->r->pre, p));
+}
+
+static bool is_data(const struct tlm_src_region *r, uint64_t p)
+{
+	return (r->map.cls[p] & TLM_CLS_MASK) == TLM_CLASS_DATA;
+}
+
+/* The cursor's next DATA pages to send, into ra_page; returns how many. */
+static unsigned ra_pick_cursor(struct tlm_ps_sess *s)
+{
+	struct tlm_src_region *r = s->r;
+	unsigned n = 0;
+
+	for (; s->cursor < r->page_count && n < TLM_SRC_READ_MAX; s->cursor++) {
+		if (!is_data(r, s->cursor) || (s->jumped && tlm_pb_test(s->jumped, s->cursor)))
+			continue;           /* counted when the jump handled it */
+		if (ra_skip(s, s->cursor))
+			s->data_passed++;
+		else
+			s->ra_page[n++] = s->cursor;
+	}
+	return n;
+}
+
+/* The neighbourhood's next DATA pages to send, into ra_page: marked jumped (bulk_pages
+ * counts them in data_passed as it handles them, the cursor passes them by). */
+static unsigned ra_pick_jump(struct tlm_ps_sess *s)
+{
+	struct tlm_src_region *r = s->r;
+	unsigned n = 0;
+
+	for (; s->jump_left && s->jump_page < r->page_count && n < TLM_SRC_READ_MAX;
+	     s->jump_page++, s->jump_left--) {
+		uint64_t p = s->jump_page;
+
+		if (p < s->cursor || !is_data(r, p) || tlm_pb_test(s->jumped, p) ||
+		    ra_skip(s, p))
+			continue;
+		tlm_pb_set(s->jumped, p);
+		s->ra_page[n++] = p;
+	}
+	if (s->jump_page >= r->page_count)
+		s->jump_left = 0;
+	return n;
+}
+
+/* Next DATA pages to send, a jump's first, read in one go. 0, -EAGAIN (no free read-ahead
  * buffer yet), or -errno. */
 static int bulk_readahead(struct tlm_ps_sess *s)
 {
 	struct tlm_src_region *r = s->r;
 	char err[200];
-	unsigned n = 0;
+	unsigned n;
 	uint8_t *buf;
 	int rc = ra_buffer(s, &buf);
 
 	if (rc < 0)
 		return rc;
-	for (; s->cursor < r->page_count && n < TLM_SRC_READ_MAX; s->cursor++) {
-		if ((r->map.cls[s->cursor] & TLM_CLS_MASK) != TLM_CLASS_DATA)
-			continue;
-		if (tlm_cls_sent(&r->map, s->cursor) ||
-		    (s->skip_valid && tlm_presend_valid(r->pre, s->cursor)))
-			s->data_passed++;   /* on urgent, or a valid pre-sent copy */
-		else
-			s->ra_page[n++] = s->cursor;
-	}
+	n = s->jump_left ? ra_pick_jump(s) : 0;
+	s->ra_jump = n > 0;
+	if (!n)
+		n = ra_pick_cursor(s);
 	s->ra_i = 0;
 	s->ra_n = n;
 	if (!n)
@@ -654,21 +764,6 @@ static uint32_t bulk_run(const struct tlm_ps_sess *s, unsigned max)
 	return n;
 }
 
-/* The frame just queued (pages [page, page + n)) ends at this stream offset. */
-static void bulk_remember(struct tlm_ps_sess *s, uint64_t page, uint32_t n)
-{
-	struct tlm_bulk_frame *f;
-
-	if (!s->frames)
-		return;
-	if (s->nframes == PS_BULK_FRAMES) {           /* forget the oldest */
-		s->frame_head = (s->frame_head + 1) % PS_BULK_FRAMES;
-		s->nframes--;
-	}
-	f = &s->frames[(s->frame_head + s->nframes++) % PS_BULK_FRAMES];
-	*f = (struct tlm_bulk_frame){ page, n, s->c.bytes_out + tlm_conn_pending(&s->c) };
-}
-
 /* One PAGES frame of n read-ahead pages from ra_i (pre-sent or not). 0, or -ENOBUFS (no
  * room yet). The data is sent by reference when it cannot change before it is written:
  * a read-ahead buffer (ra_buffer keeps it), or the file mapping of a frozen guest; a
@@ -705,7 +800,9 @@ static int bulk_queue_run(struct tlm_ps_sess *s, uint32_t n)
 
 	if (rc < 0)
 		return rc;
-	bulk_remember(s, page, n);
+	/* Remembered for demands: where the frame ends in the stream. */
+	ring_push(s->ra_jump ? &s->jframes : &s->frames,
+		  (struct tlm_bulk_frame){ page, n, tlm_conn_end(&s->c) });
 	for (uint32_t i = 0; i < n; i++)
 		tlm_cls_set_flag(&r->map, page + i, TLM_CLS_BULK);
 	r->st.data_sent_bulk += n;
