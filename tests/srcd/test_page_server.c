@@ -981,6 +981,7 @@ static void test_ctl_and_stats(void **state)
 		"\"ref\":", "\"data\":", "\"payload\":", "\"overhead\":", "\"demand_requests\":4",
 		"\"data_sent_bulk\":", "\"data_sent_urgent\":", "\"elapsed_ms\":",
 		"\"classify_ms\":", "\"id\":\"b\"", "\"id\":\"p\"", "\"source\":\"pid\"",
+		"],\"cpu_us\":",
 	};
 	struct tlm_sbuf r;
 
