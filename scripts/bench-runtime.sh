@@ -5,11 +5,13 @@
 # their targets. Everything is measured in this one run, so ratios compare like with like
 # on a shared, noisy machine.
 #
-#   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--json FILE] [--keep]
+#   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--bulk-lowat SIZE]
+#                            [--json FILE] [--keep]
 #
 #   --size SIZE        region size (default 1G; k/M/G suffixes, multiple of 4 KiB, >= 16M)
 #   --bulk-ahead SIZE  passed to tlm-page-server (how much of the background stream may be
 #                      ahead of a queued page for a demand to wait for it; default its own)
+#   --bulk-lowat SIZE  passed to tlm-page-server (TCP_NOTSENT_LOWAT of the bulk socket)
 #   --json FILE        also write the figures as one JSON object
 #   --keep             keep the work directory (/dev/shm/tlm-bench.*)
 #
@@ -36,12 +38,15 @@ size=1G
 json_out=
 keep=0
 ps_opts=()
+ahead=
+lowat=
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) need_arg "$@"; size=$2; shift ;;
 	--json) need_arg "$@"; json_out=$2; shift ;;
-	--bulk-ahead) need_arg "$@"; ps_opts=(--bulk-ahead "$2"); shift ;;
+	--bulk-ahead) need_arg "$@"; ahead=$2; shift ;;
+	--bulk-lowat) need_arg "$@"; lowat=$2; shift ;;
 	--keep) keep=1 ;;
 	-h|--help) tlm_usage; exit 0 ;;
 	*) echo "$tlm_prog: unknown option '$1' (try --help)" >&2; exit 2 ;;
@@ -53,8 +58,11 @@ bytes=$(numfmt --from=iec "${bytes%IB}" 2>/dev/null) ||
 	{ echo "$tlm_prog: --size: not a size: '$size'" >&2; exit 2; }
 [ $((bytes % 4096)) = 0 ] && [ "$bytes" -ge $((16 << 20)) ] ||
 	{ echo "$tlm_prog: --size: a multiple of 4 KiB, at least 16M" >&2; exit 2; }
-[ ${#ps_opts[@]} = 0 ] || [[ ${ps_opts[1]} =~ ^[0-9]+[kKmMgG]?$ ]] ||
-	{ echo "$tlm_prog: --bulk-ahead: not a size: '${ps_opts[1]}'" >&2; exit 2; }
+for o in ahead lowat; do
+	[ -z "${!o}" ] || [[ ${!o} =~ ^[0-9]+[kKmMgG]?$ ]] ||
+		{ echo "$tlm_prog: --bulk-$o: not a size: '${!o}'" >&2; exit 2; }
+	[ -z "${!o}" ] || ps_opts+=("--bulk-$o" "${!o}")
+done
 
 bin=${TLM_BIN_DIR:-$tlm_root/build/runtime}
 tbin=${TLM_TEST_BIN_DIR:-$tlm_root/build/tests}
@@ -217,11 +225,11 @@ tcp=$(tcp_baseline "$payload")
 tcp_fresh=$(tcp_baseline "$payload" --fresh)
 [ -n "$tcp" ] && [ -n "$tcp_fresh" ] || tlm_die "the TCP baseline failed"
 
-python3 - "$work" "$bytes" "$tcp" "$json_out" "${ps_opts[1]:-8M}" "$tcp_fresh" <<'PY'
+python3 - "$work" "$bytes" "$tcp" "$json_out" "${ahead:-8M}" "$tcp_fresh" "${lowat:-0}" <<'PY'
 import json, sys
 work, size, tcp_mbs, json_out, ahead = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
     sys.argv[4], sys.argv[5]
-tcp_fresh = float(sys.argv[6])
+tcp_fresh, lowat = float(sys.argv[6]), sys.argv[7]
 load = lambda n: json.load(open(f"{work}/{n}.json"))["regions"]
 a_dst, b_dst, b_src = load("A.dst")[0], load("B.dst"), load("B.src")
 c_src, c_dst = load("C.src")[0], load("C.dst")[0]
@@ -245,7 +253,7 @@ data_s = (c_dst["done_ms"] - c_dst["map_received_ms"]) / 1e3
 stream_s = (c_src["stream_ms"] - c_src["classify_ms"]) / 1e3
 fig = {
     "size_bytes": size, "pages": {k: pages[k] for k in ("template", "zero", "ref", "data")},
-    "bulk_ahead": ahead,
+    "bulk_ahead": ahead, "bulk_lowat": lowat,
     "template_fault_p50_us": lat(a_dst, "template")["p50_us"],
     "template_fault_p99_us": lat(a_dst, "template")["p99_us"],
     "template_faults": lat(a_dst, "template")["count"],

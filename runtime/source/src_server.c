@@ -608,6 +608,7 @@ int tlm_ps_start(struct tlm_ps *ps, const struct tlm_ps_config *o)
 	ps->bulk_hold_ns = o->bulk_delay_ms * 1000000ull;
 	ps->bulk_hold = o->bulk_hold;
 	ps->bulk_ahead_max = o->bulk_ahead;
+	ps->bulk_lowat = (int)o->bulk_lowat;
 	ps->live_rate = o->live_rate;
 	ps->presend = o->presend;
 	rc = tlm_key_load(o->key, &ps->key, kerr, sizeof(kerr));

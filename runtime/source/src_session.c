@@ -1088,6 +1088,11 @@ static int sess_register(struct tlm_ps *ps, struct tlm_src_region *r, int fd, ui
 		free(s);
 		return rc;
 	}
+	/* --bulk-lowat: what the kernel holds unsent of the stream is bounded (best effort). */
+	if (chan == TLM_CHAN_BULK && ps->bulk_lowat &&
+	    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &ps->bulk_lowat,
+		       sizeof(ps->bulk_lowat)) < 0)
+		log_warn("%s: TCP_NOTSENT_LOWAT: %s", r->id, strerror(errno));
 	*(chan == TLM_CHAN_URGENT ? &r->urgent : &r->bulk) = s;
 	s->next = ps->sessions;
 	ps->sessions = s;

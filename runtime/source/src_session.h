@@ -31,6 +31,8 @@ struct tlm_ps {
 	uint64_t bulk_hold_ns;              /* --bulk-delay: DATA stream starts this long
 	                                     * after freeze (benchmarks: demand-only faults) */
 	uint64_t bulk_ahead_max;            /* --bulk-ahead: see demand_rides_bulk */
+	int bulk_lowat;                     /* --bulk-lowat: TCP_NOTSENT_LOWAT of bulk
+	                                     * sockets, bytes (0: the kernel's) */
 	bool bulk_hold;                     /* --bulk-hold: new regions hold their stream */
 	uint64_t live_rate;                 /* --live-rate, bytes/s (0: no limit) */
 	struct tlm_presend_cfg presend;     /* --policy, --presend-*: per `live` call the

@@ -1056,7 +1056,7 @@ static void test_bulk_options(void **state)
 {
 	static const char *const bad[][2] = {
 		{ "--bulk-ahead", "2G" }, { "--bulk-ahead", "8Q" }, { "--bulk-delay", "-1" },
-		{ "--bulk-delay", "3600001" },
+		{ "--bulk-delay", "3600001" }, { "--bulk-lowat", "2G" }, { "--bulk-lowat", "x" },
 	};
 	char err[512];
 
