@@ -772,7 +772,7 @@ static ssize_t encode(const struct tlm_msg *m, uint8_t *buf, size_t cap, bool ta
 	tlm_le32_put(buf, plen);
 	tlm_le16_put(buf + 4, m->type);
 	tlm_le16_put(buf + 6, 0);
-	memset(p, 0, plen - skip);     /* reserved bytes */
+	memset(p, 0, plen - tail_size(m));     /* reserved bytes; page data is all copied */
 	if (m->type <= TLM_MSG_VM_ACCEPT)
 		enc_session(m, p);
 	else if (m->type == TLM_MSG_CLASS_MAP)
