@@ -765,10 +765,11 @@ static uint32_t bulk_run(const struct tlm_ps_sess *s, unsigned max)
 }
 
 /* One PAGES frame of n read-ahead pages from ra_i (pre-sent or not). 0, or -ENOBUFS (no
- * room yet). The data is sent by reference when it cannot change before it is written:
- * a read-ahead buffer (ra_buffer keeps it), or the file mapping of a frozen guest; a
- * running guest's file mapping is copied, so that the data sent is what was read and
- * summed (live.h: a page is valid as read, and the `wrote` bit speaks of that read). */
+ * room yet). A read-ahead buffer's data is sent by reference (ra_buffer keeps it until it
+ * is written). A file mapping's is copied: a running guest may change it before it is
+ * written (live.h: a copy is valid as read, the `wrote` bit speaks of that read), and
+ * for a frozen one sendmsg straight from the mapping measured slower than the copy (the
+ * kernel's copy out of the cold mapping cost more than ours of the just-summed page). */
 static int queue_pages(struct tlm_ps_sess *s, uint32_t n)
 {
 	uint8_t sums[TLM_PROTO_MAX_PAGES * 8];
@@ -782,7 +783,7 @@ static int queue_pages(struct tlm_ps_sess *s, uint32_t n)
 	if (tlm_proto_frame_size(&m) > tlm_conn_space(&s->c))
 		return -ENOBUFS;
 	tlm_proto_pages_sums(sums, m.u.pages.data, n);
-	if (s->r->kind == TLM_SRC_PID || s->bstate == BULK_PAGES)
+	if (s->r->kind == TLM_SRC_PID)
 		rc = tlm_conn_queue_ref(&s->c, &m);
 	else
 		rc = tlm_conn_queue(&s->c, &m);
