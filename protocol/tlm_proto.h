@@ -148,6 +148,10 @@ ssize_t tlm_proto_encode(const struct tlm_msg *m, uint8_t *buf, size_t cap);
 
 /* Size of the frame tlm_proto_encode would write. */
 size_t tlm_proto_frame_size(const struct tlm_msg *m);
+/* The frame but for a PAGES frame's page data (header and sums; the data follows on the
+ * wire): encode_head writes tlm_proto_head_size bytes. Other types: the whole frame. */
+ssize_t tlm_proto_encode_head(const struct tlm_msg *m, uint8_t *buf, size_t cap);
+size_t tlm_proto_head_size(const struct tlm_msg *m);
 
 /* Peek at a frame header: returns the total frame length (>= 8) once at least 8 bytes are
  * available, 0 if fewer, -EBADMSG (with err) on a bad type/flags/oversized length. */
@@ -202,18 +206,35 @@ int tlm_proto_send_error(int fd, uint32_t code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
 /* ---- buffered non-blocking connection (event loops) ----------------------------------- */
+/*
+ * Output is a FIFO of segments: bytes encoded into wbuf, and (tlm_conn_queue_ref) PAGES
+ * page data sent straight from the caller's memory, so a page is not copied in user
+ * space on its way out. Flush writes them with sendmsg, many segments per call.
+ *
+ * Lifetime rule for tlm_conn_queue_ref: the referenced bytes must stay mapped and
+ * unchanged until they are written, i.e. until c->bytes_out >= tlm_conn_end(c) as read
+ * right after the call (tlm_conn_fini drops them unwritten).
+ */
+struct tlm_conn_seg {
+	const uint8_t *ref;     /* NULL: the next len bytes of wbuf */
+	size_t len;
+};
 
 struct tlm_conn {
 	int fd;
 	uint8_t *rbuf;  size_t rlen, rcap;         /* received, not yet consumed */
 	size_t rconsumed;                          /* bytes of the last frame returned by next */
 	bool rpinned;                              /* tail lent out (tlm_conn_rtail): no compaction */
-	uint8_t *wbuf;  size_t woff, wlen, wcap;   /* pending output [woff, wlen) */
+	uint8_t *wbuf;  size_t woff, wlen, wcap;   /* buffered output [woff, wlen) */
+	struct tlm_conn_seg *segs;                 /* ring of pending output, in order */
+	unsigned seg_head, seg_n, seg_cap;
+	size_t wref;                               /* referenced bytes pending */
 	uint64_t bytes_in, bytes_out;              /* on the wire, headers included */
 	struct tlm_run *runs;  uint32_t max_runs;  /* CLASS_MAP decode storage */
 };
 
-/* wcap bounds buffered output (memory stays bounded); rcap is at least one max frame. */
+/* wcap bounds pending output, buffered and referenced (memory stays bounded); rcap is at
+ * least one max frame. */
 int tlm_conn_init(struct tlm_conn *c, int fd, size_t wcap);
 void tlm_conn_fini(struct tlm_conn *c);           /* frees buffers, closes fd */
 /* Read what the socket has. >0 bytes read, 0 on EOF, -EAGAIN, or -errno. */
@@ -229,6 +250,10 @@ void tlm_conn_received(struct tlm_conn *c, size_t n);
 int tlm_conn_next(struct tlm_conn *c, struct tlm_msg *m, char *err, size_t errlen);
 /* Queue one message. -ENOBUFS if it does not fit in the free output space (flush first). */
 int tlm_conn_queue(struct tlm_conn *c, const struct tlm_msg *m);
+/* Queue a PAGES frame whose page data is sent from m->u.pages.data by reference (the
+ * lifetime rule above); the bytes on the wire are those tlm_conn_queue would send.
+ * -ENOBUFS as tlm_conn_queue, -EINVAL for another type. */
+int tlm_conn_queue_ref(struct tlm_conn *c, const struct tlm_msg *m);
 size_t tlm_conn_space(const struct tlm_conn *c);  /* free output bytes */
 /* Bytes received and handled: every frame returned by tlm_conn_next, the last one too. */
 static inline uint64_t tlm_conn_handled(const struct tlm_conn *c)
@@ -236,6 +261,11 @@ static inline uint64_t tlm_conn_handled(const struct tlm_conn *c)
 	return c->bytes_in - (c->rlen - c->rconsumed);
 }
 size_t tlm_conn_pending(const struct tlm_conn *c);
+/* Stream offset where the output queued so far ends (written once bytes_out reaches it). */
+static inline uint64_t tlm_conn_end(const struct tlm_conn *c)
+{
+	return c->bytes_out + tlm_conn_pending(c);
+}
 /* Write pending output. 0 = all written, -EAGAIN = some left (wait for EPOLLOUT), -errno. */
 int tlm_conn_flush(struct tlm_conn *c);
 

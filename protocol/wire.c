@@ -586,7 +586,7 @@ static int dec_class_map(const uint8_t *p, uint32_t plen, struct tlm_msg *m,
  *   0  8 bulk_bytes  bytes of the current bulk session the destination has handled
  *   8  8 reserved    0
  */
-static void enc_data(const struct tlm_msg *m, uint8_t *p)
+static void enc_data(const struct tlm_msg *m, uint8_t *p, bool pages_data)
 {
 	switch (m->type) {
 	case TLM_MSG_DEMAND:
@@ -602,8 +602,9 @@ static void enc_data(const struct tlm_msg *m, uint8_t *p)
 		tlm_le64_put(p, m->u.pages.page);
 		tlm_le32_put(p + 8, m->u.pages.count);
 		memcpy(p + 16, m->u.pages.sums, 8 * (size_t)m->u.pages.count);
-		memcpy(p + 16 + 8 * (size_t)m->u.pages.count, m->u.pages.data,
-		       (size_t)m->u.pages.count * TLM_PROTO_PAGE_SIZE);
+		if (pages_data)
+			memcpy(p + 16 + 8 * (size_t)m->u.pages.count, m->u.pages.data,
+			       (size_t)m->u.pages.count * TLM_PROTO_PAGE_SIZE);
 		break;
 	case TLM_MSG_ZERO:
 		tlm_le64_put(p, m->u.zero.page);
@@ -742,9 +743,21 @@ size_t tlm_proto_frame_size(const struct tlm_msg *m)
 	return TLM_PROTO_HDR_SIZE + payload_size(m);
 }
 
-ssize_t tlm_proto_encode(const struct tlm_msg *m, uint8_t *buf, size_t cap)
+/* PAGES: bytes of page data at the end of the frame; 0 for any other type. */
+static size_t tail_size(const struct tlm_msg *m)
 {
-	size_t plen;
+	return m->type == TLM_MSG_PAGES ? (size_t)m->u.pages.count * TLM_PROTO_PAGE_SIZE : 0;
+}
+
+size_t tlm_proto_head_size(const struct tlm_msg *m)
+{
+	return tlm_proto_frame_size(m) - tail_size(m);
+}
+
+/* The frame, or with tail = false all of it but a PAGES frame's page data. */
+static ssize_t encode(const struct tlm_msg *m, uint8_t *buf, size_t cap, bool tail)
+{
+	size_t plen, skip;
 	uint8_t *p = buf + TLM_PROTO_HDR_SIZE;
 
 	if (msg_check(m, NULL, 0))
@@ -753,12 +766,13 @@ ssize_t tlm_proto_encode(const struct tlm_msg *m, uint8_t *buf, size_t cap)
 	    (m->type == TLM_MSG_PAGES && (!m->u.pages.data || !m->u.pages.sums)))
 		return -EINVAL;
 	plen = payload_size(m);
-	if (cap < TLM_PROTO_HDR_SIZE + plen)
+	skip = tail ? 0 : tail_size(m);
+	if (cap < TLM_PROTO_HDR_SIZE + plen - skip)
 		return -ENOBUFS;
 	tlm_le32_put(buf, plen);
 	tlm_le16_put(buf + 4, m->type);
 	tlm_le16_put(buf + 6, 0);
-	memset(p, 0, plen);     /* reserved bytes */
+	memset(p, 0, plen - tail_size(m));     /* reserved bytes; page data is all copied */
 	if (m->type <= TLM_MSG_VM_ACCEPT)
 		enc_session(m, p);
 	else if (m->type == TLM_MSG_CLASS_MAP)
@@ -766,8 +780,18 @@ ssize_t tlm_proto_encode(const struct tlm_msg *m, uint8_t *buf, size_t cap)
 	else if (m->type == TLM_MSG_ERROR)
 		enc_error(m, p);
 	else
-		enc_data(m, p);
-	return TLM_PROTO_HDR_SIZE + plen;
+		enc_data(m, p, tail);
+	return TLM_PROTO_HDR_SIZE + plen - skip;
+}
+
+ssize_t tlm_proto_encode(const struct tlm_msg *m, uint8_t *buf, size_t cap)
+{
+	return encode(m, buf, cap, true);
+}
+
+ssize_t tlm_proto_encode_head(const struct tlm_msg *m, uint8_t *buf, size_t cap)
+{
+	return encode(m, buf, cap, false);
 }
 
 ssize_t tlm_proto_frame_len(const uint8_t *buf, size_t len, char *err, size_t errlen)

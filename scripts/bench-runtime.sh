@@ -5,12 +5,13 @@
 # their targets. Everything is measured in this one run, so ratios compare like with like
 # on a shared, noisy machine.
 #
-#   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--net-io MODE]
-#                            [--bulk-rcvbuf KIB] [--json FILE] [--keep]
+#   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--bulk-lowat SIZE]
+#                            [--net-io MODE] [--bulk-rcvbuf KIB] [--json FILE] [--keep]
 #
 #   --size SIZE        region size (default 1G; k/M/G suffixes, multiple of 4 KiB, >= 16M)
 #   --bulk-ahead SIZE  passed to tlm-page-server (how much of the background stream may be
 #                      ahead of a queued page for a demand to wait for it; default its own)
+#   --bulk-lowat SIZE  passed to tlm-page-server (TCP_NOTSENT_LOWAT of the bulk socket)
 #   --net-io MODE      passed to tlm-uffd-server (how it receives the bulk stream: uring,
 #                      syscall, auto; default its own)
 #   --bulk-rcvbuf KIB  passed to tlm-uffd-server (its bulk sockets' SO_RCVBUF; 0: autotuning)
@@ -47,12 +48,15 @@ json_out=
 keep=0
 ps_opts=()
 ud_opts=()
+ahead=
+lowat=
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) need_arg "$@"; size=$2; shift ;;
 	--json) need_arg "$@"; json_out=$2; shift ;;
-	--bulk-ahead) need_arg "$@"; ps_opts=(--bulk-ahead "$2"); shift ;;
+	--bulk-ahead) need_arg "$@"; ahead=$2; shift ;;
+	--bulk-lowat) need_arg "$@"; lowat=$2; shift ;;
 	--net-io|--bulk-rcvbuf) need_arg "$@"; ud_opts+=("$1" "$2"); shift ;;
 	--keep) keep=1 ;;
 	-h|--help) tlm_usage; exit 0 ;;
@@ -65,8 +69,11 @@ bytes=$(numfmt --from=iec "${bytes%IB}" 2>/dev/null) ||
 	{ echo "$tlm_prog: --size: not a size: '$size'" >&2; exit 2; }
 [ $((bytes % 4096)) = 0 ] && [ "$bytes" -ge $((16 << 20)) ] ||
 	{ echo "$tlm_prog: --size: a multiple of 4 KiB, at least 16M" >&2; exit 2; }
-[ ${#ps_opts[@]} = 0 ] || [[ ${ps_opts[1]} =~ ^[0-9]+[kKmMgG]?$ ]] ||
-	{ echo "$tlm_prog: --bulk-ahead: not a size: '${ps_opts[1]}'" >&2; exit 2; }
+for o in ahead lowat; do
+	[ -z "${!o}" ] || [[ ${!o} =~ ^[0-9]+[kKmMgG]?$ ]] ||
+		{ echo "$tlm_prog: --bulk-$o: not a size: '${!o}'" >&2; exit 2; }
+	[ -z "${!o}" ] || ps_opts+=("--bulk-$o" "${!o}")
+done
 
 bin=${TLM_BIN_DIR:-$tlm_root/build/runtime}
 tbin=${TLM_TEST_BIN_DIR:-$tlm_root/build/tests}
@@ -131,10 +138,10 @@ wait_phase() {	# CTL ID PHASE... : until the region is in one of the phases
 	tlm_die "$id: phase '$ph' after 60 s, want $*"
 }
 
-# CPU time of process PID so far, us: the sum of its threads' on-CPU time (schedstat, ns
-# precision; the tick counts in /proc/PID/stat are 10 ms coarse).
+# CPU time of a daemon so far, us: "cpu_us" of its stats (getrusage: every thread, ended
+# ones too). CTL: its control socket.
 cpu_us() {
-	cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ ns += $1 } END { printf "%d", ns / 1000 }'
+	ctl "$1" stats | grep -o '"cpu_us":[0-9]*' | cut -d: -f2
 }
 
 # "Pss Pss_Shmem" of PID in kB (template frames are tmpfs pages: Pss_Shmem)
@@ -173,7 +180,6 @@ migrate() {
 	done
 	bg "$label.ps" "$bin/tlm-page-server" --listen 127.0.0.1:0 --key "$work/key" \
 		--ctl "$work/$label.ps.ctl" "${regions[@]}" --log-level warn "$@"
-	local pspid=${pids[-1]}
 	port=$(wait_line "$work/$label.ps.out" "port " | cut -d' ' -f2)
 	bg "$label.ud" "$bin/tlm-uffd-server" --sock "$work/$label.glue" \
 		--ctl "$work/$label.ud.ctl" --key "$work/key" --source "127.0.0.1:$port" \
@@ -193,7 +199,7 @@ migrate() {
 	done
 	# Both daemons' CPU time from the freeze to the end (run C: the whole migration after
 	# the stop, classification and the class-map sweep included), per DATA page.
-	local cpu0="$(cpu_us "$pspid") $(cpu_us "$udpid")"
+	local cpu0="$(cpu_us "$work/$label.ps.ctl") $(cpu_us "$work/$label.ud.ctl")"
 	ctl "$work/$label.ps.ctl" freeze all >/dev/null
 	if [ "$when" = after ]; then
 		# ... and from the class map's arrival at the destination (the DATA stream's start)
@@ -201,11 +207,12 @@ migrate() {
 		for i in $(seq 6000); do
 			ctl "$work/$label.ud.ctl" stats vm1 2>/dev/null |
 				grep -q '"map_received_ms":[1-9]' || { sleep 0.01; continue; }
-			cpu1="$(cpu_us "$pspid") $(cpu_us "$udpid")"
+			cpu1="$(cpu_us "$work/$label.ps.ctl") $(cpu_us "$work/$label.ud.ctl")"
 			break
 		done
 		for k in $(seq "$n"); do wait_phase "$work/$label.ud.ctl" "vm$k" complete; done
-		echo "$cpu0 $cpu1 $(cpu_us "$pspid") $(cpu_us "$udpid")" > "$work/$label.cpu"
+		echo "$cpu0 $cpu1 $(cpu_us "$work/$label.ps.ctl") $(cpu_us "$work/$label.ud.ctl")" \
+			> "$work/$label.cpu"
 	fi
 	kill -USR1 "${dst[@]}"
 	for k in $(seq "$n"); do
@@ -253,11 +260,11 @@ for t in 1 2; do
 		tlm_die "the placement baseline failed"
 done > "$work/place.out"
 
-python3 - "$work" "$bytes" "$tcp" "$json_out" "${ps_opts[1]:-8M}" "$tcp_fresh" <<'PY'
+python3 - "$work" "$bytes" "$tcp" "$json_out" "${ahead:-8M}" "$tcp_fresh" "${lowat:-0}" <<'PY'
 import json, sys
 work, size, tcp_mbs, json_out, ahead = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
     sys.argv[4], sys.argv[5]
-tcp_fresh = float(sys.argv[6])
+tcp_fresh, lowat = float(sys.argv[6]), sys.argv[7]
 load = lambda n: json.load(open(f"{work}/{n}.json"))["regions"]
 a_dst, b_dst, b_src = load("A.dst")[0], load("B.dst"), load("B.src")
 c_src, c_dst = load("C.src")[0], load("C.dst")[0]
@@ -281,9 +288,8 @@ data_s = (c_dst["done_ms"] - c_dst["map_received_ms"]) / 1e3
 stream_s = (c_src["stream_ms"] - c_src["classify_ms"]) / 1e3
 fig = {
     "size_bytes": size, "pages": {k: pages[k] for k in ("template", "zero", "ref", "data")},
-    "bulk_ahead": ahead, "net_io": json.load(open(f"{work}/C.dst.json"))["net_io"],
-    # run C's daemon did one region's whole migration: its CPU time per page of it
-    "dst_cpu_us_per_page": json.load(open(f"{work}/C.dst.json"))["cpu_us"] / c_dst["pages"]["total"],
+    "bulk_ahead": ahead, "bulk_lowat": lowat,
+    "net_io": json.load(open(f"{work}/C.dst.json"))["net_io"],
     "template_fault_p50_us": lat(a_dst, "template")["p50_us"],
     "template_fault_p99_us": lat(a_dst, "template")["p99_us"],
     "template_faults": lat(a_dst, "template")["count"],

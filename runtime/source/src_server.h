@@ -23,6 +23,7 @@ struct tlm_ps_config {
 	uint64_t bulk_delay_ms;             /* DATA stream starts this long after freeze */
 	bool bulk_hold;                     /* DATA stream starts at `bulk-release` */
 	uint64_t bulk_ahead;                /* see demand_rides_bulk (src_session.c) */
+	uint64_t bulk_lowat;                /* TCP_NOTSENT_LOWAT of bulk sockets (0: unset) */
 	uint64_t live_rate;                 /* live phase reads, bytes/s (0: no limit) */
 	struct tlm_pace_cfg pace;           /* --bulk-pace (pace.h; zeroed = auto) */
 	struct tlm_presend_cfg presend;     /* --policy, --presend-max (bytes),

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "pagebits.h"
 #include "util.h"
 
 #define PS_HANDSHAKE_MS 3000
@@ -171,7 +172,9 @@ void tlm_ps_reap(struct tlm_ps *ps, bool all)
 		}
 		*pp = s->next;
 		free(s->ra_buf);
-		free(s->frames);
+		free(s->frames.f);
+		free(s->jframes.f);
+		free(s->jumped);
 		free(s);
 	}
 }
@@ -341,24 +344,83 @@ static int reply_data(struct tlm_ps_sess *s, uint64_t page)
 	return rc;
 }
 
-/* Where in the bulk stream the frame holding page ends, 0 if it is not remembered. */
-static uint64_t bulk_frame_end(const struct tlm_ps_sess *b, uint64_t page)
+static const struct tlm_bulk_frame *ring_at(const struct tlm_bulk_ring *q, unsigned i)
 {
-	unsigned lo = 0, hi = b->nframes;   /* oldest .. newest, page order */
+	return &q->f[(q->head + i) % q->cap];
+}
+
+/* An empty ring of cap frames (no memory: demands are simply never left to bulk). */
+static void ring_reset(struct tlm_bulk_ring *q, unsigned cap)
+{
+	if (!q->f)
+		q->f = malloc(cap * sizeof(*q->f));
+	q->cap = cap;
+	q->n = q->head = 0;
+}
+
+static void ring_push(struct tlm_bulk_ring *q, struct tlm_bulk_frame f)
+{
+	if (!q->f)
+		return;
+	if (q->n == q->cap) {                   /* forget the oldest */
+		q->head = (q->head + 1) % q->cap;
+		q->n--;
+	}
+	q->f[(q->head + q->n++) % q->cap] = f;
+}
+
+/* The frame of a ring in page order holding page, or NULL. */
+static const struct tlm_bulk_frame *ring_bisect(const struct tlm_bulk_ring *q,
+						uint64_t page)
+{
+	unsigned lo = 0, hi = q->n;
 
 	while (lo < hi) {
 		unsigned mid = lo + (hi - lo) / 2;
-		const struct tlm_bulk_frame *f =
-			&b->frames[(b->frame_head + mid) % PS_BULK_FRAMES];
+		const struct tlm_bulk_frame *f = ring_at(q, mid);
 
 		if (page < f->page)
 			hi = mid;
 		else if (page >= f->page + f->count)
 			lo = mid + 1;
 		else
-			return f->end;
+			return f;
 	}
-	return 0;
+	return NULL;
+}
+
+/* Where in the bulk stream the frame holding page ends, 0 if it is not remembered: the
+ * cursor's frames are in page order, the few a jump sent are looked at newest first. */
+static uint64_t bulk_frame_end(const struct tlm_ps_sess *b, uint64_t page)
+{
+	const struct tlm_bulk_frame *f = ring_bisect(&b->frames, page);
+
+	for (unsigned i = b->jframes.n; !f && i-- > 0;) {
+		f = ring_at(&b->jframes, i);
+		if (page < f->page || page >= f->page + f->count)
+			f = NULL;
+	}
+	return f ? f->end : 0;
+}
+
+/*
+ * A demand for pages ahead of the bulk cursor: the guest works there, so the stream sends
+ * the next PS_JUMP_PAGES pages' DATA (the neighbourhood) next, then goes back to its
+ * cursor, as QEMU's postcopy does. The cursor skips what a jump sent, so each page still
+ * goes once. A newer demand moves the window.
+ */
+static void bulk_jump(struct tlm_src_region *r, uint64_t next)
+{
+	struct tlm_ps_sess *b = r->bulk;
+
+	if (!b || b->dead || next <= b->cursor || next >= r->page_count)
+		return;
+	if (!b->jumped)
+		b->jumped = calloc(tlm_pb_words(r->page_count), sizeof(*b->jumped));
+	if (!b->jumped)
+		return;
+	b->jump_page = next;
+	b->jump_left = PS_JUMP_PAGES;
 }
 
 /*
@@ -445,6 +507,7 @@ static int urgent_serve(struct tlm_ps_sess *s)
 			s->dq_done += used;
 			n++;
 		}
+		bulk_jump(r, d->page + d->count);
 		r->st.demand_requests++;
 		r->st.demand_pages += d->count;
 		s->dq_head = (s->dq_head + 1) % PS_DEMAND_QUEUE;
@@ -503,10 +566,12 @@ static void bulk_start(struct tlm_ps_sess *s)
 	if (s->carried_live)
 		log_info("%s: bulk session carried the live map: sending the %s map", s->r->id,
 			 fix ? "fix" : "whole");
-	/* A new bulk session sends everything again (reconnect: keep it simple). */
-	if (!s->frames)   /* no memory: demands are simply never left to bulk */
-		s->frames = malloc(PS_BULK_FRAMES * sizeof(*s->frames));
-	s->nframes = s->frame_head = 0;
+	/* A new bulk session sends everything again (reconnect: keep it simple). A jump
+	 * set by the demands answered just before (tlm_ps_region_ready) stands. */
+	ring_reset(&s->frames, PS_BULK_FRAMES);
+	ring_reset(&s->jframes, PS_JUMP_FRAMES);
+	if (s->jumped)
+		memset(s->jumped, 0, tlm_pb_words(s->r->page_count) * sizeof(*s->jumped));
 	s->skip_valid = fix;
 	s->cursor = 0;
 	s->data_passed = 0;
@@ -555,33 +620,104 @@ static int bulk_map(struct tlm_ps_sess *s)
 	return 1;
 }
 
-/* Next DATA pages not yet sent on urgent, read in one go. 0, or -errno. */
+/*
+ * Where the next read-ahead goes: 0 with *buf (NULL for file sources, read in place),
+ * -EAGAIN, or -ENOMEM. Pid sources read into one of PS_RA_BUFS buffers in turn, and
+ * PAGES frames reference the buffer rather than copy it (tlm_conn_queue_ref): here the
+ * lifetime rule is enforced. The buffer being left is busy until everything queued so far
+ * is written; the next one is refilled only once its own frames are (-EAGAIN until then:
+ * output is pending, so EPOLLOUT brings the pump back).
+ */
+static int ra_buffer(struct tlm_ps_sess *s, uint8_t **buf)
+{
+	unsigned k = (s->ra_cur + 1) % PS_RA_BUFS;
+
+	*buf = NULL;
+	if (s->r->kind != TLM_SRC_PID)
+		return 0;
+	if (!s->ra_buf)
+		s->ra_buf = malloc((size_t)PS_RA_BUFS * TLM_SRC_READ_MAX * TLM_PAGE_SIZE);
+	if (!s->ra_buf)
+		return -ENOMEM;
+	s->ra_busy[s->ra_cur] = tlm_conn_end(&s->c);
+	if (s->c.bytes_out < s->ra_busy[k])
+		return -EAGAIN;
+	s->ra_cur = k;
+	*buf = s->ra_buf + (size_t)k * TLM_SRC_READ_MAX * TLM_PAGE_SIZE;
+	return 0;
+}
+
+/* DATA page p goes without the stream: sent on urgent, or a valid pre-sent copy. */
+static bool ra_skip(const struct tlm_ps_sess *s, uint64_t p)
+{
+	return tlm_cls_sent(&s->r->map, p) || (s->skip_valid && tlm_presend_valid(s->r->pre, p));
+}
+
+static bool is_data(const struct tlm_src_region *r, uint64_t p)
+{
+	return (r->map.cls[p] & TLM_CLS_MASK) == TLM_CLASS_DATA;
+}
+
+/* The cursor's next DATA pages to send, into ra_page; returns how many. */
+static unsigned ra_pick_cursor(struct tlm_ps_sess *s)
+{
+	struct tlm_src_region *r = s->r;
+	unsigned n = 0;
+
+	for (; s->cursor < r->page_count && n < TLM_SRC_READ_MAX; s->cursor++) {
+		if (!is_data(r, s->cursor) || (s->jumped && tlm_pb_test(s->jumped, s->cursor)))
+			continue;           /* counted when the jump handled it */
+		if (ra_skip(s, s->cursor))
+			s->data_passed++;
+		else
+			s->ra_page[n++] = s->cursor;
+	}
+	return n;
+}
+
+/* The neighbourhood's next DATA pages to send, into ra_page: marked jumped (bulk_pages
+ * counts them in data_passed as it handles them, the cursor passes them by). */
+static unsigned ra_pick_jump(struct tlm_ps_sess *s)
+{
+	struct tlm_src_region *r = s->r;
+	unsigned n = 0;
+
+	for (; s->jump_left && s->jump_page < r->page_count && n < TLM_SRC_READ_MAX;
+	     s->jump_page++, s->jump_left--) {
+		uint64_t p = s->jump_page;
+
+		if (p < s->cursor || !is_data(r, p) || tlm_pb_test(s->jumped, p) ||
+		    ra_skip(s, p))
+			continue;
+		tlm_pb_set(s->jumped, p);
+		s->ra_page[n++] = p;
+	}
+	if (s->jump_page >= r->page_count)
+		s->jump_left = 0;
+	return n;
+}
+
+/* Next DATA pages to send, a jump's first, read in one go. 0, -EAGAIN (no free read-ahead
+ * buffer yet), or -errno. */
 static int bulk_readahead(struct tlm_ps_sess *s)
 {
 	struct tlm_src_region *r = s->r;
 	char err[200];
-	unsigned n = 0;
-	int rc;
+	unsigned n;
+	uint8_t *buf;
+	int rc = ra_buffer(s, &buf);
 
-	for (; s->cursor < r->page_count && n < TLM_SRC_READ_MAX; s->cursor++) {
-		if ((r->map.cls[s->cursor] & TLM_CLS_MASK) != TLM_CLASS_DATA)
-			continue;
-		if (tlm_cls_sent(&r->map, s->cursor) ||
-		    (s->skip_valid && tlm_presend_valid(r->pre, s->cursor)))
-			s->data_passed++;   /* on urgent, or a valid pre-sent copy */
-		else
-			s->ra_page[n++] = s->cursor;
-	}
+	if (rc < 0)
+		return rc;
+	n = s->jump_left ? ra_pick_jump(s) : 0;
+	s->ra_jump = n > 0;
+	if (!n)
+		n = ra_pick_cursor(s);
 	s->ra_i = 0;
 	s->ra_n = n;
 	if (!n)
 		return 0;
-	if (r->kind == TLM_SRC_PID && !s->ra_buf) {
-		s->ra_buf = malloc(TLM_SRC_READ_MAX * TLM_PAGE_SIZE);
-		if (!s->ra_buf)
-			return -ENOMEM;
-	}
-	rc = tlm_src_read_pages(r, s->ra_page, n, s->ra_buf, s->ra_ptr, err, sizeof(err));
+	rc = tlm_src_read_pages(r, s->ra_page, n, buf, s->ra_ptr, err, sizeof(err));
 	if (rc < 0)
 		log_error("%s", err);
 	return rc;
@@ -633,23 +769,12 @@ static uint32_t bulk_run(const struct tlm_ps_sess *s, unsigned max)
 	return n;
 }
 
-/* The frame just queued (pages [page, page + n)) ends at this stream offset. */
-static void bulk_remember(struct tlm_ps_sess *s, uint64_t page, uint32_t n)
-{
-	struct tlm_bulk_frame *f;
-
-	if (!s->frames)
-		return;
-	if (s->nframes == PS_BULK_FRAMES) {           /* forget the oldest */
-		s->frame_head = (s->frame_head + 1) % PS_BULK_FRAMES;
-		s->nframes--;
-	}
-	f = &s->frames[(s->frame_head + s->nframes++) % PS_BULK_FRAMES];
-	*f = (struct tlm_bulk_frame){ page, n, s->c.bytes_out + tlm_conn_pending(&s->c) };
-}
-
 /* One PAGES frame of n read-ahead pages from ra_i (pre-sent or not). 0, or -ENOBUFS (no
- * room yet). */
+ * room yet). A read-ahead buffer's data is sent by reference (ra_buffer keeps it until it
+ * is written). A file mapping's is copied: a running guest may change it before it is
+ * written (live.h: a copy is valid as read, the `wrote` bit speaks of that read), and
+ * for a frozen one sendmsg straight from the mapping measured slower than the copy (the
+ * kernel's copy out of the cold mapping cost more than ours of the just-summed page). */
 static int queue_pages(struct tlm_ps_sess *s, uint32_t n)
 {
 	uint8_t sums[TLM_PROTO_MAX_PAGES * 8];
@@ -663,7 +788,10 @@ static int queue_pages(struct tlm_ps_sess *s, uint32_t n)
 	if (tlm_proto_frame_size(&m) > tlm_conn_space(&s->c))
 		return -ENOBUFS;
 	tlm_proto_pages_sums(sums, m.u.pages.data, n);
-	rc = tlm_conn_queue(&s->c, &m);
+	if (s->r->kind == TLM_SRC_PID)
+		rc = tlm_conn_queue_ref(&s->c, &m);
+	else
+		rc = tlm_conn_queue(&s->c, &m);
 	if (rc == 0)
 		s->r->st.payload_bytes += (uint64_t)n * TLM_PAGE_SIZE;
 	return rc;
@@ -678,7 +806,9 @@ static int bulk_queue_run(struct tlm_ps_sess *s, uint32_t n)
 
 	if (rc < 0)
 		return rc;
-	bulk_remember(s, page, n);
+	/* Remembered for demands: where the frame ends in the stream. */
+	ring_push(s->ra_jump ? &s->jframes : &s->frames,
+		  (struct tlm_bulk_frame){ page, n, tlm_conn_end(&s->c) });
 	for (uint32_t i = 0; i < n; i++)
 		tlm_cls_set_flag(&r->map, page + i, TLM_CLS_BULK);
 	r->st.data_sent_bulk += n;
@@ -707,17 +837,13 @@ static int bulk_presend(struct tlm_ps_sess *s, unsigned budget)
 	struct tlm_src_region *r = s->r;
 	unsigned n = room_pages(s, budget);
 	char err[200];
+	uint8_t *buf;
+	int rc;
 
-	if (n == 0)
+	if (n == 0 || (rc = ra_buffer(s, &buf)) == -EAGAIN)
 		return 0;
-	n = postcopy_busy(s->ps) ? 0 : tlm_presend_pick(r, tlm_now_ns(), s->ra_page, n);
-	if (n && r->kind == TLM_SRC_PID && !s->ra_buf)
-		s->ra_buf = malloc(TLM_SRC_READ_MAX * TLM_PAGE_SIZE);
-	if (n && r->kind == TLM_SRC_PID && !s->ra_buf) {
-		tlm_presend_unread(r, s->ra_page, n);
-		n = 0;
-	} else if (n && tlm_presend_read(r, s->ra_page, n, s->ra_buf, s->ra_ptr, err,
-					 sizeof(err)) < 0) {
+	n = rc < 0 || postcopy_busy(s->ps) ? 0 : tlm_presend_pick(r, tlm_now_ns(), s->ra_page, n);
+	if (n && tlm_presend_read(r, s->ra_page, n, buf, s->ra_ptr, err, sizeof(err)) < 0) {
 		log_warn("%s; pre-sending stops", err);
 		tlm_presend_stop(r, err);
 		n = 0;
@@ -748,6 +874,8 @@ static int bulk_pages(struct tlm_ps_sess *s, unsigned budget)
 		if (s->cursor == r->page_count)
 			return bulk_done(s);
 		rc = bulk_readahead(s);
+		if (rc == -EAGAIN)
+			return 0;
 		if (rc < 0)
 			return rc;
 		if (s->ra_n == 0)         /* the rest was sent on urgent */
@@ -973,6 +1101,11 @@ static int sess_register(struct tlm_ps *ps, struct tlm_src_region *r, int fd, ui
 		free(s);
 		return rc;
 	}
+	/* --bulk-lowat: what the kernel holds unsent of the stream is bounded (best effort). */
+	if (chan == TLM_CHAN_BULK && ps->bulk_lowat &&
+	    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &ps->bulk_lowat,
+		       sizeof(ps->bulk_lowat)) < 0)
+		log_warn("%s: TCP_NOTSENT_LOWAT: %s", r->id, strerror(errno));
 	*(chan == TLM_CHAN_URGENT ? &r->urgent : &r->bulk) = s;
 	s->next = ps->sessions;
 	ps->sessions = s;

@@ -33,6 +33,8 @@ struct tlm_ps {
 	                                     * after freeze (benchmarks: demand-only faults) */
 	uint64_t bulk_ahead_max;            /* --bulk-ahead: see demand_rides_bulk */
 	struct tlm_pace_cfg pace;           /* --bulk-pace (pace.h) */
+	int bulk_lowat;                     /* --bulk-lowat: TCP_NOTSENT_LOWAT of bulk
+	                                     * sockets, bytes (0: the kernel's) */
 	bool bulk_hold;                     /* --bulk-hold: new regions hold their stream */
 	uint64_t live_rate;                 /* --live-rate, bytes/s (0: no limit) */
 	struct tlm_presend_cfg presend;     /* --policy, --presend-*: per `live` call the
@@ -62,12 +64,21 @@ struct tlm_demand {
 
 #define PS_DEMAND_QUEUE 1024u   /* queued DEMANDs before we stop reading the socket */
 #define PS_BULK_FRAMES  8192u   /* bulk DATA frames remembered for demand_rides_bulk */
+#define PS_RA_BUFS      4u      /* read-ahead buffers: one is read while the others go out */
+#define PS_JUMP_PAGES   256u    /* a demand's neighbourhood the bulk stream sends next */
+#define PS_JUMP_FRAMES  256u    /* neighbourhood frames remembered for demand_rides_bulk */
 
 /* Where a DATA frame queued on bulk ends in the session's stream (bytes). */
 struct tlm_bulk_frame {
 	uint64_t page;
 	uint32_t count;
 	uint64_t end;
+};
+
+/* The last cap DATA frames queued, oldest first (f NULL: no memory, none remembered). */
+struct tlm_bulk_ring {
+	struct tlm_bulk_frame *f;
+	unsigned n, head, cap;
 };
 
 struct tlm_ps_sess {
@@ -99,10 +110,19 @@ struct tlm_ps_sess {
 	uint64_t ra_page[TLM_SRC_READ_MAX];   /* read-ahead: pages read, not yet queued */
 	const uint8_t *ra_ptr[TLM_SRC_READ_MAX];
 	unsigned ra_n, ra_i;
-	uint8_t *ra_buf;               /* TLM_SRC_READ_MAX pages, pid sources */
-	struct tlm_bulk_frame *frames; /* ring of the last PS_BULK_FRAMES DATA frames, in
-	                                * page order (the cursor only moves forward) */
-	unsigned nframes, frame_head;
+	uint8_t *ra_buf;               /* PS_RA_BUFS buffers of TLM_SRC_READ_MAX pages, pid
+	                                * sources: queued PAGES frames reference them */
+	uint64_t ra_busy[PS_RA_BUFS];  /* buffer k is referenced until c.bytes_out gets here */
+	unsigned ra_cur;               /* the buffer the read-ahead is in */
+	struct tlm_bulk_ring frames;   /* the cursor's frames, in page order (it only moves
+	                                * forward) */
+	/* A demand ahead of the cursor makes the stream send the DATA pages after it next
+	 * (bulk_jump): jump_left pages from jump_page on are still to look at. */
+	uint64_t jump_page;
+	unsigned jump_left;
+	bool ra_jump;                  /* the read-ahead holds neighbourhood pages */
+	uint64_t *jumped;              /* bitmap: pages the cursor finds sent by a jump */
+	struct tlm_bulk_ring jframes;  /* the neighbourhood frames, in stream order */
 	struct tlm_pace pace;          /* kept below a WAN bottleneck (pace.h) */
 
 	struct tlm_ps_sess *next;

@@ -1,9 +1,13 @@
 /*
  * test_conn.c — struct tlm_conn over a real socketpair: a stream fed one byte at a time,
  * PAGE data pointers valid until the next call, a maximal CLASS_MAP frame, the bounded
- * write queue (-ENOBUFS, -EAGAIN then completion), malformed input and EOF.
+ * write queue (-ENOBUFS, -EAGAIN then completion), PAGES data sent by reference (the same
+ * bytes as copied frames, through partial writes, sockets and pipes), malformed input
+ * and EOF.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +19,7 @@
 #include <cmocka.h>
 
 #include "samples.h"
+#include "tlm_test.h"
 
 static void pair_nb(int sv[2])
 {
@@ -200,6 +205,168 @@ static void test_write_queue(void **state)
 	tlm_conn_fini(&rx);
 }
 
+/* Page data for the reference tests: 64 distinct pages. */
+static uint8_t ref_data[TLM_PROTO_MAX_PAGES * TLM_PROTO_PAGE_SIZE];
+static uint8_t ref_sums[TLM_PROTO_MAX_PAGES * 8];
+
+/* The i-th frame of a mixed stream: PAGES of 1..max pages, or a small frame in between.
+ * Returns its size. */
+static size_t mixed_msg(uint64_t *rng, unsigned i, uint32_t max, struct tlm_msg *m)
+{
+	uint32_t count = 1 + (uint32_t)(tt_rand(rng) % max);
+	uint32_t first = (uint32_t)(tt_rand(rng) % (TLM_PROTO_MAX_PAGES - count + 1));
+
+	if (i % 3 == 2) {
+		*m = (struct tlm_msg){ .type = TLM_MSG_PROGRESS, .u.progress = { i, 1u << 30 } };
+	} else {
+		*m = (struct tlm_msg){ .type = TLM_MSG_PAGES };
+		m->u.pages.page = 1000ull * i;
+		m->u.pages.count = count;
+		m->u.pages.data = ref_data + (size_t)first * TLM_PROTO_PAGE_SIZE;
+		m->u.pages.sums = ref_sums + 8 * first;
+	}
+	return tlm_proto_frame_size(m);
+}
+
+/* Queue frames until the queue is full; each also encoded (copied) into want. */
+static size_t fill_queue(struct tlm_conn *c, uint64_t *rng, unsigned *i, uint32_t max,
+			 uint8_t *want, size_t cap)
+{
+	size_t n = 0;
+	struct tlm_msg m;
+	uint64_t save;
+
+	for (;;) {
+		save = *rng;
+		mixed_msg(rng, *i, max, &m);
+		int rc = m.type == TLM_MSG_PAGES ? tlm_conn_queue_ref(c, &m) :
+						   tlm_conn_queue(c, &m);
+
+		if (rc == -ENOBUFS) {
+			*rng = save;        /* the same frame next time */
+			return n;
+		}
+		assert_int_equal(rc, 0);
+		assert_true(n + tlm_proto_frame_size(&m) <= cap);
+		n += (size_t)tlm_proto_encode(&m, want + n, cap - n);
+		(*i)++;
+	}
+}
+
+/* Read what fd has into got[*len..], non-blocking. */
+static void drain(int fd, uint8_t *got, size_t *len, size_t cap)
+{
+	ssize_t r;
+
+	while (*len < cap && (r = read(fd, got + *len, cap - *len)) > 0)
+		*len += (size_t)r;
+}
+
+/*
+ * Mixed copied and referenced frames through a small send buffer (socket) or a 4 KiB
+ * pipe: flushes stop half way through segments and resume; the bytes that arrive equal
+ * the frames encoded with tlm_proto_encode, in order.
+ */
+static void ref_stream(int wfd, int rfd, size_t wcap, unsigned frames, uint32_t max)
+{
+	size_t cap = (size_t)frames * (16 + TLM_PROTO_HDR_SIZE + 64 * 4104) + wcap;
+	uint8_t *want = malloc(cap), *got = malloc(cap);
+	size_t nwant = 0, ngot = 0;
+	uint64_t rng = 42;
+	struct tlm_conn c;
+	unsigned i = 0;
+	int rc;
+
+	assert_non_null(want);
+	assert_non_null(got);
+	assert_int_equal(tlm_conn_init(&c, wfd, wcap), 0);
+	while (i < frames) {
+		nwant += fill_queue(&c, &rng, &i, max, want + nwant, cap - nwant);
+		assert_int_equal(tlm_conn_end(&c), nwant);
+		if (max == 1 && wcap > 8u << 20)     /* more than one sendmsg takes */
+			assert_true(c.seg_n > IOV_MAX);
+		rc = tlm_conn_flush(&c);
+		assert_true(rc == 0 || rc == -EAGAIN);
+		drain(rfd, got, &ngot, cap);
+	}
+	while ((rc = tlm_conn_flush(&c)) == -EAGAIN)
+		drain(rfd, got, &ngot, cap);
+	assert_int_equal(rc, 0);
+	drain(rfd, got, &ngot, cap);
+	assert_int_equal(ngot, nwant);
+	assert_int_equal(c.bytes_out, nwant);
+	assert_memory_equal(got, want, nwant);
+	assert_int_equal(tlm_conn_pending(&c), 0);
+	tlm_conn_fini(&c);
+	free(want);
+	free(got);
+}
+
+static void ref_setup(void)
+{
+	uint64_t rng = 7;
+
+	tt_fill(ref_data, sizeof(ref_data), &rng);
+	tlm_proto_pages_sums(ref_sums, ref_data, TLM_PROTO_MAX_PAGES);
+}
+
+/* A socketpair whose sending end has a small send buffer; conn closes sv[0]. */
+static void ref_socket(size_t wcap, unsigned frames, uint32_t max)
+{
+	int sv[2], sz = 4096;
+
+	pair_nb(sv);
+	setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+	ref_stream(sv[0], sv[1], wcap, frames, max);
+	close(sv[1]);
+}
+
+static void test_ref_socket(void **state)
+{
+	ref_setup();
+	ref_socket(600000, 300, TLM_PROTO_MAX_PAGES);
+	/* More segments than one sendmsg takes (IOV_MAX): 1-page frames in 16 MiB. */
+	ref_socket(16u << 20, 9000, 1);
+}
+
+static void test_ref_pipe(void **state)
+{
+	int p[2];
+
+	ref_setup();
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	fcntl(p[1], F_SETPIPE_SZ, 4096);
+	ref_stream(p[1], p[0], 300000, 200, TLM_PROTO_MAX_PAGES);
+	close(p[0]);
+}
+
+/* Referenced, not copied: the bytes sent are the caller's at flush time (hence the
+ * lifetime rule); wcap counts them; only PAGES can be referenced. */
+static void test_ref_rules(void **state)
+{
+	struct tlm_msg m = { .type = TLM_MSG_PAGES }, p;
+	uint8_t frame[TLM_PROTO_HDR_SIZE + 16 + 4104], got[sizeof(frame)];
+	struct tlm_conn c;
+	int sv[2];
+
+	ref_setup();
+	m.u.pages = (typeof(m.u.pages)){ 5, 1, ref_sums, ref_data };
+	pair_nb(sv);
+	assert_int_equal(tlm_conn_init(&c, sv[0], 2 * sizeof(frame) - 1), 0);
+	assert_int_equal(tlm_conn_queue_ref(&c, &m), 0);
+	assert_int_equal(tlm_conn_pending(&c), sizeof(frame));
+	assert_int_equal(tlm_conn_queue_ref(&c, &m), -ENOBUFS);
+	sample_msg(TLM_MSG_PAGE, &p);
+	assert_int_equal(tlm_conn_queue_ref(&c, &p), -EINVAL);
+	ref_data[4095] ^= 1;                        /* changed before the flush: sent */
+	assert_int_equal(tlm_proto_encode(&m, frame, sizeof(frame)), sizeof(frame));
+	assert_int_equal(tlm_conn_flush(&c), 0);
+	assert_int_equal(read(sv[1], got, sizeof(got)), sizeof(got));
+	assert_memory_equal(got, frame, sizeof(frame));
+	tlm_conn_fini(&c);
+	close(sv[1]);
+}
+
 static void test_bad_stream(void **state)
 {
 	uint8_t f[SAMPLE_FRAME_MAX];
@@ -238,6 +405,9 @@ int main(void)
 		cmocka_unit_test(test_page_pointers),
 		cmocka_unit_test(test_max_frame),
 		cmocka_unit_test(test_write_queue),
+		cmocka_unit_test(test_ref_socket),
+		cmocka_unit_test(test_ref_pipe),
+		cmocka_unit_test(test_ref_rules),
 		cmocka_unit_test(test_bad_stream),
 	};
 

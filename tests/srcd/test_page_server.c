@@ -373,22 +373,30 @@ static void read_replies(struct tlm_conn *c, uint64_t page, uint32_t count, cons
 
 struct stream {
 	uint8_t *cls;              /* from the class map */
+	uint64_t *order;           /* first page of each DATA frame, in stream order */
 	uint64_t pages_bulk, frames_bulk, progress, done_pages;
 };
 
-/* The whole bulk stream: class map (claims checked), PAGES (checksums, content, order,
- * every DATA page exactly once counting urgent ones), PROGRESS, DONE. */
+static void stream_free(struct stream *s)
+{
+	free(s->cls);
+	free(s->order);
+}
+
+/* The whole bulk stream: class map (claims checked), PAGES (checksums, content, every
+ * DATA page exactly once counting urgent ones), PROGRESS, DONE. */
 static void read_stream(struct tlm_conn *c, const uint8_t *ram, uint64_t npages,
 			uint64_t tmpl_base, const uint8_t *sent_urgent, struct stream *s)
 {
-	uint64_t mapped = 0, last = 0, data = 0;
+	uint64_t mapped = 0, data = 0;
 	uint8_t *got = calloc(npages, 1);
 	struct tlm_msg m;
 	bool final = false;
 
 	memset(s, 0, sizeof(*s));
 	s->cls = calloc(npages, 1);
-	assert_true(got && s->cls);
+	s->order = calloc(npages, sizeof(*s->order));
+	assert_true(got && s->cls && s->order);
 	while (!final) {
 		assert_int_equal(next_msg(c, &m, IO_MS), 1);
 		assert_int_equal(m.type, TLM_MSG_CLASS_MAP);
@@ -421,7 +429,7 @@ static void read_stream(struct tlm_conn *c, const uint8_t *ram, uint64_t npages,
 		if (m.type == TLM_MSG_PAGE)
 			m.u.pages = (typeof(m.u.pages)){ m.u.page.page, 1, NULL, m.u.page.data };
 		assert_true(m.u.pages.page + m.u.pages.count <= npages);
-		s->frames_bulk++;
+		s->order[s->frames_bulk++] = m.u.pages.page;
 		for (uint32_t i = 0; i < m.u.pages.count; i++) {
 			uint64_t page = m.u.pages.page + i;
 			const uint8_t *d = m.u.pages.data + (size_t)i * PG;
@@ -430,10 +438,9 @@ static void read_stream(struct tlm_conn *c, const uint8_t *ram, uint64_t npages,
 				assert_int_equal(tlm_proto_pages_sum(&m, i), tlm_proto_page_sum(d));
 			assert_memory_equal(d, ram + page * PG, PG);
 			assert_int_equal(s->cls[page], TLM_CLASS_DATA);
-			assert_true(s->pages_bulk == 0 || page > last);
+			assert_false(got[page]);
 			assert_false(sent_urgent && sent_urgent[page]);
-			last = page;
-			got[last] = 1;
+			got[page] = 1;
 			s->pages_bulk++;
 		}
 	}
@@ -709,7 +716,7 @@ static void test_freeze_stream(void **state)
 	print_message("a: %llu DATA pages on bulk, %llu PROGRESS\n",
 		      (unsigned long long)s.pages_bulk, (unsigned long long)s.progress);
 	assert_true(s.pages_bulk < E.a_data);
-	free(s.cls);
+	stream_free(&s);
 	expect_ctl("stats a", "\"state\":\"done\"");
 }
 
@@ -728,7 +735,7 @@ static void test_template_less(void **state)
 	print_message("b: %llu DATA pages on bulk in %llu frames\n",
 		      (unsigned long long)s.pages_bulk, (unsigned long long)s.frames_bulk);
 	assert_true(s.frames_bulk * 3 / 2 <= s.pages_bulk + 1);
-	free(s.cls);
+	stream_free(&s);
 }
 
 /* --bulk-hold at run time: after freeze the class map goes and demands are answered, but
@@ -761,7 +768,7 @@ static void test_bulk_hold(void **state)
 		n += s.cls[i] == TLM_CLASS_DATA;
 	assert_int_equal(s.done_pages + 1, n);
 	expect_ctl("stats h", "\"bulk_held\":false");
-	free(s.cls);
+	stream_free(&s);
 	tlm_conn_fini(&urg);
 	tlm_conn_fini(&bulk);
 }
@@ -835,6 +842,45 @@ static void test_demand_rides_bulk(void **state)
 	tlm_conn_fini(&bulk);
 }
 
+/*
+ * A demand far ahead of the bulk cursor makes the stream jump: the DATA pages right after
+ * the demanded one come next (behind only what was queued or in flight when the demand
+ * came), then the stream goes back below it. Every DATA page still arrives exactly once
+ * (read_stream), the demanded one on urgent only.
+ */
+static void test_bulk_jump(void **state)
+{
+	const uint64_t p = 20000;                     /* DATA; the window's pages too */
+	uint8_t *sent = calloc(A_PAGES, 1);
+	struct tlm_conn urg, bulk;
+	struct stream s;
+	char cmd[400];
+	uint64_t i;
+
+	assert_non_null(sent);
+	snprintf(cmd, sizeof(cmd), "add-region jump,file=%s,template=%s", E.ram_a, E.tmpl);
+	expect_ctl(cmd, "ok added jump");
+	open_conn(&urg, "jump", TLM_CHAN_URGENT, A_PAGES, E.digest.b);
+	open_conn(&bulk, "jump", TLM_CHAN_BULK, A_PAGES, E.digest.b);
+	expect_ctl("freeze jump", "ok frozen");
+	demand(&urg, p, 1);
+	read_replies(&urg, p, 1, E.a, A_PAGES, sent);
+	read_stream(&bulk, E.a, A_PAGES, 0, sent, &s);
+	for (i = 0; i < s.frames_bulk && s.order[i] < p; i++)
+		;
+	assert_true(i < s.frames_bulk);
+	assert_int_equal(s.order[i], p + 1);
+	/* The cursor had not got far: bulk was not read (4 MiB queue, socket buffers). */
+	assert_true(i == 0 || s.order[i - 1] < p / 2);
+	for (; i < s.frames_bulk && s.order[i] > p; i++)
+		assert_true(s.order[i] < p + 256);   /* PS_JUMP_PAGES */
+	assert_true(i < s.frames_bulk && s.order[i] < p);       /* back at the cursor */
+	stream_free(&s);
+	free(sent);
+	tlm_conn_fini(&urg);
+	tlm_conn_fini(&bulk);
+}
+
 /* This process as a pid source: the template mapped MAP_PRIVATE with pages changed. */
 static void test_pid_source(void **state)
 {
@@ -860,7 +906,7 @@ static void test_pid_source(void **state)
 	assert_int_equal(s.done_pages, (P_PAGES + 4) / 5);
 	assert_int_equal(s.cls[7], TLM_CLASS_ZERO);
 	assert_int_equal(s.cls[8], TLM_CLASS_TEMPLATE);
-	free(s.cls);
+	stream_free(&s);
 	ctl("stats p", &r);
 	/* Untouched template pages were known from the pagemap, without reading them. */
 	if (!strstr(r.p, "\"known_from_pagemap\":") || strstr(r.p, "\"known_from_pagemap\":0,"))
@@ -925,7 +971,7 @@ static void test_bulk_reconnect(void **state)
 	assert_int_equal(tlm_conn_init(&E.a_bulk, fd, 0), 0);
 	read_stream(&E.a_bulk, E.a, A_PAGES, 0, E.a_sent_urgent, &s);
 	assert_int_equal(s.done_pages, E.a_data);
-	free(s.cls);
+	stream_free(&s);
 }
 
 static void test_ctl_and_stats(void **state)
@@ -935,6 +981,7 @@ static void test_ctl_and_stats(void **state)
 		"\"ref\":", "\"data\":", "\"payload\":", "\"overhead\":", "\"demand_requests\":4",
 		"\"data_sent_bulk\":", "\"data_sent_urgent\":", "\"elapsed_ms\":",
 		"\"classify_ms\":", "\"id\":\"b\"", "\"id\":\"p\"", "\"source\":\"pid\"",
+		"],\"cpu_us\":",
 	};
 	struct tlm_sbuf r;
 
@@ -1009,7 +1056,7 @@ static void test_bulk_options(void **state)
 {
 	static const char *const bad[][2] = {
 		{ "--bulk-ahead", "2G" }, { "--bulk-ahead", "8Q" }, { "--bulk-delay", "-1" },
-		{ "--bulk-delay", "3600001" },
+		{ "--bulk-delay", "3600001" }, { "--bulk-lowat", "2G" }, { "--bulk-lowat", "x" },
 	};
 	char err[512];
 
@@ -1036,6 +1083,7 @@ int main(void)
 		cmocka_unit_test(test_template_less),
 		cmocka_unit_test(test_bulk_hold),
 		cmocka_unit_test(test_demand_rides_bulk),
+		cmocka_unit_test(test_bulk_jump),
 		cmocka_unit_test(test_pid_source),
 		cmocka_unit_test(test_source_gone),
 		cmocka_unit_test(test_bulk_reconnect),
