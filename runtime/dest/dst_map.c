@@ -14,7 +14,7 @@
 #include "util.h"
 
 #define SWEEP_CHUNK 64               /* pages per ioctl at most */
-#define SWEEP_YIELD 256              /* pages placed between checks for events */
+#define SWEEP_YIELD 64               /* pages placed between checks for events */
 
 /* ---- runs ---------------------------------------------------------------------------------- */
 

@@ -225,7 +225,7 @@ static void test_map_refused(void **state)
 	expect_refused(&tmpl5, 1, 10, "the region has no template", FX_NOTMPL);
 }
 
-/* The sweep stops after 256 pages (SWEEP_YIELD) when an event waits (a guest fault must
+/* The sweep stops after 64 pages (SWEEP_YIELD) when an event waits (a guest fault must
  * not wait behind it), counted in pages however short the runs are, and goes on once the
  * loop has served it. */
 static void test_sweep_yields_to_events(void **state)
@@ -242,7 +242,7 @@ static void test_sweep_yields_to_events(void **state)
 	assert_true(ev.fd >= 0);
 	assert_int_equal(tlm_evloop_add(&x.loop, &ev, EPOLLIN), 0);   /* ready */
 	assert_true(dst_region_work(x.r));                   /* more pending */
-	assert_int_equal(fk_pages(&x.u, FK_CONT) + fk_pages(&x.u, FK_ZERO), 256);
+	assert_int_equal(fk_pages(&x.u, FK_CONT) + fk_pages(&x.u, FK_ZERO), 64);
 	tlm_evloop_del(&x.loop, &ev);
 	close(ev.fd);
 	fx_work(&x);
