@@ -7,6 +7,8 @@
  * The mode is chosen once at start (--net-io): auto probes io_uring (a ring can be set up,
  * IORING_OP_RECV is known, an eventfd takes its completions) and falls back to read()
  * with the reason logged; kernel.io_uring_disabled or a seccomp filter make it fail.
+ * read() is the default: on bench-runtime.sh the ring was not faster (the RECV's copy
+ * runs as task work on the loop's own thread, like read()'s), and it cost more CPU.
  *
  * One small ring per bulk session (its own struct dst_rx). Its completions signal an
  * eventfd, which the event loop watches in place of the socket. While a RECV is armed the

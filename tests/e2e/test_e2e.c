@@ -177,7 +177,7 @@ static void w_start_uffd_server(struct e2e_proc *p, const char *sock, const char
 				const char *key, const char *log)
 {
 	/* TLM_TEST_NET_IO: the bulk input path under test (ctest runs each). */
-	char *net_io = getenv("TLM_TEST_NET_IO") ? getenv("TLM_TEST_NET_IO") : "auto";
+	char *net_io = getenv("TLM_TEST_NET_IO") ? getenv("TLM_TEST_NET_IO") : "syscall";
 	char *argv[] = { W->bin_us, "--sock", (char *)sock, "--ctl", (char *)ctl, "--key",
 			 (char *)key, "--source", W->source, "--template", W->tmpl, "--template",
 			 W->tmpl2, "--log-level", "info", "--net-io", net_io, NULL };
