@@ -11,6 +11,9 @@
 #define TLM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 uint64_t tlm_now_ns(void);                        /* CLOCK_MONOTONIC */
+/* This process's CPU time, user + system, µs, every thread (ended ones too): the daemons
+ * report it so benchmarks can divide it by the pages moved. 0 if unknown. */
+uint64_t tlm_cpu_us(void);
 
 /* Parse "123", "4k", "256M", "1G" (binary units). 0 or -EINVAL. */
 int tlm_parse_size(const char *s, uint64_t *out);

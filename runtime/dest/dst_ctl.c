@@ -7,24 +7,12 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include "dst_report.h"
 #include "dst_server.h"
 #include "json.h"
 #include "log.h"
 #include "util.h"
-
-/* The daemon's CPU time (user + system, microseconds): what its work costs per page. */
-static uint64_t cpu_us(void)
-{
-	struct rusage ru;
-
-	if (getrusage(RUSAGE_SELF, &ru) < 0)
-		return 0;
-	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000u +
-	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
 
 static void ctl_stats(struct dst_server *s, const char *id, struct tlm_sbuf *reply)
 {
@@ -45,7 +33,7 @@ static void ctl_stats(struct dst_server *s, const char *id, struct tlm_sbuf *rep
 			dst_region_stats_json(r, &j);
 	tlm_json_arr_end(&j);
 	tlm_json_str(&j, "net_io", dst_net_io_name(s->peer.net_io));
-	tlm_json_u64(&j, "cpu_us", cpu_us());
+	tlm_json_u64(&j, "cpu_us", tlm_cpu_us());
 	tlm_json_obj_end(&j);
 	tlm_sbuf_putc(reply, '\n');
 }

@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -211,18 +210,6 @@ static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 	tlm_json_obj_end(j);
 }
 
-/* The page server's own CPU time, user + system, µs: benchmarks divide it by the DATA
- * pages sent to see what a page costs the source. */
-static uint64_t cpu_us(void)
-{
-	struct rusage ru;
-
-	if (getrusage(RUSAGE_SELF, &ru) < 0)
-		return 0;
-	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000u +
-	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
 static void cmd_stats(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply)
 {
 	struct tlm_json j;
@@ -238,7 +225,7 @@ static void cmd_stats(struct tlm_ps *ps, const char *id, struct tlm_sbuf *reply)
 		if (!id || strcmp(id, r->id) == 0)
 			stats_region(&j, r);
 	tlm_json_arr_end(&j);
-	tlm_json_u64(&j, "cpu_us", cpu_us());
+	tlm_json_u64(&j, "cpu_us", tlm_cpu_us());
 	tlm_json_obj_end(&j);
 	tlm_sbuf_putc(reply, '\n');
 }
