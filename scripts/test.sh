@@ -56,6 +56,7 @@ if [ "$load" = 1 ]; then
 	echo "test.sh: ${#hogs[@]} CPU hogs running (--load)"
 fi
 declare -A failed=() skipped=() seen=()
+mkdir -p "$build_dir/Testing"		# ctest makes it only on its first run
 for run in $(seq "$repeat"); do
 	log="$build_dir/Testing/repeat-$run.log"
 	echo "== test.sh: run $run of $repeat (log $log)"
@@ -81,4 +82,7 @@ for t in ${seen[@]+"${!seen[@]}"}; do
 	[ -n "${failed[$t]:-}${skipped[$t]:-}" ] || passed=$((passed + 1))
 done
 echo "repeat: $passed passed, ${#failed[@]} failed, ${#skipped[@]} skipped"
+# No test seen at all is a failure, never a pass (a fresh build dir once had no Testing/
+# for the logs: every run "passed" with 0 tests).
+[ ${#seen[@]} -gt 0 ] || { echo "test.sh: no test ran" >&2; exit 1; }
 [ ${#failed[@]} -eq 0 ]
