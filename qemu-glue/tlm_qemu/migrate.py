@@ -892,7 +892,6 @@ def tlm_row(m):
             "bulk_pace": m.src_stats.get("bulk_pace"),
             "bulk_pace_mbps": round(m.src_stats.get("bulk_pace_bps", 0)
                                     * 8 / 1e6, 1),
-            "bulk_rtt_us": m.src_stats.get("bulk_rtt_us"),
             "demand_faults": lat["count"], "fault_p50_us": lat["p50_us"],
             "fault_p99_us": lat["p99_us"], "faults": s["faults"],
             "dst_pss_kb": V.pss(m.dst)["pss_kb"],

@@ -35,9 +35,8 @@ not apply):
   tlm_bytes, tlm_payload_bytes   bytes tlm moved (both directions) and their DATA payload
   pages                   tlm: pages by class (template, zero, ref, data)
   demand_faults, fault_p50_us, fault_p99_us   faults that waited for the network
-  bulk_pace, bulk_pace_mbps, bulk_rtt_us   tlm: the background stream's pacing at the end
-                          (paced, lan, probing, off: tlm-page-server --bulk-pace) and the
-                          bulk connection's RTT
+  bulk_pace, bulk_pace_mbps   tlm: the background stream's pacing at the end (paced, lan,
+                          probing, off: tlm-page-server --bulk-pace)
   dst_pss_kb              the destination QEMU's Pss (the template's frames are shared:
                           the sum over VMs counts them once), measured after the source
                           QEMU has gone
