@@ -105,7 +105,16 @@ void tlm_presend_session(struct tlm_src_region *r)
 
 	if (!p)
 		return;
-	/* The destination discards the copies of an earlier session: so do we. */
+	/* The destination discards the copies of an earlier session: so do we. A region that
+	 * was ready (its rounds done) starts its rounds over for the new session, unless
+	 * pre-sending has stopped for good (a read failed): otherwise the new destination
+	 * would hold the live map and no DATA (a load run hit it: ready came just before the
+	 * first session closed). */
+	if (p->ready && !p->stopped) {
+		p->ready = false;
+		p->ready_why[0] = '\0';
+		log_info("%s: new bulk session: pre-sending starts over, not ready", r->id);
+	}
 	memset(p->sent, 0, tlm_pb_words(r->page_count) * sizeof(*p->sent));
 	p->premap = TLM_PREMAP_NONE;
 	p->cursor = 0;

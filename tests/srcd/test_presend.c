@@ -16,8 +16,8 @@
  *   auto_hot         a guest rewriting a hot set all the time: auto is ready early (not
  *                    converging); then stopped mid-rewrite, the full check
  *   hybrid_hot       the same guest: hybrid goes on to --presend-rounds
- *   new_session      a bulk session replaced during live gets the live map again and the
- *                    DATA pre-sent again
+ *   new_session      a bulk session replaced during live, after the region was ready,
+ *                    gets the live map again and the DATA pre-sent again
  * Waits are on conditions (stats, what the client received), never on elapsed time.
  */
 #include <setjmp.h>
@@ -887,6 +887,7 @@ static void test_new_session(void **state)
 	live(f, "hybrid");
 	dst_wait(d, 'L', 0);
 	dst_wait(d, 'P', ndata);
+	wait_has(f, "\"ready\":true");         /* round 1 converged: the rounds are over */
 	dst_close(d);
 	/* the first session is gone once the server says so: a second one is not BUSY */
 	wait_has(f, "\"bulk_connected\":false");
