@@ -95,6 +95,11 @@ static inline void tlm_cls_set_flag(struct tlm_cls_map *m, uint64_t page, uint8_
 	m->cls[page] |= flag;
 }
 
+static inline bool tlm_cls_is_data(const struct tlm_cls_map *m, uint64_t page)
+{
+	return (m->cls[page] & TLM_CLS_MASK) == TLM_CLASS_DATA;
+}
+
 /* Sent on the urgent channel (the bulk stream skips them). */
 static inline bool tlm_cls_sent(const struct tlm_cls_map *m, uint64_t page)
 {

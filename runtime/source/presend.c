@@ -13,11 +13,6 @@
 #include "util.h"
 
 
-static bool is_data(const struct tlm_cls_map *m, uint64_t p)
-{
-	return (m->cls[p] & TLM_CLS_MASK) == TLM_CLASS_DATA;
-}
-
 const char *tlm_policy_name(int policy)
 {
 	switch (policy) {
@@ -175,7 +170,7 @@ static void round_end(struct tlm_src_region *r, uint64_t now)
 	uint64_t left = 0, dirtied = 0;
 
 	for (uint64_t pg = 0; pg < r->page_count; pg++) {
-		if (!is_data(p->live, pg))
+		if (!tlm_cls_is_data(p->live, pg))
 			continue;
 		if (!tlm_pb_test(p->sent, pg)) {
 			left++;
@@ -230,7 +225,7 @@ unsigned tlm_presend_pick(struct tlm_src_region *r, uint64_t now, uint64_t *page
 	if (max > budget)
 		max = (unsigned)budget;
 	for (; p->cursor < r->page_count && n < max; p->cursor++)
-		if (is_data(p->live, p->cursor) &&
+		if (tlm_cls_is_data(p->live, p->cursor) &&
 		    (!tlm_pb_test(p->sent, p->cursor) || tlm_live_wrote(r->live, p->cursor)))
 			pages[n++] = p->cursor;
 	return n;

@@ -653,11 +653,6 @@ static bool ra_skip(const struct tlm_ps_sess *s, uint64_t p)
 	return tlm_cls_sent(&s->r->map, p) || (s->skip_valid && tlm_presend_valid(s->r->pre, p));
 }
 
-static bool is_data(const struct tlm_src_region *r, uint64_t p)
-{
-	return (r->map.cls[p] & TLM_CLS_MASK) == TLM_CLASS_DATA;
-}
-
 /* The cursor's next DATA pages to send, into ra_page; returns how many. */
 static unsigned ra_pick_cursor(struct tlm_ps_sess *s)
 {
@@ -665,7 +660,8 @@ static unsigned ra_pick_cursor(struct tlm_ps_sess *s)
 	unsigned n = 0;
 
 	for (; s->cursor < r->page_count && n < TLM_SRC_READ_MAX; s->cursor++) {
-		if (!is_data(r, s->cursor) || (s->jumped && tlm_pb_test(s->jumped, s->cursor)))
+		if (!tlm_cls_is_data(&r->map, s->cursor) ||
+		    (s->jumped && tlm_pb_test(s->jumped, s->cursor)))
 			continue;           /* counted when the jump handled it */
 		if (ra_skip(s, s->cursor))
 			s->data_passed++;
@@ -686,7 +682,7 @@ static unsigned ra_pick_jump(struct tlm_ps_sess *s)
 	     s->jump_page++, s->jump_left--) {
 		uint64_t p = s->jump_page;
 
-		if (p < s->cursor || !is_data(r, p) || tlm_pb_test(s->jumped, p) ||
+		if (p < s->cursor || !tlm_cls_is_data(&r->map, p) || tlm_pb_test(s->jumped, p) ||
 		    ra_skip(s, p))
 			continue;
 		tlm_pb_set(s->jumped, p);
