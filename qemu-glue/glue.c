@@ -38,6 +38,12 @@
  * template page at that offset rather than zeros; discards are only issued for memory the
  * guest gave up, whose content it does not rely on.
  *
+ * The RAM file. After a private replacement the file QEMU opened is not the guest's memory,
+ * yet QEMU flags the block shared (x-ignore-shared would leave it out of a stock
+ * migration): the glue makes the still-empty file a one-page stub (ramstub.h), which any
+ * QEMU mapping it refuses ("backing store size ... does not match") and tlm-page-server
+ * refuses as a file source. A kept shared mapping (tracking only) leaves the file as it is.
+ *
  * The glue runs inside somebody else's process: no exit(), nothing leaked per call, every
  * fd O_CLOEXEC, errors logged as one line "tlm-glue: ..." on stderr, and mmap calls made
  * while the glue itself is working (dlsym, malloc, pthread_create) go straight through.
@@ -61,6 +67,7 @@
 
 #include "glue_int.h"
 #include "format.h"
+#include "ramstub.h"
 
 typedef void *(*glue_mmap_fn)(void *, size_t, int, int, int, off_t);
 
@@ -319,6 +326,33 @@ static void glue_log_mapped(const struct glue_region *r, const struct glue_cfg *
 		 " (announced, waiting for ARM)");
 }
 
+/*
+ * The RAM file no longer holds the guest's memory, while QEMU still flags the block shared:
+ * make it a stub (ramstub.h) so that nothing can take it for the memory (a QEMU mapping it
+ * refuses to start). A file that already holds data is left alone, with a warning.
+ */
+static void glue_stub_ram(const struct glue_region *r, const struct glue_cfg *c, int fd)
+{
+	char err[256];
+	int rc;
+
+	if (r->shared)
+		return;
+	rc = tlm_ramstub_write(fd, getpid(), r->has_template ? c->template_path : NULL, err,
+			       sizeof(err));
+	if (rc == -EEXIST)
+		glue_log(GLUE_WARN, "%s: %s holds data that is not the guest memory any more "
+			 "(private mapping): do not migrate this VM with x-ignore-shared", glue_vm(),
+			 c->ram_path);
+	else if (rc < 0)
+		glue_log(GLUE_WARN, "%s: %s: %s; do not migrate this VM with x-ignore-shared",
+			 glue_vm(), c->ram_path, err);
+	else
+		glue_log(GLUE_INFO, "%s: %s is now a %u-byte stub (the memory is the private "
+			 "mapping): a QEMU mapping that file refuses to start", glue_vm(),
+			 c->ram_path, TLM_RAMSTUB_SIZE);
+}
+
 static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int prot,
 			     int flags, int fd, off_t off)
 {
@@ -351,6 +385,7 @@ static void *glue_map_region(struct glue_region *r, void *addr, size_t len, int 
 		goto fail;
 	}
 	glue_log_mapped(r, c);
+	glue_stub_ram(r, c, fd);
 	glue_track_mapped(r, c);
 	glue_publish(r, c);
 	return p;

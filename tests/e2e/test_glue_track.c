@@ -39,6 +39,7 @@
 #include "e2e_manifest.h"
 #include "e2e_proc.h"
 #include "e2e_tmpl.h"
+#include "ramstub.h"
 #include "tlm_proto.h"
 #include "tlm_test.h"
 #include "tlm_uffd.h"
@@ -229,6 +230,19 @@ static uint8_t ram_file_byte(struct tk *f, uint32_t i)
 	return b;
 }
 
+/* The RAM file is the glue's stub (ramstub.h) naming pid, or (pid 0) not a stub. */
+static void expect_stub(struct tk *f, pid_t pid)
+{
+	int fd = open(f->ram, O_RDONLY | O_CLOEXEC);
+	pid_t got = 0;
+
+	assert_true(fd >= 0);
+	assert_int_equal(tlm_ramstub_check(fd, &got), pid ? 1 : 0);
+	if (pid)
+		assert_int_equal(got, pid);
+	close(fd);
+}
+
 static void test_shared_kept(void **state)
 {
 	struct tk *f = *state;
@@ -238,6 +252,7 @@ static void test_shared_kept(void **state)
 
 	guest_start(f, &g, false, false);
 	assert_true(e2e_file_contains(f->log, "shared as the program asked"));
+	expect_stub(f, 0);                           /* the file is the memory: kept */
 	if (tracker_open(f, &g, false, &d, why, sizeof(why))) {
 		skip_untracked(&g, why);
 		return;
@@ -286,8 +301,10 @@ static void test_template_clone(void **state)
 	guest_do(&g, 'w', 300);
 	guest_do(&g, 'w', 7);
 	expect_collect(&d, "7+1 300+1 ");
-	/* Copy-on-write over the template: the RAM file never saw any of it. */
-	assert_int_equal(ram_file_byte(f, 1), 0);
+	/* Copy-on-write over the template: the RAM file never saw any of it; it is a stub
+	 * naming the guest, so nothing can take it for the guest's memory. */
+	assert_true(e2e_file_contains(f->log, "stub (the memory is the private mapping)"));
+	expect_stub(f, g.p.pid);
 	tlm_dirty_close(&d);
 	guest_stop(&g);
 }
@@ -306,6 +323,7 @@ static void test_daemon_wins(void **state)
 	assert_false(e2e_file_contains(f->log, "dirty tracking on:"));
 	assert_false(e2e_file_contains(f->log, "dirty tracking on after"));
 	expect_region(f, &g, false, "mapping=private track=none");
+	expect_stub(f, g.p.pid);                     /* anonymous private: a stub too */
 	assert_int_equal(tlm_dirty_open(&d, g.p.pid, g.addr, TK_SIZE), 0);
 	assert_int_not_equal(d.method, TLM_DIRTY_PM_SCAN);
 	tlm_dirty_close(&d);
