@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "ramstub.h"
 #include "util.h"
 
 /* /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst). */
@@ -131,6 +132,19 @@ static int num_opt(const char *v, const char *what, uint64_t *out,
 
 /* ---- sources --------------------------------------------------------------------------- */
 
+/* A glue-mapped VM's RAM file is a stub, not its memory (ramstub.h): say where it is. */
+static bool file_is_stub(const struct tlm_src_region *r, char *err, size_t errlen)
+{
+	pid_t pid;
+
+	if (tlm_ramstub_check(r->fd, &pid) != 1)
+		return false;
+	snprintf(err, errlen, "region '%s': %s is a tlm RAM stub: the guest memory is the private "
+		 "mapping of process %ld (give pid=%ld,addr=...,size=...)", r->id, r->path,
+		 (long)pid, (long)pid);
+	return true;
+}
+
 static int open_file(struct tlm_src_region *r, const struct spec *s, char *err, size_t errlen)
 {
 	struct stat st;
@@ -144,6 +158,8 @@ static int open_file(struct tlm_src_region *r, const struct spec *s, char *err, 
 		snprintf(err, errlen, "region '%s': %s: %s", r->id, r->path, strerror(errno));
 		return -errno;
 	}
+	if (file_is_stub(r, err, errlen))
+		return -EINVAL;
 	if ((uint64_t)st.st_size <= r->offset && !s->size) {
 		snprintf(err, errlen, "region '%s': %s: offset %llu is past the end (%lld bytes)",
 			 r->id, r->path, (unsigned long long)r->offset, (long long)st.st_size);

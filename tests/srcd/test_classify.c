@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "classify.h"
+#include "ramstub.h"
 #include "tlm_test.h"
 #include "tlm_io.h"
 #include "src_region.h"
@@ -423,6 +424,7 @@ static void test_spec_errors(void **state)
 	};
 	struct tlm_src_region *r;
 	char spec[512], err[256];
+	int fd;
 
 	for (size_t i = 0; i < TLM_ARRAY_SIZE(cases); i++) {
 		err[0] = '\0';
@@ -441,6 +443,18 @@ static void test_spec_errors(void **state)
 	snprintf(spec, sizeof(spec), "vm,file=%s,template=%s/none.pages", f->ram, f->dir);
 	assert_true(tlm_src_region_new(&r, spec, err, sizeof(err)) < 0);
 	assert_non_null(strstr(err, "template"));
+	/* A glue-mapped VM's RAM file (ramstub.h) is refused, naming the process. */
+	snprintf(spec, sizeof(spec), "%s/stub", f->dir);
+	fd = open(spec, O_RDWR | O_CREAT | O_EXCL, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(tlm_ramstub_write(fd, 4321, NULL, err, sizeof(err)), 0);
+	close(fd);
+	snprintf(spec, sizeof(spec), "vm,file=%s/stub", f->dir);
+	assert_true(tlm_src_region_new(&r, spec, err, sizeof(err)) < 0);
+	assert_non_null(strstr(err, "is a tlm RAM stub"));
+	assert_non_null(strstr(err, "process 4321"));
+	snprintf(spec, sizeof(spec), "%s/stub", f->dir);
+	unlink(spec);
 }
 
 /* Speed: 64 MiB, mostly template pages with DATA and ZERO sprinkled in, from memory. */
