@@ -98,6 +98,10 @@ start_clone() {
 		'{"capabilities":[{"capability":"x-ignore-shared","state":true}]}' >/dev/null
 	tlm_qmp "$qmp" migrate-incoming "{\"uri\":\"exec:cat '$tdir/state'\"}" >/dev/null
 	tlm_vm wait-migration "$name" --until completed --timeout 60 >/dev/null
+	# Loaded: x-ignore-shared off again, so that a later stock migration or savevm of
+	# the clone takes its RAM from the process (its RAM file is the glue's stub).
+	tlm_qmp "$qmp" migrate-set-capabilities \
+		'{"capabilities":[{"capability":"x-ignore-shared","state":false}]}' >/dev/null
 	st=$(tlm_qmp "$qmp" query-status --get status)
 	[ "$st" = paused ] || [ "$st" = running ] || tlm_die "$name: state '$st' after loading"
 	[ "$st" = running ] || tlm_qmp "$qmp" cont >/dev/null

@@ -511,6 +511,11 @@ class Mig:
 
     def finish(self):
         self.check_guest()
+        # The RAM came by tlm, into a private mapping (the RAM file is the glue's stub):
+        # x-ignore-shared off again, so that a later stock migration or savevm of this
+        # VM takes its RAM from the process.
+        self.qmp("dst", "migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-ignore-shared", "state": False}]})
         self.close_qmp()
         V.stop(self.src)
         V.set_link(self.dst)

@@ -94,6 +94,21 @@ sum_hash() { echo "$1" | cut -d' ' -f2; }
 sum_rewrites() { echo "$1" | cut -d' ' -f4; }
 sum_bad() { echo "$1" | cut -d' ' -f5; }
 
+# VM's RAM is the glue's private mapping and the VM stays ordinary: its RAM file is the
+# glue's stub naming its QEMU (which any QEMU mapping the file refuses), and x-ignore-shared
+# is off, so a later stock migration or savevm takes the RAM from the process.
+ordinary_vm() {
+	local ram pid
+
+	ram=$(vm info "$1" --get ram_file) pid=$(vm info "$1" --get pid)
+	head -n 2 "$ram" | grep -qx "pid $pid" || fail "$1: $ram is not a RAM stub naming $pid"
+	[ "$(stat -c %s "$ram")" = 4096 ] || fail "$1: $ram is $(stat -c %s "$ram") bytes"
+	qmp "$(vm info "$1" --get qmp)" query-migrate-capabilities | python3 -c '
+import json, sys
+caps = {c["capability"]: c["state"] for c in json.load(sys.stdin)}
+sys.exit(caps["x-ignore-shared"])' || fail "$1: x-ignore-shared is still on"
+}
+
 # VM's memory after a migration is the one BEFORE (a SUM reply): `vm sum-check`, the one
 # comparison of the project (same hash and pages, no bad page, rewrites went on).
 same_memory() {

@@ -2,7 +2,9 @@
 # Templates and clones on a real guest: template-create.sh saves the device state without
 # the RAM (x-ignore-shared), clone-start.sh starts clones from it that hold the template's
 # memory (same checksum), diverge after "reseed", keep running, and migrate with stock
-# postcopy (x-ignore-shared switched off again).
+# postcopy (x-ignore-shared switched off again). A clone with the glue stays an ordinary
+# VM: x-ignore-shared off once loaded, its RAM file a stub that QEMU refuses to map, stock
+# precopy moves its memory from the process.
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -47,6 +49,25 @@ rc=0; "$root/scripts/template-create.sh" base --out "$tdir" 2>/dev/null || rc=$?
 [ "$rc" = 1 ] || fail "existing template without --force: exit $rc, not 1"
 rc=0; "$root/scripts/clone-start.sh" "$tdir" c --count 1 2>/dev/null || rc=$?
 [ "$rc" = 1 ] || fail "starting a clone under the name of a running VM: exit $rc, not 1"
+
+step "a clone with the glue stays an ordinary VM (its RAM file is a stub)"
+[ -e "${TLM_GLUE:-/nonexistent}" ] || fail "TLM_GLUE=${TLM_GLUE:-} is not built"
+"$root/scripts/clone-start.sh" "$tdir" g --reseed 51 || fail "clone-start.sh (glue) failed"
+gsum=$(vm cmd g sum)
+ordinary_vm g
+ram=$(vm info g --get ram_file)
+# A stock x-ignore-shared migration on this host needs a QEMU mapping the same file: QEMU
+# itself refuses the stub (the guest memory is not in it).
+out=$(timeout 60 qemu-system-x86_64 -machine pc,memory-backend=m0 -m 192M -display none \
+	-nodefaults -S -incoming defer -object \
+	memory-backend-file,id=m0,size=192M,mem-path="$ram",share=on 2>&1 </dev/null) &&
+	fail "a QEMU started on the stub $ram"
+echo "QEMU on the stub: $out"
+[[ "$out" == *"backing store size 0x1000 does not match"* ]] ||
+	fail "QEMU on the stub did not refuse it for its size: $out"
+"$root/scripts/migrate-postcopy.sh" --mode precopy g || fail "stock precopy of the clone failed"
+after=$(vm cmd g sum)
+[ "$(sum_hash "$after")" = "$(sum_hash "$gsum")" ] || fail "g changed: $gsum -> $after"
 
 step "migrate a clone with stock postcopy"
 "$root/scripts/migrate-postcopy.sh" --mode qemu c-1 || fail "migrating c-1 failed"

@@ -37,6 +37,7 @@ assert r["qemu_bytes"] < 4 << 20, r                       # QEMU carried no gues
 assert r["checksum"].endswith(" ok"), r
 PY
 same_memory c "$before"
+ordinary_vm c
 vm ticks c --count 2 >/dev/null || fail "no TICK at the destination"
 [ "$(sum_rewrites "$(vm cmd c sum)")" -gt "$(sum_rewrites "$before")" ] ||
 	fail "the workload stopped rewriting"
