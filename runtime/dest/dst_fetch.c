@@ -282,10 +282,17 @@ static bool sweep_blocked(const struct dst_region *r)
 	       (r->resumed && !r->done_rcvd && r->n_requested >= RESUME_INFLIGHT);
 }
 
+/* A missing page the finish sweep leaves alone: TEMPLATE, left to the kernel. */
+static bool left_to_kernel(const struct dst_region *r, uint64_t i)
+{
+	return dst_pg_cls(r, i) == TLM_CLASS_TEMPLATE && dst_region_tmpl_to_kernel(r);
+}
+
 /*
  * After DONE every DATA page should have come. Pages that did not (a source that skipped
  * them, a session lost mid-stream) are demanded here, in runs, as urgent has room; pages
- * of other classes still missing are placed from what we know.
+ * of other classes still missing are placed from what we know (TEMPLATE ones only where
+ * the kernel cannot map them, dst_region_tmpl_to_kernel).
  */
 static void finish_sweep(struct dst_region *r)
 {
@@ -298,7 +305,7 @@ static void finish_sweep(struct dst_region *r)
 	while (i < end && dst_region_live(r)) {
 		uint64_t j = i + 1;
 
-		if (dst_pg_state(r, i) != DST_MISSING) {
+		if (dst_pg_state(r, i) != DST_MISSING || left_to_kernel(r, i)) {
 			i++;
 			continue;
 		}
@@ -323,7 +330,7 @@ static void finish_sweep(struct dst_region *r)
 static bool settled(const struct dst_region *r)
 {
 	return finishing(r) && !dst_map_pending(r) && !r->nredo &&
-	       r->n_present + r->n_removed == r->npages;
+	       dst_region_settled(r) == r->npages;
 }
 
 bool dst_region_busy(const struct dst_region *r)
@@ -373,8 +380,7 @@ void dst_region_connected(struct dst_region *r)
 		r->phase = DST_MAPPING;
 	if (r->map_final && !r->resumed)
 		log_info("%s: resuming with the class map we have: demanding the %llu pages still "
-			 "missing", r->id, (unsigned long long)(r->npages - r->n_present -
-								 r->n_removed));
+			 "missing", r->id, (unsigned long long)(r->npages - dst_region_settled(r)));
 	r->resumed = r->map_final;
 	for (uint64_t i = 0; i < r->npages && dst_region_live(r); i++)
 		if ((r->pg[i] & DST_PG_FAULTED) && wants_data(r, i))

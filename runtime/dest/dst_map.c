@@ -451,10 +451,23 @@ static int sweep_place(struct dst_region *r, const struct tlm_run *run, uint64_t
 }
 
 /*
+ * Nothing to place in a run: DATA without staged copies (the pages come in PAGE
+ * messages), TEMPLATE in a MINOR region (the kernel maps the template's page once the
+ * region is unregistered, dst_region_tmpl_to_kernel; a fault on one is served by
+ * CONTINUE meanwhile; if the map never becomes final the finish sweep places them).
+ */
+static bool sweep_skips(const struct dst_region *r, const struct tlm_run *run)
+{
+	if (run->cls == TLM_CLASS_TEMPLATE)
+		return r->minor;
+	return run->cls == TLM_CLASS_DATA && !dst_stage_usable(r);
+}
+
+/*
  * A guest fault must not wait behind the sweep: every SWEEP_YIELD pages placed it stops
  * if an event waits. Counted in pages, not runs: a map of short runs would otherwise pay
- * an epoll_wait for every run of a page or two. DATA runs without staged copies cost one
- * unit of budget (nothing to place: the pages come in PAGE messages).
+ * an epoll_wait for every run of a page or two. A run with nothing to place costs one
+ * unit of budget.
  */
 void dst_map_sweep(struct dst_region *r, uint64_t budget)
 {
@@ -464,7 +477,7 @@ void dst_map_sweep(struct dst_region *r, uint64_t budget)
 		const struct tlm_run *run = &r->map.run[r->mcur];
 		uint64_t page = r->map.start[r->mcur] + r->mpos, left = run->len - r->mpos;
 		uint64_t n = left < SWEEP_CHUNK ? left : SWEEP_CHUNK;
-		bool skip = run->cls == TLM_CLASS_DATA && !dst_stage_usable(r);
+		bool skip = sweep_skips(r, run);
 
 		if (placed >= SWEEP_YIELD && !skip) {
 			placed = 0;

@@ -30,9 +30,16 @@ static void stage_forget(struct dst_region *r, uint64_t i)
 		r->st.stage.invalidated++;
 }
 
+/* Counted in n_tmpl_left: a TEMPLATE page nothing has placed. */
+static bool tmpl_left(const struct dst_region *r, uint64_t i)
+{
+	return dst_pg_cls(r, i) == TLM_CLASS_TEMPLATE && dst_pg_placeable(r, i);
+}
+
 void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s)
 {
 	enum dst_pg_state old = dst_pg_state(r, i);
+	bool was_left = tmpl_left(r, i);
 
 	if (old == s)
 		return;
@@ -45,6 +52,7 @@ void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s)
 	r->n_removed += s == DST_REMOVED;
 	r->n_requested += s == DST_REQUESTED;
 	r->pg[i] = (uint8_t)((r->pg[i] & ~DST_PG_ST) | (unsigned)s << DST_PG_ST_SHIFT);
+	r->n_tmpl_left += (uint64_t)tmpl_left(r, i) - was_left;
 	/* A page MISSING again behind the finish sweep (a reply deferred by EAGAIN, a bad
 	 * checksum) must be looked at again, or the region would never complete. */
 	if (s == DST_MISSING && i < r->finish_cursor)
@@ -54,12 +62,14 @@ void dst_pg_set_state(struct dst_region *r, uint64_t i, enum dst_pg_state s)
 void dst_pg_set_cls(struct dst_region *r, uint64_t i, unsigned cls)
 {
 	unsigned old = dst_pg_cls(r, i);
+	bool was_left = tmpl_left(r, i);
 
 	if (old == cls)
 		return;
 	r->st.pages_by_class[old]--;
 	r->st.pages_by_class[cls]++;
 	r->pg[i] = (uint8_t)((r->pg[i] & ~DST_PG_CLS) | cls);
+	r->n_tmpl_left += (uint64_t)tmpl_left(r, i) - was_left;
 }
 
 void dst_pg_learn_cls(struct dst_region *r, uint64_t page, uint64_t count, unsigned cls)

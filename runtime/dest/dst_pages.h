@@ -1,8 +1,8 @@
 /*
  * dst_pages.h — a region's page-state transitions (the table's layout and the states are
  * described in dst_region.h) and its waiting faults. Every change of a page's state byte
- * goes through here, so the counters (present, removed, requested, pages by class,
- * placed by class) and the fault latency records always agree with the table.
+ * goes through here, so the counters (present, removed, requested, TEMPLATE pages left,
+ * pages by class, placed by class) and the fault latency records always agree with the table.
  *
  * Transitions:
  *   MISSING   -> REQUESTED  dst_pg_demand (the link sends a DEMAND)

@@ -149,14 +149,21 @@ void dst_region_complete(struct dst_region *r)
 	rc = r->uops->unregister(r->uctx, r->base, r->size);
 	if (rc < 0)
 		log_warn("%s: unregistering the region: %s", r->id, strerror(-rc));
+	/* A thread that faulted on a TEMPLATE page left to the kernel after our last read
+	 * of the uffd faults again and gets the template's page (the kernel wakes MISSING
+	 * registrations on unregister; this covers MINOR alone). */
+	else if (r->n_tmpl_left && dst_region_tmpl_to_kernel(r))
+		r->uops->wake(r->uctx, r->base, r->size);
 	r->phase = DST_COMPLETE;
 	r->t_end_ns = tlm_now_ns();
 	dst_region_notify_glue(r, TLM_LOCAL_DONE, NULL);
 	dst_region_release(r);
 	ms = (r->t_end_ns - r->t_start_ns) / 1000000;
-	log_info("%s: complete: %llu pages (%llu template, %llu zero, %llu ref, %llu data), "
-		 "%.1f MB in %llu ms", r->id, (unsigned long long)r->npages,
+	log_info("%s: complete: %llu pages (%llu template, %llu of them left to the kernel, "
+		 "%llu zero, %llu ref, %llu data), %.1f MB in %llu ms", r->id,
+		 (unsigned long long)r->npages,
 		 (unsigned long long)st->pages_by_class[TLM_CLASS_TEMPLATE],
+		 (unsigned long long)(r->minor ? r->n_tmpl_left : 0),
 		 (unsigned long long)st->pages_by_class[TLM_CLASS_ZERO],
 		 (unsigned long long)st->pages_by_class[TLM_CLASS_REF],
 		 (unsigned long long)st->pages_by_class[TLM_CLASS_DATA],

@@ -39,7 +39,9 @@
  * on the template frame, or COPY of it), a zero page (ZERO, or REMOVED on fault),
  * template page k (REF), or a PAGE whose XXH3-64 matched (DATA), or a staged copy of
  * one (below). A fault whose content is not known yet waits: it is never answered with
- * anything else.
+ * anything else. In a MINOR region the sweeps do not place TEMPLATE pages: a fault on one
+ * is answered by CONTINUE, the others the kernel maps after completion (the region's
+ * mapping is the template file: dst_region_tmpl_to_kernel).
  *
  * Live and fix maps (protocol version 3, PROTOCOL.md): a bulk session may bring, while
  * the source guest still runs, a live map (kept in live, never placed from, never used
@@ -162,7 +164,8 @@ enum dst_pg_state { DST_MISSING = 0, DST_REQUESTED = 1, DST_PRESENT = 2, DST_REM
  *   MAPPING       the class map is arriving on bulk and being applied (dst_map_frame and
  *                 the sweep in dst_region_work); once the final frame is applied -> FETCHING.
  *   FETCHING      DATA pages arrive (bulk stream, demand replies); when every page is
- *                 PRESENT/REMOVED and DONE came, dst_region_work -> COMPLETE.
+ *                 settled (PRESENT/REMOVED, or an unplaced TEMPLATE page where
+ *                 dst_region_tmpl_to_kernel) and DONE came, dst_region_work -> COMPLETE.
  *   COMPLETE      unregistered, glue told DONE, sessions closed; kept for stats.
  *   FAILED        unrecoverable (second checksum mismatch, inconsistent source, no source
  *                 after retries): nothing more is placed, guest faults stay waiting.
@@ -271,6 +274,11 @@ struct dst_region {
 
 	uint8_t *pg;                      /* page-state table, npages bytes */
 	uint64_t n_present, n_removed, n_requested;
+	/* TEMPLATE pages not placed (MISSING or REQUESTED), kept by dst_pg_set_state and
+	 * dst_pg_set_cls. A class in the table is final (a map or reply that contradicts it
+	 * fails the region; live maps never reach the table), so where
+	 * dst_region_tmpl_to_kernel holds these pages count as settled. */
+	uint64_t n_tmpl_left;
 
 	/* The class map as received, runs in page order (kept until the region is released:
 	 * REF lookups of faulted pages search it). Frames are appended, so the bulk stream
@@ -348,6 +356,26 @@ static inline bool dst_stage_usable(const struct dst_region *r)
 	return r->stage.held && !dst_region_staging(r);
 }
 
+/*
+ * TEMPLATE pages may be left to the kernel: the guest maps the template file privately
+ * (MINOR), so once the region is unregistered the kernel maps such a page from the
+ * template's page cache on first touch (a read shares the frame, a write gets a private
+ * copy): exactly the page UFFDIO_CONTINUE would have mapped. Only once the class map is
+ * final (whole map, or live map + final fix frame): until then the region does not
+ * count them as settled and the finish sweep places them as before.
+ */
+static inline bool dst_region_tmpl_to_kernel(const struct dst_region *r)
+{
+	return r->minor && r->map_final && !dst_region_staging(r);
+}
+
+/* Pages that need nothing more: placed, discarded, or TEMPLATE left to the kernel. */
+static inline uint64_t dst_region_settled(const struct dst_region *r)
+{
+	return r->n_present + r->n_removed +
+	       (dst_region_tmpl_to_kernel(r) ? r->n_tmpl_left : 0);
+}
+
 static inline bool dst_link_up(const struct dst_region *r)
 {
 	return r->link && r->link->ops->up(r->link);
@@ -370,7 +398,7 @@ struct dst_region *dst_region_new(struct tlm_evloop *loop, struct dst_glue *g,
 void dst_region_fail(struct dst_region *r, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void dst_region_notify_glue(struct dst_region *r, uint32_t type, const char *text);
-/* Every page is present: unregister, tell the glue DONE, release. */
+/* Every page is settled: unregister, tell the glue DONE, release. */
 void dst_region_complete(struct dst_region *r);
 /* Sessions, uffd and tables go; the counters stay for stats. Only at safe points of the
  * loop: deep inside a placement or a frame loop a failure only sets the phase. */

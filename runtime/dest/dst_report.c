@@ -82,6 +82,9 @@ static void json_pages(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_obj_begin(j, "pages");
 	tlm_json_u64(j, "total", r->npages);
 	tlm_json_u64(j, "present", r->n_present);
+	/* TEMPLATE pages not placed that the kernel maps from the template at completion
+	 * (MINOR regions): present + removed + template_left = settled */
+	tlm_json_u64(j, "template_left", r->minor ? r->n_tmpl_left : 0);
 	tlm_json_u64(j, "removed", r->n_removed);
 	tlm_json_u64(j, "requested", r->n_requested);
 	tlm_json_u64(j, "missing", r->npages - r->n_present - r->n_removed - r->n_requested);
@@ -165,7 +168,8 @@ void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_obj_end(j);
 }
 
-/* One line per second and region while it migrates: present %, rate, ETA. */
+/* One line per second and region while it migrates: settled % (placed, discarded or
+ * TEMPLATE left to the kernel), placement rate, ETA. */
 void dst_region_progress(struct dst_region *r, uint64_t now_ns)
 {
 	uint64_t dt = now_ns - r->last_progress_ns, dp, left;
@@ -175,15 +179,15 @@ void dst_region_progress(struct dst_region *r, uint64_t now_ns)
 		return;
 	dp = r->n_present - r->last_progress_present;
 	rate = (double)dp * PS / 1e6 / ((double)dt / 1e9);
-	pct = 100.0 * (double)(r->n_present + r->n_removed) / (double)r->npages;
-	left = r->npages - r->n_present - r->n_removed;
+	pct = 100.0 * (double)dst_region_settled(r) / (double)r->npages;
+	left = r->npages - dst_region_settled(r);
 	if (dp)
-		fprintf(stderr, "%s: %5.1f%% present (%llu/%llu pages), %.1f MB/s, ETA %.1f s\n",
-			r->id, pct, (unsigned long long)r->n_present, (unsigned long long)r->npages,
-			rate, (double)left * PS / 1e6 / rate);
+		fprintf(stderr, "%s: %5.1f%% settled (%llu/%llu pages present), %.1f MB/s, "
+			"ETA %.1f s\n", r->id, pct, (unsigned long long)r->n_present,
+			(unsigned long long)r->npages, rate, (double)left * PS / 1e6 / rate);
 	else
-		fprintf(stderr, "%s: %5.1f%% present (%llu/%llu pages), %s\n", r->id, pct,
-			(unsigned long long)r->n_present, (unsigned long long)r->npages,
+		fprintf(stderr, "%s: %5.1f%% settled (%llu/%llu pages present), %s\n", r->id,
+			pct, (unsigned long long)r->n_present, (unsigned long long)r->npages,
 			dst_region_phase_name(r));
 	r->last_progress_ns = now_ns;
 	r->last_progress_present = r->n_present;

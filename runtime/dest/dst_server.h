@@ -11,7 +11,8 @@
  * Glue protocol (protocol/tlm_proto.h, local messages): a guest process connects to
  * --sock (SOCK_SEQPACKET), we check SO_PEERCRED, it sends REGION (+ uffd when armed at
  * map time); a region without uffd waits for `arm ID`, which sends ARM, and the glue
- * answers UFFD + fd. We answer DONE when every page is present (after unregistering), or
+ * answers UFFD + fd. We answer DONE when every page is settled (placed, discarded, or a
+ * TEMPLATE page left to the kernel: dst_region_tmpl_to_kernel) after unregistering, or
  * ERROR with a reason.
  *
  * Pre-sent DATA pages (protocol version 3: sent while the source guest still runs, held

@@ -126,7 +126,14 @@ static int fk_unregister(void *ctx, void *addr, size_t len)
 {
 	struct fk_uffd *u = ctx;
 
-	record(u, FK_UNREG, page_of(u, addr), len / FX_PS, 0, 0);
+	uint64_t page = page_of(u, addr);
+
+	record(u, FK_UNREG, page, len / FX_PS, 0, 0);
+	u->unregistered = true;
+	for (uint64_t p = page; p < page + len / FX_PS && u->tmpl_backed; p++)
+		if (!u->mapped[p])
+			memcpy(u->mem + p * FX_PS, tlm_tmpl_page(u->tmpl, u->tmpl_base + p),
+			       FX_PS);
 	return 0;
 }
 
@@ -344,7 +351,7 @@ void fx_init_at(struct fx *x, uint64_t npages, uint64_t tp, uint64_t offset, uns
 	if (!(flags & FX_NOTMPL))
 		make_template(x, tp);
 	x->u = (struct fk_uffd){ .base = FX_BASE, .npages = npages, .tmpl = x->tmpl,
-				 .tmpl_base = offset };
+				 .tmpl_base = offset, .tmpl_backed = x->tmpl && (flags & FX_MINOR) };
 	x->u.mem = calloc(npages, FX_PS);
 	x->u.mapped = calloc(npages, 1);
 	assert_true(x->u.mem && x->u.mapped);

@@ -48,6 +48,10 @@ struct fk_uffd {
 	uint8_t *mapped;                 /* per page: mapped (EEXIST when placed again) */
 	const struct tlm_tmpl *tmpl;     /* CONTINUE maps template page tmpl_base + page */
 	uint64_t tmpl_base;
+	bool tmpl_backed;                /* the guest maps the template (FX_MINOR): once
+					    unregistered, a page nothing placed reads as its
+					    template page (the kernel maps the page cache) */
+	bool unregistered;
 	struct fk_call calls[FK_CALLS];
 	size_t ncalls;
 	struct { uint64_t page; int err; unsigned times; enum fk_op op; } inj[FK_INJECT];

@@ -158,7 +158,8 @@ static void test_nothing_placed_before_final_fix(void **state)
 	assert_memory_equal(fk_mem(&x.u, 3), fx_tmpl_page(&x, 3), FX_PS);
 	assert_true(fx_is_zero(fk_mem(&x.u, 9)));
 	assert_memory_equal(fk_mem(&x.u, 21), fx_data(21), FX_PS);
-	assert_int_equal(x.r->n_present, 28);              /* 0..27 */
+	assert_int_equal(x.r->n_present, 21);              /* 3, 8..27 */
+	assert_int_equal(x.r->n_tmpl_left, 7);             /* 0..7 but 3: the kernel's */
 	assert_int_equal(x.l.ndem, 3);
 	fx_fini(&x);
 }
@@ -228,7 +229,8 @@ static void test_fix_data_again_waits(void **state)
 	fx_fini(&x);
 }
 
-/* The fix turns pre-sent DATA pages into ZERO, TEMPLATE and REF: placed as such, their
+/* The fix turns pre-sent DATA pages into ZERO, TEMPLATE and REF: placed as such (the
+ * TEMPLATE one left to the kernel, which maps the template's page at completion), their
  * copies dropped. */
 static void test_fix_changes_class(void **state)
 {
@@ -244,14 +246,59 @@ static void test_fix_changes_class(void **state)
 	assert_int_equal(x.r->st.stage.invalidated, 3);
 	fx_work(&x);
 	assert_true(fx_is_zero(fk_mem(&x.u, 20)));
-	assert_memory_equal(fk_mem(&x.u, 21), fx_tmpl_page(&x, 21), FX_PS);
+	assert_int_equal(fx_state(&x, 21), DST_MISSING);
 	assert_memory_equal(fk_mem(&x.u, 22), fx_tmpl_page(&x, 50), FX_PS);
 	assert_memory_equal(fk_mem(&x.u, 23), fx_data(23), FX_PS);
 	assert_int_equal(fx_cls(&x, 20), TLM_CLASS_ZERO);
+	assert_int_equal(fx_cls(&x, 21), TLM_CLASS_TEMPLATE);
 	assert_int_equal(fx_cls(&x, 22), TLM_CLASS_REF);
 	assert_int_equal(x.r->st.pages_by_class[TLM_CLASS_DATA], 5);
 	assert_int_equal(x.r->st.stage.placed, 5);
-	assert_int_equal(x.r->n_present, 64);
+	assert_int_equal(x.r->n_present, 43);
+	assert_int_equal(x.r->n_tmpl_left, 21);             /* 0..19, 21 */
+	fx_done(&x);
+	fx_work(&x);
+	assert_int_equal(x.r->phase, DST_COMPLETE);
+	assert_int_equal(fk_count(&x.u, FK_CONT), 0);
+	assert_memory_equal(fk_mem(&x.u, 21), fx_tmpl_page(&x, 21), FX_PS);
+	fx_fini(&x);
+}
+
+/* The live map says TEMPLATE, the fix says DATA (the guest wrote the page after the
+ * live map): until the final fix frame the page is nothing (a fault on it is demanded,
+ * never CONTINUEd); after it, it is DATA: never counted as left to the kernel, demanded
+ * after DONE, and the region completes only once its PAGE is placed. */
+static void test_fix_template_to_data(void **state)
+{
+	const struct tlm_run fix[] = {
+		{ TLM_CLASS_KEEP, 5, 0 }, { TLM_CLASS_DATA, 1, 0 }, { TLM_CLASS_KEEP, 58, 0 },
+	};
+	struct fx x;
+
+	live1_presented(&x, 0);
+	fx_fault(&x, 5);
+	fx_work(&x);
+	assert_int_equal(fk_count(&x.u, FK_CONT), 0);
+	assert_true(demanded(&x, 5));
+	assert_int_equal(x.r->n_tmpl_left, 0);             /* no class known before the fix */
+	assert_int_equal(fx_map_kind(&x, TLM_MAP_FIX, 0, true, fix, 3), 0);
+	fx_work(&x);
+	assert_int_equal(fx_cls(&x, 5), TLM_CLASS_DATA);
+	assert_int_equal(x.r->n_tmpl_left, 19);            /* 0..19 but 5 */
+	assert_int_equal(fk_count(&x.u, FK_CONT), 0);
+	fx_done(&x);
+	fx_work(&x);
+	assert_int_equal(x.r->phase, DST_FETCHING);        /* 5 still to come */
+	assert_int_equal(fx_state(&x, 5), DST_REQUESTED);
+	assert_int_equal(fx_page(&x, 5, FX_URGENT), 0);
+	fx_work(&x);
+	assert_int_equal(x.r->phase, DST_COMPLETE);
+	assert_memory_equal(fk_mem(&x.u, 5), fx_data(5), FX_PS);
+	assert_int_equal(x.r->nfaults, 0);
+	for (uint64_t p = 0; p < 20; p++)
+		if (p != 5)
+			assert_memory_equal(fk_mem(&x.u, p), fx_tmpl_page(&x, p), FX_PS);
+	assert_int_equal(fk_count(&x.u, FK_CONT), 0);
 	fx_fini(&x);
 }
 
@@ -420,7 +467,8 @@ static void test_known_data_waits_for_fix(void **state)
 	fx_connect(&x);
 	assert_int_equal(fx_map(&x, 0, false, live1, 2), 0);
 	fx_work(&x);
-	assert_int_equal(x.r->n_present, 20);
+	assert_int_equal(x.r->n_present, 0);               /* TEMPLATE 0..19: the kernel's */
+	assert_int_equal(x.r->n_tmpl_left, 20);
 	fx_disconnect(&x);
 	fx_connect(&x);
 	assert_int_equal(fx_map_kind(&x, TLM_MAP_LIVE, 0, true, live1, 3), 0);
@@ -592,6 +640,7 @@ int main(void)
 		cmocka_unit_test(test_keep_placed_from_stage),
 		cmocka_unit_test(test_fix_data_again_waits),
 		cmocka_unit_test(test_fix_changes_class),
+		cmocka_unit_test(test_fix_template_to_data),
 		cmocka_unit_test(test_presend_bad_checksum),
 		cmocka_unit_test(test_stage_full),
 		cmocka_unit_test(test_session_lost_before_fix),

@@ -1,7 +1,8 @@
 /*
  * The destination region's class map against a fake uffd and link (dest_fake.h): the
- * sweep places TEMPLATE runs by CONTINUE (COPY without MINOR, COPY for a hole in the
- * template's page cache), ZERO runs by ZEROPAGE, REF runs by COPY of template page k;
+ * sweep leaves TEMPLATE runs of a MINOR region to the kernel (a fault on one: CONTINUE,
+ * COPY for a hole in the template's page cache) and COPYs them without MINOR, places
+ * ZERO runs by ZEROPAGE, REF runs by COPY of template page k;
  * faults before the map wait and are answered from it; frames that contradict the region
  * are refused; the sweep yields to a waiting event.
  */
@@ -29,28 +30,41 @@ static const struct tlm_run mixed[] = {
 	{ TLM_CLASS_DATA, 44, 0 },
 };
 
-static void assert_mixed_placed(const struct fx *x, uint64_t offset)
+/* After the sweep of mixed: ZERO and REF placed; TEMPLATE pages placed (all of them, or
+ * in a MINOR region only those whose bit is in faulted: the others are left to the
+ * kernel); DATA not. */
+static void assert_mixed_swept(const struct fx *x, uint64_t offset, bool minor,
+			       unsigned faulted)
 {
-	for (uint64_t p = 0; p < 8; p++)
-		assert_memory_equal(fk_mem(&x->u, p), fx_tmpl_page(x, offset + p), FX_PS);
+	uint64_t tp = minor ? (uint64_t)__builtin_popcount(faulted) : 8;
+
+	for (uint64_t p = 0; p < 8; p++) {
+		bool placed = !minor || (faulted >> p & 1);
+
+		assert_int_equal(fx_state(x, p), placed ? DST_PRESENT : DST_MISSING);
+		if (placed)
+			assert_memory_equal(fk_mem(&x->u, p), fx_tmpl_page(x, offset + p), FX_PS);
+	}
 	for (uint64_t p = 8; p < 16; p++)
 		assert_true(fx_is_zero(fk_mem(&x->u, p)));
 	for (uint64_t p = 16; p < 20; p++)
 		assert_memory_equal(fk_mem(&x->u, p), fx_tmpl_page(x, 40 + p - 16), FX_PS);
-	for (uint64_t p = 0; p < 64; p++)         /* DATA: MISSING, or REQUESTED by a fault */
+	for (uint64_t p = 8; p < 64; p++)         /* DATA: MISSING, or REQUESTED by a fault */
 		assert_int_equal(fx_state(x, p) == DST_PRESENT, p < 20);
 	assert_int_equal(x->r->st.pages_by_class[TLM_CLASS_TEMPLATE], 8);
 	assert_int_equal(x->r->st.pages_by_class[TLM_CLASS_ZERO], 8);
 	assert_int_equal(x->r->st.pages_by_class[TLM_CLASS_REF], 4);
 	assert_int_equal(x->r->st.pages_by_class[TLM_CLASS_DATA], 44);
 	assert_int_equal(x->r->st.pages_by_class[0], 0);
-	assert_int_equal(x->r->st.placed_by_class[TLM_CLASS_TEMPLATE], 8);
+	assert_int_equal(x->r->st.placed_by_class[TLM_CLASS_TEMPLATE], tp);
 	assert_int_equal(x->r->st.placed_by_class[TLM_CLASS_ZERO], 8);
 	assert_int_equal(x->r->st.placed_by_class[TLM_CLASS_REF], 4);
-	assert_int_equal(x->r->n_present, 20);
+	assert_int_equal(x->r->n_present, 12 + tp);
+	assert_int_equal(x->r->n_tmpl_left, 8 - tp);
 }
 
-/* MISSING -> PRESENT by the sweep, each class its own way; DATA waits for PAGEs. */
+/* MISSING -> PRESENT by the sweep, each class its own way (TEMPLATE of a MINOR region:
+ * left to the kernel); DATA waits for PAGEs. */
 static void test_sweep_by_class(void **state)
 {
 	struct fx x;
@@ -62,23 +76,22 @@ static void test_sweep_by_class(void **state)
 	assert_int_equal(x.u.ncalls, 1);                     /* only the attach wake */
 	fx_work(&x);
 	assert_int_equal(x.r->phase, DST_FETCHING);
-	assert_int_equal(fk_count(&x.u, FK_CONT), 1);
-	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->page, 0);
-	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->n, 8);
+	assert_int_equal(fk_count(&x.u, FK_CONT), 0);
 	assert_int_equal(fk_count(&x.u, FK_ZERO), 1);
 	assert_int_equal(fk_nth(&x.u, FK_ZERO, 0)->page, 8);
 	assert_int_equal(fk_nth(&x.u, FK_ZERO, 0)->n, 8);
 	assert_int_equal(fk_count(&x.u, FK_COPY), 1);
 	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->page, 16);
 	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->n, 4);
-	assert_mixed_placed(&x, 0);
+	assert_mixed_swept(&x, 0, true, 0);
 	assert_int_equal(x.l.ndem, 0);                       /* nothing asked for */
 	assert_true(x.r->t_map_ns > 0);
 	fx_fini(&x);
 }
 
 /* Without MINOR the TEMPLATE pages are copied from the template at the region's
- * offset; a hole in the template's page cache (CONTINUE: EFAULT) is copied too. */
+ * offset (the sweep places them: the kernel has no template behind the region); a
+ * fault on a hole in the template's page cache (CONTINUE: EFAULT) is copied too. */
 static void test_template_copy_and_hole(void **state)
 {
 	struct fx x;
@@ -90,7 +103,8 @@ static void test_template_copy_and_hole(void **state)
 	assert_int_equal(fk_count(&x.u, FK_CONT), 0);
 	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->page, 0);
 	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->n, 8);
-	assert_mixed_placed(&x, 32);
+	assert_mixed_swept(&x, 32, false, 0);
+	assert_int_equal(x.r->n_tmpl_left, 0);
 	fx_fini(&x);
 
 	fx_init(&x, 64, FX_MINOR);
@@ -98,11 +112,14 @@ static void test_template_copy_and_hole(void **state)
 	fk_inject(&x.u, FK_CONT, 5, -EFAULT, 1);
 	assert_int_equal(fx_map(&x, 0, true, mixed, 4), 0);
 	fx_work(&x);
+	fx_fault(&x, 5);
+	fx_fault(&x, 6);
 	assert_int_equal(x.r->st.continue_fallbacks, 1);
-	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->done, 5);
-	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->page, 5);     /* the hole, copied */
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->page, 5);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->done, 0);
+	assert_int_equal(fk_nth(&x.u, FK_COPY, 1)->page, 5);     /* the hole, copied */
 	assert_int_equal(fk_nth(&x.u, FK_CONT, 1)->page, 6);
-	assert_mixed_placed(&x, 0);
+	assert_mixed_swept(&x, 0, true, 1u << 5 | 1u << 6);
 	fx_fini(&x);
 }
 
@@ -131,10 +148,11 @@ static void test_faults_before_map_wait(void **state)
 	assert_int_equal(x.r->nfaults, 1);                   /* 30 is DATA: still waits */
 	assert_int_equal(x.r->st.lat_demand.count, 2);
 	assert_int_equal(x.l.ndem, 3);                       /* 30 is not asked twice */
-	assert_mixed_placed(&x, 0);
+	assert_mixed_swept(&x, 0, true, 1u << 3);
 	assert_int_equal(fx_ref(&x, 3, 1, 3), 0);            /* the late replies */
 	assert_int_equal(fx_ref(&x, 17, 1, 41), 0);
-	assert_int_equal(fk_pages(&x.u, FK_CONT) + fk_pages(&x.u, FK_COPY), 12);
+	assert_int_equal(fk_pages(&x.u, FK_CONT), 1);        /* 3 by its fault, nothing more */
+	assert_int_equal(fk_pages(&x.u, FK_COPY), 4);
 	assert_int_equal(fx_page(&x, 30, FX_URGENT), 0);
 	assert_int_equal(x.r->nfaults, 0);
 	fx_fini(&x);
@@ -227,7 +245,7 @@ static void test_map_refused(void **state)
 
 /* The sweep stops after 64 pages (SWEEP_YIELD) when an event waits (a guest fault must
  * not wait behind it), counted in pages however short the runs are, and goes on once the
- * loop has served it. */
+ * loop has served it; the TEMPLATE runs between cost nothing (left to the kernel). */
 static void test_sweep_yields_to_events(void **state)
 {
 	struct fx x;
@@ -246,9 +264,64 @@ static void test_sweep_yields_to_events(void **state)
 	tlm_evloop_del(&x.loop, &ev);
 	close(ev.fd);
 	fx_work(&x);
-	assert_int_equal(fk_pages(&x.u, FK_CONT), 256);
+	assert_int_equal(fk_pages(&x.u, FK_CONT), 0);
 	assert_int_equal(fk_pages(&x.u, FK_ZERO), 256);
+	assert_int_equal(x.r->n_tmpl_left, 256);
 	assert_int_equal(x.r->phase, DST_FETCHING);
+	fx_fini(&x);
+}
+
+/* Completion of a MINOR region leaves its unfaulted TEMPLATE pages to the kernel: no
+ * CONTINUE for them, the region unregistered (then woken: a fault read too late faults
+ * again), and each reads as its template page (the fake's model of the page cache). */
+static void test_template_left_at_completion(void **state)
+{
+	struct fx x;
+	size_t unreg;
+
+	fx_init(&x, 64, FX_MINOR);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, true, mixed, 4), 0);
+	fx_work(&x);
+	fx_fault(&x, 2);
+	assert_int_equal(fx_pages(&x, 20, 44, 0, 0), 0);
+	fx_done(&x);
+	fx_work(&x);
+	assert_int_equal(x.r->phase, DST_COMPLETE);
+	assert_int_equal(fk_pages(&x.u, FK_CONT), 1);        /* the fault's */
+	assert_int_equal(x.r->n_present, 57);
+	assert_int_equal(x.r->n_tmpl_left, 7);
+	assert_int_equal(fk_count(&x.u, FK_UNREG), 1);
+	unreg = (size_t)(fk_nth(&x.u, FK_UNREG, 0) - x.u.calls);
+	assert_true(unreg + 1 < x.u.ncalls);
+	assert_int_equal(x.u.calls[unreg + 1].op, FK_WAKE);
+	assert_int_equal(x.u.calls[unreg + 1].n, 64);
+	for (uint64_t p = 0; p < 8; p++)
+		assert_memory_equal(fk_mem(&x.u, p), fx_tmpl_page(&x, p), FX_PS);
+	for (uint64_t p = 20; p < 64; p++)
+		assert_memory_equal(fk_mem(&x.u, p), fx_data(p), FX_PS);
+	fx_fini(&x);
+}
+
+/* Without a final class map the TEMPLATE pages are not settled: a source that says DONE
+ * before the map's last frame gets them placed by the finish sweep, as before. */
+static void test_template_placed_without_final_map(void **state)
+{
+	struct fx x;
+
+	fx_init(&x, 64, FX_MINOR);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, false, mixed, 2), 0);          /* 0..15, not final */
+	fx_work(&x);
+	assert_int_equal(fk_pages(&x.u, FK_CONT), 0);
+	assert_int_equal(x.r->n_tmpl_left, 8);
+	fx_done(&x);
+	fx_work(&x);
+	assert_int_equal(fk_pages(&x.u, FK_CONT), 8);
+	assert_int_equal(x.r->n_tmpl_left, 0);
+	assert_int_equal(x.r->phase, DST_MAPPING);
+	for (uint64_t p = 0; p < 8; p++)
+		assert_memory_equal(fk_mem(&x.u, p), fx_tmpl_page(&x, p), FX_PS);
 	fx_fini(&x);
 }
 
@@ -262,6 +335,8 @@ int main(void)
 		cmocka_unit_test(test_map_frames_and_resend),
 		cmocka_unit_test(test_map_refused),
 		cmocka_unit_test(test_sweep_yields_to_events),
+		cmocka_unit_test(test_template_left_at_completion),
+		cmocka_unit_test(test_template_placed_without_final_map),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

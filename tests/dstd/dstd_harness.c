@@ -544,27 +544,70 @@ static void src_map(struct h_src *s, uint8_t kind)
 	free(runs);
 }
 
-/* The live phase: live map, every DATA page pre-sent, then a fix map keeping it all. */
+/* The live map: the pages' classes, but live_wrong (if set) TEMPLATE. */
+static void src_live_map(struct h_src *s)
+{
+	const struct h_page *real = s->pages;
+	struct h_page *lp = NULL;
+
+	if (s->live_wrong_set && (lp = malloc(s->npages * sizeof(*lp)))) {
+		memcpy(lp, real, s->npages * sizeof(*lp));
+		lp[s->live_wrong].cls = TLM_CLASS_TEMPLATE;
+		lp[s->live_wrong].k = s->live_wrong;
+		s->pages = lp;
+	}
+	src_map(s, TLM_MAP_LIVE);
+	s->pages = real;
+	free(lp);
+}
+
+/* The live phase: live map, every DATA page pre-sent, then a fix map keeping it all (but
+ * live_wrong: DATA). */
 static void src_live(struct h_src *s)
 {
-	struct tlm_run keep = { .cls = TLM_CLASS_KEEP, .len = (uint32_t)s->npages };
+	uint64_t w = s->live_wrong_set ? s->live_wrong : s->npages;
+	struct tlm_run fix[3] = {
+		{ .cls = TLM_CLASS_KEEP, .len = (uint32_t)w },
+		{ .cls = TLM_CLASS_DATA, .len = 1 },
+		{ .cls = TLM_CLASS_KEEP, .len = (uint32_t)(s->npages - w - 1) },
+	};
 	struct tlm_msg m = { .type = TLM_MSG_CLASS_MAP };
 
-	src_map(s, TLM_MAP_LIVE);
+	src_live_map(s);
 	for (uint64_t p = 0; p < s->npages; p++)
-		if (s->pages[p].cls == TLM_CLASS_DATA)
+		if (s->pages[p].cls == TLM_CLASS_DATA && p != w)
 			src_page(s, s->bulk, p, false);
-	m.u.class_map.runs = &keep;
-	m.u.class_map.nruns = 1;
+	if (w == s->npages) {
+		m.u.class_map.runs = fix;
+		m.u.class_map.nruns = 1;
+	} else {
+		m.u.class_map.runs = fix[0].len ? fix : fix + 1;
+		m.u.class_map.nruns = (fix[0].len ? 1 : 0) + 1 + (fix[2].len ? 1 : 0);
+	}
 	m.u.class_map.final = true;
 	m.u.class_map.kind = TLM_MAP_FIX;
+	src_send(s->bulk, &m);
+}
+
+/* The end of the bulk stream: PROGRESS (all sent), DONE. */
+static void src_done(struct h_src *s, uint64_t data)
+{
+	struct tlm_msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.type = TLM_MSG_PROGRESS;
+	m.u.progress.pages_sent = s->npages;
+	m.u.progress.pages_total = s->npages;
+	src_send(s->bulk, &m);
+	m.type = TLM_MSG_DONE;
+	m.u.done.data_pages = data;
+	m.u.done.bytes = data * H_PS;
 	src_send(s->bulk, &m);
 }
 
 static void src_go(struct h_src *s)
 {
 	uint64_t data = 0;
-	struct tlm_msg m;
 
 	for (unsigned i = 0; i < s->ninject; i++)
 		src_send(s->bulk, &s->inject[i]);
@@ -578,15 +621,8 @@ static void src_go(struct h_src *s)
 		src_page(s, s->bulk, p, s->bad_page_set && p == s->bad_page);
 		data++;
 	}
-	memset(&m, 0, sizeof(m));
-	m.type = TLM_MSG_PROGRESS;
-	m.u.progress.pages_sent = s->npages;
-	m.u.progress.pages_total = s->npages;
-	src_send(s->bulk, &m);
-	m.type = TLM_MSG_DONE;
-	m.u.done.data_pages = data;
-	m.u.done.bytes = data * H_PS;
-	src_send(s->bulk, &m);
+	if (!s->hold_done)
+		src_done(s, data);
 }
 
 static int src_accept_one(struct h_src *s)
@@ -682,6 +718,8 @@ static void src_loop(struct h_src *s)
 				src_go(s);
 			if (c == 'X')
 				src_reaccept(s);
+			if (c == 'D')
+				src_done(s, 0);
 			if (c == 'R' && s->hold_page != UINT64_MAX) {
 				uint64_t hp = s->hold_page;
 

@@ -128,13 +128,19 @@ struct h_src {
 	unsigned frames_per_map;       /* CLASS_MAP frames to split the map into */
 	bool live;                     /* 'G' as in version 3's live phase: a live map, every
 					  DATA page pre-sent, a fix map of KEEP, no PAGE more */
+	bool hold_done;                /* 'G' sends no DONE: 'D' does */
+	bool live_wrong_set;           /* live: the live map calls DATA page live_wrong
+					  TEMPLATE (written after it): not pre-sent, the fix
+					  map corrects it to DATA */
+	uint64_t live_wrong;
 	const struct tlm_msg *inject;  /* a hostile source: sent on bulk before the map */
 	unsigned ninject;
 };
 
 int h_src_start(struct h_src *s, const struct tlm_key *key, const struct h_page *pages,
 		uint64_t npages);
-/* Commands: 'G' send the class map, the bulk stream and DONE; 'R' release the held page;
+/* Commands: 'G' send the class map, the bulk stream and DONE (unless hold_done: 'D'
+ * sends it); 'R' release the held page;
  * 'X' drop both sessions and accept new ones; 'Q' quit. */
 void h_src_cmd(struct h_src *s, char c);
 /* Wait until pred(s) holds (checked under the lock), timeout ms. */

@@ -271,19 +271,22 @@ static void f_start_dest(struct f_run *x)
 
 /* ---- kills ----------------------------------------------------------------------------------- */
 
-/* Somewhere in the migration: once 5..max_pct % of the pages are present (or 3 s). */
+/* Somewhere in the migration: once 5..max_pct % of the pages are settled (present, or
+ * TEMPLATE left to the kernel) (or 3 s). */
 static void f_kill_point(struct f_run *x, unsigned max_pct)
 {
 	uint64_t pct = 5 + tt_rand(&x->rng) % (max_pct - 4);
-	uint64_t want = (x->size / E2E_PAGE) * pct / 100, have = 0;
+	uint64_t want = (x->size / E2E_PAGE) * pct / 100, have = 0, left = 0;
 	uint64_t end = tt_now_ms() + 3000;
 	char cmd[64], *js;
 
 	snprintf(cmd, sizeof(cmd), "stats %s", x->id);
-	while (have < want && tt_now_ms() < end) {
+	while (have + left < want && tt_now_ms() < end) {
 		js = e2e_ctl(F.us_ctl, cmd);
-		if (js)
+		if (js) {
 			tt_json_u64(js, "pages", "present", &have);
+			tt_json_u64(js, "pages", "template_left", &left);
+		}
 		free(js);
 		usleep(2000);
 	}
