@@ -33,7 +33,9 @@
 #   C  the background stream alone (the destination reads once complete): its throughput,
 #      and each daemon's CPU time from the freeze to the end per DATA page
 #      (src_/dst_cpu_us_per_page: classification and the class-map sweep included; the
-#      src_/dst_stream_ keys from the class map's arrival on: the DATA stream alone).
+#      src_/dst_stream_ keys from the class map's arrival on: the DATA stream alone), and
+#      the time from the freeze to the region's completion (every page placed, or TEMPLATE
+#      left to the kernel: pages.template_left of the destination's stats).
 #   T  plain TCP streams of the same bytes over loopback (tlm-bench-runtime): the baseline;
 #      also received into fresh memory (--fresh), as the destination must place its pages.
 #   P  the same bytes placed by UFFDIO_COPY alone, in 64-page runs, by 1 and by 2 threads
@@ -200,6 +202,7 @@ migrate() {
 	# Both daemons' CPU time from the freeze to the end (run C: the whole migration after
 	# the stop, classification and the class-map sweep included), per DATA page.
 	local cpu0="$(cpu_us "$work/$label.ps.ctl") $(cpu_us "$work/$label.ud.ctl")"
+	date +%s.%N > "$work/$label.freeze"
 	ctl "$work/$label.ps.ctl" freeze all >/dev/null
 	if [ "$when" = after ]; then
 		# ... and from the class map's arrival at the destination (the DATA stream's start)
@@ -316,6 +319,12 @@ fig = {
 # CPU us of each daemon per DATA page, run C: from the freeze, and from the class map's
 # arrival (the DATA stream alone), to the end
 src0, dst0, src1, dst1, src2, dst2 = open(f"{work}/C.cpu").read().split()
+# Freeze -> region complete, run C: the daemon's REGION time on the wall clock (from the
+# class map's arrival, both clocks) + its elapsed time to completion.
+c_start = c_dst["map_received_wall"] - c_dst["map_received_ms"] / 1e3
+fig["complete_ms_after_freeze"] = (c_start + c_dst["elapsed_ms"] / 1e3 -
+                                   float(open(f"{work}/C.freeze").read())) * 1e3
+fig["template_left"] = c_dst["pages"].get("template_left", 0)
 fig["src_cpu_us_per_page"] = (int(src2) - int(src0)) / pages["data"]
 fig["dst_cpu_us_per_page"] = (int(dst2) - int(dst0)) / pages["data"]
 fig["src_stream_cpu_us_per_page"] = (int(src2) - int(src1)) / pages["data"] \
@@ -359,6 +368,8 @@ rows = [
     ("  over the DATA stream only (from the class map)", " / ".join(
         "-" if v is None else f"{v:.2f}"
         for v in (f["src_stream_cpu_us_per_page"], f["dst_stream_cpu_us_per_page"])), "-"),
+    ("freeze -> region complete, stream alone, ms", f"{f['complete_ms_after_freeze']:.0f} "
+     f"({f['template_left']} TEMPLATE pages left to the kernel)", "-"),
     ("bytes on the wire / DATA payload, MB", f"{wire / 1e6:.1f} / {data_payload / 1e6:.1f} = "
      f"{f['wire_over_payload']:.3f}x", "<= 1.02x"),
     ("dst memory, 2 VMs / (template + DATA + REF), MiB", f"{dst_mem_kb >> 10} / "

@@ -18,7 +18,8 @@
 #   --timeout S        per-VM limit for the migration to complete (default 300)
 #   --no-check         skip the guest checks (checksum before/after, TICKs at destination)
 #   --json FILE        also write the report as JSON
-#   --trace FILE       append "mode,vm,seconds,pages_present,pages_total" samples (10/s)
+#   --trace FILE       append "mode,vm,seconds,pages_present,pages_total" samples (10/s;
+#                      tlm counts TEMPLATE pages left to the kernel as present)
 # tlm mode:
 #   --key FILE         pre-shared key of the daemons (0600); default: a new random key
 #   --dst-ctl PATH --dst-sock PATH

@@ -34,7 +34,8 @@ Per VM, in this order (the order is what keeps the guest's memory right):
      server until the freeze is done. Then the freeze reply is read; the destination's
      RESUME event ends the downtime (`cont` if it did not start by itself);
      then, once for all VMs, the --after-switch hook (a test's fault injection point);
-  4. every page present (the daemon's region phase "complete"): guest checks, the source
+  4. every page settled (the daemon's region phase "complete": placed, or a TEMPLATE page
+     left to the kernel, mapped from the template on touch): guest checks, the source
      QEMU is shut down, the destination becomes the VM's current generation.
 A failure before the destination runs stops it and lets the source run on (its RAM was
 only read). After that, both QEMUs and the daemons are left as they are for inspection:
@@ -211,7 +212,7 @@ class Daemon:
 class Mig:
     """One VM's migration. phase: new -> prepared (destination started) -> armed ->
     stopped (source paused: switch-over under way) -> switched (destination runs) ->
-    complete (every page present) -> done (checked, source gone)."""
+    complete (every page settled) -> done (checked, source gone)."""
 
     def __init__(self, arg, opt):
         self.src = V.resolve(arg)
@@ -486,7 +487,7 @@ class Mig:
             if time.monotonic() - self.lost > REANNOUNCE_S:
                 raise Fail(f"{self.name}: tlm-uffd-server lost the region (not announced "
                            f"again in {REANNOUNCE_S} s)")
-            return {"pages": {"present": 0, "total": 0}}
+            return {"pages": {"present": 0, "template_left": 0, "total": 0}}
         self.lost = None
         if r["phase"] == "failed":
             raise Fail(f"{self.name}: tlm-uffd-server: {r.get('error', 'failed')} (the "
@@ -633,7 +634,7 @@ class Run:
                     raise
                 self.watch_daemons()
                 for m, r in samples if trace else ():
-                    trace.write(f"tlm,{m.name},{now - t0:.3f},{r['pages']['present']},"
+                    trace.write(f"tlm,{m.name},{now - t0:.3f},{settled(r['pages'])},"
                                 f"{r['pages']['total']}\n")
                 if time.monotonic() > deadline:
                     left = [m.name for m in self.migs if m.phase == "switched"]
@@ -861,6 +862,12 @@ def switch_timeline(m):
     return {k: round((v - t0) * 1000, 1) for k, v in at.items() if v}
 
 
+def settled(pages):
+    """Pages of a region the destination needs nothing more for: placed, or TEMPLATE
+    pages left to the kernel (mapped from the template's page cache on first touch)."""
+    return pages["present"] + pages.get("template_left", 0)
+
+
 def tlm_row(m):
     s, lat = m.stats, m.stats["latency_demand"]
     cls = s["classes"]
@@ -894,6 +901,7 @@ def tlm_row(m):
             "tlm_bytes": s["wire"]["in_bytes"] + s["wire"]["out_bytes"],
             "tlm_payload_bytes": s["wire"]["payload_bytes"],
             "pages": {k: cls[k] for k in ("template", "zero", "ref", "data")},
+            "template_left": s["pages"].get("template_left", 0),
             "bulk_pace": m.src_stats.get("bulk_pace"),
             "bulk_pace_mbps": round(m.src_stats.get("bulk_pace_bps", 0)
                                     * 8 / 1e6, 1),

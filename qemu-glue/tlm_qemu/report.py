@@ -4,7 +4,9 @@
 Per VM, one row (also the JSON of --json); every mode has every key (None where it does
 not apply):
   vm, mode, time_s        start -> every page present at the destination (tlm: from the
-                          source's STOP; qemu: from `migrate`, QEMU's total-time)
+                          source's STOP; qemu: from `migrate`, QEMU's total-time); tlm
+                          counts a TEMPLATE page left to the kernel as present: the
+                          destination maps it from the template's page cache on touch
   downtime_ms             guest stopped -> running: the source's QMP STOP event to the
                           destination's RESUME event (QEMU's timestamps, host clock), the
                           same measure in every mode; downtime_qemu_ms: QEMU's own figure
@@ -34,6 +36,8 @@ not apply):
   qemu_bytes              bytes of QEMU's migration stream (RAM counters)
   tlm_bytes, tlm_payload_bytes   bytes tlm moved (both directions) and their DATA payload
   pages                   tlm: pages by class (template, zero, ref, data)
+  template_left           tlm: TEMPLATE pages the destination never placed (nothing
+                          faulted on them): the kernel maps them from the template
   demand_faults, fault_p50_us, fault_p99_us   faults that waited for the network
   bulk_pace, bulk_pace_mbps   tlm: the background stream's pacing at the end (paced, lan,
                           probing, off: tlm-page-server --bulk-pace)
@@ -55,7 +59,7 @@ from . import events
 ROW_KEYS = ("vm", "mode", "time_s", "downtime_ms", "downtime_qemu_ms", "freeze_ms",
             "live_method", "live_why", "live_wait_s", "final_dirty", "final_ms", "redone",
             "live_rounds", "resent_bytes", "qemu_bytes", "tlm_bytes", "tlm_payload_bytes",
-            "pages", "demand_faults", "fault_p50_us", "fault_p99_us", "dst_pss_kb",
+            "pages", "template_left", "demand_faults", "fault_p50_us", "fault_p99_us", "dst_pss_kb",
             "checksum")
 
 mb = lambda b: (b or 0) / 1e6       # noqa: E731
@@ -75,7 +79,8 @@ def describe(r):
     if r["mode"] == "tlm":
         p = r["pages"]
         tlm = (f"; tlm sent {mb(r['tlm_bytes']):.1f} MB (DATA {p['data']}, REF {p['ref']}, "
-               f"ZERO {p['zero']}, TEMPLATE {p['template']} pages; payload "
+               f"ZERO {p['zero']}, TEMPLATE {p['template']} pages, "
+               f"{r.get('template_left') or 0} of them left to the kernel; payload "
                f"{mb(r['tlm_payload_bytes']):.1f} MB)")
     if r["mode"] == "tlm" and r.get("freeze_ms") is not None:
         live = r.get("live_method") or "none"

@@ -37,7 +37,8 @@ no() {			# stderr: also from within $(...)
 }
 
 # The VM's region at control socket CTL: page server "DATA BULK URGENT" (DATA pages, sent
-# on the background stream, sent on demand), tlm-uffd-server "PRESENT TOTAL PHASE".
+# on the background stream, sent on demand), tlm-uffd-server "SETTLED TOTAL PHASE"
+# (settled: present, or TEMPLATE left to the kernel).
 stats() {
 	local out
 
@@ -45,7 +46,9 @@ stats() {
 	python3 -c 'import json, sys
 r = [r for r in json.load(sys.stdin)["regions"] if r["id"] == sys.argv[1]][0]
 print(*([r["pages"]["data"], r["data_sent_bulk"], r["data_sent_urgent"]]
-        if "data_sent_bulk" in r else [r["pages"]["present"], r["pages"]["total"], r["phase"]]))
+        if "data_sent_bulk" in r else
+        [r["pages"]["present"] + r["pages"].get("template_left", 0), r["pages"]["total"],
+         r["phase"]]))
 ' "$TLM_MIGRATE_VMS" <<< "$out" || no "no region $TLM_MIGRATE_VMS in the stats of $1"
 }
 
@@ -99,7 +102,7 @@ tlm-page-server)
 	s=$(stats "$TLM_UFFD_SERVER_CTL")
 	read -r present total phase <<< "$s"
 	echo "hook: killed tlm-page-server after it sent $urgent of $data DATA pages (demand" \
-		"only); destination: $present of $total pages present, $phase"
+		"only); destination: $present of $total pages settled, $phase"
 	if [ "$phase" = complete ] || [ "$present" -ge "$total" ]; then
 		no "the destination was complete"
 	fi ;;
