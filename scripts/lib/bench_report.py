@@ -27,7 +27,8 @@ import time
 MODES = ("tlm", "qemu", "precopy")
 MODE_NAME = {"tlm": "tlm", "tlm-post": "tlm --policy post",
              "tlm-hybrid": "tlm --policy hybrid", "tlm-auto": "tlm --policy auto",
-             "tlm-nolive": "tlm --no-live", "qemu": "postcopy-ram", "precopy": "precopy"}
+             "tlm-nolive": "tlm --no-live", "qemu": "postcopy-ram", "precopy": "precopy",
+             "local": "local (RAM file shared)"}
 
 
 def ticks(run_dir, prefix, out):
