@@ -20,9 +20,11 @@ install_prefix=
 
 # Why each package: compiler/build tools; liburing (io_uring, probed by the daemons);
 # libxxhash (XXH3 page hashes); libcmocka (tests); libssl (HMAC-SHA256 authentication);
-# libjansson (tests read the daemons' stats JSON with a real parser).
+# libjansson (tests read the daemons' stats JSON with a real parser); openssh-client,
+# openssh-server and rsync (--dst-host: the destination over ssh, template-push.sh; the
+# two-host test runs an sshd of its own in the destination namespace, never the system's).
 packages=(gcc make cmake ninja-build pkg-config liburing-dev libxxhash-dev libcmocka-dev
-	  libssl-dev libjansson-dev)
+	  libssl-dev libjansson-dev openssh-client openssh-server rsync)
 
 while [ $# -gt 0 ]; do
 	case "$1" in

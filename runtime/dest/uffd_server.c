@@ -14,6 +14,7 @@
 #include "dst_ctl.h"
 #include "dst_server.h"
 #include "log.h"
+#include "tlm_proto.h"
 
 struct opts {
 	struct dst_server_opts d;
@@ -25,6 +26,7 @@ static const char usage_text[] =
 "                       [--template PAGES]... [--outage-limit S] [--stall-timeout S]\n"
 "                       [--stage-max MIB] [--net-io MODE] [--bulk-rcvbuf KIB]\n"
 "                       [--exit-when-done] [--log-level L] [--progress]\n"
+"       tlm-uffd-server --version\n"
 "\n"
 "Destination daemon of tlm: receives guest RAM regions and their userfaultfds from\n"
 "libtlm-glue.so over GLUESOCK and resolves the guest's page faults: template pages from the\n"
@@ -163,6 +165,7 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "progress", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -175,8 +178,12 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 	o->net_io = DST_NET_IO_SYSCALL;          /* io_uring measured no faster (dst_rx.h) */
 	o->bulk_rcvbuf = DST_PEER_RCVBUF_DEFAULT;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-		if (c == 'h') {
-			fputs(usage_text, stdout);
+		if (c == 'h' || c == 'V') {
+			if (c == 'h')
+				fputs(usage_text, stdout);
+			else
+				printf("tlm-uffd-server %s (protocol %u)\n", TLM_VERSION,
+				       TLM_PROTO_VERSION);
 			return 1;
 		}
 		if (c == '?' || c == ':')

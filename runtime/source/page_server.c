@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "src_server.h"
+#include "tlm_proto.h"
 #include "util.h"
 
 static const char usage[] =
@@ -18,6 +19,7 @@ static const char usage[] =
 "                       [--bulk-hold] [--live-rate MiB]\n"
 "                       [--policy post|hybrid|auto] [--presend-max MiB]\n"
 "                       [--presend-left PAGES] [--presend-rounds N]\n"
+"       tlm-page-server --version\n"
 "\n"
 "Source side of a tlm post-copy migration: serves guest RAM regions to the destination's\n"
 "tlm-uffd-server. Nothing of a region is sent before `freeze`; then every page is\n"
@@ -177,6 +179,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "listen", required_argument, NULL, 'l' }, { "key", required_argument, NULL, 'k' },
 		{ "ctl", required_argument, NULL, 'c' }, { "region", required_argument, NULL, 'r' },
 		{ "log-level", required_argument, NULL, 'L' }, { "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{ "bulk-delay", required_argument, NULL, 'D' },
 		{ "bulk-ahead", required_argument, NULL, 'A' },
 		{ "bulk-lowat", required_argument, NULL, 'W' },
@@ -208,6 +211,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'r': o->c.regions[o->c.nregions++] = optarg; break;
 		case 'H': o->c.bulk_hold = true; break;
 		case 'h': fputs(usage, stdout); exit(0);
+		case 'V':
+			printf("tlm-page-server %s (protocol %u)\n", TLM_VERSION, TLM_PROTO_VERSION);
+			exit(0);
 		case 'D': case 'A': case 'W': case 'R': case 'p':
 			if (parse_bulk_opt(c, optarg, o) < 0)
 				return -1;
