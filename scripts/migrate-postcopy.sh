@@ -41,6 +41,21 @@
 #   --src-netns NS, --dst-netns NS
 #                      run the source / destination side in these network namespaces
 #                      (emulated hosts; the source VMs must already run in --src-netns)
+#   --dst-host [USER@]HOST
+#                      run the destination side on HOST over ssh (one ControlMaster
+#                      connection, BatchMode: a key, no password): tlm-uffd-server and the
+#                      destination QEMU start there, their unix sockets are forwarded
+#                      here; HOST has the same tlm install (scripts/tlm-hostcheck.sh says
+#                      what differs) and the template (scripts/template-push.sh; name its
+#                      path there with --dst-template). --dst-addr is HOST's address the
+#                      source QEMU migrates to; --src-addr (or --src-reach) must be
+#                      reachable from HOST. Not with --dst-netns
+#   --dst-prefix DIR   --dst-host: HOST's tlm source tree with its build/ (default: the
+#                      same paths as here)
+#   --dst-run-dir DIR  --dst-host: HOST's TLM_RUN_DIR (default: its default)
+#   --dst-key FILE     --dst-host: the --key file's path on HOST (default: the same path;
+#                      without --key, this run's new key is copied to HOST)
+#   --ssh-config FILE  --dst-host: ssh -F FILE (default $TLM_SSH_CONFIG)
 #   --bulk-delay MS    the page server starts its background DATA stream MS ms after the
 #                      freeze (tlm-page-server --bulk-delay; a page server restarted after
 #                      a crash streams at once): until then DATA pages move on demand only
@@ -121,7 +136,8 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-port|--dst-port|\
 	--src-reach|--after-switch|--before-stop|--before-freeze|--bulk-delay|--live-rate|\
-	--policy|--src-netns|--dst-netns)
+	--policy|--src-netns|--dst-netns|--dst-host|--dst-prefix|--dst-run-dir|--dst-key|\
+	--ssh-config)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
 		tlm_opts+=("$1" "$2")
 		case "$1" in

@@ -60,6 +60,7 @@ import subprocess
 import sys
 import time
 
+from . import remote as R
 from . import report
 from . import vm as V
 from .qmp import QMP, QMPError, QMPConnectionError, event_time
@@ -116,9 +117,13 @@ def ctl(path, line, timeout=30):
     return ctl_reply(ctl_send(path, line, timeout), path, line)
 
 
-def all_region_stats(ctl_path):
-    """Every region's stats by VM id, in one `stats` round trip."""
-    return {r.get("id"): r for r in json.loads(ctl(ctl_path, "stats")).get("regions", [])}
+def all_region_stats(ctl_path, timeout=30):
+    """Every region's stats by VM id, in one `stats` round trip. An empty reply is no
+    answer (a forwarded socket whose daemon is not there: remote.py)."""
+    text = ctl(ctl_path, "stats", timeout)
+    if not text:
+        raise Fail(f"control socket {ctl_path} (stats): no reply")
+    return {r.get("id"): r for r in json.loads(text).get("regions", [])}
 
 
 def region_stats(ctl_path, vm_id):
@@ -171,7 +176,7 @@ class Daemon:
                 raise Fail(f"{self.name} exited at start (status {self.p.returncode}): "
                            f"{self.tail()}")
             try:
-                ctl(self.ctl, "stats", timeout=2)
+                all_region_stats(self.ctl, timeout=2)
                 return
             except Fail:
                 if time.monotonic() > deadline:
@@ -341,13 +346,11 @@ class Mig:
         for k, v in env.items():
             argv += ["--env", f"{k}={v}"]
         self.open_qmp("src")
-        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                               filter(None, (PKG_PATH, os.environ.get("PYTHONPATH"))))))
+        r = self.opt.dsthost.run_vm(argv)
         if r.returncode:
             raise Fail(f"{self.name}: the destination QEMU did not start: "
                        f"{r.stderr.strip().removeprefix(V.PROG + ': error: ')}")
-        self.dst = V.resolve(r.stdout.strip())
+        self.dst = self.opt.dsthost.resolve(r.stdout.strip())
         self.phase = "prepared"
         self.open_qmp("dst")
 
@@ -361,8 +364,9 @@ class Mig:
                 return r
             if ph == "failed":
                 raise Fail(f"{self.name}: tlm-uffd-server: {r.get('error', 'failed')}")
-            if not V.alive(self.dst):
-                raise Fail(f"{self.name}: the destination QEMU exited: {V.log_tail(self.dst)}")
+            if not self.opt.dsthost.alive(self.dst):
+                raise Fail(f"{self.name}: the destination QEMU exited: "
+                           f"{self.opt.dsthost.log_tail(self.dst)}")
             if time.monotonic() > deadline:
                 raise Fail(f"{self.name}: region {'not announced' if not r else ph} at "
                            f"tlm-uffd-server after {timeout} s (want {'/'.join(want)})")
@@ -504,7 +508,7 @@ class Mig:
             raise Fail(f"{self.name}: the destination is not running")
         if not self.opt.check:
             return
-        self.tick = V.wait_ticks(self.dst, 2, 30)
+        self.tick = self.opt.dsthost.wait_ticks(self.dst, 2, 30)
         self.sum_after = V.guest_cmd(self.dst, "sum", self.guest_timeout)
         why = V.sum_differs(self.sum_before, self.sum_after)
         if why:
@@ -519,7 +523,7 @@ class Mig:
             {"capability": "x-ignore-shared", "state": False}]})
         self.close_qmp()
         V.stop(self.src)
-        V.set_link(self.dst)
+        self.opt.dsthost.link(self.dst)
         self.phase = "done"
 
     def undo(self):
@@ -531,7 +535,7 @@ class Mig:
                 except Fail:
                     pass
             self.close_qmp("dst")
-            V.stop(self.dst)
+            self.opt.dsthost.stop(self.dst)
             if self.phase == "stopped" and \
                self.qmp("src", "query-status")["status"] in ("paused", "postmigrate"):
                 self.qmp("src", "cont")
@@ -565,6 +569,11 @@ class Run:
         self.key = opt.key or self.make_key()
         self.dst_ctl = opt.dst_ctl or os.path.join(self.work, "dst", "ctl.sock")
         self.dst_sock = opt.dst_sock or os.path.join(self.work, "dst", "glue.sock")
+        if opt.dsthost.remote:      # paths on the destination host; its ctl forwarded here
+            self.dst_key = opt.dst_key or opt.key or opt.dsthost.copy_key(self.key)
+            self.dst_sock = opt.dst_sock or opt.dsthost.glue_sock()
+            self.dst_ctl = opt.dsthost.forward_ctl(
+                opt.dst_ctl or f"{opt.dsthost.rwork}/ctl.sock")
 
     def make_key(self):
         path = os.path.join(self.work, "key")
@@ -601,16 +610,21 @@ class Run:
     def start_uffd_server(self):
         if self.opt.dst_ctl:        # the operator's daemon: it must answer
             try:
-                ctl(self.dst_ctl, "stats", timeout=5)
+                all_region_stats(self.dst_ctl, timeout=5)
             except Fail as e:
                 raise Fail(f"tlm-uffd-server is not running at {self.dst_ctl}: {e}") from None
             return
-        argv = netns_argv(self.opt.dst_netns) + [
-            os.path.join(self.opt.bin_dir, "tlm-uffd-server"),
-            "--sock", self.dst_sock, "--ctl", self.dst_ctl, "--key", self.key,
-            "--source", self.source, "--log-level", self.opt.log_level]
-        for t in sorted({m.tmpl_dst for m in self.migs if m.tmpl_dst}):
-            argv += ["--template", t]
+        templates = sorted({m.tmpl_dst for m in self.migs if m.tmpl_dst})
+        if self.opt.dsthost.remote:
+            argv = self.opt.dsthost.uffd_server_argv(self.dst_key, self.source, templates,
+                                                     self.opt.log_level)
+        else:
+            argv = netns_argv(self.opt.dst_netns) + [
+                os.path.join(self.opt.bin_dir, "tlm-uffd-server"),
+                "--sock", self.dst_sock, "--ctl", self.dst_ctl, "--key", self.key,
+                "--source", self.source, "--log-level", self.opt.log_level]
+            for t in templates:
+                argv += ["--template", t]
         self.ud = Daemon("tlm-uffd-server", argv, self.work, self.dst_ctl)
         self.ud.wait_ready()
 
@@ -907,7 +921,7 @@ def tlm_row(m):
                                     * 8 / 1e6, 1),
             "demand_faults": lat["count"], "fault_p50_us": lat["p50_us"],
             "fault_p99_us": lat["p99_us"], "faults": s["faults"],
-            "dst_pss_kb": V.pss(m.dst)["pss_kb"],
+            "dst_pss_kb": m.opt.dsthost.pss(m.dst)["pss_kb"],
             "checksum": f"{m.sum_after.split()[1]} ok" if m.sum_after else "not checked"}
 
 
@@ -927,6 +941,18 @@ def parser():
     ap.add_argument("--dst-port", type=int, default=0)
     ap.add_argument("--src-netns")
     ap.add_argument("--dst-netns")
+    ap.add_argument("--dst-host", metavar="[USER@]HOST",
+                    help="run the destination side there, over ssh (remote.py)")
+    ap.add_argument("--dst-prefix", metavar="DIR",
+                    help="--dst-host: its tlm source tree (with build/); default: the "
+                         "same paths as here")
+    ap.add_argument("--dst-run-dir", metavar="DIR",
+                    help="--dst-host: its TLM_RUN_DIR (default: its default)")
+    ap.add_argument("--dst-key", metavar="FILE",
+                    help="--dst-host: the key file's path there (default: --key's path; "
+                         "without --key, this run's key is copied there)")
+    ap.add_argument("--ssh-config", metavar="FILE", default=os.environ.get("TLM_SSH_CONFIG"),
+                    help="ssh -F FILE (default $TLM_SSH_CONFIG)")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--no-check", dest="check", action="store_false")
     ap.add_argument("--json")
@@ -968,14 +994,24 @@ def main(argv):
         raise Fail("--dst-ctl and --dst-sock go together (a running tlm-uffd-server)")
     for d in ("src", "dst"):
         os.makedirs(os.path.join(opt.work, d), mode=0o700, exist_ok=True)
-    run, ok = None, False
+    if opt.dst_host and opt.dst_netns:
+        raise Fail("--dst-host and --dst-netns exclude each other (the host's ssh "
+                   "session runs where its sshd does)")
+    if not opt.dst_host and (opt.dst_prefix or opt.dst_run_dir or opt.dst_key):
+        raise Fail("--dst-prefix, --dst-run-dir and --dst-key go with --dst-host")
+    opt.dsthost = R.connect(opt)
+    if opt.dsthost.remote:
+        opt.glue = opt.dsthost.glue     # the destination QEMU preloads the remote install's
+    run, ok, left = None, False, False
     try:
         run = Run(opt)
         run.migrate()
         ok = True
     finally:
-        if run and not run.cleanup(ok) and not ok:
+        left = run and not run.cleanup(ok)
+        if left and not ok:
             open(os.path.join(opt.work, ".keep"), "w").close()
+        opt.dsthost.close(ok or not left)
     rows = [dict(tlm_row(m), total_s=round(m.t["complete"] - run.t0, 3)) for m in run.migs]
     t0 = min(m.ev["stop"] for m in run.migs)
     t1 = max(m.t["complete"] for m in run.migs)
