@@ -21,7 +21,7 @@ set -euo pipefail
 # shellcheck source=lib/ssh.sh
 . "$tlm_root/scripts/lib/ssh.sh"
 
-args=() to= prefix= cfg=
+args=() to='' prefix='' cfg=''
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--to|--dst-prefix|--ssh-config)

@@ -22,7 +22,7 @@ set -euo pipefail
 # shellcheck source=lib/ssh.sh
 . "$tlm_root/scripts/lib/ssh.sh"
 
-host= cfg= prefix= key=
+host='' cfg='' prefix='' key=''
 templates=()
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -54,18 +54,18 @@ problem() {
 err=$(tlm_ssh true 2>&1) || { echo "$host: cannot ssh there: $(tail -n 1 <<<"$err")"; exit 1; }
 
 # what the destination side runs: one ssh round trip names every missing piece
-missing=$(tlm_ssh "for f in $(printf '%q ' "$tlm_rbin/tlm-uffd-server" "$tlm_rbin/tlm-template" \
+absent=$(tlm_ssh "for f in $(printf '%q ' "$tlm_rbin/tlm-uffd-server" "$tlm_rbin/tlm-template" \
 	"$tlm_rglue" "$tlm_rpkg/tlm_qemu/vm.py"); do [ -e \"\$f\" ] || echo \"\$f\"; done;" \
 	"for c in python3 qemu-system-x86_64; do command -v \$c >/dev/null || echo \$c; done")
 while read -r m; do
 	[ -z "$m" ] || problem "missing $m"
-done <<<"$missing"
+done <<<"$absent"
 
 here=$("$tlm_bin/tlm-page-server" --version 2>/dev/null) || here="(no $tlm_bin/tlm-page-server)"
 if there=$(tlm_ssh "$(printf %q "$tlm_rbin/tlm-uffd-server")" --version 2>/dev/null); then
 	[ "${there#* }" = "${here#* }" ] ||
 		problem "version differs: $there there, $here here"
-elif [ -n "$there" ] || ! grep -qx "$tlm_rbin/tlm-uffd-server" <<<"$missing"; then
+elif [ -n "$there" ] || ! grep -qx "$tlm_rbin/tlm-uffd-server" <<<"$absent"; then
 	problem "$tlm_rbin/tlm-uffd-server has no --version (an older tlm): here $here"
 fi
 

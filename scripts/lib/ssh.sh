@@ -15,6 +15,7 @@
 #                         the digest in the index PAGES.tlmi (tlm-template inspect), here
 #                         or on the host; nothing (status 1) without a readable index
 
+# shellcheck disable=SC2034  # tlm_rglue, tlm_rpkg: for the scripts that source this
 tlm_ssh_init() {
 	local cfg=${2:-${TLM_SSH_CONFIG:-}} prefix=${3:-}
 

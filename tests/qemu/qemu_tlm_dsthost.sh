@@ -121,6 +121,16 @@ echo "$out"
 grep -q "nothing copied" <<<"$out" || fail "the second push copied again"
 on_src "$root/scripts/tlm-hostcheck.sh" dsthost --template "$tsrc:$tdst" \
 	--key "$src/keys/key:$dst/keys/key" || fail "hostcheck after the push"
+step "hostcheck names a readable key and an install that is not there"
+chmod 644 "$dst/keys/key"
+out=$(on_src "$root/scripts/tlm-hostcheck.sh" dsthost --key "$src/keys/key:$dst/keys/key" \
+	--dst-prefix "$dst/no-tlm") && fail "hostcheck passed a 0644 key and no install: $out"
+echo "$out"
+chmod 600 "$dst/keys/key"
+grep -q "^dsthost: key $dst/keys/key has mode 644, not 0600$" <<<"$out" ||
+	fail "hostcheck missed the key's mode"
+[ "$(grep -c "^dsthost: missing $dst/no-tlm/" <<<"$out")" = 4 ] ||
+	fail "hostcheck did not name the 4 missing files of the install"
 
 migrate() {
 	on_src "$root/scripts/migrate-postcopy.sh" --mode tlm c-1 --dst-host dsthost \
