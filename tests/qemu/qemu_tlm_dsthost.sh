@@ -152,7 +152,14 @@ left=$(ls "$dst/run")
 [ -z "$left" ] || fail "left at the destination: $left"
 
 step "migrate the clone with tlm to dsthost over ssh"
-migrate --dst-addr "$TLM_DST_ADDR" --json "$src/tlm.json" || fail "migration to dsthost failed"
+# the hook, once the destination runs: what the destination daemon was started with
+migrate --dst-addr "$TLM_DST_ADDR" --json "$src/tlm.json" --after-switch \
+	"tr '\\0' ' ' < /proc/\$(cat $dst/run/tlm-dst.*/tlm-uffd-server.pid)/cmdline > $src/uffd.argv" ||
+	fail "migration to dsthost failed"
+argv=$(cat "$src/uffd.argv")
+[[ "$argv" == *" --template $tdst/ram "* && "$argv" == *" --key $dst/keys/key "* ]] ||
+	fail "the destination daemon does not use the pushed template and key: $argv"
+[[ "$argv" != *"$src/"* ]] || fail "the destination daemon names a source-side path: $argv"
 
 step "the guest runs at the destination on what was pushed, with the same memory"
 dvm() {
