@@ -543,8 +543,8 @@ class Mig:
                 "running")
         elif self.phase in ("switched", "complete"):
             log(f"{self.name}: failed after the switch: source {self.src['dir']} and "
-                f"destination {self.dst.get('remote_dir', self.dst['dir'])} left as they are (the destination's faults "
-                "wait for tlm-uffd-server)")
+                f"destination {self.dst.get('remote_dir', self.dst['dir'])} left as they "
+                "are (the destination's faults wait for tlm-uffd-server)")
         self.close_qmp()
 
 

@@ -22,6 +22,7 @@ connection and closes it: a control command then reads an empty reply (migrate.p
 all_region_stats treats that as no answer).
 """
 
+import atexit
 import json
 import os
 import shlex
@@ -105,6 +106,7 @@ class Ssh:
                  "-o", "StreamLocalBindUnlink=yes", "-o", "ServerAliveInterval=10"]
                 + self.opts + [self.host], stdin=subprocess.DEVNULL, stdout=f, stderr=f,
                 start_new_session=True)
+        atexit.register(self.kill_master)
         deadline = time.monotonic() + SSH_WAIT_S
         while subprocess.run(["ssh", "-O", "check"] + self.opts + [self.host],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
@@ -167,7 +169,9 @@ class Ssh:
 
     def close(self, ok):
         """After the run: the remote work directory goes if all went well (else it is
-        kept and named, with the daemon that may still serve the destination)."""
+        kept and named, with the daemon that may still serve the destination). The
+        connection stays until this process exits: the report reads the destination's
+        Pss after the daemons have stopped."""
         try:
             if ok:
                 self.sh(f"rm -rf {shlex.quote(self.rwork)}")
@@ -177,7 +181,6 @@ class Ssh:
                       f"{self.rwork}/ctl.sock, if it still runs)", file=sys.stderr)
         except RemoteError as e:
             print(f"migrate-postcopy.sh: {e}", file=sys.stderr)
-        self.kill_master()
 
     # ---- files -------------------------------------------------------------------------
 

@@ -152,10 +152,14 @@ left=$(ls "$dst/run")
 [ -z "$left" ] || fail "left at the destination: $left"
 
 step "migrate the clone with tlm to dsthost over ssh"
+accepted=$(grep -c "Accepted publickey" "$dst/ssh/sshd.log" || true)
 # the hook, once the destination runs: what the destination daemon was started with
 migrate --dst-addr "$TLM_DST_ADDR" --json "$src/tlm.json" --after-switch \
 	"tr '\\0' ' ' < /proc/\$(cat $dst/run/tlm-dst.*/tlm-uffd-server.pid)/cmdline > $src/uffd.argv" ||
 	fail "migration to dsthost failed"
+[ "$(grep -c "Accepted publickey" "$dst/ssh/sshd.log")" = $((accepted + 1)) ] ||
+	fail "the migration did not use one ssh connection: $(grep -c "Accepted publickey" \
+	"$dst/ssh/sshd.log") accepted in all, $accepted before it"
 argv=$(cat "$src/uffd.argv")
 [[ "$argv" == *" --template $tdst/ram "* && "$argv" == *" --key $dst/keys/key "* ]] ||
 	fail "the destination daemon does not use the pushed template and key: $argv"
