@@ -54,7 +54,8 @@ t0=$(date +%s.%N)
 q() { printf %q "$1"; }
 tlm_ssh "rm -f $(q "$rpages.tlmi") && mkdir -p $(q "$(dirname "$rpages")")" ||
 	tlm_die "$host: cannot prepare $(dirname "$rpages")"
-rs=(rsync --sparse --times --partial -e "$(tlm_ssh_e)")
+# --ignore-times: the digests differ, so the pages do even where size and mtime agree
+rs=(rsync --sparse --times --ignore-times --partial -e "$(tlm_ssh_e)")
 if [ -d "$src" ]; then
 	"${rs[@]}" --recursive --exclude=ram.tlmi "$src/" "$host:$to/" || tlm_die "rsync to $host failed"
 else

@@ -121,6 +121,25 @@ echo "$out"
 grep -q "nothing copied" <<<"$out" || fail "the second push copied again"
 on_src "$root/scripts/tlm-hostcheck.sh" dsthost --template "$tsrc:$tdst" \
 	--key "$src/keys/key:$dst/keys/key" || fail "hostcheck after the push"
+step "a pages file changed here: hostcheck names the digest, the push copies it again"
+small=$src/templates/small
+head -c 65536 /dev/urandom > "$small"
+"$TLM_BIN_DIR/tlm-template" build --from "$small" >/dev/null || fail "tlm-template build"
+on_src "$root/scripts/template-push.sh" "$small" dsthost --to "$dst/templates/small" >/dev/null ||
+	fail "template-push.sh of a pages file failed"
+head -c 4096 /dev/urandom | dd of="$small" conv=notrunc status=none
+"$TLM_BIN_DIR/tlm-template" build --from "$small" >/dev/null || fail "tlm-template build"
+out=$(on_src "$root/scripts/tlm-hostcheck.sh" dsthost --template "$small:$dst/templates/small") &&
+	fail "hostcheck passed a template whose digest differs: $out"
+echo "$out"
+grep -q "^dsthost: template $dst/templates/small has digest .*, $small here has " <<<"$out" ||
+	fail "hostcheck did not name the digest"
+out=$(on_src "$root/scripts/template-push.sh" "$small" dsthost --to "$dst/templates/small") ||
+	fail "template-push.sh of the changed pages failed"
+grep -q "pushed digest" <<<"$out" || fail "the changed pages were not copied: $out"
+on_src "$root/scripts/tlm-hostcheck.sh" dsthost --template "$small:$dst/templates/small" ||
+	fail "hostcheck after pushing the changed pages"
+
 step "hostcheck names a readable key and an install that is not there"
 chmod 644 "$dst/keys/key"
 out=$(on_src "$root/scripts/tlm-hostcheck.sh" dsthost --key "$src/keys/key:$dst/keys/key" \
