@@ -122,13 +122,13 @@ grep -q "nothing copied" <<<"$out" || fail "the second push copied again"
 on_src "$root/scripts/tlm-hostcheck.sh" dsthost --template "$tsrc:$tdst" \
 	--key "$src/keys/key:$dst/keys/key" || fail "hostcheck after the push"
 step "a pages file changed here: hostcheck names the digest, the push copies it again"
-small=$src/templates/small
+small=$src/templates/small tbin=${TLM_BIN_DIR:-$root/build/runtime}
 head -c 65536 /dev/urandom > "$small"
-"$TLM_BIN_DIR/tlm-template" build --from "$small" >/dev/null || fail "tlm-template build"
+"$tbin/tlm-template" build --from "$small" >/dev/null || fail "tlm-template build"
 on_src "$root/scripts/template-push.sh" "$small" dsthost --to "$dst/templates/small" >/dev/null ||
 	fail "template-push.sh of a pages file failed"
 head -c 4096 /dev/urandom | dd of="$small" conv=notrunc status=none
-"$TLM_BIN_DIR/tlm-template" build --from "$small" >/dev/null || fail "tlm-template build"
+"$tbin/tlm-template" build --from "$small" >/dev/null || fail "tlm-template build"
 out=$(on_src "$root/scripts/tlm-hostcheck.sh" dsthost --template "$small:$dst/templates/small") &&
 	fail "hostcheck passed a template whose digest differs: $out"
 echo "$out"
