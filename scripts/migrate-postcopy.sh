@@ -1,10 +1,29 @@
 #!/usr/bin/env bash
-# Post-copy live migration of running test VMs to a destination QEMU on this host.
+# Post-copy live migration of running QEMU VMs to a destination QEMU on this host.
 #
-#   scripts/migrate-postcopy.sh --mode qemu|tlm [options] VM...
+#   scripts/migrate-postcopy.sh --mode qemu|tlm|precopy [options] VM...
 #
 #   VM                 a VM name of the run dir ($TLM_RUN_DIR, default /dev/shm/tlm/run),
-#                      its run directory, or its QMP socket (started by tlm_qemu.vm)
+#                      its run directory, or its QMP socket; the QMP socket (-qmp
+#                      unix:PATH,server=on) of any other running QEMU adopts it (tlm_qemu.vm
+#                      adopt: README "Migrating your own VM"). Its guest RAM must be one
+#                      -object memory-backend-file,share=on,mem-path=FILE on tmpfs
+#                      (hugetlbfs too for --mode qemu|precopy) used as -machine
+#                      memory-backend=ID: anything else is refused with what to change,
+#                      before anything starts. Its destination runs the same command line
+#                      with a new RAM file, its unix sockets (QMP, serial, monitor) and
+#                      -pidfile moved to the destination's run directory, file chardevs
+#                      appended to, -daemonize and -S dropped, -incoming defer
+#   --name N           the name of a VM given by such a socket (default: its -name)
+#   --dst-cmdline FILE the destination's command line (one argument per line, QEMU first),
+#                      rewritten the same way: for what must differ at the destination
+#                      (tap device, TCP ports, paths); one VM only
+#   --check-cmd CMD    guest check: `sh -c CMD` runs before the migration and after it at
+#                      the destination, with TLM_CHECK_PHASE=before|after, TLM_VM_NAME,
+#                      TLM_VM_QMP (a free QMP socket of the QEMU that runs the guest) and,
+#                      after, TLM_CHECK_BEFORE (its output before); a non-zero exit fails
+#                      the migration. Default: the test guest's checksum for VMs started
+#                      by tlm_qemu.vm, no check for others (the log says so)
 #   --mode qemu        stock QEMU postcopy-ram: the whole RAM goes through QEMU's stream
 #   --mode tlm         QEMU moves the device state only (x-ignore-shared), tlm moves the RAM
 #                      post-copy: tlm-page-server at the source, tlm-uffd-server at the
@@ -21,7 +40,8 @@
 #                      (default 10240: loopback)
 #   --preempt          qemu mode: also enable postcopy-preempt (separate demand channel)
 #   --timeout S        per-VM limit for the migration to complete (default 300)
-#   --no-check         skip the guest checks (checksum before/after, TICKs at destination)
+#   --no-check         skip the guest checks (checksum before/after, TICKs at destination,
+#                      or --check-cmd)
 #   --json FILE        also write the report as JSON
 #   --trace FILE       append "mode,vm,seconds,pages_present,pages_total" samples (10/s;
 #                      tlm counts TEMPLATE pages left to the kernel as present)
@@ -100,12 +120,15 @@
 #
 # Downtime, every mode: from the source's QMP STOP event to the destination's RESUME
 # event (their timestamps, host clock; recorded on each VM's qmp-mig.sock), reported as
-# downtime_ms, with QEMU's own figure (query-migrate) as downtime_qemu_ms.
+# downtime_ms, with QEMU's own figure (query-migrate) as downtime_qemu_ms. An adopted
+# source has no qmp-mig.sock: in qemu and precopy modes its downtime_ms is QEMU's figure
+# (the report says so); tlm mode records the events on its one QMP socket.
 #
 # For every VM: start the destination QEMU (same command line, new RAM file, -incoming
 # defer), set the capabilities on both sides, migrate over tcp:--dst-addr, switch to
 # postcopy, wait for "completed", check the guest at the destination (it TICKs; its
-# "sum" equals the one taken before; no bad page), stop the source, make the destination
+# "sum" equals the one taken before; no bad page; or --check-cmd), stop the source (an
+# adopted QEMU quits; its RAM file stays, it is the operator's), make the destination
 # the current VM of the name, and report bytes, times, downtime and destination Pss.
 # VMs migrate concurrently. A failure before the switch to postcopy cancels the migration
 # and leaves the source running; after it, both sides are left as they are for inspection.
@@ -128,6 +151,10 @@ usage() {
 }
 
 tlm_opts=()
+common_opts=()		# passed to tlm_qemu.migrate too
+check_cmd=
+dst_cmdline=
+adopt_name=
 trace=
 dst_addr=127.0.0.1
 dst_netns=
@@ -155,6 +182,15 @@ while [ $# -gt 0 ]; do
 		shift ;;
 	--no-live) tlm_opts+=("$1"); other_opt=${other_opt:-$1} ;;
 	--trace) trace=${2:-}; shift ;;
+	--check-cmd|--dst-cmdline|--name)
+		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
+		case "$1" in
+		--check-cmd) check_cmd=$2 ;;
+		--dst-cmdline) dst_cmdline=$2 ;;
+		--name) adopt_name=$2 ;;
+		esac
+		[ "$1" = --name ] || common_opts+=("$1" "$2")
+		shift ;;
 	--mode) mode=${2:-}; shift ;;
 	--precopy) precopy_s=${2:-}; shift ;;
 	--bandwidth) bandwidth=${2:-}; shift ;;
@@ -184,6 +220,24 @@ bandwidth_bps=$bandwidth
 bandwidth_bps=$(numfmt --from=iec "${bandwidth_bps^^}" 2>/dev/null) && [ "$bandwidth_bps" -gt 0 ] ||
 	{ echo "$tlm_prog: --bandwidth: not a rate: '$bandwidth' (MiB/s, or k/M/G suffix)" >&2; exit 2; }
 [ ${#vms[@]} -gt 0 ] || { echo "$tlm_prog: no VM given (try --help)" >&2; exit 2; }
+if [ ${#vms[@]} -gt 1 ] && [ -n "$dst_cmdline$adopt_name" ]; then
+	echo "$tlm_prog: --dst-cmdline and --name name one VM, not ${#vms[@]}" >&2; exit 2
+fi
+[ -z "$dst_cmdline" ] || [ -r "$dst_cmdline" ] ||
+	{ echo "$tlm_prog: --dst-cmdline: cannot read '$dst_cmdline'" >&2; exit 2; }
+
+# A QMP socket of a QEMU that tlm_qemu.vm did not start: adopt it (its RAM is checked for
+# this mode, nothing is started; the VM goes on by its run directory).
+for i in "${!vms[@]}"; do
+	if [ -S "${vms[$i]}" ] && ! tlm_vm info "${vms[$i]}" --get dir >/dev/null 2>&1; then
+		vms[$i]=$(tlm_vm adopt "${vms[$i]}" --mode "$mode" \
+			${adopt_name:+--name "$adopt_name"} 2>&1) ||
+			tlm_die "${vms[$i]#tlm_qemu.vm: error: }"
+	elif [ -n "$adopt_name" ]; then
+		tlm_die "--name names a VM given by the QMP socket of a QEMU not started by" \
+			"tlm_qemu.vm; ${vms[$i]} is one of tlm's VMs"
+	fi
+done
 
 # ---- tlm mode: qemu-glue/tlm_qemu/migrate.py runs it (the order of its steps is documented there)
 migrate_tlm() {
@@ -199,6 +253,7 @@ migrate_tlm() {
 	work=$(mktemp -d "${TMPDIR:-/tmp}/tlm-migrate.XXXXXX")
 	tlm_py migrate --work "$work" --bin-dir "$bin" \
 		--glue "$glue" --timeout "$timeout_s" ${tlm_opts[@]+"${tlm_opts[@]}"} \
+		${common_opts[@]+"${common_opts[@]}"} \
 		${args[@]+"${args[@]}"} "${vms[@]}" || rc=$?
 	if [ -e "$work/.keep" ] || [ "${TLM_MIGRATE_KEEP:-0}" = 1 ]; then
 		tlm_log "work directory kept: $work"
@@ -210,7 +265,7 @@ migrate_tlm() {
 [ "$mode" = tlm ] && migrate_tlm
 
 # ---- qemu mode ----------------------------------------------------------------------------
-names=() src_dirs=() dst_dirs=() phases=() sums=()
+names=() src_dirs=() dst_dirs=() phases=() befores=()
 declare -A recorders=()		# "I.src" / "I.dst" -> pid of its tlm_qemu.events
 work=$(mktemp -d "${TMPDIR:-/tmp}/tlm-migrate.XXXXXX")
 
@@ -272,11 +327,13 @@ prepare() {
 	src_dirs[$i]=$src
 	phases[$i]=none
 	if [ "$check" = 1 ]; then
-		sums[$i]=$(tlm_vm cmd "$src" sum) || tlm_die "$vm: no checksum from the guest"
+		befores[$i]=$(tlm_vm check "$src" --phase before ${check_cmd:+--cmd "$check_cmd"} \
+			--timeout "$(guest_timeout "$src")") || exit 1
 	fi
 	[ "$mode" != local ] || local_ram=$(tlm_vm info "$src" --get ram_file)
 	dst=$(tlm_vm start "${names[$i]}" --like "$src" --incoming defer --no-link \
-		${dst_netns:+--netns "$dst_netns"} ${local_ram:+--ram-link-from "$local_ram"}) ||
+		${dst_netns:+--netns "$dst_netns"} ${dst_cmdline:+--cmdline "$dst_cmdline"} \
+		${local_ram:+--ram-link-from "$local_ram"}) ||
 		tlm_die "${names[$i]}: the destination QEMU did not start"
 	dst_dirs[$i]=$dst
 	phases[$i]=prepared
@@ -402,11 +459,9 @@ finish() {
 	wait_events "$i"
 	phases[$i]=migrated
 	if [ "$check" = 1 ]; then
-		tlm_vm ticks "$dst" --count 2 --timeout 30 > "$work/$i.tick" ||
-			tlm_die "${names[$i]}: the guest does not TICK at the destination"
-		tlm_vm cmd "$dst" sum > "$work/$i.sum" ||
-			tlm_die "${names[$i]}: no checksum from the guest at the destination"
-		check_sum "$i"
+		tlm_vm check "$dst" --phase after ${check_cmd:+--cmd "$check_cmd"} \
+			--before "${befores[$i]}" --timeout "$(guest_timeout "$dst")" \
+			> "$work/$i.check" || exit 1
 	fi
 	tlm_vm pss "$dst" > "$work/$i.pss"
 	tlm_vm stop "$src" || tlm_die "${names[$i]}: cannot stop the source"
@@ -414,12 +469,9 @@ finish() {
 	phases[$i]="done"
 }
 
-# The guest's checksum after equals the one before (tlm_vm sum-check says what differs).
-check_sum() {
-	local why
-
-	why=$(tlm_vm sum-check "${sums[$1]}" "$(cat "$work/$1.sum")" 2>&1) ||
-		tlm_die "${names[$1]}: ${why#tlm_qemu.vm: error: }"
+# Guest checks read every page: ~10 s for 2 GiB under TCG (as tlm_qemu.migrate's).
+guest_timeout() {
+	echo $((30 + $(tlm_vm info "$1" --get mem_mib) / 16))
 }
 
 report() {

@@ -144,8 +144,8 @@ def qemu_rows(work, names, mode):
         span = (min(t0, span[0]), max(t1, span[1])) if span else (t0, t1)
         pss = json.load(open(f"{work}/{i}.pss"))
         ram = m.get("ram", {})
-        try:
-            check = open(f"{work}/{i}.sum").read().split()[1] + " ok"
+        try:        # tlm_qemu.vm check --phase after: "<hash> ok", "check-cmd ok", ...
+            check = open(f"{work}/{i}.check").read().strip() or "not checked"
         except OSError:
             check = "not checked"
         qdown, note = qemu_downtime(m)

@@ -16,6 +16,14 @@ Guest RAM is always `-object memory-backend-file,share=on` on a named file, so t
 x-ignore-shared can leave it out of QEMU's stream and tlm can map it (docs/ARCHITECTURE.md
 F3-F4, F8).
 
+A QEMU started by anyone else (an operator's own command line) joins by `adopt`: its run
+directory holds vm.json ("foreign": true, "adopted": true, its argv from /proc) and
+qmp.sock, a symlink to its QMP socket; the QEMU and its files stay the operator's. A
+destination started `--like` a foreign VM runs the source's command line rewritten
+(tlm_qemu.cmdline: new RAM file, sockets in its run directory, -incoming) and is a
+foreign VM of its own, with the usual run directory. Foreign VMs have no workload port:
+their guest checks are the operator's --check-cmd (guest_check).
+
 Run as `python3 -m tlm_qemu.vm` with qemu-glue on PYTHONPATH (the scripts' tlm_vm, from
 scripts/lib/py.sh, does both); below, `vm` stands for that command.
 
@@ -28,6 +36,14 @@ scripts/lib/py.sh, does both); below, `vm` stands for that command.
         with TLM_TRACK=1: the glue registers the guest RAM for dirty tracking, so that
         tlm-page-server can classify it while the guest runs (the live phase of
         migrate-postcopy.sh --mode tlm); --env K=V given too wins over its variables
+        [--cmdline FILE]  with --like a foreign VM: FILE's arguments (one per line)
+        instead of the source's, rewritten the same way
+    vm adopt QMP_SOCKET [--name N] [--mode tlm|qemu|precopy]
+        records the QEMU serving QMP_SOCKET (found by SO_PEERCRED) as VM N (default: its
+        -name), after checking that its RAM can be migrated in that mode; prints its run
+        directory (the same one if it was adopted before)
+    vm check VM --phase before|after [--cmd CMD] [--before TEXT] [--timeout S]
+        the guest check of a migration (guest_check); prints what "after" compares with
     vm wait-ready VM [--timeout S]              waits for the workload's READY
     vm cmd VM LINE [--timeout S]                one workload command, prints the reply
     vm ticks VM [--count N] [--timeout S]       waits for N new TICK lines
@@ -44,11 +60,14 @@ import json
 import os
 import shutil
 import signal
+import re
 import socket
+import struct
 import subprocess
 import sys
 import time
 
+from . import cmdline as C
 from .qmp import QMP, QMPError, QMPConnectionError, get_field
 
 PROG = "tlm_qemu.vm"
@@ -80,8 +99,10 @@ def glue_path():
 
 def mig_qmp_path(cfg):
     """The QMP socket reserved for the migration orchestrator (qmp-mig.sock), or qmp.sock
-    for a VM started before it existed."""
+    for a VM started before it existed or adopted without one."""
     p = os.path.join(cfg["dir"], "qmp-mig.sock")
+    if cfg.get("foreign"):
+        return cfg.get("mig_path") or os.path.join(cfg["dir"], "qmp.sock")
     return p if "qmp-mig.sock" in " ".join(cfg.get("argv") or []) else \
         os.path.join(cfg["dir"], "qmp.sock")
 
@@ -99,6 +120,9 @@ def kernel_append(cfg):
 
 def qemu_argv(cfg):
     """The QEMU command line of a VM config (same for source and destination)."""
+    if cfg.get("foreign"):
+        return netns_prefix(cfg) + cfg["cmdline"] + (
+            ["-incoming", cfg["incoming"]] if cfg.get("incoming") else [])
     d, mem = cfg["dir"], cfg["mem_mib"]
     argv = [QEMU, "-name", f"{cfg['name']},debug-threads=on",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -117,9 +141,12 @@ def qemu_argv(cfg):
         argv += ["-cpu", cfg["cpu"]]
     if cfg.get("incoming"):
         argv += ["-incoming", cfg["incoming"]]
-    if cfg.get("netns"):        # an emulated host: `ip netns exec` execs QEMU (same pid)
-        argv = ["ip", "netns", "exec", cfg["netns"]] + argv
-    return argv
+    return netns_prefix(cfg) + argv
+
+
+def netns_prefix(cfg):
+    """An emulated host: `ip netns exec` execs QEMU (same pid)."""
+    return ["ip", "netns", "exec", cfg["netns"]] if cfg.get("netns") else []
 
 
 def load_cfg(path):
@@ -150,9 +177,16 @@ def alive(cfg):
     pid = cfg.get("pid")
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return (cfg["dir"] + "/qmp.sock").encode() in f.read()
+            raw = f.read()
     except (OSError, TypeError):
         return False
+    if cfg.get("adopted"):      # its argv names nothing of ours: all of it must match
+        return proc_argv(raw) == cfg["cmdline"]
+    return (cfg["dir"] + "/qmp.sock").encode() in raw
+
+
+def proc_argv(raw):
+    return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]]
 
 
 # ---- accelerator probe ------------------------------------------------------------------
@@ -241,8 +275,14 @@ def new_cfg(opt, gdir, base):
     """Config of a new VM: from --like (same machine) or from the options."""
     if opt.like:
         src = resolve(opt.like) if not opt.like.endswith(".json") else load_cfg(opt.like)
-        cfg = {k: src.get(k) for k in ("mem_mib", "machine", "accel", "cpu", "smp", "kernel",
-                                       "initrd", "workload", "append_extra")}
+        if src.get("foreign"):
+            cfg = foreign_like(src, getattr(opt, "cmdline", None))
+        else:
+            cfg = {k: src.get(k) for k in ("mem_mib", "machine", "accel", "cpu", "smp",
+                                           "kernel", "initrd", "workload", "append_extra")}
+    elif getattr(opt, "cmdline", None):
+        raise VMError("--cmdline goes with --like a foreign VM (one adopted, or started "
+                      "like one)")
     else:
         for f in ("vmlinuz", "initrd.gz"):
             if not os.path.exists(os.path.join(gdir, f)):
@@ -271,7 +311,40 @@ def new_cfg(opt, gdir, base):
         raise VMError(f"run directory path too long for a unix socket: {d}")
     cfg.update(name=opt.name, gen=gen, dir=d, ram_file=os.path.join(d, "ram"),
                incoming=None, env={}, pid=None)
+    if cfg.get("foreign"):
+        foreign_dst(cfg)
     return cfg
+
+
+def foreign_like(src, path):
+    """The start of a destination's config for the foreign VM src: its command line (or
+    the file path's, one argument per line), finished by foreign_dst."""
+    try:
+        base = C.read_cmdline_file(path) if path else src["cmdline"]
+        ram = C.guest_ram(base, src.get("cwd"), check_fs=False)
+    except C.Refused as e:
+        raise VMError(f"{path or src['name']}: {e}") from None
+    cfg = {"foreign": True, "base": base, "cwd": src.get("cwd"),
+           "mem_mib": ram["size"] >> 20 if ram["size"] else src.get("mem_mib"),
+           "src_qmp": None if path else src.get("qmp_sock"), "src_mig": src.get("mig_path"),
+           "ram_dir": None}
+    if C.fs_type(src["ram_file"]) == "hugetlbfs":
+        # stock QEMU migrates between RAM blocks of the same page size only: the new
+        # file goes next to the source's (removed with the VM: "owned")
+        cfg["ram_dir"] = os.path.dirname(src["ram_file"])
+    return cfg
+
+
+def foreign_dst(cfg):
+    """The destination's command line (tlm_qemu.cmdline.dst_argv; -incoming is added by
+    qemu_argv) and the sockets it will have."""
+    d, ram_dir = cfg["dir"], cfg.pop("ram_dir")
+    if ram_dir:
+        cfg["ram_file"] = os.path.join(ram_dir, f"{cfg['name']}.{cfg['gen']}.ram")
+        cfg["owned"] = [cfg["ram_file"]]
+    cfg["cmdline"] = C.dst_argv(cfg.pop("base"), cfg["cwd"], cfg["ram_file"], d,
+                                qmp=cfg.pop("src_qmp"), drop=[cfg.pop("src_mig")])
+    cfg.update(qmp_sock=os.path.join(d, "qmp.sock"), mig_path=os.path.join(d, "qmp-mig.sock"))
 
 
 def launch(cfg, env):
@@ -284,7 +357,7 @@ def launch(cfg, env):
         with open(os.path.join(cfg["dir"], "qemu.log"), "wb") as log:
             p = subprocess.Popen(cfg["argv"], stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True,
-                                 env=dict(os.environ, **env))
+                                 env=dict(os.environ, **env), cwd=cfg.get("cwd"))
     except OSError as e:
         shutil.rmtree(cfg["dir"], ignore_errors=True)
         raise VMError(f"cannot run {QEMU}: {e}") from None
@@ -356,6 +429,9 @@ def stop(cfg, timeout=10, keep=False):
         raise VMError(f"QEMU {cfg['name']} (pid {cfg['pid']}) does not die")
     if not keep:
         shutil.rmtree(cfg["dir"], ignore_errors=True)
+        for f in cfg.get("owned") or ():
+            if os.path.exists(f):
+                os.unlink(f)
         link = os.path.join(os.path.dirname(cfg["dir"]), cfg["name"])
         if os.path.islink(link) and os.readlink(link) == os.path.basename(cfg["dir"]):
             os.unlink(link)
@@ -548,6 +624,157 @@ def pss(cfg):
     return out
 
 
+# ---- foreign VMs: adoption and guest checks ------------------------------------------------
+
+VM_NAME = "[A-Za-z0-9._-]{1,64}"     # a VM id of the protocol (TLM_PROTO_VMID_MAX)
+GLUE_ENV = ("LD_PRELOAD", "TLM_RAM_PATH", "TLM_TEMPLATE", "TLM_SOCK", "TLM_VM_ID",
+            "TLM_SOURCE", "TLM_ARM", "TLM_REGION_FILE", "TLM_TRACK", "TLM_LOG_LEVEL")
+
+
+def socket_pid(path):
+    """The pid of the process listening on the unix socket path (SO_PEERCRED of a
+    connection: the credentials its server had at listen()); QEMU's QMP greeting is never
+    read, the connection is closed at once."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5)
+        s.connect(path)
+        pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                     struct.calcsize("3i")))
+    except OSError as e:
+        raise VMError(f"{path}: {e.strerror or e}") from None
+    finally:
+        s.close()
+    if pid <= 0:
+        raise VMError(f"{path}: its server runs in another pid namespace (no pid here)")
+    return pid
+
+
+def adopted(base, pid):
+    """The run-directory entry of an adopted, still running QEMU pid, if any."""
+    for e in os.listdir(base) if os.path.isdir(base) else ():
+        p = os.path.join(base, e)
+        if os.path.islink(p) and os.path.exists(os.path.join(p, "vm.json")):
+            cfg = resolve(p)
+            if cfg.get("adopted") and cfg.get("pid") == pid and alive(cfg):
+                return cfg
+    return None
+
+
+def adopt(sock, name=None, mode="tlm"):
+    """Record the QEMU serving QMP socket sock as a VM of the run directory (see the
+    module's doc), after checking that its RAM can be migrated in this mode."""
+    sock = os.path.abspath(sock)
+    pid = socket_pid(sock)
+    base = run_dir()
+    old = adopted(base, pid)
+    if old:
+        return old
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = proc_argv(f.read())
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = dict(os.fsdecode(kv).partition("=")[::2] for kv in f.read().split(b"\0")
+                           if kv)
+    except OSError as e:
+        raise VMError(f"{sock}: its server, pid {pid}: {e.strerror}") from None
+    try:
+        C.check_daemonized(argv)
+        ram = C.guest_ram(argv, cwd, mode)
+        if os.path.realpath(sock) not in [os.path.realpath(p)
+                                          for p in C.server_sockets(argv, cwd)]:
+            raise C.Refused(f"pid {pid} ({os.path.basename(argv[0])}) does not name "
+                            f"{sock} on its command line: give the QMP socket of a QEMU")
+    except C.Refused as e:
+        raise VMError(f"{sock}: {e}") from None
+    name = name or C.vm_name(argv)
+    if not name or not re.fullmatch(VM_NAME, name):
+        raise VMError(f"{sock}: {'the -name ' + repr(name) if name else 'no -name'}: give "
+                      f"a VM name of 1-64 [A-Za-z0-9._-] (--name)")
+    link = os.path.join(base, name)
+    if os.path.exists(os.path.join(link, "vm.json")):
+        old = resolve(link)
+        if alive(old):
+            raise VMError(f"{sock}: a VM named {name} runs already ({old['dir']}): give "
+                          f"another name (--name)")
+        stop(old)       # a dead leftover: clear it
+    os.makedirs(base, exist_ok=True)
+    gen = next_gen(name, base)
+    d = os.path.join(base, f"{name}.{gen}")
+    if len(d) + len("/qmp-mig.sock") >= 108:
+        raise VMError(f"run directory path too long for a unix socket: {d}")
+    os.makedirs(d)
+    os.symlink(sock, os.path.join(d, "qmp.sock"))
+    # started with the glue (dirty tracking: TLM_TRACK=1, TLM_REGION_FILE): keep its
+    # configuration, which the migration reads like that of `start --track`
+    env = {k: v for k, v in environ.items() if k in GLUE_ENV} \
+        if "libtlm-glue" in environ.get("LD_PRELOAD", "") else {}
+    cfg = {"name": name, "gen": gen, "dir": d, "foreign": True, "adopted": True,
+           "cmdline": argv, "argv": argv, "cwd": cwd, "pid": pid, "ram_file": ram["mem_path"],
+           "mem_mib": (ram["size"] or 0) >> 20, "qmp_sock": sock, "mig_path": None,
+           "env": env, "track": env.get("TLM_TRACK") == "1", "incoming": None,
+           "netns": None, "started_at": time.time()}
+    save_cfg(cfg)
+    set_link(cfg)
+    return cfg
+
+
+def qmp_sock(cfg):
+    """The VM's QMP socket for other clients: the operator's for an adopted VM."""
+    return cfg.get("qmp_sock") or os.path.join(cfg["dir"], "qmp.sock")
+
+
+def check_kind(cfg, cmd):
+    """How a migration checks this guest: "cmd" (--check-cmd), "sum" (the test guest's
+    checksum, tlm_qemu.vm's own VMs) or None (a foreign VM without --check-cmd)."""
+    return "cmd" if cmd else None if cfg.get("foreign") else "sum"
+
+
+def no_check_note(cfg):
+    return (f"{cfg['name']}: no guest check (a VM not started by tlm_qemu.vm: "
+            f"--check-cmd CMD adds one)")
+
+
+def guest_check(cfg, phase, cmd=None, before=None, timeout=60, ticks=None):
+    """The guest check of a migration, at the side that runs the guest (phase before: the
+    source, after: the destination). "sum": the workload's checksum before; after, TICKs
+    and the same checksum. "cmd": `sh -c CMD` with TLM_CHECK_PHASE, TLM_VM_NAME, TLM_VM_QMP
+    and, after, TLM_CHECK_BEFORE = its output before; a non-zero exit fails. Returns
+    before: what after compares with; after: the report's "checksum" field. ticks: how to
+    wait for TICKs (default wait_ticks; a remote destination's runs there)."""
+    kind = check_kind(cfg, cmd)
+    if kind is None:
+        return None if phase == "before" else "not checked"
+    if kind == "sum":
+        if phase == "before":
+            return guest_cmd(cfg, "sum", timeout)
+        (ticks or wait_ticks)(cfg, 2, 30)
+        after = guest_cmd(cfg, "sum", timeout)
+        why = sum_differs(before, after)
+        if why:
+            raise VMError(f"{cfg['name']}: {why}")
+        return f"{after.split()[1]} ok"
+    env = dict(os.environ, TLM_CHECK_PHASE=phase, TLM_VM_NAME=cfg["name"],
+               TLM_VM_QMP=qmp_sock(cfg))
+    if phase == "after":
+        env["TLM_CHECK_BEFORE"] = before or ""
+    try:
+        r = subprocess.run(["/bin/sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise VMError(f"{cfg['name']}: --check-cmd {phase} the migration: no exit in "
+                      f"{timeout:g} s") from None
+    if r.returncode:        # its last line says why, once
+        last = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or
+                ["no output"])[-1]
+        raise VMError(f"{cfg['name']}: guest check failed {phase} the migration "
+                      f"(--check-cmd exit {r.returncode}): {last}")
+    sys.stderr.write(r.stderr)
+    return r.stdout.strip() if phase == "before" else "check-cmd ok"
+
+
 # ---- command line -----------------------------------------------------------------------
 
 def cmd_start(opt):
@@ -634,6 +861,7 @@ def cmd_info(opt):
     cfg = resolve(opt.vm)
     cfg["running"] = alive(cfg)
     cfg["qmp"] = os.path.join(cfg["dir"], "qmp.sock")
+    cfg["qmp_sock"] = qmp_sock(cfg)
     cfg["qmp_mig"] = mig_qmp_path(cfg)
     cfg["ctl"] = os.path.join(cfg["dir"], "ctl.sock")
     cfg["console"] = os.path.join(cfg["dir"], "console.log")
@@ -653,6 +881,15 @@ def cmd_list(opt):
             cfg = resolve(p)
             state = "running" if alive(cfg) else "dead"
             print(f"{e}\t{cfg['dir']}\tpid {cfg['pid']}\t{state}")
+
+
+def cmd_check(opt):
+    cfg = resolve(opt.vm)
+    if check_kind(cfg, opt.check_cmd) is None and opt.phase == "before":
+        print(f"{PROG}: {no_check_note(cfg)}", file=sys.stderr)
+    out = guest_check(cfg, opt.phase, opt.check_cmd, opt.before, opt.timeout)
+    if out is not None:
+        print(out)
 
 
 def cmd_wait_ready(opt):
@@ -691,6 +928,9 @@ def parser():
                    help="environment of QEMU (LD_PRELOAD=..., TLM_...); {ram_file} and "
                         "{dir} in V become the VM's RAM file and run directory")
     p.add_argument("--netns", help="run QEMU in this network namespace (ip netns)")
+    p.add_argument("--cmdline", metavar="FILE",
+                   help="with --like a foreign VM: its command line from FILE (one argument "
+                        "per line), rewritten like the source's")
     p.add_argument("--no-link", action="store_true",
                    help="do not make it the current VM of NAME (migration destinations)")
     p.add_argument("--track", action="store_true",
@@ -730,6 +970,19 @@ def parser():
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     p.add_argument("--timeout", type=float, default=10)
     sub.add_parser("list", help="list the VMs of the run directory")
+    p = sub.add_parser("adopt", help="record a QEMU started by someone else (by its QMP "
+                       "socket) as a VM; print its run directory")
+    p.add_argument("sock", metavar="QMP_SOCKET")
+    p.add_argument("--name", help="VM name (default: its -name)")
+    p.add_argument("--mode", default="tlm", choices=["tlm", "qemu", "precopy"],
+                   help="the migration mode its RAM is checked for (tlm)")
+    p = sub.add_parser("check", help="a migration's guest check (prints what 'after' "
+                       "compares with, or the result)")
+    p.add_argument("vm")
+    p.add_argument("--phase", required=True, choices=["before", "after"])
+    p.add_argument("--cmd", dest="check_cmd", help="the operator's check: sh -c CMD")
+    p.add_argument("--before", default="", help="the before phase's output (after)")
+    p.add_argument("--timeout", type=float, default=60)
     return ap
 
 
@@ -769,6 +1022,10 @@ def main(argv):
         cmd_info(opt)
     elif opt.cmd == "list":
         cmd_list(opt)
+    elif opt.cmd == "adopt":
+        print(adopt(opt.sock, opt.name, opt.mode)["dir"])
+    elif opt.cmd == "check":
+        cmd_check(opt)
     return 0
 
 

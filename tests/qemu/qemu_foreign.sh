@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Migrating a VM that tlm_qemu.vm did not start (README "Migrating your own VM"). The test
+# boots the test guest with a plain QEMU command line of its own (-daemonize, RAM a
+# memory-backend-file share=on on /dev/shm, one QMP socket, TCG), writes a pattern into
+# the guest's memory (the workload's reseed), and migrates it by its QMP socket with
+# migrate-postcopy.sh --mode tlm, then by name with --mode qemu, with a --check-cmd that
+# compares the guest memory's checksum before and after (tests/qemu/foreign_check.sh): the
+# guest runs at the destination with the same memory, its console log goes on in the
+# operator's file, the operator's QEMU is gone. A check that fails after the migration
+# fails it, named; a VM whose RAM tlm cannot map (memory-backend-ram, share=off,
+# -mem-path) is refused in one line, and nothing is started or recorded.
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+migrate() { "$root/scripts/migrate-postcopy.sh" "$@"; }
+op=$TLM_RUN_DIR/operator	# the operator's own directory: not a run directory of ours
+mkdir "$op"
+check=$root/tests/qemu/foreign_check.sh
+qemu=$(command -v qemu-system-x86_64)
+
+# The operator's QEMUs that tlm never adopted (or that failed) go with the test: by their
+# pidfile, if that pid is still a QEMU of ours.
+kill_own() {
+	local f pid
+
+	for f in "$op"/*.pid; do
+		[ -e "$f" ] || continue
+		pid=$(cat "$f")
+		grep -qs "$op" "/proc/$pid/cmdline" && kill "$pid" 2>/dev/null || true
+	done
+}
+trap 'rc=$?; kill_own; (exit $rc); test_cleanup' EXIT
+
+# NAME RAM-OPTIONS...: a QEMU of our own that stays paused (-S), no guest: enough for a
+# refusal, which reads its command line only.
+start_paused() {
+	local n=$1
+
+	shift
+	"$qemu" -name "$n" -S -nodefaults -no-user-config -display none -accel tcg "$@" \
+		-qmp "unix:$op/$n.sock,server=on,wait=off" -daemonize -pidfile "$op/$n.pid" ||
+		fail "$n: QEMU did not start"
+}
+
+step "refused before anything starts: memory-backend-ram, share=off, -mem-path"
+start_paused ram -m 64M -object memory-backend-ram,id=m,size=64M -machine pc,memory-backend=m
+start_paused priv -m 64M -machine pc,memory-backend=m \
+	-object "memory-backend-file,id=m,size=64M,mem-path=$op/priv.ram,share=off"
+start_paused mempath -m 64M -mem-path "$op/mempath.ram"
+refused() {	# NAME MODE WANT: exit 1, one line naming what to change, nothing started
+	local n=$1 mode=$2 want=$3 rc=0 err
+
+	err=$(migrate --mode "$mode" "$op/$n.sock" 2>&1 >/dev/null) || rc=$?
+	echo "$n: $err"
+	[ "$rc" = 1 ] || fail "$n: exit $rc, not 1"
+	[ "$(echo "$err" | wc -l)" = 1 ] || fail "$n: not one line: $err"
+	echo "$err" | grep -q -- "$want" || fail "$n: no '$want' in: $err"
+	! ls -d "$TLM_RUN_DIR/$n"* >/dev/null 2>&1 || fail "$n: a run directory was made"
+	! grep -qs "$TLM_RUN_DIR/$n" /proc/[0-9]*/cmdline || fail "$n: a QEMU was started"
+	[ "$(qmp "$op/$n.sock" query-status --get status)" = prelaunch ] ||
+		fail "$n: the operator's QEMU changed state"
+}
+refused ram tlm "memory-backend-ram.*use -object memory-backend-file"
+refused priv qemu "share=off.*add share=on"
+refused mempath precopy "mem-path gives the guest private file memory"
+kill_own
+rm -f "$op"/*.pid
+
+step "the test guest, started by a QEMU command line of our own (160 MiB, -daemonize)"
+append="console=ttyS0 quiet loglevel=3 panic=-1 tlm.mem=16 tlm.seed=5 tlm.dirty=50"
+"$qemu" -name guest1 -nodefaults -no-user-config -display none -no-reboot \
+	-machine pc,memory-backend=mem -accel tcg -m 160M \
+	-object "memory-backend-file,id=mem,size=160M,mem-path=$op/guest1.ram,share=on" \
+	-kernel "$TLM_GUEST_DIR/vmlinuz" -initrd "$TLM_GUEST_DIR/initrd.gz" -append "$append" \
+	-serial "file:$op/console.log" \
+	-chardev "socket,id=ctl,path=$op/ctl.sock,server=on,wait=off" -serial chardev:ctl \
+	-qmp "unix:$op/guest1-qmp.sock,server=on,wait=off" \
+	-daemonize -pidfile "$op/guest1.pid" || fail "QEMU did not start"
+src_pid=$(cat "$op/guest1.pid")
+deadline=$((SECONDS + 120))
+until grep -qs '^READY' "$op/console.log"; do
+	kill -0 "$src_pid" 2>/dev/null || fail "the guest's QEMU exited"
+	[ "$SECONDS" -lt "$deadline" ] || fail "no READY in 120 s: $(tail -n 2 "$op/console.log")"
+	sleep 0.2
+done
+guest_cmd() {	# LINE: a workload command on the operator's ctl.sock
+	PYTHONPATH=$tlm_py_path PYTHONDONTWRITEBYTECODE=1 python3 -c '
+import sys
+from tlm_qemu import vm
+print(vm.guest_cmd({"name": "guest1", "dir": sys.argv[1]}, sys.argv[2], 60))' "$op" "$1"
+}
+reseeded=$(guest_cmd "reseed 4242 4") || fail "reseed failed"
+echo "pattern: $reseeded"
+before=$(guest_cmd sum)
+echo "before: $before"
+[ "$(sum_bad "$before")" = bad=0 ] || fail "bad pages before migration: $before"
+
+step "migrate --mode tlm by its QMP socket, --check-cmd"
+ticks0=$(grep -c '^TICK' "$op/console.log" || true)
+migrate --mode tlm "$op/guest1-qmp.sock" --check-cmd "$check" \
+	--json "$TLM_RUN_DIR/tlm.json" || fail "tlm migration failed"
+python3 - "$TLM_RUN_DIR/tlm.json" $((160 << 20)) <<'PY' || fail "bad tlm report"
+import json, sys
+r, ram = json.load(open(sys.argv[1]))["vms"][0], int(sys.argv[2])
+assert r["vm"] == "guest1" and r["checksum"] == "check-cmd ok", r
+assert sum(r["pages"].values()) == ram // 4096, r["pages"]     # tlm moved the RAM
+assert r["pages"]["data"] > 16 << 8, r["pages"]                 # the workload went over
+assert r["qemu_bytes"] < 4 << 20, r                              # QEMU carried no RAM
+PY
+[ "$(vm info guest1 --get gen)" = 2 ] || fail "guest1 is not the destination (generation 2)"
+[ "$(vm info guest1 --get foreign)" = true ] || fail "the destination is not foreign"
+[ "$(qmp "$(vm info guest1 --get qmp)" query-status --get status)" = running ] ||
+	fail "the destination is not running"
+! kill -0 "$src_pid" 2>/dev/null || fail "the operator's QEMU $src_pid still runs"
+[ -e "$op/guest1.ram" ] || fail "the operator's RAM file was removed"
+same_memory guest1 "$before"
+deadline=$((SECONDS + 60))	# the destination writes the operator's console log on
+until [ "$(grep -c '^TICK' "$op/console.log")" -ge $((ticks0 + 2)) ]; do
+	[ "$SECONDS" -lt "$deadline" ] || fail "no new TICK in $op/console.log"
+	sleep 0.2
+done
+
+step "migrate on --mode qemu by name, no --check-cmd: no check, said so"
+migrate --mode qemu guest1 --json "$TLM_RUN_DIR/qemu.json" 2> "$TLM_RUN_DIR/qemu.err" ||
+	{ cat "$TLM_RUN_DIR/qemu.err"; fail "qemu migration failed"; }
+cat "$TLM_RUN_DIR/qemu.err"
+grep -q "guest1: no guest check" "$TLM_RUN_DIR/qemu.err" || fail "no 'no guest check' line"
+python3 - "$TLM_RUN_DIR/qemu.json" <<'PY' || fail "bad qemu report"
+import json, sys
+r = json.load(open(sys.argv[1]))["vms"][0]
+assert r["checksum"] == "not checked" and r["postcopy_bytes"] > 0, r
+PY
+[ "$(vm info guest1 --get gen)" = 3 ] || fail "guest1 is not generation 3"
+[ ! -e "$TLM_RUN_DIR/guest1.2" ] || fail "the source run directory guest1.2 is still there"
+same_memory guest1 "$before"
+
+step "a --check-cmd that fails after the migration fails it, named"
+rc=0
+# shellcheck disable=SC2016  # expanded by the check's sh, not here
+migrate --mode precopy guest1 --check-cmd \
+	'[ "$TLM_CHECK_PHASE" = before ] || { echo "pattern gone" >&2; exit 3; }' \
+	2> "$TLM_RUN_DIR/fail.err" || rc=$?
+cat "$TLM_RUN_DIR/fail.err"
+[ "$rc" = 1 ] || fail "a failed check: exit $rc, not 1"
+grep -q "guest1: guest check failed after the migration (--check-cmd exit 3): pattern gone" \
+	"$TLM_RUN_DIR/fail.err" || fail "the failed check is not named"
+echo "PASS $name"
