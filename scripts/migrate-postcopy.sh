@@ -327,8 +327,7 @@ prepare() {
 	src_dirs[$i]=$src
 	phases[$i]=none
 	if [ "$check" = 1 ]; then
-		befores[$i]=$(tlm_vm check "$src" --phase before ${check_cmd:+--cmd "$check_cmd"} \
-			--timeout "$(guest_timeout "$src")") || exit 1
+		befores[$i]=$(guest_check "$src" --phase before) || exit 1
 	fi
 	[ "$mode" != local ] || local_ram=$(tlm_vm info "$src" --get ram_file)
 	dst=$(tlm_vm start "${names[$i]}" --like "$src" --incoming defer --no-link \
@@ -459,9 +458,8 @@ finish() {
 	wait_events "$i"
 	phases[$i]=migrated
 	if [ "$check" = 1 ]; then
-		tlm_vm check "$dst" --phase after ${check_cmd:+--cmd "$check_cmd"} \
-			--before "${befores[$i]}" --timeout "$(guest_timeout "$dst")" \
-			> "$work/$i.check" || exit 1
+		guest_check "$dst" --phase after --before "${befores[$i]}" > "$work/$i.check" ||
+			exit 1
 	fi
 	tlm_vm pss "$dst" > "$work/$i.pss"
 	tlm_vm stop "$src" || tlm_die "${names[$i]}: cannot stop the source"
@@ -469,9 +467,18 @@ finish() {
 	phases[$i]="done"
 }
 
-# Guest checks read every page: ~10 s for 2 GiB under TCG (as tlm_qemu.migrate's).
-guest_timeout() {
-	echo $((30 + $(tlm_vm info "$1" --get mem_mib) / 16))
+# The guest check of VM (tlm_vm check: the checksum, --check-cmd or none), its messages
+# and failure as ours. Guest checks read every page: ~10 s for 2 GiB under TCG.
+guest_check() {
+	local vm=$1 err rc=0
+
+	shift
+	err=$(mktemp "$work/check.XXXXXX")
+	tlm_vm check "$vm" ${check_cmd:+--cmd "$check_cmd"} "$@" \
+		--timeout $((30 + $(tlm_vm info "$vm" --get mem_mib) / 16)) 2> "$err" || rc=$?
+	sed -e "s/^tlm_qemu.vm: error: /$tlm_prog: error: /" -e "s/^tlm_qemu.vm: /$tlm_prog: /" \
+		"$err" >&2
+	return "$rc"
 }
 
 report() {
