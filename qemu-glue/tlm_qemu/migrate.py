@@ -60,6 +60,7 @@ import subprocess
 import sys
 import time
 
+from . import cmdline as C
 from . import remote as R
 from . import report
 from . import vm as V
@@ -224,6 +225,11 @@ class Mig:
         if not V.alive(self.src):
             raise Fail(f"{arg}: QEMU is not running")
         self.name, self.opt, self.phase = self.src["name"], opt, "new"
+        if self.src.get("foreign"):     # hugetlbfs passed the stock modes, not tlm's
+            try:
+                C.check_ram_fs(self.src["ram_file"], "tlm")
+            except C.Refused as e:
+                raise Fail(f"{self.name}: {e}") from None
         self.dst = None
         self.conn = {}              # side -> persistent QMP connection (qmp-mig.sock)
         self.lost = None            # since when the daemon does not know the region

@@ -58,9 +58,9 @@ Exit status: 0 success, 1 failure (one line on stderr says what), 2 usage.
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
-import re
 import socket
 import struct
 import subprocess
@@ -668,7 +668,11 @@ def adopt(sock, name=None, mode="tlm"):
     pid = socket_pid(sock)
     base = run_dir()
     old = adopted(base, pid)
-    if old:
+    if old:         # adopted before, perhaps for another mode
+        try:
+            C.check_ram_fs(old["ram_file"], mode)
+        except C.Refused as e:
+            raise VMError(f"{sock}: {e}") from None
         return old
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
