@@ -669,6 +669,8 @@ def adopt(sock, name=None, mode="tlm"):
     base = run_dir()
     old = adopted(base, pid)
     if old:         # adopted before, perhaps for another mode
+        if name and name != old["name"]:
+            raise VMError(f"{sock}: adopted already, as VM {old['name']} ({old['dir']})")
         try:
             C.check_ram_fs(old["ram_file"], mode)
         except C.Refused as e:
@@ -692,6 +694,12 @@ def adopt(sock, name=None, mode="tlm"):
                             f"{sock} on its command line: give the QMP socket of a QEMU")
     except C.Refused as e:
         raise VMError(f"{sock}: {e}") from None
+    try:            # the migration needs it: a QMP monitor, no other client on it
+        with QMP(sock, timeout=5) as q:
+            q.execute("query-status")
+    except (QMPError, QMPConnectionError) as e:
+        raise VMError(f"{e}: give the QMP socket of the VM (-qmp unix:PATH,server=on), "
+                      f"with no other client connected (QEMU serves one at a time)") from None
     name = name or C.vm_name(argv)
     if not name or not re.fullmatch(VM_NAME, name):
         raise VMError(f"{sock}: {'the -name ' + repr(name) if name else 'no -name'}: give "

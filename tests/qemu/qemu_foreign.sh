@@ -87,6 +87,7 @@ start_guest() {
 		-serial "file:$op/$n/console.log" \
 		-chardev "socket,id=ctl,path=$op/$n/ctl.sock,server=on,wait=off" \
 		-serial chardev:ctl -qmp "unix:$op/$n/qmp.sock,server=on,wait=off" \
+		-monitor "unix:$op/$n/hmp.sock,server=on,wait=off" \
 		-daemonize -pidfile "$op/$n.pid" 2> "$op/$n.log" ||
 		fail "$n: QEMU did not start: $(cat "$op/$n.log")"
 }
@@ -123,6 +124,14 @@ before=$(guest_cmd guest1 sum)
 echo "before: $before"
 [ "$(sum_bad "$before")" = bad=0 ] || fail "bad pages before migration: $before"
 
+step "its human monitor's socket is not a QMP socket: refused, nothing recorded"
+rc=0
+err=$(migrate --mode tlm "$op/guest1/hmp.sock" 2>&1 >/dev/null) || rc=$?
+echo "$err"
+[ "$rc" = 1 ] && [ "$(echo "$err" | wc -l)" = 1 ] || fail "HMP socket: exit $rc, $err"
+echo "$err" | grep -q "give the QMP socket of the VM" || fail "HMP socket: no hint"
+! ls -d "$TLM_RUN_DIR/guest1"* >/dev/null 2>&1 || fail "HMP socket: a run directory was made"
+
 step "migrate --mode tlm by its QMP socket, --check-cmd"
 ticks0=$(grep -c '^TICK' "$op/guest1/console.log" || true)
 migrate --mode tlm "$op/guest1/qmp.sock" --check-cmd "$check" \
@@ -137,6 +146,7 @@ assert r["qemu_bytes"] < 4 << 20, r                              # QEMU carried 
 PY
 [ "$(vm info guest1 --get gen)" = 2 ] || fail "guest1 is not the destination (generation 2)"
 [ "$(vm info guest1 --get foreign)" = true ] || fail "the destination is not foreign"
+[ -S "$(vm info guest1 --get dir)/hmp.sock" ] || fail "no human monitor at the destination"
 [ "$(qmp "$(vm info guest1 --get qmp)" query-status --get status)" = running ] ||
 	fail "the destination is not running"
 ! kill -0 "$src_pid" 2>/dev/null || fail "the operator's QEMU $src_pid still runs"
