@@ -223,8 +223,9 @@ bandwidth_bps=$(numfmt --from=iec "${bandwidth_bps^^}" 2>/dev/null) && [ "$bandw
 if [ ${#vms[@]} -gt 1 ] && [ -n "$dst_cmdline$adopt_name" ]; then
 	echo "$tlm_prog: --dst-cmdline and --name name one VM, not ${#vms[@]}" >&2; exit 2
 fi
-[ -z "$dst_cmdline" ] || [ -r "$dst_cmdline" ] ||
-	{ echo "$tlm_prog: --dst-cmdline: cannot read '$dst_cmdline'" >&2; exit 2; }
+if [ -n "$dst_cmdline" ]; then	# its guest RAM, before anything starts
+	err=$(tlm_py cmdline check-file "$dst_cmdline" 2>&1) || tlm_die "$err"
+fi
 
 # A QMP socket of a QEMU that tlm_qemu.vm did not start: adopt it (its RAM is checked for
 # this mode, nothing is started; the VM goes on by its run directory).

@@ -25,6 +25,7 @@ destination (a tap device, a TCP port on the same host) goes in a --dst-cmdline 
 import json
 import os
 import re
+import sys
 
 # QEMU 7.2 options that take no value (qemu-options.def, HAS_ARG 0); every other option
 # takes exactly one.
@@ -351,7 +352,25 @@ def read_cmdline_file(path):
         with open(path) as f:
             argv = f.read().rstrip("\n").split("\n")
     except OSError as e:
-        raise Refused(f"--dst-cmdline {path}: {e.strerror}") from None
+        raise Refused(e.strerror) from None
     if not argv or not argv[0]:
-        raise Refused(f"--dst-cmdline {path}: empty (one argument per line, QEMU first)")
+        raise Refused("empty (one argument per line, QEMU first)")
     return argv
+
+
+def main(argv):
+    """python3 -m tlm_qemu.cmdline check-file FILE: is FILE a --dst-cmdline with guest RAM
+    tlm can map (exit 1 and why if not)? Run before anything starts."""
+    if len(argv) != 2 or argv[0] != "check-file":
+        print("usage: python3 -m tlm_qemu.cmdline check-file FILE", file=sys.stderr)
+        return 2
+    try:
+        guest_ram(read_cmdline_file(argv[1]), os.getcwd(), check_fs=False)
+    except Refused as e:
+        print(f"--dst-cmdline {argv[1]}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
