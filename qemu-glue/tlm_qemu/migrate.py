@@ -67,8 +67,6 @@ from . import vm as V
 from .qmp import QMP, QMPError, QMPConnectionError, event_time
 
 POLL_S = 0.05
-# where `python3 -m tlm_qemu.vm` finds the package (the destination QEMU's starter)
-PKG_PATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_RESTARTS = 3
 REANNOUNCE_S = 15
 # Mig.stop_source: from this round trip on, QEMU's own RAM blocks go paced before the stop
