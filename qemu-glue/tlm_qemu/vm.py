@@ -861,6 +861,10 @@ def link_ram(src, cfg):
         raise VMError(f"{src} is a tlm RAM stub: the guest memory is the private mapping "
                       f"of QEMU {pid} (a clone or a tlm destination) and cannot be shared "
                       f"in place; migrate it with --mode tlm")
+    if cfg.get("foreign") and any(re.search(r"\bdiscard-data=(on|true|yes)\b", a)
+                                  for a in cfg["cmdline"]):
+        raise VMError("the memory backend has discard-data=on: the source QEMU would punch "
+                      "the shared RAM file when it quits; start it without it for --mode local")
     os.makedirs(cfg["dir"])
     try:
         os.link(src, cfg["ram_file"])
