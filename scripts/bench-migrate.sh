@@ -32,9 +32,7 @@
 #                    no namespaces = loopback)
 #   --modes LIST     which migrations (default tlm,qemu,precopy; tlm gives the lower bound;
 #                    tlm-nolive = tlm with --no-live, the classification after the stop;
-#                    tlm-post, tlm-hybrid, tlm-auto = tlm with that --policy; local =
-#                    co-located, the destination maps the source's RAM file: diverged
-#                    scenario only, clones' RAM is the glue's private mapping)
+#                    tlm-post, tlm-hybrid, tlm-auto = tlm with that --policy)
 #   --out DIR        results directory (default build/bench-results/<link>-<date>)
 #   --plots-dir DIR  also copy the plots there (docs/img: the ones the README shows):
 #                    clones: bench-{bytes,memory,progress}.png + bench-results.md;
@@ -101,14 +99,12 @@ for m in ${mems//,/ }; do
 done
 [[ "$dirty_mib" =~ ^[0-9]+$ ]] && [ "$dirty_mib" -le $((min_mem / 4)) ] ||
 	tlm_die "--dirty-mib: a whole number up to the workload's $((min_mem / 4)) MiB, not '$dirty_mib'"
-[[ ",$modes," != *,local,* ]] || [ "$scenario" = diverged ] ||
-	tlm_die "--modes local: the diverged scenario only (a clone's RAM is not its RAM file)"
 [[ "$dirty_rate" =~ ^[0-9]+$ ]] || tlm_die "--dirty-rate: pages/s, not '$dirty_rate'"
 [ -z "$hot_mib" ] || [[ "$hot_mib" =~ ^[1-9][0-9]*$ ]] ||
 	tlm_die "--hot-mib: MiB, a whole number, not '$hot_mib'"
-mode_re='(tlm|tlm-nolive|tlm-post|tlm-hybrid|tlm-auto|qemu|precopy|local)'
+mode_re='(tlm|tlm-nolive|tlm-post|tlm-hybrid|tlm-auto|qemu|precopy)'
 [[ "$modes" =~ ^$mode_re(,$mode_re)*$ ]] ||
-	tlm_die "--modes: a list of tlm, tlm-nolive, tlm-post, tlm-hybrid, tlm-auto, qemu, precopy, local, not '$modes'"
+	tlm_die "--modes: a list of tlm, tlm-nolive, tlm-post, tlm-hybrid, tlm-auto, qemu, precopy, not '$modes'"
 case "$link" in lan|wan|loopback) ;; *) tlm_die "--link: lan, wan or loopback, not '$link'" ;; esac
 : "${out:=$tlm_root/build/bench-results/$link-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out/logs"

@@ -29,11 +29,6 @@
 #                      post-copy: tlm-page-server at the source, tlm-uffd-server at the
 #                      destination (libtlm-glue.so preloaded into the destination QEMU)
 #   --mode precopy     stock QEMU precopy (reference: no postcopy at all)
-#   --mode local       co-located, zero-copy: the destination QEMU on this host maps the
-#                      source's RAM file itself (a hard link to it), and QEMU's stream
-#                      (x-ignore-shared) carries only the device state; no RAM byte is
-#                      copied. A VM whose RAM is the glue's private mapping (a clone, a tlm
-#                      destination: its RAM file is a stub) is refused: use --mode tlm
 #   --precopy S        qemu mode: seconds of precopy before migrate-start-postcopy (default 0:
 #                      the switch is requested right with `migrate`, so the RAM moves post-copy)
 #   --bandwidth R      max-bandwidth of QEMU's stream, MiB/s, or with a k/M/G suffix
@@ -205,9 +200,9 @@ while [ $# -gt 0 ]; do
 	shift
 done
 case "$mode" in
-qemu|tlm|precopy|local) ;;
-"") echo "$tlm_prog: --mode qemu|tlm|precopy|local is required (try --help)" >&2; exit 2 ;;
-*) echo "$tlm_prog: --mode must be qemu, tlm, precopy or local, not '$mode'" >&2; exit 2 ;;
+qemu|tlm|precopy) ;;
+"") echo "$tlm_prog: --mode qemu|tlm|precopy is required (try --help)" >&2; exit 2 ;;
+*) echo "$tlm_prog: --mode must be qemu, tlm or precopy, not '$mode'" >&2; exit 2 ;;
 esac
 if [ "$mode" != tlm ] && [ -n "${other_opt:-}" ]; then
 	echo "$tlm_prog: $other_opt is a tlm-mode option" >&2; exit 2
@@ -307,10 +302,8 @@ trap 'exit 1' INT TERM
 
 # x-ignore-shared off: a clone started from a template has it on, and QEMU refuses it
 # together with postcopy-ram (docs/ARCHITECTURE.md F4); stock postcopy moves all RAM.
-# local mode: on, the destination maps the same RAM file.
 caps_json() {
-	local caps="{\"capability\":\"x-ignore-shared\",\"state\":$([ "$mode" = local ] &&
-		echo true || echo false)}"
+	local caps='{"capability":"x-ignore-shared","state":false}'
 
 	caps+=",{\"capability\":\"postcopy-ram\",\"state\":$([ "$mode" = qemu ] && echo true ||
 		echo false)}"
@@ -320,7 +313,7 @@ caps_json() {
 
 # Destination QEMU: same machine as the source, its own RAM file, waiting for the stream.
 prepare() {
-	local i=$1 vm=${vms[$1]} src dst local_ram=
+	local i=$1 vm=${vms[$1]} src dst
 
 	src=$(tlm_vm info "$vm" --get dir) || exit 1
 	[ "$(tlm_vm info "$src" --get running)" = true ] || tlm_die "$vm: QEMU is not running"
@@ -330,10 +323,8 @@ prepare() {
 	if [ "$check" = 1 ]; then
 		befores[$i]=$(guest_check "$src" --phase before) || exit 1
 	fi
-	[ "$mode" != local ] || local_ram=$(tlm_vm info "$src" --get ram_file)
 	dst=$(tlm_vm start "${names[$i]}" --like "$src" --incoming defer --no-link \
-		${dst_netns:+--netns "$dst_netns"} ${dst_cmdline:+--cmdline "$dst_cmdline"} \
-		${local_ram:+--ram-link-from "$local_ram"}) ||
+		${dst_netns:+--netns "$dst_netns"} ${dst_cmdline:+--cmdline "$dst_cmdline"}) ||
 		tlm_die "${names[$i]}: the destination QEMU did not start"
 	dst_dirs[$i]=$dst
 	phases[$i]=prepared
@@ -394,7 +385,7 @@ start_migration() {
 	start_events "$i"
 	date +%s.%N > "$work/$i.start"
 	phases[$i]=precopy
-	if [ "$mode" = precopy ] || [ "$mode" = local ]; then	# no switch: QEMU stops the source at the end
+	if [ "$mode" = precopy ]; then		# no switch: QEMU stops the source at the end
 		tlm_qmp "${src_dirs[$i]}/qmp.sock" migrate "$uri" >/dev/null ||
 			tlm_die "${names[$i]}: migrate failed"
 		return 0

@@ -1,6 +1,5 @@
 """tlm_qemu.report — the report of scripts/migrate-postcopy.sh, the same for every mode
-(tlm, qemu = stock postcopy-ram, precopy, local = co-located with the RAM file shared),
-so that runs compare field by field.
+(tlm, qemu = stock postcopy-ram, precopy), so that runs compare field by field.
 
 Per VM, one row (also the JSON of --json); every mode has every key (None where it does
 not apply):
@@ -49,8 +48,7 @@ not apply):
 
     python3 -m tlm_qemu.report compare RUN.json RUN.json...   a table of the same VMs in
                                                               several modes
-    python3 -m tlm_qemu.report qemu WORKDIR JSON_OUT NAME...  (the bash qemu/precopy/local
-                                                              modes)
+    python3 -m tlm_qemu.report qemu WORKDIR JSON_OUT NAME...  (the bash qemu/precopy mode)
 """
 
 import json
@@ -203,7 +201,7 @@ if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "compare":
         compare(sys.argv[2:])
         sys.exit(0)
-    if len(sys.argv) < 5 or sys.argv[1] not in ("qemu", "precopy", "local"):
+    if len(sys.argv) < 5 or sys.argv[1] not in ("qemu", "precopy"):
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         sys.exit(2)
     rows, wall = qemu_rows(sys.argv[2], sys.argv[4:], sys.argv[1])

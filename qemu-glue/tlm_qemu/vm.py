@@ -29,8 +29,7 @@ scripts/lib/py.sh, does both); below, `vm` stands for that command.
 
     vm probe-accel [--force]      kvm or tcg, probed once, cached (docs/ARCHITECTURE.md F6)
     vm start NAME [--mem MiB] [--wl-mem MiB] [--seed N] [--dirty N] [--like VM]
-             [--incoming URI] [--ram-file F] [--ram-copy-from F | --ram-link-from F]
-             [--env K=V]... [--no-link]
+             [--incoming URI] [--ram-file F] [--ram-copy-from F] [--env K=V]... [--no-link]
              [--netns NS] [--track]
         --track: preload libtlm-glue.so ($TLM_GLUE, else BUILD/qemu-glue/libtlm-glue.so)
         with TLM_TRACK=1: the glue registers the guest RAM for dirty tracking, so that
@@ -818,9 +817,7 @@ def cmd_start(opt):
     env = {k: v.replace("{ram_file}", cfg["ram_file"]).replace("{dir}", cfg["dir"])
            for k, v in env.items()}
     cfg["track"] = bool(opt.track)
-    if opt.ram_link_from:
-        link_ram(opt.ram_link_from, cfg)
-    elif opt.ram_copy_from:
+    if opt.ram_copy_from:
         # The non-shared fallback: the clone gets a private copy of the template RAM.
         os.makedirs(cfg["dir"])
         os.makedirs(os.path.dirname(cfg["ram_file"]), exist_ok=True)
@@ -833,44 +830,6 @@ def cmd_start(opt):
     if not opt.no_link:
         set_link(cfg)
     print(cfg["dir"])
-
-
-RAM_STUB_MAGIC = b"tlm-ram-stub 1\npid "     # runtime/template/ramstub.h
-
-
-def ram_stub_pid(path):
-    """The QEMU pid a glue RAM stub names (its memory is that process's private mapping),
-    or None when path is not a stub."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if not head.startswith(RAM_STUB_MAGIC):
-        return None
-    pid = head[len(RAM_STUB_MAGIC):].split(b"\n", 1)[0]
-    return int(pid) if pid.isdigit() else None
-
-
-def link_ram(src, cfg):
-    """Co-located migration: the new VM's RAM file is a hard link to src, the running
-    VM's (the same tmpfs pages: nothing is copied, and the file outlives the source's run
-    directory). A glue stub is refused: that memory is a process's private mapping."""
-    try:
-        pid = ram_stub_pid(src)
-    except OSError as e:
-        raise VMError(f"--ram-link-from {src}: {e.strerror}") from None
-    if pid is not None:
-        raise VMError(f"{src} is a tlm RAM stub: the guest memory is the private mapping "
-                      f"of QEMU {pid} (a clone or a tlm destination) and cannot be shared "
-                      f"in place; migrate it with --mode tlm")
-    if cfg.get("foreign") and any(re.search(r"\bdiscard-data=(on|true|yes)\b", a)
-                                  for a in cfg["cmdline"]):
-        raise VMError("the memory backend has discard-data=on: the source QEMU would punch "
-                      "the shared RAM file when it quits; start it without it for --mode local")
-    os.makedirs(cfg["dir"])
-    try:
-        os.link(src, cfg["ram_file"])
-    except OSError as e:
-        shutil.rmtree(cfg["dir"], ignore_errors=True)
-        raise VMError(f"cannot link {src} as {cfg['ram_file']}: {e.strerror}") from None
 
 
 def cmd_info(opt):
@@ -936,10 +895,7 @@ def parser():
     p.add_argument("--like", help="copy the machine config of this VM or vm.json")
     p.add_argument("--incoming", help="QEMU -incoming URI (e.g. defer)")
     p.add_argument("--ram-file", help="guest RAM file (default RUNDIR/ram)")
-    ram = p.add_mutually_exclusive_group()
-    ram.add_argument("--ram-copy-from", help="copy this file to the RAM file first")
-    ram.add_argument("--ram-link-from", help="hard-link this running VM's RAM file as the "
-                     "RAM file (co-located migration: the same memory, nothing copied)")
+    p.add_argument("--ram-copy-from", help="copy this file to the RAM file first")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="environment of QEMU (LD_PRELOAD=..., TLM_...); {ram_file} and "
                         "{dir} in V become the VM's RAM file and run directory")

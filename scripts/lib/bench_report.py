@@ -27,8 +27,7 @@ import time
 MODES = ("tlm", "qemu", "precopy")
 MODE_NAME = {"tlm": "tlm", "tlm-post": "tlm --policy post",
              "tlm-hybrid": "tlm --policy hybrid", "tlm-auto": "tlm --policy auto",
-             "tlm-nolive": "tlm --no-live", "qemu": "postcopy-ram", "precopy": "precopy",
-             "local": "local (RAM file shared)"}
+             "tlm-nolive": "tlm --no-live", "qemu": "postcopy-ram", "precopy": "precopy"}
 
 
 def ticks(run_dir, prefix, out):
