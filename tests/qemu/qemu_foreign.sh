@@ -21,6 +21,12 @@ op=$TLM_RUN_DIR/operator	# the operator's own directory: not a run directory of 
 mkdir "$op"
 check=$root/tests/qemu/foreign_check.sh
 qemu=$(command -v qemu-system-x86_64)
+# KVM where the probe says it runs the guest (TCG on this project's machines): the same
+# accelerator tlm_qemu.vm would choose, named in the log.
+accel=$(vm probe-accel) || fail "accelerator probe failed"
+cpu=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("cpu") or "")' \
+	"${TLM_GUEST_DIR:-$root/build/guest}/accel")
+echo "accelerator: $accel${cpu:+, -cpu $cpu}"
 
 # The operator's QEMUs that tlm never adopted (or that failed) go with the test: by their
 # pidfile, if that pid is still a QEMU of ours.
@@ -41,7 +47,8 @@ start_paused() {
 	local n=$1
 
 	shift
-	"$qemu" -name "$n" -S -nodefaults -no-user-config -display none -accel tcg "$@" \
+	"$qemu" -name "$n" -S -nodefaults -no-user-config -display none \
+		-accel "$accel" ${cpu:+-cpu "$cpu"} "$@" \
 		-qmp "unix:$op/$n.sock,server=on,wait=off" -daemonize -pidfile "$op/$n.pid" ||
 		fail "$n: QEMU did not start"
 }
@@ -80,7 +87,7 @@ start_guest() {
 	shift
 	mkdir "$op/$n"
 	env "$@" "$qemu" -name "$n" -nodefaults -no-user-config -display none -no-reboot \
-		-machine pc,memory-backend=mem -accel tcg -m 160M \
+		-machine pc,memory-backend=mem -accel "$accel" ${cpu:+-cpu "$cpu"} -m 160M \
 		-object "memory-backend-file,id=mem,size=160M,mem-path=$op/$n.ram,share=on" \
 		-kernel "$TLM_GUEST_DIR/vmlinuz" -initrd "$TLM_GUEST_DIR/initrd.gz" \
 		-append "console=ttyS0 quiet loglevel=3 panic=-1 tlm.mem=16 tlm.seed=5 tlm.dirty=50" \
