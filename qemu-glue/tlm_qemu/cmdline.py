@@ -40,7 +40,6 @@ FLAGS = frozenset("""
 DROPPED = frozenset(("-daemonize", "-S"))
 RAM_FIX = ("-object memory-backend-file,id=ram0,size=SIZE,mem-path=FILE,share=on "
            "-machine memory-backend=ram0 (FILE on tmpfs, e.g. /dev/shm)")
-TMPFS_MAGIC, HUGETLBFS_MAGIC = 0x01021994, 0x958458f6
 TRUE = ("on", "yes", "true", "y")
 
 
