@@ -6,7 +6,8 @@
 # on a shared, noisy machine.
 #
 #   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--bulk-lowat SIZE]
-#                            [--net-io MODE] [--bulk-rcvbuf KIB] [--json FILE] [--keep]
+#                            [--net-io MODE] [--bulk-rcvbuf KIB] [--fault-around N]
+#                            [--json FILE] [--keep]
 #
 #   --size SIZE        region size (default 1G; k/M/G suffixes, multiple of 4 KiB, >= 16M)
 #   --bulk-ahead SIZE  passed to tlm-page-server (how much of the background stream may be
@@ -15,6 +16,8 @@
 #   --net-io MODE      passed to tlm-uffd-server (how it receives the bulk stream: uring,
 #                      syscall, auto; default its own)
 #   --bulk-rcvbuf KIB  passed to tlm-uffd-server (its bulk sockets' SO_RCVBUF; 0: autotuning)
+#   --fault-around N   passed to tlm-uffd-server (TEMPLATE pages mapped around a TEMPLATE
+#                      fault: an aligned window of N pages; 1: the page alone)
 #   --json FILE        also write the figures as one JSON object
 #   --keep             keep the work directory (/dev/shm/tlm-bench.*)
 #
@@ -59,7 +62,7 @@ while [ $# -gt 0 ]; do
 	--json) need_arg "$@"; json_out=$2; shift ;;
 	--bulk-ahead) need_arg "$@"; ahead=$2; shift ;;
 	--bulk-lowat) need_arg "$@"; lowat=$2; shift ;;
-	--net-io|--bulk-rcvbuf) need_arg "$@"; ud_opts+=("$1" "$2"); shift ;;
+	--net-io|--bulk-rcvbuf|--fault-around) need_arg "$@"; ud_opts+=("$1" "$2"); shift ;;
 	--keep) keep=1 ;;
 	-h|--help) tlm_usage; exit 0 ;;
 	*) echo "$tlm_prog: unknown option '$1' (try --help)" >&2; exit 2 ;;
@@ -299,6 +302,11 @@ fig = {
     "data_fault_p50_us_no_background": lat(a_dst, "data")["p50_us"],
     "data_fault_p99_us_no_background": lat(a_dst, "data")["p99_us"],
     "data_faults_no_background": lat(a_dst, "data")["count"],
+    # run B: every TEMPLATE page the readers touch before completion is a fault, or is
+    # mapped around one (--fault-around)
+    "template_faults_background": sum(lat(r, "template")["count"] for r in b_dst),
+    "fault_around_pages_background": sum(r.get("fault_around", 0) for r in b_dst),
+    "template_fault_p50_us_background": max(lat(r, "template")["p50_us"] for r in b_dst),
     "data_fault_p50_us_background": max(lat(r, "data")["p50_us"] for r in b_dst),
     "data_fault_p99_us_background": max(lat(r, "data")["p99_us"] for r in b_dst),
     "data_faults_background": sum(lat(r, "data")["count"] for r in b_dst),
@@ -353,6 +361,9 @@ rows = [
     for name, l in (("reverse reads", lat(bvm["vm1"], "data")),
                     ("forward reads", lat(bvm["vm2"], "data")))
 ] + [
+    ("TEMPLATE faults, background on: count / mapped around / p50 us",
+     f"{f['template_faults_background']} / {f['fault_around_pages_background']} / "
+     f"{f['template_fault_p50_us_background']:.1f}", "-"),
     ("  pages sent twice / demands left to bulk", f"{f['duplicate_pages_background']} / "
      f"{f['demands_left_to_bulk']} (--bulk-ahead {ahead})", "-"),
     ("background DATA stream vs plain TCP, MB/s", f"{f['bulk_mb_per_s']:.0f} vs {tcp_mbs:.0f} = "

@@ -224,6 +224,66 @@ static void demand(struct dst_region *r, uint64_t page, unsigned cls)
 	dst_pg_demand(r, page, 1);
 }
 
+/* A TEMPLATE page fault-around may CONTINUE: not placed, not asked for, not discarded. */
+static bool around_ok(const struct dst_region *r, uint64_t i)
+{
+	return dst_pg_cls(r, i) == TLM_CLASS_TEMPLATE && dst_pg_state(r, i) == DST_MISSING;
+}
+
+/* The run of around_ok pages from i, at most up to end: its end. */
+static uint64_t around_run_end(const struct dst_region *r, uint64_t i, uint64_t end)
+{
+	while (i < end && around_ok(r, i))
+		i++;
+	return i;
+}
+
+/*
+ * A TEMPLATE fault. Once the class map is final its TEMPLATE pages are left to the
+ * kernel, which maps up to 16 neighbouring page-cache pages on a read fault — but not in
+ * a range registered for MINOR faults, so until the region completes every TEMPLATE page
+ * the guest touches would be a fault of its own. The daemon does the fault-around
+ * instead: the unplaced TEMPLATE pages of the aligned window around the fault, the
+ * faulting page's run first (its CONTINUE wakes the guest), then the window's other runs.
+ * Only TEMPLATE pages of the final class map, mapped from the template as the kernel
+ * would map them: nothing placed here could be wrong.
+ */
+static int place_template_around(struct dst_region *r, uint64_t page)
+{
+	uint64_t w = r->minor && r->fault_around > 1 ? r->fault_around : 1;
+	uint64_t lo = page / w * w, hi = lo + w < r->npages ? lo + w : r->npages;
+	uint64_t a = page, b, i;
+	int rc;
+
+	if (w == 1 || !around_ok(r, page))
+		return dst_place_template(r, page, 1, DST_ALLOW_NORMAL);
+	while (a > lo && around_ok(r, a - 1))
+		a--;
+	b = around_run_end(r, page, hi);
+	rc = dst_place_template(r, a, b - a, DST_ALLOW_NORMAL);
+	if (rc)
+		return rc;                   /* the fault is redone (EAGAIN) or the region failed */
+	r->st.fault_around += b - a - 1;
+	for (i = lo; i < hi && dst_region_live(r);) {
+		uint64_t e;
+
+		if (i == a) {
+			i = b;
+			continue;
+		}
+		if (!around_ok(r, i)) {
+			i++;
+			continue;
+		}
+		e = around_run_end(r, i, i < a ? a : hi);
+		if (dst_place_template(r, i, e - i, DST_ALLOW_NORMAL))
+			break;               /* left for its own fault or the kernel */
+		r->st.fault_around += e - i;
+		i = e;
+	}
+	return 0;
+}
+
 void dst_fault_resolve(struct dst_region *r, uint64_t page)
 {
 	unsigned cls = dst_pg_cls(r, page);
@@ -241,7 +301,7 @@ void dst_fault_resolve(struct dst_region *r, uint64_t page)
 		break;
 	default:
 		if (cls == TLM_CLASS_TEMPLATE)
-			rc = dst_place_template(r, page, 1, DST_ALLOW_NORMAL);
+			rc = place_template_around(r, page);
 		else if (cls == TLM_CLASS_ZERO)
 			rc = dst_place_range(r, DST_HOW_ZERO, page, 1, NULL, cls, DST_ALLOW_NORMAL,
 					     NULL);

@@ -82,6 +82,7 @@ struct dst_region *dst_region_new(struct tlm_evloop *loop, struct dst_glue *g,
 	memcpy(r->digest, m->digest, sizeof(r->digest));
 	r->tmpl = tmpl;
 	r->tmpl_base = m->offset / PS;
+	r->fault_around = DST_FAULT_AROUND_DEFAULT;
 	r->uffd.fd = -1;
 	r->uffd_src.fd = -1;
 	r->st.pages_by_class[0] = r->npages;

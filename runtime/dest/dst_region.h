@@ -153,6 +153,11 @@ struct dst_uffd_ops {
 #define DST_PG_BADSUM   0x40u
 #define DST_PG_ZEROFILL 0x80u
 
+/* The kernel's own fault-around window (fault_around_bytes, 64 KiB), which it does not
+ * apply to a range registered for MINOR faults (--fault-around). */
+#define DST_FAULT_AROUND_DEFAULT 16u
+#define DST_FAULT_AROUND_MAX     512u
+
 enum dst_pg_state { DST_MISSING = 0, DST_REQUESTED = 1, DST_PRESENT = 2, DST_REMOVED = 3 };
 
 /*
@@ -226,6 +231,7 @@ struct dst_region_stats {
 	uint64_t data_pages_in, data_pages_dropped;      /* PAGEs received / not used */
 	uint64_t data_from_buffer;       /* faults placed from bulk frames not handled yet */
 	uint64_t demand_msgs, demand_pages, checksum_errors, eexist, continue_fallbacks;
+	uint64_t fault_around;            /* TEMPLATE pages CONTINUEd around a fault */
 	uint64_t finish_demanded;                         /* DATA pages missing after DONE */
 	uint64_t wire_in, wire_out;                       /* of closed sessions */
 	uint64_t sessions, reconnects;
@@ -266,6 +272,9 @@ struct dst_region {
 	struct tlm_tmpl *tmpl;            /* local template (NULL without one) */
 	uint64_t tmpl_base;               /* template page of region page 0: offset / 4096 */
 	bool minor;                       /* registered MINOR: TEMPLATE pages via CONTINUE */
+	/* A TEMPLATE fault of a MINOR region CONTINUEs the unplaced TEMPLATE pages of the
+	 * aligned window of this many pages around it (dst_fault.c; 1: the page alone). */
+	uint32_t fault_around;
 
 	const struct dst_uffd_ops *uops;  /* NULL until attached and once released */
 	void *uctx;

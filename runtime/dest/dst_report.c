@@ -154,6 +154,7 @@ void dst_region_stats_json(const struct dst_region *r, struct tlm_json *j)
 	tlm_json_u64(j, "checksum_errors", st->checksum_errors);
 	tlm_json_u64(j, "eexist", st->eexist);
 	tlm_json_u64(j, "continue_fallbacks", st->continue_fallbacks);
+	tlm_json_u64(j, "fault_around", st->fault_around);
 	tlm_json_u64(j, "finish_demanded", st->finish_demanded);
 	tlm_json_u64(j, "sessions", st->sessions);
 	tlm_json_u64(j, "reconnects", st->reconnects);

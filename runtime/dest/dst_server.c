@@ -120,6 +120,7 @@ static void glue_region(struct dst_glue *g, const struct tlm_local_msg *m, int f
 		return;
 	}
 	r->stage.pool = &s->stage;
+	r->fault_around = s->fault_around;
 	r->next = s->regions;
 	s->regions = r;
 	log_info("%s: region from pid %d: %llu MiB at 0x%llx, offset %llu, %s, source %s",
@@ -484,6 +485,7 @@ int dst_server_open(struct dst_server *s, const struct dst_server_opts *o)
 	s->peer.stall_ms = o->stall_ms;
 	s->peer.bulk_rcvbuf = (int)o->bulk_rcvbuf;
 	s->stage.max = o->stage_max;
+	s->fault_around = (uint32_t)o->fault_around;
 	if (tlm_key_load(o->key, &s->peer.key, err, sizeof(err)) < 0) {
 		log_error("--key %s", err);
 		return -1;

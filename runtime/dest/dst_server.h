@@ -40,6 +40,7 @@ struct dst_server_opts {
 	uint64_t stage_max;                      /* --stage-max, bytes (0: hold nothing) */
 	enum dst_net_io net_io;                  /* --net-io */
 	uint64_t bulk_rcvbuf;                    /* --bulk-rcvbuf, bytes (0: autotuning) */
+	uint64_t fault_around;                   /* --fault-around, pages */
 };
 
 struct dst_server {
@@ -52,6 +53,7 @@ struct dst_server {
 	struct dst_region *regions;      /* every region, newest first */
 	struct dst_glue *glues;
 	bool exit_when_done, progress, stop;
+	uint32_t fault_around;           /* --fault-around, given to each region */
 	const char *sock_path, *ctl_path;
 	int glue_lfd, ctl_lfd, sig_fd, timer_fd;
 	struct tlm_evsrc ev_glue, ev_ctl, ev_sig, ev_timer;

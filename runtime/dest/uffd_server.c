@@ -25,7 +25,7 @@ static const char usage_text[] =
 "usage: tlm-uffd-server --sock GLUESOCK --ctl CTLSOCK --key KEYFILE [--source HOST:PORT]\n"
 "                       [--template PAGES]... [--outage-limit S] [--stall-timeout S]\n"
 "                       [--stage-max MIB] [--net-io MODE] [--bulk-rcvbuf KIB]\n"
-"                       [--exit-when-done] [--log-level L] [--progress]\n"
+"                       [--fault-around PAGES] [--exit-when-done] [--log-level L] [--progress]\n"
 "       tlm-uffd-server --version\n"
 "\n"
 "Destination daemon of tlm: receives guest RAM regions and their userfaultfds from\n"
@@ -52,6 +52,9 @@ static const char usage_text[] =
 "  --bulk-rcvbuf KIB  receive buffer of a bulk socket (SO_RCVBUF, default 1024; 0: the\n"
 "                     kernel's autotuning): what waits there is out of reach of a\n"
 "                     fault that wants one of its pages\n"
+"  --fault-around N   a fault on a template page maps the template pages around it in\n"
+"                     an aligned window of N pages (a power of 2, 1..512, default 16,\n"
+"                     the kernel's own window; 1: the page alone)\n"
 "  --exit-when-done   exit once a region completed and none is active\n"
 "  --log-level L      error | warn | info (default) | debug\n"
 "  --progress         one progress line per second and region (default on a TTY)\n"
@@ -135,6 +138,19 @@ static int opt_one(struct opts *opts, int c, const char *arg)
 		if (dst_net_io_parse(arg, &o->net_io) < 0)
 			return opt_fail("--net-io '%s': expected uring, syscall or auto", arg);
 		return 0;
+	case 'a': {
+		char *end;
+		unsigned long v;
+
+		errno = 0;
+		v = strtoul(arg, &end, 10);
+		if (end == arg || *end || errno || arg[0] == '-' || !v ||
+		    v > DST_FAULT_AROUND_MAX || (v & (v - 1)))
+			return opt_fail("--fault-around '%s': expected a power of 2, 1..%u", arg,
+					DST_FAULT_AROUND_MAX);
+		o->fault_around = v;
+		return 0;
+	}
 	case 'x': o->exit_when_done = true; return 0;
 	case 'p': o->progress = true; return 0;
 	case 'l':
@@ -161,6 +177,7 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 		{ "stage-max", required_argument, NULL, 'm' },
 		{ "net-io", required_argument, NULL, 'n' },
 		{ "bulk-rcvbuf", required_argument, NULL, 'r' },
+		{ "fault-around", required_argument, NULL, 'a' },
 		{ "exit-when-done", no_argument, NULL, 'x' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "progress", no_argument, NULL, 'p' },
@@ -177,6 +194,7 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 	o->stage_max = DST_STAGE_MAX_DEFAULT;
 	o->net_io = DST_NET_IO_SYSCALL;          /* io_uring measured no faster (dst_rx.h) */
 	o->bulk_rcvbuf = DST_PEER_RCVBUF_DEFAULT;
+	o->fault_around = DST_FAULT_AROUND_DEFAULT;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		if (c == 'h' || c == 'V') {
 			if (c == 'h')

@@ -108,6 +108,7 @@ static void test_template_copy_and_hole(void **state)
 	fx_fini(&x);
 
 	fx_init(&x, 64, FX_MINOR);
+	x.r->fault_around = 1;               /* each fault its page alone (see test_fault_around) */
 	fx_connect(&x);
 	fk_inject(&x.u, FK_CONT, 5, -EFAULT, 1);
 	assert_int_equal(fx_map(&x, 0, true, mixed, 4), 0);
@@ -280,6 +281,7 @@ static void test_template_left_at_completion(void **state)
 	size_t unreg;
 
 	fx_init(&x, 64, FX_MINOR);
+	x.r->fault_around = 1;
 	fx_connect(&x);
 	assert_int_equal(fx_map(&x, 0, true, mixed, 4), 0);
 	fx_work(&x);
@@ -325,6 +327,63 @@ static void test_template_placed_without_final_map(void **state)
 	fx_fini(&x);
 }
 
+/* TEMPLATE 0..5, DATA 6, TEMPLATE 7..9, ZERO 10, TEMPLATE 11..20, DATA 21..63. */
+static const struct tlm_run around[] = {
+	{ TLM_CLASS_TEMPLATE, 6, 0 }, { TLM_CLASS_DATA, 1, 0 }, { TLM_CLASS_TEMPLATE, 3, 0 },
+	{ TLM_CLASS_ZERO, 1, 0 }, { TLM_CLASS_TEMPLATE, 10, 0 }, { TLM_CLASS_DATA, 43, 0 },
+};
+
+/* A TEMPLATE fault of a MINOR region CONTINUEs the unplaced TEMPLATE pages of its aligned
+ * 16-page window: its own run first (that wakes the guest), then the others; a hole
+ * (EFAULT) in one is copied; nothing of another class, nothing outside the window, no
+ * page already present; each window's pages are placed once. */
+static void test_fault_around(void **state)
+{
+	struct fx x;
+
+	fx_init(&x, 64, FX_MINOR);
+	fx_connect(&x);
+	assert_int_equal(fx_map(&x, 0, true, around, 6), 0);
+	fx_work(&x);                                         /* ZERO 10 by the sweep */
+	assert_int_equal(fk_count(&x.u, FK_CONT), 0);
+	fk_inject(&x.u, FK_CONT, 2, -EFAULT, 1);
+	fx_fault(&x, 8);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->page, 7);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 0)->n, 3);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 1)->page, 0);   /* stops at the hole */
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 1)->done, 2);
+	assert_int_equal(fk_nth(&x.u, FK_COPY, 0)->page, 2);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 2)->page, 3);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 2)->n, 3);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 3)->page, 11);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 3)->n, 5);      /* 11..15: the window ends */
+	assert_int_equal(fk_count(&x.u, FK_CONT), 4);
+	assert_int_equal(x.r->st.continue_fallbacks, 1);
+	assert_int_equal(x.r->st.fault_around, 13);
+	for (uint64_t p = 0; p < 16; p++) {
+		bool tmpl = p != 6 && p != 10;
+
+		assert_int_equal(fx_state(&x, p), tmpl || p == 10 ? DST_PRESENT : DST_MISSING);
+		if (tmpl)
+			assert_memory_equal(fk_mem(&x.u, p), fx_tmpl_page(&x, p), FX_PS);
+	}
+	for (uint64_t p = 16; p < 21; p++)
+		assert_int_equal(fx_state(&x, p), DST_MISSING);
+	assert_int_equal(x.r->n_tmpl_left, 5);
+	assert_int_equal(x.r->nfaults, 0);
+
+	fx_fault(&x, 20);                         /* window 16..31: 16..20, one run */
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 4)->page, 16);
+	assert_int_equal(fk_nth(&x.u, FK_CONT, 4)->n, 5);
+	assert_int_equal(fk_count(&x.u, FK_CONT), 5);
+	assert_int_equal(x.r->n_tmpl_left, 0);
+	assert_int_equal(x.r->st.placed_by_class[TLM_CLASS_TEMPLATE], 19);
+	fx_fault(&x, 6);                          /* DATA: demanded, no CONTINUE */
+	assert_int_equal(fk_count(&x.u, FK_CONT), 5);
+	assert_int_equal(fx_state(&x, 6), DST_REQUESTED);
+	fx_fini(&x);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -337,6 +396,7 @@ int main(void)
 		cmocka_unit_test(test_sweep_yields_to_events),
 		cmocka_unit_test(test_template_left_at_completion),
 		cmocka_unit_test(test_template_placed_without_final_map),
+		cmocka_unit_test(test_fault_around),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
