@@ -54,6 +54,8 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -190,13 +192,28 @@ fail:
 
 /* ---- interception ----------------------------------------------------------------------- */
 
+/*
+ * TLM_RAM_PATH names the file, or is a pattern (fnmatch; '*' matches '/' too) for a
+ * program that picks the name itself: libvirt puts each QEMU's RAM file in a directory
+ * named after the domain's id, which is not known before the QEMU starts. Only the
+ * first mapping that matches is replaced (glue_intercept).
+ */
 static bool glue_is_ram(int fd, const char *ram_path)
 {
 	struct stat a, b;
+	char link[40], name[PATH_MAX];
+	ssize_t n;
 
-	if (fstat(fd, &a) < 0 || !S_ISREG(a.st_mode) || stat(ram_path, &b) < 0)
+	if (fstat(fd, &a) < 0 || !S_ISREG(a.st_mode))
 		return false;
-	return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+	if (!strpbrk(ram_path, "*?["))
+		return stat(ram_path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, name, sizeof(name) - 1);
+	if (n <= 0)
+		return false;
+	name[n] = 0;
+	return fnmatch(ram_path, name, 0) == 0;
 }
 
 /*
