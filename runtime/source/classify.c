@@ -45,6 +45,7 @@ void tlm_cls_map_reset(struct tlm_cls_map *m)
 	m->added = 0;
 	m->nruns = 0;
 	m->known_pages = 0;
+	m->hole_pages = 0;
 	memset(m->count, 0, sizeof(m->count));
 }
 

@@ -46,6 +46,7 @@ struct tlm_cls_map {
 	size_t nruns, cap;
 	uint64_t count[TLM_CLASS_DATA + 1];   /* pages per class, index = enum value */
 	uint64_t known_pages;         /* classified without reading (pagemap) */
+	uint64_t hole_pages;          /* classified without reading (holes of the RAM file) */
 };
 
 int tlm_cls_map_init(struct tlm_cls_map *m, uint64_t page_count, const struct tlm_tmpl *tmpl,

@@ -434,6 +434,7 @@ static int fill_map(struct tlm_live *l, struct tlm_cls_map *m)
 		rc = tlm_cls_map_add_run(m, l->cls[p], l->ref[p], end - p);
 	}
 	m->known_pages = tlm_src_scan_known(l->scan);
+	m->hole_pages = tlm_src_scan_holes(l->scan);
 	return rc;
 }
 

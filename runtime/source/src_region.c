@@ -488,6 +488,62 @@ static void pagemap_known(struct tlm_src_region *r, const struct tvma *v, unsign
 	}
 }
 
+/*
+ * hole[i]: page first + i of a file source lies in a hole of the RAM file: never written
+ * (tmpfs allocates on first write) or punched out since (QEMU discards the pages a guest
+ * frees with free page reporting or ballooning: fallocate PUNCH_HOLE, docs/ARCHITECTURE.md
+ * F9). It reads as zeros, so its class is decided without reading it; reading it through
+ * our shared mapping would even allocate it again (a read fault on a tmpfs mapping
+ * allocates the page), giving back to the host what the guest handed back to it.
+ * SEEK_DATA/SEEK_HOLE look at the file as it is now, like a read: a write after the call
+ * is caught by dirty tracking exactly as a write after a read (live.h). Asked afresh for
+ * every batch, never remembered: a remembered hole would be an old read. A file system
+ * without SEEK_DATA (or any error) leaves every page to be read. Returns the hole count.
+ */
+static unsigned file_holes(const struct tlm_src_region *r, uint64_t first, unsigned n,
+			   bool *hole)
+{
+	const off_t base = (off_t)(r->offset + first * TLM_PAGE_SIZE);
+	const off_t end = base + (off_t)n * TLM_PAGE_SIZE;
+	unsigned count = 0;
+
+	memset(hole, 0, n * sizeof(*hole));
+	for (off_t pos = base; pos < end;) {
+		off_t data = lseek(r->fd, pos, SEEK_DATA);
+		uint64_t i, j;
+
+		if (data < 0 && errno != ENXIO)
+			break;
+		if (data < 0 || data > end)
+			data = end;                  /* ENXIO: no data from pos to the end */
+		/* whole pages of [pos, data) only */
+		i = ((uint64_t)(pos - base) + TLM_PAGE_SIZE - 1) / TLM_PAGE_SIZE;
+		j = (uint64_t)(data - base) / TLM_PAGE_SIZE;
+		for (; i < j; i++, count++)
+			hole[i] = true;
+		if (data >= end)
+			break;
+		pos = lseek(r->fd, data, SEEK_HOLE);
+		if (pos <= data)
+			break;
+	}
+	return count;
+}
+
+/* The class of a page that reads as zeros: what tlm_classify_page_hint gives zeros. */
+static enum tlm_page_class zero_class(const struct tlm_src_region *r, uint64_t page,
+				      uint64_t *k)
+{
+	uint64_t t = r->tmpl_base + page;
+
+	*k = 0;
+	if (t < r->map.tmpl_pages && tlm_page_is_zero(tlm_tmpl_page(r->tmpl, t))) {
+		*k = t;
+		return TLM_CLASS_TEMPLATE;
+	}
+	return TLM_CLASS_ZERO;
+}
+
 /* ---- scans: classifying pages as they are now ------------------------------------------ */
 
 struct tlm_src_scan {
@@ -498,6 +554,7 @@ struct tlm_src_scan {
 	                                * batch, if the next batch starts right after it */
 	uint64_t hint_page;            /* ... the region page that hint is for */
 	uint64_t known;                /* pages classified from the pagemap, not read */
+	uint64_t holes;                /* pages in holes of the RAM file, not read */
 	uint8_t buf[TLM_SRC_SCAN_BATCH * TLM_PAGE_SIZE];   /* pid source: pages read */
 };
 
@@ -527,7 +584,7 @@ int tlm_src_scan_open(struct tlm_src_region *r, struct tlm_src_scan **out, char 
 	s->r = r;
 	s->nv = r->kind == TLM_SRC_PID ? tmpl_vmas(r, s->v) : 0;
 	s->hint = s->hint_page = UINT64_MAX;
-	s->known = 0;
+	s->known = s->holes = 0;
 	*out = s;
 	return 0;
 }
@@ -540,6 +597,11 @@ void tlm_src_scan_close(struct tlm_src_scan *s)
 uint64_t tlm_src_scan_known(const struct tlm_src_scan *s)
 {
 	return s->known;
+}
+
+uint64_t tlm_src_scan_holes(const struct tlm_src_scan *s)
+{
+	return s->holes;
 }
 
 /* *data: the bytes of pages [first, first + n), in the file mapping or read into s->buf
@@ -566,7 +628,7 @@ int tlm_src_scan_batch(struct tlm_src_scan *s, uint64_t first, unsigned n, uint8
 		       uint64_t *k, char *err, size_t errlen)
 {
 	struct tlm_src_region *r = s->r;
-	bool known[TLM_SRC_SCAN_BATCH] = { false };
+	bool known[TLM_SRC_SCAN_BATCH] = { false }, hole[TLM_SRC_SCAN_BATCH];
 	const uint8_t *data;
 	uint64_t hint = s->hint_page == first ? s->hint : UINT64_MAX;
 	unsigned j = 0;
@@ -576,11 +638,15 @@ int tlm_src_scan_batch(struct tlm_src_scan *s, uint64_t first, unsigned n, uint8
 		return -ERANGE;
 	if (s->nv)
 		pagemap_known(r, s->v, s->nv, first, n, known);
+	if (r->kind == TLM_SRC_FILE)
+		s->holes += file_holes(r, first, n, hole);
 	rc = scan_read(s, first, n, known, &data, err, errlen);
 	if (rc < 0)
 		return rc;
 	for (unsigned i = 0; i < n; i++) {
-		if (known[i]) {
+		if (r->kind == TLM_SRC_FILE && hole[i]) {
+			cls[i] = (uint8_t)zero_class(r, first + i, &k[i]);
+		} else if (known[i]) {
 			cls[i] = TLM_CLASS_TEMPLATE;
 			k[i] = r->tmpl_base + first + i;
 			s->known++;
@@ -619,6 +685,7 @@ static int classify_all(struct tlm_src_region *r, char *err, size_t errlen)
 			rc = tlm_cls_map_add(&r->map, cls[i], k[i]);
 	}
 	r->map.known_pages = tlm_src_scan_known(s);
+	r->map.hole_pages = tlm_src_scan_holes(s);
 	tlm_src_scan_close(s);
 	return rc;
 }

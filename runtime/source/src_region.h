@@ -152,6 +152,9 @@ int tlm_src_scan_batch(struct tlm_src_scan *s, uint64_t first, unsigned n, uint8
 		       uint64_t *k, char *err, size_t errlen);
 /* Pages of the scan classified TEMPLATE from the pagemap, without reading them. */
 uint64_t tlm_src_scan_known(const struct tlm_src_scan *s);
+/* Pages of the scan (file source) that lay in holes of the RAM file: classified as zeros
+ * without reading them (never written, or discarded by the guest, F9). */
+uint64_t tlm_src_scan_holes(const struct tlm_src_scan *s);
 void tlm_src_scan_close(struct tlm_src_scan *s);
 
 /* Read n pages (indices pages[], n <= TLM_SRC_READ_MAX) for sending: ptrs[i] points at page

@@ -178,6 +178,8 @@ static void stats_region(struct tlm_json *j, const struct tlm_src_region *r)
 	tlm_json_u64(j, "data", cnt[TLM_CLASS_DATA]);
 	tlm_json_u64(j, "classified", r->map.added);
 	tlm_json_u64(j, "known_from_pagemap", r->map.known_pages);
+	/* zeros in holes of the RAM file (never written, or freed by the guest): not read */
+	tlm_json_u64(j, "zero_holes", r->map.hole_pages);
 	tlm_json_u64(j, "runs", r->map.nruns);
 	tlm_json_obj_end(j);
 	tlm_json_obj_begin(j, "bytes");
@@ -302,12 +304,13 @@ static int freeze_one(struct tlm_ps *ps, struct tlm_src_region *r, struct tlm_sb
 	}
 	r->phase = TLM_SRC_CLASSIFIED;
 	log_info("%s: frozen, %llu pages classified in %.1f ms (%s): %llu template, %llu zero, "
-		 "%llu ref, %llu data, %zu runs (%llu known from pagemap)", r->id,
+		 "%llu ref, %llu data, %zu runs (%llu known from pagemap, %llu in holes)", r->id,
 		 (unsigned long long)r->page_count, (double)r->st.classify_ns / 1e6,
 		 freeze_how(r),
 		 (unsigned long long)c[TLM_CLASS_TEMPLATE], (unsigned long long)c[TLM_CLASS_ZERO],
 		 (unsigned long long)c[TLM_CLASS_REF], (unsigned long long)c[TLM_CLASS_DATA],
-		 r->map.nruns, (unsigned long long)r->map.known_pages);
+		 r->map.nruns, (unsigned long long)r->map.known_pages,
+		 (unsigned long long)r->map.hole_pages);
 	tlm_sbuf_printf(ok, "%s%s: %llu template, %llu zero, %llu ref, %llu data in %.1f ms",
 			ok->len ? "; " : "", r->id, (unsigned long long)c[TLM_CLASS_TEMPLATE],
 			(unsigned long long)c[TLM_CLASS_ZERO], (unsigned long long)c[TLM_CLASS_REF],

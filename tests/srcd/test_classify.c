@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -332,6 +333,70 @@ static void test_file_source_window(void **state)
 	tlm_src_region_free(r);
 }
 
+/*
+ * A RAM file on tmpfs with holes (pages punched as QEMU does for pages the guest freed,
+ * and a tail never written): the holes are classified without being read, as reading
+ * their zeros would classify them (ZERO, or TEMPLATE where the template page is zero),
+ * counted, and left unallocated (a read through the mapping would allocate them).
+ */
+static void test_file_holes(void **state)
+{
+	struct fixture *f = *state;
+	const unsigned total = NPAGES + 64;        /* 64 pages past the template: a sparse tail */
+	static const unsigned punch[][2] = { { 7, 1 }, { 100, 10 }, { 300, 64 }, { 511, 1 } };
+	char dir[] = "/dev/shm/tlm-holes-XXXXXX", path[64], spec[256], err[256];
+	uint8_t *want = calloc(total, PG);
+	struct tlm_src_region *r;
+	struct tlm_cls_map m;
+	struct stat before, after;
+	uint64_t holes = 64, k1, k2;
+	int fd;
+
+	assert_non_null(want);
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/ram", dir);
+	memcpy(want, f->ram_bytes, (size_t)NPAGES * PG);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(tlm_write_full(fd, want, (size_t)NPAGES * PG), 0);
+	assert_int_equal(ftruncate(fd, (off_t)total * PG), 0);
+	for (unsigned i = 0; i < TLM_ARRAY_SIZE(punch); i++) {
+		assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					   (off_t)punch[i][0] * PG, (off_t)punch[i][1] * PG), 0);
+		memset(want + (size_t)punch[i][0] * PG, 0, (size_t)punch[i][1] * PG);
+		holes += punch[i][1];
+	}
+	/* What reading the bytes gives. */
+	assert_int_equal(tlm_cls_map_init(&m, total, f->t, 0), 0);
+	assert_int_equal(tlm_classify_mem(&m, want, total), 0);
+	snprintf(spec, sizeof(spec), "h,file=%s,template=%s", path, f->pages);
+	assert_int_equal(tlm_src_region_new(&r, spec, err, sizeof(err)), 0);
+	r->phase = TLM_SRC_FROZEN;
+	assert_int_equal(fstat(fd, &before), 0);
+	assert_int_equal(tlm_src_classify(r, err, sizeof(err)), 0);
+	assert_int_equal(fstat(fd, &after), 0);
+	for (unsigned i = 0; i < total; i++) {
+		if (tlm_cls_map_get(&r->map, i, &k1) != tlm_cls_map_get(&m, i, &k2) || k1 != k2)
+			fail_msg("page %u: class %d/%llu, reading gives %d/%llu", i,
+				 tlm_cls_map_get(&r->map, i, &k1), (unsigned long long)k1,
+				 tlm_cls_map_get(&m, i, &k2), (unsigned long long)k2);
+	}
+	assert_int_equal(tlm_cls_map_get(&r->map, 7, &k1), TLM_CLASS_TEMPLATE);   /* zero there */
+	assert_int_equal(tlm_cls_map_get(&r->map, 300, &k1), TLM_CLASS_ZERO);
+	print_message("%llu pages in holes, file %lld -> %lld blocks\n",
+		      (unsigned long long)r->map.hole_pages, (long long)before.st_blocks,
+		      (long long)after.st_blocks);
+	assert_int_equal(after.st_blocks, before.st_blocks);   /* no hole was filled */
+	assert_int_equal(r->map.hole_pages, holes);
+	check_runs(&r->map);
+	tlm_src_region_free(r);
+	tlm_cls_map_fini(&m);
+	close(fd);
+	unlink(path);
+	rmdir(dir);
+	free(want);
+}
+
 /* This process as a pid source: the template mapped MAP_PRIVATE, some pages written. */
 static void test_pid_source(void **state)
 {
@@ -499,6 +564,7 @@ int main(void)
 		cmocka_unit_test(test_classify_tmpl_base),
 		cmocka_unit_test(test_file_source),
 		cmocka_unit_test(test_file_source_window),
+		cmocka_unit_test(test_file_holes),
 		cmocka_unit_test(test_pid_source),
 		cmocka_unit_test(test_pid_source_anon),
 		cmocka_unit_test(test_spec_errors),
