@@ -9,7 +9,10 @@
 #   --new-kernel   look for a newer linux-image-6.1.0-* package even if one is cached
 #   --no-probe     do not run the KVM/TCG probe (tlm_qemu.vm probe-accel)
 #
-# Produces DIR/vmlinuz, DIR/initrd.gz, DIR/memload, DIR/accel (probe result).
+# Produces DIR/vmlinuz, DIR/initrd.gz, DIR/memload, DIR/accel (probe result), and
+# DIR/modules/: the kernel's virtio-balloon driver and what it needs (modules in Debian's
+# kernels), which /init loads when QEMU gives the guest a virtio device (free page
+# reporting: tlm_qemu.vm start --free-page-reporting).
 # Idempotent: each step is skipped when its inputs (recorded in DIR/*.stamp) are unchanged;
 # a cached kernel is reused without asking apt. Installs the Debian packages it needs.
 set -euo pipefail
@@ -55,12 +58,40 @@ newest_kernel_pkg() {
 	apt-cache pkgnames linux-image-6.1.0- | grep -E "$pkg_re" | sort -V | tail -n 1
 }
 
+# virtio-balloon and its dependencies, in load order (modinfo depends= of each .ko).
+guest_modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
+	virtio_balloon)
+
+have_modules() {
+	local m
+
+	for m in "${guest_modules[@]}"; do
+		[ -s "$out/modules/$m.ko" ] || return 1
+	done
+	[ "$(cat "$out/modules/order" 2>/dev/null)" = "$(printf '%s\n' "${guest_modules[@]}")" ]
+}
+
+# The modules of the unpacked kernel package ROOT into DIR/modules (a .ko.xz/.zst would
+# need decompressing: Debian 12's 6.1 kernels ship plain .ko).
+copy_modules() {
+	local root=$1 m ko
+
+	rm -rf "$out/modules.new" && mkdir -p "$out/modules.new"
+	for m in "${guest_modules[@]}"; do
+		ko=$(find "$root/lib/modules" -name "$m.ko" | head -n 1)
+		[ -n "$ko" ] || tlm_die "$pkg has no $m.ko (needed for free page reporting)"
+		cp "$ko" "$out/modules.new/"
+	done
+	printf '%s\n' "${guest_modules[@]}" > "$out/modules.new/order"	# for /init
+	rm -rf "$out/modules" && mv "$out/modules.new" "$out/modules"
+}
+
 build_kernel() {
 	local pkg tmp vmlinuz
 
 	# a cached kernel of this flavour is reused without asking apt (works offline)
 	if [ "$new_kernel" = 0 ] && [ -s "$out/vmlinuz" ] && [ -s "$out/kernel.stamp" ] &&
-	   grep -qx "flavour=$flavour" "$out/kernel.stamp"; then
+	   grep -qx "flavour=$flavour" "$out/kernel.stamp" && have_modules; then
 		return 0
 	fi
 	pkg=$(newest_kernel_pkg)
@@ -71,7 +102,7 @@ build_kernel() {
 		[ -n "$pkg" ] || tlm_die "apt knows no package matching $pkg_re"
 	fi
 	if [ -s "$out/kernel.stamp" ] && grep -qx "package=$pkg" "$out/kernel.stamp" &&
-	   [ -s "$out/vmlinuz" ]; then
+	   [ -s "$out/vmlinuz" ] && have_modules; then
 		return 0
 	fi
 	tlm_log "fetching $pkg"
@@ -81,6 +112,7 @@ build_kernel() {
 	dpkg-deb -x "$tmp"/*.deb "$tmp/root"
 	vmlinuz=$(ls "$tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
 	[ -n "$vmlinuz" ] || tlm_die "$pkg has no boot/vmlinuz-*"
+	copy_modules "$tmp/root"
 	cp "$vmlinuz" "$out/vmlinuz.new" && mv "$out/vmlinuz.new" "$out/vmlinuz"
 	printf 'package=%s\nflavour=%s\nrelease=%s\n' "$pkg" "$flavour" \
 		"${vmlinuz##*/vmlinuz-}" > "$out/kernel.stamp"
@@ -115,11 +147,12 @@ build_memload() {
 build_initrd() {
 	local bb=/bin/busybox digest tmp
 
-	digest=$(stamp_of "$bb" "$out/memload" "$src/init")
+	digest=$(stamp_of "$bb" "$out/memload" "$src/init" "$out"/modules/*)
 	up_to_date "$out/initrd.gz" "$digest" && return 0
 	tlm_log "packing initramfs"
 	tmp=$(mktemp -d "$out/initrd.XXXXXX")
-	mkdir -p "$tmp/bin" "$tmp/dev" "$tmp/proc" "$tmp/sys" "$tmp/tmp"
+	mkdir -p "$tmp/bin" "$tmp/dev" "$tmp/proc" "$tmp/sys" "$tmp/tmp" "$tmp/lib/modules"
+	cp "$out"/modules/* "$tmp/lib/modules/"
 	cp "$bb" "$tmp/bin/busybox"
 	ln -s busybox "$tmp/bin/sh"
 	cp "$out/memload" "$tmp/bin/memload"

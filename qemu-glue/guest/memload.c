@@ -25,6 +25,9 @@
  *                     of the buffer: clones of one template diverge this way
  *   dirty R        -> DIRTY <R>              rewrite rate, pages/s
  *   pause|resume   -> PAUSED|RESUMED         stop/restart rewriting
+ *   scratch MiB    -> SCRATCH <pages> freed  allocate MiB more, write unique data to
+ *                     every page, free it all: a guest that has freed most of its memory
+ *                     (with free page reporting, QEMU then discards those pages)
  *   ping           -> PONG <ticks>
  *   anything else  -> ERR unknown command '<line>'
  * The console (stdout, ttyS0) gets "MEMLOAD ..." at start, "READY ..." once the buffer
@@ -292,6 +295,29 @@ static void cmd_reseed(struct ml_state *s, const char *args)
 	say(s, 1, "RESEEDED %llu %llu", seed, (unsigned long long)n);
 }
 
+/* Memory the guest touched and gave back: its pages hold unique data until reused. */
+static void cmd_scratch(struct ml_state *s, const char *args)
+{
+	unsigned long long mib;
+	uint64_t n;
+	uint8_t *p;
+
+	if (sscanf(args, "%llu", &mib) != 1 || mib == 0) {
+		say(s, 1, "ERR usage: scratch MiB");
+		return;
+	}
+	n = mib * (1024 * 1024 / ML_PAGE);
+	p = mmap(NULL, n * ML_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		say(s, 1, "ERR scratch %llu MiB: %s", mib, strerror(errno));
+		return;
+	}
+	for (uint64_t i = 0; i < n; i++)
+		gen_page((uint64_t *)(p + i * ML_PAGE), (i << 20) ^ ML_MASK_SALT ^ s->rng);
+	munmap(p, n * ML_PAGE);
+	say(s, 1, "SCRATCH %llu freed", (unsigned long long)n);
+}
+
 static void handle_line(struct ml_state *s, const char *line)
 {
 	uint64_t bad, h;
@@ -303,6 +329,8 @@ static void handle_line(struct ml_state *s, const char *line)
 		    (unsigned long long)bad);
 	} else if (strncmp(line, "reseed", 6) == 0 && (line[6] == ' ' || !line[6])) {
 		cmd_reseed(s, line + 6);
+	} else if (strncmp(line, "scratch", 7) == 0 && (line[7] == ' ' || !line[7])) {
+		cmd_scratch(s, line + 7);
 	} else if (strncmp(line, "dirty ", 6) == 0) {
 		s->rate = strtoull(line + 6, NULL, 0);
 		if (s->rate > ML_MAX_RATE)
