@@ -923,6 +923,9 @@ def tlm_row(m):
             "tlm_payload_bytes": s["wire"]["payload_bytes"],
             "pages": {k: cls[k] for k in ("template", "zero", "ref", "data")},
             "template_left": s["pages"].get("template_left", 0),
+            # ZERO (or zero TEMPLATE) pages the page server found in holes of the RAM
+            # file, not read: never written, or freed by the guest (free page reporting)
+            "zero_holes": (m.src_stats.get("pages") or {}).get("zero_holes"),
             "bulk_pace": m.src_stats.get("bulk_pace"),
             "bulk_pace_mbps": round(m.src_stats.get("bulk_pace_bps", 0)
                                     * 8 / 1e6, 1),

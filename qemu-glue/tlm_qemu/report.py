@@ -38,6 +38,9 @@ not apply):
   pages                   tlm: pages by class (template, zero, ref, data)
   template_left           tlm: TEMPLATE pages the destination never placed (nothing
                           faulted on them): the kernel maps them from the template
+  zero_holes              tlm: pages the page server classified from holes of the RAM
+                          file without reading them (never written, or freed by the
+                          guest and discarded by QEMU: free page reporting)
   demand_faults, fault_p50_us, fault_p99_us   faults that waited for the network
   bulk_pace, bulk_pace_mbps   tlm: the background stream's pacing at the end (paced, lan,
                           probing, off: tlm-page-server --bulk-pace)

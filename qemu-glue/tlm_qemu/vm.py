@@ -30,11 +30,14 @@ scripts/lib/py.sh, does both); below, `vm` stands for that command.
     vm probe-accel [--force]      kvm or tcg, probed once, cached (docs/ARCHITECTURE.md F6)
     vm start NAME [--mem MiB] [--wl-mem MiB] [--seed N] [--dirty N] [--like VM]
              [--incoming URI] [--ram-file F] [--ram-copy-from F] [--env K=V]... [--no-link]
-             [--netns NS] [--track]
+             [--netns NS] [--track] [--free-page-reporting]
         --track: preload libtlm-glue.so ($TLM_GLUE, else BUILD/qemu-glue/libtlm-glue.so)
         with TLM_TRACK=1: the glue registers the guest RAM for dirty tracking, so that
         tlm-page-server can classify it while the guest runs (the live phase of
         migrate-postcopy.sh --mode tlm); --env K=V given too wins over its variables
+        --free-page-reporting: a virtio-balloon with free page reporting: the guest
+        reports the pages it frees and QEMU discards them from the RAM file (holes, which
+        tlm classifies ZERO without reading); a destination started --like it has it too
         [--cmdline FILE]  with --like a foreign VM: FILE's arguments (one per line)
         instead of the source's, rewritten the same way
     vm adopt QMP_SOCKET [--name N] [--mode tlm|qemu|precopy]
@@ -138,6 +141,10 @@ def qemu_argv(cfg):
             "-qmp", f"unix:{d}/qmp-mig.sock,server=on,wait=off"]
     if cfg.get("cpu"):
         argv += ["-cpu", cfg["cpu"]]
+    if cfg.get("free_page_reporting"):
+        # the same device at both ends: its state migrates with the rest (the guest's
+        # /init loads the driver when it sees it)
+        argv += ["-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
     if cfg.get("incoming"):
         argv += ["-incoming", cfg["incoming"]]
     return netns_prefix(cfg) + argv
@@ -278,7 +285,8 @@ def new_cfg(opt, gdir, base):
             cfg = foreign_like(src, getattr(opt, "cmdline", None))
         else:
             cfg = {k: src.get(k) for k in ("mem_mib", "machine", "accel", "cpu", "smp",
-                                           "kernel", "initrd", "workload", "append_extra")}
+                                           "kernel", "initrd", "workload", "append_extra",
+                                           "free_page_reporting")}
     elif getattr(opt, "cmdline", None):
         raise VMError("--cmdline goes with --like a foreign VM (one adopted, or started "
                       "like one)")
@@ -298,7 +306,8 @@ def new_cfg(opt, gdir, base):
                "initrd": os.path.join(gdir, "initrd.gz"),
                "workload": {"mem": opt.wl_mem, "seed": opt.seed, "dirty": opt.dirty,
                             "hot": opt.hot},
-               "append_extra": opt.append}
+               "append_extra": opt.append,
+               "free_page_reporting": bool(getattr(opt, "free_page_reporting", False))}
         if opt.wl_mem > max_wl_mem(opt.mem):
             raise VMError(f"--wl-mem {opt.wl_mem} MiB does not fit in a {opt.mem} MiB "
                           f"guest (at most {max_wl_mem(opt.mem)}: 80 MiB for the kernel "
@@ -908,6 +917,9 @@ def parser():
     p.add_argument("--track", action="store_true",
                    help="preload libtlm-glue.so with TLM_TRACK=1 (dirty tracking of the "
                         "guest RAM for tlm's live phase)")
+    p.add_argument("--free-page-reporting", action="store_true",
+                   help="a virtio-balloon with free page reporting: pages the guest frees "
+                        "are discarded from its RAM file")
     for name, hlp in (("wait-ready", "wait for READY"), ("pss", "Pss of QEMU (kB)"),
                       ("link", "make this generation current"), ("info", "config")):
         p = sub.add_parser(name, help=hlp)

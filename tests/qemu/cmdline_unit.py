@@ -25,7 +25,8 @@ GOOD = ["qemu-system-x86_64", "-name", "vm1,debug-threads=on", "-S", "-m", "256M
         "-chardev", "socket,id=ext,path=/run/agent.sock",
         "-serial", f"file:{SHM}/console.log",
         "-chardev", f"file,id=log,path={SHM}/extra.log,append=off",
-        "-incoming", "tcp:0:4444", "-drive", "file=disk.img,if=virtio"]
+        "-incoming", "tcp:0:4444", "-drive", "file=disk.img,if=virtio",
+        "-device", "virtio-balloon-pci,id=b0,free-page-reporting=on"]
 
 
 def refused(argv, mode="tlm", cwd="/"):
@@ -109,6 +110,8 @@ class Destination(unittest.TestCase):
         self.assertIn("-serial chardev:tlm-file1", flat)
         self.assertIn(f"-chardev file,id=log,path={SHM}/extra.log,append=on", flat)
         self.assertIn("-drive file=disk.img,if=virtio", flat)
+        # devices stay as they are (their state migrates): free page reporting too
+        self.assertIn("-device virtio-balloon-pci,id=b0,free-page-reporting=on", flat)
         self.assertEqual(argv[0], GOOD[0])
         # again from the destination's own command line: nothing doubles up
         run3 = "/dev/shm/run/vm1.3"
