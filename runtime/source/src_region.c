@@ -492,40 +492,43 @@ static void pagemap_known(struct tlm_src_region *r, const struct tvma *v, unsign
  * hole[i]: page first + i of a file source lies in a hole of the RAM file: never written
  * (tmpfs allocates on first write) or punched out since (QEMU discards the pages a guest
  * frees with free page reporting or ballooning: fallocate PUNCH_HOLE, docs/ARCHITECTURE.md
- * F9). It reads as zeros, so its class is decided without reading it; reading it through
- * our shared mapping would even allocate it again (a read fault on a tmpfs mapping
- * allocates the page), giving back to the host what the guest handed back to it.
- * SEEK_DATA/SEEK_HOLE look at the file as it is now, like a read: a write after the call
- * is caught by dirty tracking exactly as a write after a read (live.h). Asked afresh for
- * every batch, never remembered: a remembered hole would be an old read. A file system
- * without SEEK_DATA (or any error) leaves every page to be read. Returns the hole count.
+ * F9, F27). It reads as zeros, so its class is decided without reading it; reading it
+ * through our shared mapping would even allocate it again (a read fault on a tmpfs
+ * mapping allocates the page), giving back to the host what the guest handed back to it.
+ *
+ * mincore() first, bounded by the batch: a page in the page cache is data. Only the
+ * others are asked with SEEK_DATA, which skips a hole in one step and says "data" for a
+ * page swapped out (mincore does not see those). Never SEEK_HOLE: it walks the whole data
+ * extent that follows, 72 ms for a full 2 GiB file, per batch. Both calls look at the
+ * file as it is now, like a read: a write after them is caught by dirty tracking exactly
+ * as a write after a read (live.h). Asked afresh for every batch, never remembered: a
+ * remembered hole would be an old read. Any error leaves the pages to be read.
+ * Returns the hole count.
  */
 static unsigned file_holes(const struct tlm_src_region *r, uint64_t first, unsigned n,
 			   bool *hole)
 {
+	unsigned char vec[TLM_SRC_SCAN_BATCH];
 	const off_t base = (off_t)(r->offset + first * TLM_PAGE_SIZE);
-	const off_t end = base + (off_t)n * TLM_PAGE_SIZE;
 	unsigned count = 0;
 
 	memset(hole, 0, n * sizeof(*hole));
-	for (off_t pos = base; pos < end;) {
-		off_t data = lseek(r->fd, pos, SEEK_DATA);
-		uint64_t i, j;
+	if (mincore((void *)(r->ram + first * TLM_PAGE_SIZE), (size_t)n * TLM_PAGE_SIZE,
+		    vec) < 0)
+		return 0;
+	for (unsigned i = 0; i < n; i++) {
+		off_t data;
 
+		if (vec[i] & 1)
+			continue;
+		data = lseek(r->fd, base + (off_t)i * TLM_PAGE_SIZE, SEEK_DATA);
 		if (data < 0 && errno != ENXIO)
 			break;
-		if (data < 0 || data > end)
-			data = end;                  /* ENXIO: no data from pos to the end */
-		/* whole pages of [pos, data) only */
-		i = ((uint64_t)(pos - base) + TLM_PAGE_SIZE - 1) / TLM_PAGE_SIZE;
-		j = (uint64_t)(data - base) / TLM_PAGE_SIZE;
-		for (; i < j; i++, count++)
+		if (data < 0 || data > base + (off_t)n * TLM_PAGE_SIZE)
+			data = base + (off_t)n * TLM_PAGE_SIZE;   /* ENXIO: no data to the end */
+		/* the whole pages of [page i, data) */
+		for (; i < (uint64_t)(data - base) / TLM_PAGE_SIZE; i++, count++)
 			hole[i] = true;
-		if (data >= end)
-			break;
-		pos = lseek(r->fd, data, SEEK_HOLE);
-		if (pos <= data)
-			break;
 	}
 	return count;
 }
