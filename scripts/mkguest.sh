@@ -86,12 +86,40 @@ copy_modules() {
 	rm -rf "$out/modules" && mv "$out/modules.new" "$out/modules"
 }
 
+# Download PKG, take its vmlinuz and the guest modules (DIR/kernel.stamp names it).
+# Returns 1 (apt's reason printed) when the download fails.
+fetch_kernel() {
+	local pkg=$1 tmp vmlinuz
+
+	tlm_log "fetching $pkg"
+	tmp=$(mktemp -d "$out/kernel.XXXXXX")
+	if ! (cd "$tmp" && apt-get download "$pkg" >/dev/null 2>"$tmp/apt.err"); then
+		tlm_log "apt-get download $pkg failed: $(tail -n 1 "$tmp/apt.err")"
+		rm -rf "$tmp"
+		return 1
+	fi
+	dpkg-deb -x "$tmp"/*.deb "$tmp/root"
+	vmlinuz=$(ls "$tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
+	[ -n "$vmlinuz" ] || tlm_die "$pkg has no boot/vmlinuz-*"
+	copy_modules "$tmp/root"
+	cp "$vmlinuz" "$out/vmlinuz.new" && mv "$out/vmlinuz.new" "$out/vmlinuz"
+	printf 'package=%s\nflavour=%s\nrelease=%s\n' "$pkg" "$flavour" \
+		"${vmlinuz##*/vmlinuz-}" > "$out/kernel.stamp"
+	rm -rf "$tmp"
+}
+
 build_kernel() {
-	local pkg tmp vmlinuz
+	local pkg
 
 	# a cached kernel of this flavour is reused without asking apt (works offline)
 	if [ "$new_kernel" = 0 ] && [ -s "$out/vmlinuz" ] && [ -s "$out/kernel.stamp" ] &&
-	   grep -qx "flavour=$flavour" "$out/kernel.stamp" && have_modules; then
+	   grep -qx "flavour=$flavour" "$out/kernel.stamp"; then
+		have_modules && return 0
+		# cached before the guest carried modules: its own package once more; offline,
+		# the guest works without them (no free page reporting)
+		pkg=$(sed -n 's/^package=//p' "$out/kernel.stamp")
+		[ -n "$pkg" ] && fetch_kernel "$pkg" && return 0
+		tlm_log "warning: no virtio-balloon modules for the guest: no free page reporting"
 		return 0
 	fi
 	pkg=$(newest_kernel_pkg)
@@ -105,18 +133,7 @@ build_kernel() {
 	   [ -s "$out/vmlinuz" ] && have_modules; then
 		return 0
 	fi
-	tlm_log "fetching $pkg"
-	tmp=$(mktemp -d "$out/kernel.XXXXXX")
-	(cd "$tmp" && apt-get download "$pkg" >/dev/null 2>"$tmp/apt.err") ||
-		tlm_die "apt-get download $pkg failed: $(tail -n 1 "$tmp/apt.err")"
-	dpkg-deb -x "$tmp"/*.deb "$tmp/root"
-	vmlinuz=$(ls "$tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
-	[ -n "$vmlinuz" ] || tlm_die "$pkg has no boot/vmlinuz-*"
-	copy_modules "$tmp/root"
-	cp "$vmlinuz" "$out/vmlinuz.new" && mv "$out/vmlinuz.new" "$out/vmlinuz"
-	printf 'package=%s\nflavour=%s\nrelease=%s\n' "$pkg" "$flavour" \
-		"${vmlinuz##*/vmlinuz-}" > "$out/kernel.stamp"
-	rm -rf "$tmp"
+	fetch_kernel "$pkg" || tlm_die "cannot fetch the guest kernel $pkg"
 	rm -f "$out/accel"	# a new kernel: probe KVM again
 }
 
@@ -145,14 +162,15 @@ build_memload() {
 }
 
 build_initrd() {
-	local bb=/bin/busybox digest tmp
+	local bb=/bin/busybox digest tmp mods=()
 
-	digest=$(stamp_of "$bb" "$out/memload" "$src/init" "$out"/modules/*)
+	have_modules && mods=("$out"/modules/*)
+	digest=$(stamp_of "$bb" "$out/memload" "$src/init" "${mods[@]}")
 	up_to_date "$out/initrd.gz" "$digest" && return 0
 	tlm_log "packing initramfs"
 	tmp=$(mktemp -d "$out/initrd.XXXXXX")
 	mkdir -p "$tmp/bin" "$tmp/dev" "$tmp/proc" "$tmp/sys" "$tmp/tmp" "$tmp/lib/modules"
-	cp "$out"/modules/* "$tmp/lib/modules/"
+	[ ${#mods[@]} = 0 ] || cp "${mods[@]}" "$tmp/lib/modules/"
 	cp "$bb" "$tmp/bin/busybox"
 	ln -s busybox "$tmp/bin/sh"
 	cp "$out/memload" "$tmp/bin/memload"
