@@ -31,6 +31,7 @@
 #include "proto_int.h"
 #include "tlm_bytes.h"
 #include "tlm_io.h"
+#include "tlm_tls.h"
 
 #define TLM_KEY_MIN 16u
 #define TLM_HS_FRAME_MAX 256u        /* largest handshake frame: ERROR, 8 + 208 */
@@ -264,6 +265,9 @@ static int hs_recv(struct hs *h, struct tlm_msg *m)
 	if (ret)
 		return hs_ioerr(h, ret);
 	flen = tlm_proto_frame_len(buf, TLM_PROTO_HDR_SIZE, why, sizeof(why));
+	if (flen < 0 && tlm_tls_looks_like_hello(buf, TLM_PROTO_HDR_SIZE))
+		return hs_refuse(h, TLM_ERR_PROTOCOL, -EPROTO, "peer speaks TLS, we do not: "
+				 "start both daemons with the same --tls");
 	if (flen < 0)
 		return hs_refuse(h, TLM_ERR_PROTOCOL, -EBADMSG, why);
 	if ((size_t)flen > sizeof(buf)) {

@@ -19,12 +19,13 @@ do_build=1
 install_prefix=
 
 # Why each package: compiler/build tools; liburing (io_uring, probed by the daemons);
-# libxxhash (XXH3 page hashes); libcmocka (tests); libssl (HMAC-SHA256 authentication);
-# libjansson (tests read the daemons' stats JSON with a real parser); openssh-client,
-# openssh-server and rsync (--dst-host: the destination over ssh, template-push.sh; the
-# two-host test runs an sshd of its own in the destination namespace, never the system's);
-# libvirt-daemon, its QEMU driver and libvirt-clients (virsh-migrate-tlm.sh; the libvirt
-# test runs two libvirtd of its own in private mount namespaces, never the system's).
+# libxxhash (XXH3 page hashes); libcmocka (tests); libssl (HMAC-SHA256 authentication,
+# TLS 1.3 of --tls psk); libjansson (tests read the daemons' stats JSON with a real
+# parser); openssh-client, openssh-server and rsync (--dst-host: the destination over ssh,
+# template-push.sh; the two-host test runs an sshd of its own in the destination
+# namespace, never the system's); libvirt-daemon, its QEMU driver and libvirt-clients
+# (virsh-migrate-tlm.sh; the libvirt test runs two libvirtd of its own in private mount
+# namespaces, never the system's).
 packages=(gcc make cmake ninja-build pkg-config liburing-dev libxxhash-dev libcmocka-dev
 	  libssl-dev libjansson-dev openssh-client openssh-server rsync
 	  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
