@@ -160,6 +160,37 @@ static void peer_close(struct dst_peer *p, bool tell)
 		dst_region_disconnected(p->r);
 }
 
+/* The TCP socket's options, set before TLS may put a relay's socketpair in front of it. */
+static int job_tcp_opts(struct dst_connect_job *j, int fd, uint8_t chan)
+{
+	int rc = tlm_tcp_keepalive(fd, KEEPALIVE_IDLE_S, KEEPALIVE_TIMEOUT_S);
+
+	/* Bounded: a page waiting in the socket cannot be placed for a fault that wants it,
+	 * one in our input buffer can (link_buffered); and what waits there counts against
+	 * the source's --bulk-ahead as stream ahead of a queued page. */
+	if (!rc && chan == TLM_CHAN_BULK && j->cfg->bulk_rcvbuf &&
+	    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &j->cfg->bulk_rcvbuf,
+		       sizeof(j->cfg->bulk_rcvbuf)) < 0)
+		rc = -errno;
+	return rc;
+}
+
+/* --tls psk: the fd from here on is the one TLS hands back (tlm_tls.h). */
+static int job_tls(struct dst_connect_job *j, int *fd, uint8_t chan)
+{
+	char mode[96];
+	int rc;
+
+	if (!j->cfg->tls)
+		return 0;
+	rc = tlm_tls_wrap(j->cfg->tls, *fd, HANDSHAKE_TIMEOUT_MS, fd, mode, sizeof(mode),
+			  j->err, sizeof(j->err));
+	if (!rc)
+		log_info("%s: %s channel: tls: %s", j->open.u.vm_open.vm_id,
+			 chan == TLM_CHAN_URGENT ? "urgent" : "bulk", mode);
+	return rc;
+}
+
 /* Thread side: connect and authenticate one channel. Returns the fd or -errno. */
 static int job_channel(struct dst_connect_job *j, uint8_t chan)
 {
@@ -169,23 +200,18 @@ static int job_channel(struct dst_connect_job *j, uint8_t chan)
 	fd = tlm_tcp_connect(j->source, CONNECT_TIMEOUT_MS, j->err, sizeof(j->err));
 	if (fd < 0)
 		return fd;
-	rc = tlm_proto_client_handshake(fd, &j->cfg->key, chan, &j->open, &acc,
-					HANDSHAKE_TIMEOUT_MS, j->err, sizeof(j->err));
+	rc = job_tcp_opts(j, fd, chan);
+	if (!rc)
+		rc = job_tls(j, &fd, chan);
+	if (!rc)
+		rc = tlm_proto_client_handshake(fd, &j->cfg->key, chan, &j->open, &acc,
+						HANDSHAKE_TIMEOUT_MS, j->err, sizeof(j->err));
 	if (!rc && acc.u.vm_accept.page_count != j->npages) {
 		snprintf(j->err, sizeof(j->err), "source has %llu pages for %s, the region has "
 			 "%llu", (unsigned long long)acc.u.vm_accept.page_count,
 			 j->open.u.vm_open.vm_id, (unsigned long long)j->npages);
 		rc = -EPROTO;
 	}
-	if (!rc)
-		rc = tlm_tcp_keepalive(fd, KEEPALIVE_IDLE_S, KEEPALIVE_TIMEOUT_S);
-	/* Bounded: a page waiting in the socket cannot be placed for a fault that wants it,
-	 * one in our input buffer can (link_buffered); and what waits there counts against
-	 * the source's --bulk-ahead as stream ahead of a queued page. */
-	if (!rc && chan == TLM_CHAN_BULK && j->cfg->bulk_rcvbuf &&
-	    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &j->cfg->bulk_rcvbuf,
-		       sizeof(j->cfg->bulk_rcvbuf)) < 0)
-		rc = -errno;
 	if (!rc)
 		rc = tlm_set_nonblock(fd, 1);
 	if (rc) {

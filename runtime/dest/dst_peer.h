@@ -28,6 +28,7 @@
 
 #include "dst_rx.h"
 #include "tlm_proto.h"
+#include "tlm_tls.h"
 
 struct dst_region;
 
@@ -37,6 +38,7 @@ struct dst_region;
 /* The daemon's settings every peer shares (they must outlive the peers). */
 struct dst_peer_cfg {
 	struct tlm_key key;              /* --key: pre-shared with the source */
+	struct tlm_tls *tls;             /* --tls psk: TLS under both channels, else NULL */
 	uint64_t outage_limit_ms;        /* --outage-limit: source unreachable -> paused */
 	uint64_t stall_ms;               /* --stall-timeout: demands unanswered -> reconnect */
 	enum dst_net_io net_io;          /* bulk input: uring or syscall (chosen at start) */

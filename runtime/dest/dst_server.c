@@ -490,6 +490,13 @@ int dst_server_open(struct dst_server *s, const struct dst_server_opts *o)
 		log_error("--key %s", err);
 		return -1;
 	}
+	if (o->tls && tlm_tls_new(&s->peer.tls, false, &s->peer.key, err, sizeof(err)) < 0) {
+		log_error("--tls: %s", err);
+		return -1;
+	}
+	if (o->tls)
+		log_info("tls: TLS 1.3 with the pre-shared key on both channels; %s",
+			 tlm_tls_kernel());
 	if (choose_net_io(s, o) < 0)
 		return -1;
 	if (open_templates(s, o) < 0 || open_fds(s, o) < 0)
@@ -528,4 +535,6 @@ void dst_server_close(struct dst_server *s)
 	if (s->timer_fd >= 0)
 		close(s->timer_fd);
 	tlm_evloop_fini(&s->loop);
+	tlm_tls_free(s->peer.tls);
+	s->peer.tls = NULL;
 }

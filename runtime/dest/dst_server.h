@@ -39,6 +39,7 @@ struct dst_server_opts {
 	uint64_t outage_limit_ms, stall_ms;
 	uint64_t stage_max;                      /* --stage-max, bytes (0: hold nothing) */
 	enum dst_net_io net_io;                  /* --net-io */
+	bool tls;                                /* --tls psk */
 	uint64_t bulk_rcvbuf;                    /* --bulk-rcvbuf, bytes (0: autotuning) */
 	uint64_t fault_around;                   /* --fault-around, pages */
 };

@@ -26,6 +26,7 @@ static const char usage_text[] =
 "                       [--template PAGES]... [--outage-limit S] [--stall-timeout S]\n"
 "                       [--stage-max MIB] [--net-io MODE] [--bulk-rcvbuf KIB]\n"
 "                       [--fault-around PAGES] [--exit-when-done] [--log-level L] [--progress]\n"
+"                       [--tls psk|off]\n"
 "       tlm-uffd-server --version\n"
 "\n"
 "Destination daemon of tlm: receives guest RAM regions and their userfaultfds from\n"
@@ -55,6 +56,8 @@ static const char usage_text[] =
 "  --fault-around N   a fault on a template page maps the template pages around it in\n"
 "                     an aligned window of N pages (a power of 2, 1..512, default 16,\n"
 "                     the kernel's own window; 1: the page alone)\n"
+"  --tls psk|off      TLS 1.3 on both channels, keyed from --key (default off; the\n"
+"                     source must say the same): kernel TLS where it is offered\n"
 "  --exit-when-done   exit once a region completed and none is active\n"
 "  --log-level L      error | warn | info (default) | debug\n"
 "  --progress         one progress line per second and region (default on a TTY)\n"
@@ -152,6 +155,10 @@ static int opt_one(struct opts *opts, int c, const char *arg)
 		return 0;
 	}
 	case 'x': o->exit_when_done = true; return 0;
+	case 'L':
+		if (tlm_tls_parse(arg, &o->tls) < 0)
+			return opt_fail("--tls '%s': expected psk or off", arg);
+		return 0;
 	case 'p': o->progress = true; return 0;
 	case 'l':
 		opts->level = tlm_log_parse_level(arg);
@@ -178,6 +185,7 @@ static int parse_opts(int argc, char **argv, struct opts *opts)
 		{ "net-io", required_argument, NULL, 'n' },
 		{ "bulk-rcvbuf", required_argument, NULL, 'r' },
 		{ "fault-around", required_argument, NULL, 'a' },
+		{ "tls", required_argument, NULL, 'L' },
 		{ "exit-when-done", no_argument, NULL, 'x' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "progress", no_argument, NULL, 'p' },

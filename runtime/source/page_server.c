@@ -10,6 +10,7 @@
 #include "log.h"
 #include "src_server.h"
 #include "tlm_proto.h"
+#include "tlm_tls.h"
 #include "util.h"
 
 static const char usage[] =
@@ -18,7 +19,7 @@ static const char usage[] =
 "                       [--bulk-ahead SIZE] [--bulk-lowat SIZE] [--bulk-pace P]\n"
 "                       [--bulk-hold] [--live-rate MiB]\n"
 "                       [--policy post|hybrid|auto] [--presend-max MiB]\n"
-"                       [--presend-left PAGES] [--presend-rounds N]\n"
+"                       [--presend-left PAGES] [--presend-rounds N] [--tls psk|off]\n"
 "       tlm-page-server --version\n"
 "\n"
 "Source side of a tlm post-copy migration: serves guest RAM regions to the destination's\n"
@@ -35,6 +36,8 @@ static const char usage[] =
 "                      is then printed on stdout as \"port N\")\n"
 "  --key KEYFILE       pre-shared key (16..64 bytes, raw or hex; mode 0600 or 0400)\n"
 "  --ctl CTLSOCK       control socket path (created 0600 in a 0700 directory)\n"
+"  --tls psk|off       TLS 1.3 on both channels, keyed from --key (default off; the\n"
+"                      destination must say the same): kernel TLS where it is offered\n"
 "  --region SPEC       a region to serve (repeatable, also: ctl add-region SPEC)\n"
 "  --log-level L       error, warn, info (default), debug\n"
 "  --bulk-delay MS     start the background DATA stream MS ms after freeze (the class\n"
@@ -190,6 +193,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "presend-max", required_argument, NULL, 'M' },
 		{ "presend-left", required_argument, NULL, 'E' },
 		{ "presend-rounds", required_argument, NULL, 'N' },
+		{ "tls", required_argument, NULL, 'T' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -210,6 +214,13 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'c': o->c.ctl = optarg; break;
 		case 'r': o->c.regions[o->c.nregions++] = optarg; break;
 		case 'H': o->c.bulk_hold = true; break;
+		case 'T':
+			if (tlm_tls_parse(optarg, &o->c.tls) < 0) {
+				fprintf(stderr, "tlm-page-server: bad --tls '%s' (psk or off)\n",
+					optarg);
+				return -1;
+			}
+			break;
 		case 'h': fputs(usage, stdout); exit(0);
 		case 'V':
 			printf("tlm-page-server %s (protocol %u)\n", TLM_VERSION, TLM_PROTO_VERSION);

@@ -586,6 +586,7 @@ void tlm_ps_cleanup(struct tlm_ps *ps)
 	if (ps->tfd >= 0)
 		close(ps->tfd);
 	tlm_evloop_fini(&ps->loop);
+	tlm_tls_free(ps->tls);              /* after the handshake threads: drained above */
 	for (int i = 0; i < 2; i++)
 		if (ps->hs_pipe[i] >= 0)
 			close(ps->hs_pipe[i]);
@@ -607,6 +608,10 @@ int tlm_ps_start(struct tlm_ps *ps, const struct tlm_ps_config *o)
 	rc = tlm_key_load(o->key, &ps->key, kerr, sizeof(kerr));
 	if (rc < 0)
 		snprintf(err, sizeof(err), "--key: %s", kerr);
+	if (rc == 0 && o->tls && (rc = tlm_tls_new(&ps->tls, true, &ps->key, err,
+						     sizeof(err))) == 0)
+		log_info("tls: TLS 1.3 with the pre-shared key on both channels; %s",
+			 tlm_tls_kernel());
 	for (int i = 0; rc == 0 && i < o->nregions; i++)
 		rc = region_add(ps, o->regions[i], err, sizeof(err));
 	if (rc == 0 && (ps->lfd = tlm_tcp_listen(o->listen, err, sizeof(err))) < 0)

@@ -18,6 +18,7 @@
 
 struct tlm_ps_config {
 	const char *listen, *key, *ctl;     /* HOST:PORT, key file, control socket path */
+	bool tls;                           /* --tls psk: TLS 1.3 keyed from the key file */
 	const char **regions;               /* region SPECs (see --help) */
 	int nregions;
 	uint64_t bulk_delay_ms;             /* DATA stream starts this long after freeze */

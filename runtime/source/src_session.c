@@ -1130,10 +1130,17 @@ struct ps_handshake {
 static void *handshake_main(void *arg)
 {
 	struct ps_handshake *h = arg;
+	char mode[96];
 	ssize_t n;
 
-	h->rc = tlm_proto_server_handshake(h->fd, &h->ps->key, &h->chan, &h->open,
-					   PS_HANDSHAKE_MS, h->err, sizeof(h->err));
+	/* TLS first: the tlm handshake then runs inside it, unchanged (tlm_tls.h). */
+	h->rc = h->ps->tls ? tlm_tls_wrap(h->ps->tls, h->fd, PS_HANDSHAKE_MS, &h->fd, mode,
+					  sizeof(mode), h->err, sizeof(h->err)) : 0;
+	if (h->rc == 0 && h->ps->tls)
+		log_info("%s: tls: %s", h->peer, mode);
+	if (h->rc == 0)
+		h->rc = tlm_proto_server_handshake(h->fd, &h->ps->key, &h->chan, &h->open,
+						   PS_HANDSHAKE_MS, h->err, sizeof(h->err));
 	/* A pointer-sized pipe write is atomic, and the pipe holds far more than
 	 * PS_HANDSHAKES_MAX of them: it cannot block or be cut short. */
 	do

@@ -15,6 +15,7 @@
 
 #include "evloop.h"
 #include "tlm_proto.h"
+#include "tlm_tls.h"
 #include "src_region.h"
 #include "presend.h"
 #include "pace.h"
@@ -26,6 +27,7 @@ struct tlm_ps {
 	struct tlm_evloop loop;
 	int lfd, ctlfd, sigfd, tfd;
 	struct tlm_key key;
+	struct tlm_tls *tls;                /* --tls psk: TLS under every session, else NULL */
 	const char *ctl_path;
 	struct tlm_src_region *regions;     /* singly linked, in the order added */
 	struct tlm_ps_sess *sessions;       /* every session, live or waiting to be freed */
