@@ -18,7 +18,11 @@
  *   3. a destination daemon with the wrong key: vm3's region fails with an auth error; its
  *      guest stays paused on its faults (never reads wrong memory).
  *   4. a destination template with another digest: vm4 refused with a digest mismatch.
- *   5. vm1/vm2 untouched by 3 and 4; both daemons shut down cleanly.
+ *   5. a destination daemon whose --tls differs from the source's: vm5 refused, both
+ *      daemons saying why (TLS on one side only); its guest stays paused.
+ *   6. vm1/vm2 untouched by 3 to 5; both daemons shut down cleanly.
+ * TLM_TEST_TLS=psk runs it all with both daemons on --tls psk (ctest runs each): every
+ * migrated page is then checked after crossing TLS, and 3 is TLS's own key check.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -52,7 +56,7 @@
 #define W_SIZE (64ull << 20)
 #define W_PAGES (W_SIZE / E2E_PAGE)
 #define W_MIX "template=70,zero=10,ref=5,data=15,dirty=2"
-#define W_NVM 4
+#define W_NVM 5
 
 struct w_vm {
 	char id[8];
@@ -73,7 +77,7 @@ struct world {
 	char *dir;
 	char tmpl[300], tmpl2[300], key[300], key2[300];
 	char ps_ctl[300], us_ctl[300], us_sock[300], us2_ctl[300], us2_sock[300];
-	char ps_log[300], us_log[300], us2_log[300];
+	char ps_log[300], us_log[300], us2_log[300], us3_log[300];
 	char bin_ps[400], bin_us[400], bin_tt[400], guest[400], glue[400];
 	char source[64];
 	struct e2e_proc ps, us, us2;
@@ -158,11 +162,20 @@ static void w_region_spec(const struct w_vm *v, char *out, size_t len)
 		 (int)v->src.pid, v->src_addr, W_SIZE, W->tmpl);
 }
 
+/* --tls of the daemons under test: TLM_TEST_TLS, else off. */
+static char *w_tls(void)
+{
+	char *t = getenv("TLM_TEST_TLS");
+
+	return t && *t ? t : "off";
+}
+
 static void w_start_page_server(void)
 {
 	char spec[600], line[128];
 	char *argv[] = { W->bin_ps, "--listen", "127.0.0.1:0", "--key", W->key, "--ctl",
-			 W->ps_ctl, "--region", spec, "--log-level", "info", NULL };
+			 W->ps_ctl, "--region", spec, "--log-level", "info", "--tls", w_tls(),
+			 NULL };
 	int port;
 
 	w_region_spec(&W->vm[0], spec, sizeof(spec));
@@ -174,13 +187,14 @@ static void w_start_page_server(void)
 }
 
 static void w_start_uffd_server(struct e2e_proc *p, const char *sock, const char *ctl,
-				const char *key, const char *log)
+				const char *key, const char *log, const char *tls)
 {
 	/* TLM_TEST_NET_IO: the bulk input path under test (ctest runs each). */
 	char *net_io = getenv("TLM_TEST_NET_IO") ? getenv("TLM_TEST_NET_IO") : "syscall";
 	char *argv[] = { W->bin_us, "--sock", (char *)sock, "--ctl", (char *)ctl, "--key",
 			 (char *)key, "--source", W->source, "--template", W->tmpl, "--template",
-			 W->tmpl2, "--log-level", "info", "--net-io", net_io, NULL };
+			 W->tmpl2, "--log-level", "info", "--net-io", net_io, "--tls", (char *)tls,
+			 NULL };
 	uint64_t end = tt_now_ms() + 20000;
 	char want[64], *js = NULL;
 
@@ -483,6 +497,23 @@ static void w_check_same_frames(struct w_vm *a, struct w_vm *b)
 	assert_true(common > W_PAGES / 3 && same + 16 >= common);
 }
 
+/* Under --tls psk both daemons name the data path their sessions took (tlm_tls.h). */
+static void w_check_tls_logged(void)
+{
+	static const char *const paths[] = { "tls: kTLS send+recv", "tls: kTLS send, userspace",
+					     "tls: userspace" };
+	bool ps = false, us = false;
+
+	if (strcmp(w_tls(), "psk") != 0)
+		return;
+	for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+		ps = ps || e2e_file_contains(W->ps_log, paths[i]);
+		us = us || e2e_file_contains(W->us_log, paths[i]);
+	}
+	if (!ps || !us)
+		fail_msg("no 'tls: <data path>' line in %s", !ps ? W->ps_log : W->us_log);
+}
+
 /* ---- the sequence ------------------------------------------------------------------------- */
 
 static void test_vm1_migrates(void **state)
@@ -490,11 +521,12 @@ static void test_vm1_migrates(void **state)
 	struct w_vm *v = &W->vm[0];
 
 	w_start_page_server();
-	w_start_uffd_server(&W->us, W->us_sock, W->us_ctl, W->key, W->us_log);
+	w_start_uffd_server(&W->us, W->us_sock, W->us_ctl, W->key, W->us_log, w_tls());
 	w_migrate(v, true, false);
 	if (!W->malformed_dropped)
 		fail_msg("the page-server did not drop a client sending a malformed frame");
 	w_check_wire(v);
+	w_check_tls_logged();
 }
 
 static void test_vm2_shares_template(void **state)
@@ -556,12 +588,34 @@ static void test_wrong_key(void **state)
 {
 	struct w_vm *v = &W->vm[2];
 
-	w_start_uffd_server(&W->us2, W->us2_sock, W->us2_ctl, W->key2, W->us2_log);
+	w_start_uffd_server(&W->us2, W->us2_sock, W->us2_ctl, W->key2, W->us2_log, w_tls());
 	w_start_source(v);
 	w_add_region(v);
 	w_freeze(v);
 	w_start_dest(v, W->us2_sock, W->tmpl, false);
 	w_assert_failed_with(W->us2_ctl, W->us2_log, v->id, "auth", 30000);
+	w_assert_paused(v);
+	assert_int_equal(e2e_stop(&W->us2, SIGTERM, 10000), 0);
+}
+
+/* One daemon on TLS, the other not: refused, and each side's log says so. */
+static void test_tls_mismatch(void **state)
+{
+	struct w_vm *v = &W->vm[4];
+	bool tls = strcmp(w_tls(), "psk") == 0;
+	const char *src_says = tls ? "speaks clear text, not TLS" : "peer speaks TLS, we do not";
+
+	e2e_close(&W->us2);
+	w_start_uffd_server(&W->us2, W->us2_sock, W->us2_ctl, W->key, W->us3_log,
+			    tls ? "off" : "psk");
+	w_start_source(v);
+	w_add_region(v);
+	w_freeze(v);
+	w_start_dest(v, W->us2_sock, W->tmpl, false);
+	w_assert_failed_with(W->us2_ctl, W->us3_log, v->id, tls ? "requires TLS" :
+			     "answered in clear text, not TLS", 30000);
+	if (!e2e_file_contains(W->ps_log, src_says))
+		fail_msg("the page-server's log lacks '%s' (see %s)", src_says, W->ps_log);
 	w_assert_paused(v);
 	assert_int_equal(e2e_stop(&W->us2, SIGTERM, 10000), 0);
 }
@@ -633,6 +687,7 @@ static void w_paths(void)
 	w_path(W->ps_log, sizeof(W->ps_log), "page-server.log");
 	w_path(W->us_log, sizeof(W->us_log), "uffd-server.log");
 	w_path(W->us2_log, sizeof(W->us2_log), "uffd-server-wrongkey.log");
+	w_path(W->us3_log, sizeof(W->us3_log), "uffd-server-othertls.log");
 	W->ps.out = W->us.out = W->us2.out = -1;
 	for (int k = 0; k < W_NVM; k++)
 		w_vm_init(&W->vm[k], k);
@@ -712,6 +767,7 @@ int main(void)
 		cmocka_unit_test(test_vm2_shares_template),
 		cmocka_unit_test(test_wrong_key),
 		cmocka_unit_test(test_digest_mismatch),
+		cmocka_unit_test(test_tls_mismatch),
 		cmocka_unit_test(test_others_untouched),
 	};
 	int rc;
