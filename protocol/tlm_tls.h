@@ -16,10 +16,11 @@
  *     TCP socket the kernel encrypts; send/recv/sendmsg/io_uring work on it unchanged.
  *   otherwise: app_fd is one end of an AF_UNIX socketpair; a relay thread owns fd and the
  *     SSL and moves bytes between them (SSL_read/SSL_write; with kTLS send alone the
- *     kernel still encrypts what SSL_write hands it). Closing app_fd ends the relay (a
- *     close_notify is sent); the peer's end, a TLS error or a TCP failure closes app_fd's
- *     peer end, so the caller sees EOF as on a plain socket. TCP options (keepalive,
- *     SO_RCVBUF, TCP_INFO) belong on fd before the wrap: app_fd is no TCP socket.
+ *     kernel still encrypts what SSL_write hands it). Closing app_fd ends the relay (the
+ *     TCP stream ends with a FIN, as without TLS); the peer's end, a TLS error or a TCP
+ *     failure closes app_fd's peer end, so the caller sees EOF as on a plain socket.
+ *     TCP options (keepalive, SO_RCVBUF, TCP_INFO, pacing) belong on fd before the wrap:
+ *     app_fd is no TCP socket, and the source's pacing and SIOCOUTQ see the socketpair.
  * mode names the path, for one log line: "kTLS send+recv", "kTLS send, userspace recv",
  * "userspace (kernel has no tls ULP)", ...
  *

@@ -132,7 +132,10 @@ int tlm_tls_new(struct tlm_tls **tp, bool server, const struct tlm_key *k, char 
 	if (!SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) ||
 	    !SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256"))
 		goto fail;
-	SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS | SSL_OP_NO_TICKET);
+	/* The end of the stream is a TCP FIN, without close_notify (see relay_up): the tlm
+	 * framing finds a cut frame itself. */
+	SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS | SSL_OP_NO_TICKET |
+			    SSL_OP_IGNORE_UNEXPECTED_EOF);
 	if (server) {
 		SSL_CTX_set_num_tickets(ctx, 0);          /* nothing after the handshake */
 		SSL_CTX_set_psk_find_session_callback(ctx, psk_find);
@@ -276,7 +279,7 @@ static bool relay_ssl_wait(struct relay *r, int ret)
 	else if (e == SSL_ERROR_WANT_WRITE)
 		r->net_ev |= POLLOUT;
 	else if (e == SSL_ERROR_ZERO_RETURN)
-		r->net_eof = true;               /* close_notify: a clean end of the stream */
+		r->net_eof = true;               /* the end of the stream (FIN or close_notify) */
 	else
 		r->dead = true;                  /* TLS or TCP failure: the caller sees EOF */
 	return e == SSL_ERROR_ZERO_RETURN;
@@ -332,8 +335,9 @@ static bool relay_up(struct relay *r)
 			r->a2n_len = (size_t)n;
 			moved = true;
 		} else if (n == 0) {
+			/* No close_notify: a kTLS peer's recv() would fail with EIO on it
+			 * instead of reading the end of the stream. */
 			r->app_eof = moved = true;
-			SSL_shutdown(r->ssl);    /* best effort close_notify */
 			shutdown(r->net, SHUT_WR);
 		} else if (errno == EAGAIN) {
 			r->app_ev |= POLLIN;
