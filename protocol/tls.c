@@ -429,14 +429,14 @@ static int relay_start(SSL *ssl, int fd, int *app_fd)
 static void mode_name(bool ktx, bool krx, char *mode, size_t modelen)
 {
 	const char *why = strstr(tlm_tls_kernel(), "offers") ?
-			  "OpenSSL did not hand it to the kernel" : "kernel has no tls ULP";
+			  "OpenSSL kept it" : "kernel has no tls ULP";
 
 	if (ktx && krx)
 		snprintf(mode, modelen, "kTLS send+recv");
 	else if (ktx)
-		snprintf(mode, modelen, "kTLS send, userspace recv (relay thread)");
+		snprintf(mode, modelen, "kTLS send, userspace recv");
 	else
-		snprintf(mode, modelen, "userspace (%s; relay thread)", why);
+		snprintf(mode, modelen, "userspace (%s)", why);
 }
 
 int tlm_tls_wrap(struct tlm_tls *t, int fd, int timeout_ms, int *app_fd, char *mode,

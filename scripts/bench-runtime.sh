@@ -7,7 +7,7 @@
 #
 #   scripts/bench-runtime.sh [--size SIZE] [--bulk-ahead SIZE] [--bulk-lowat SIZE]
 #                            [--net-io MODE] [--bulk-rcvbuf KIB] [--fault-around N]
-#                            [--json FILE] [--keep]
+#                            [--tls] [--json FILE] [--keep]
 #
 #   --size SIZE        region size (default 1G; k/M/G suffixes, multiple of 4 KiB, >= 16M)
 #   --bulk-ahead SIZE  passed to tlm-page-server (how much of the background stream may be
@@ -18,6 +18,7 @@
 #   --bulk-rcvbuf KIB  passed to tlm-uffd-server (its bulk sockets' SO_RCVBUF; 0: autotuning)
 #   --fault-around N   passed to tlm-uffd-server (TEMPLATE pages mapped around a TEMPLATE
 #                      fault: an aligned window of N pages; 1: the page alone)
+#   --tls              also run C with --tls psk on both daemons (run CT): TLS vs clear text
 #   --json FILE        also write the figures as one JSON object
 #   --keep             keep the work directory (/dev/shm/tlm-bench.*)
 #
@@ -39,6 +40,9 @@
 #      src_/dst_stream_ keys from the class map's arrival on: the DATA stream alone), and
 #      the time from the freeze to the region's completion (every page placed, or TEMPLATE
 #      left to the kernel: pages.template_left of the destination's stats).
+#   CT (--tls) run C again with both daemons on --tls psk, right after C: the stream's
+#      throughput and CPU per page over TLS, the data path taken (kTLS or userspace) from
+#      the daemons' logs, and the ratio to C's clear-text stream (tls_over_clear).
 #   T  plain TCP streams of the same bytes over loopback (tlm-bench-runtime): the baseline;
 #      also received into fresh memory (--fresh), as the destination must place its pages.
 #   P  the same bytes placed by UFFDIO_COPY alone, in 64-page runs, by 1 and by 2 threads
@@ -55,6 +59,8 @@ ps_opts=()
 ud_opts=()
 ahead=
 lowat=
+tls=0
+ud_run=()	# tlm-uffd-server options of one run (migrate)
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -63,6 +69,7 @@ while [ $# -gt 0 ]; do
 	--bulk-ahead) need_arg "$@"; ahead=$2; shift ;;
 	--bulk-lowat) need_arg "$@"; lowat=$2; shift ;;
 	--net-io|--bulk-rcvbuf|--fault-around) need_arg "$@"; ud_opts+=("$1" "$2"); shift ;;
+	--tls) tls=1 ;;
 	--keep) keep=1 ;;
 	-h|--help) tlm_usage; exit 0 ;;
 	*) echo "$tlm_prog: unknown option '$1' (try --help)" >&2; exit 2 ;;
@@ -188,7 +195,7 @@ migrate() {
 	port=$(wait_line "$work/$label.ps.out" "port " | cut -d' ' -f2)
 	bg "$label.ud" "$bin/tlm-uffd-server" --sock "$work/$label.glue" \
 		--ctl "$work/$label.ud.ctl" --key "$work/key" --source "127.0.0.1:$port" \
-		--template "$work/dtmpl" --log-level warn "${ud_opts[@]}"
+		--template "$work/dtmpl" --log-level warn "${ud_opts[@]}" "${ud_run[@]}"
 	local udpid=${pids[-1]}
 	until [ -S "$work/$label.glue" ]; do sleep 0.05; done
 	for k in $(seq "$n"); do
@@ -253,6 +260,15 @@ echo "== run B: background stream on, two destinations of the same region read a
 migrate B 2 now "${ps_opts[@]}"
 echo "== run C: background stream alone (the destination reads once complete)"
 migrate C 1 after "${ps_opts[@]}"
+if [ "$tls" = 1 ]; then
+	echo "== run CT: run C again over TLS (--tls psk on both daemons)"
+	ud_run=(--tls psk --log-level info)
+	migrate CT 1 after "${ps_opts[@]}" --tls psk --log-level info
+	ud_run=()
+	# The data path the sessions took, as the daemons logged it (tlm_tls.h).
+	grep -h -o -m1 'channel: tls: .*' "$work/CT.ud.err" | sed 's/^channel: tls: //' \
+		> "$work/CT.path" || tlm_die "run CT: no 'tls:' line in the destination's log"
+fi
 payload=$(python3 -c 'import json,sys
 print(json.load(open(sys.argv[1]))["regions"][0]["data_sent_bulk"] * 4096)' "$work/C.src.json")
 echo "== run T: plain TCP streams of the same $payload bytes over loopback (median of 3),"
@@ -266,11 +282,12 @@ for t in 1 2; do
 		tlm_die "the placement baseline failed"
 done > "$work/place.out"
 
-python3 - "$work" "$bytes" "$tcp" "$json_out" "${ahead:-8M}" "$tcp_fresh" "${lowat:-0}" <<'PY'
+python3 - "$work" "$bytes" "$tcp" "$json_out" "${ahead:-8M}" "$tcp_fresh" "${lowat:-0}" \
+	"$tls" <<'PY'
 import json, sys
 work, size, tcp_mbs, json_out, ahead = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
     sys.argv[4], sys.argv[5]
-tcp_fresh, lowat = float(sys.argv[6]), sys.argv[7]
+tcp_fresh, lowat, tls = float(sys.argv[6]), sys.argv[7], sys.argv[8] == "1"
 load = lambda n: json.load(open(f"{work}/{n}.json"))["regions"]
 a_dst, b_dst, b_src = load("A.dst")[0], load("B.dst"), load("B.src")
 c_src, c_dst = load("C.src")[0], load("C.dst")[0]
@@ -324,21 +341,29 @@ fig = {
     "template_plus_data_kb": bound_kb, "dst_memory_over_bound": dst_mem_kb / bound_kb,
     "pss_processes": pss,
 }
-# CPU us of each daemon per DATA page, run C: from the freeze, and from the class map's
-# arrival (the DATA stream alone), to the end
-src0, dst0, src1, dst1, src2, dst2 = open(f"{work}/C.cpu").read().split()
+# CPU us of each daemon per DATA page of run LABEL (C, CT): from the freeze, and from the
+# class map's arrival (the DATA stream alone), to the end
+def cpu_per_page(label):
+    src0, dst0, src1, dst1, src2, dst2 = open(f"{work}/{label}.cpu").read().split()
+    per = lambda a, b: (int(b) - int(a)) / pages["data"] if a != "-" else None
+    return per(src0, src2), per(dst0, dst2), per(src1, src2), per(dst1, dst2)
+(fig["src_cpu_us_per_page"], fig["dst_cpu_us_per_page"], fig["src_stream_cpu_us_per_page"],
+ fig["dst_stream_cpu_us_per_page"]) = cpu_per_page("C")
 # Freeze -> region complete, run C: the daemon's REGION time on the wall clock (from the
 # class map's arrival, both clocks) + its elapsed time to completion.
 c_start = c_dst["map_received_wall"] - c_dst["map_received_ms"] / 1e3
 fig["complete_ms_after_freeze"] = (c_start + c_dst["elapsed_ms"] / 1e3 -
                                    float(open(f"{work}/C.freeze").read())) * 1e3
 fig["template_left"] = c_dst["pages"].get("template_left", 0)
-fig["src_cpu_us_per_page"] = (int(src2) - int(src0)) / pages["data"]
-fig["dst_cpu_us_per_page"] = (int(dst2) - int(dst0)) / pages["data"]
-fig["src_stream_cpu_us_per_page"] = (int(src2) - int(src1)) / pages["data"] \
-    if src1 != "-" else None
-fig["dst_stream_cpu_us_per_page"] = (int(dst2) - int(dst1)) / pages["data"] \
-    if dst1 != "-" else None
+if tls:
+    ct_src, ct_dst = load("CT.src")[0], load("CT.dst")[0]
+    fig["bulk_mbps_tls"] = ct_src["data_sent_bulk"] * 4096 / 1e6 / \
+        ((ct_dst["done_ms"] - ct_dst["map_received_ms"]) / 1e3)
+    fig["tls_over_clear"] = fig["bulk_mbps_tls"] / fig["bulk_mb_per_s"]
+    fig["tls_path"] = open(f"{work}/CT.path").read().strip()
+    (fig["src_cpu_us_per_page_tls"], fig["dst_cpu_us_per_page_tls"],
+     fig["src_stream_cpu_us_per_page_tls"], fig["dst_stream_cpu_us_per_page_tls"]) = \
+        cpu_per_page("CT")
 place = {int(kv["threads"]): kv for kv in (dict(w.split("=") for w in l.split())
                                            for l in open(f"{work}/place.out"))}
 fig["place_mb_per_s_1_thread"] = float(place[1]["place_mb_per_s"])
@@ -372,6 +397,15 @@ rows = [
      f"{tcp_fresh:.0f} = {f['bulk_over_tcp_fresh']:.2f}x", "-"),
     ("  whole stream incl. class map, MB/s", f"{f['stream_with_map_mb_per_s']:.0f} "
      f"(DATA part {f['data_stream_ms']:.0f} ms)", "-"),
+] + ([
+    ("background DATA stream over TLS vs clear, MB/s", f"{f['bulk_mbps_tls']:.0f} vs "
+     f"{f['bulk_mb_per_s']:.0f} = {f['tls_over_clear']:.2f}x", "-"),
+    ("  TLS data path", f["tls_path"][:46], "-"),
+    ("  CPU per DATA page over TLS, stream, src / dst, us", " / ".join(
+        "-" if v is None else f"{v:.2f}"
+        for v in (f["src_stream_cpu_us_per_page_tls"], f["dst_stream_cpu_us_per_page_tls"])),
+     "-"),
+] if tls else []) + [
     ("UFFDIO_COPY alone, 1 / 2 threads, MB/s", f"{f['place_mb_per_s_1_thread']:.0f} / "
      f"{f['place_mb_per_s_2_threads']:.0f} ({f['place_us_per_page']:.2f} us per page)", "-"),
     ("CPU per DATA page, freeze to end, src / dst, us",
