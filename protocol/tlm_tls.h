@@ -22,8 +22,8 @@
  *     TCP options (keepalive, SO_RCVBUF, TCP_INFO, pacing) belong on fd before the wrap:
  *     app_fd is no TCP socket, and the source's pacing and SIOCOUTQ see the socketpair.
  * mode names the path, for one log line: "kTLS send+recv", "kTLS send, userspace recv"
- * (OpenSSL 3.0 hands the kernel TLS 1.3 send only), "userspace (kernel has no tls ULP)" or
- * "userspace (OpenSSL kept it)"; the last three go through the relay.
+ * (expected with OpenSSL 3.0: its kTLS for TLS 1.3 is send only), "userspace (kernel has no
+ * tls ULP)" or "userspace (OpenSSL kept it)"; the last three go through the relay.
  *
  * Errors (-errno and one line in err): a peer with another key (-EACCES), a peer speaking
  * clear text (-EPROTO; a server also tells such a client so, in a clear tlm ERROR frame),
