@@ -33,6 +33,8 @@
 
 #define TLS_PSK_ID "tlm1"
 #define TLS_RECORD_MAX 16384            /* TLS plaintext record limit */
+/* A relay's buffer each way: 16 records per socketpair send or SSL_write, fewer wakeups. */
+#define RELAY_BUF (16 * TLS_RECORD_MAX)
 
 struct tlm_tls {
 	SSL_CTX *ctx;
@@ -266,7 +268,7 @@ struct relay {
 	short net_ev, app_ev;                    /* what the last step waits for */
 	bool net_eof, app_eof, app_shut, hup, dead;
 	size_t n2a_off, n2a_len, a2n_len;
-	uint8_t n2a[TLS_RECORD_MAX], a2n[TLS_RECORD_MAX];
+	uint8_t n2a[RELAY_BUF], a2n[RELAY_BUF];
 };
 
 /* An SSL call that did not complete: wait for the socket, or give up. */
@@ -290,17 +292,18 @@ static bool relay_down(struct relay *r)
 {
 	bool moved = false;
 
-	if (!r->n2a_len && !r->net_eof) {
+	/* SSL_read returns one record at most: gather what has come, then one send. */
+	r->n2a_off = r->n2a_len ? r->n2a_off : 0;
+	while (!r->net_eof && !r->n2a_off && r->n2a_len + TLS_RECORD_MAX <= sizeof(r->n2a)) {
 		size_t n;
-		int ret = SSL_read_ex(r->ssl, r->n2a, sizeof(r->n2a), &n);
+		int ret = SSL_read_ex(r->ssl, r->n2a + r->n2a_len, TLS_RECORD_MAX, &n);
 
-		if (ret == 1) {
-			r->n2a_off = 0;
-			r->n2a_len = n;
-			moved = true;
-		} else {
-			moved = relay_ssl_wait(r, ret);
+		if (ret != 1) {
+			moved |= relay_ssl_wait(r, ret);
+			break;
 		}
+		r->n2a_len += n;
+		moved = true;
 	}
 	if (r->n2a_len) {
 		ssize_t w = send(r->app, r->n2a + r->n2a_off, r->n2a_len,
@@ -410,6 +413,8 @@ static int relay_start(SSL *ssl, int fd, int *app_fd)
 		return -errno;
 	}
 	*r = (struct relay){ .ssl = ssl, .net = fd, .app = sp[1] };
+	SSL_set_read_ahead(ssl, 1);      /* whole socket reads, not 5-byte headers: the kernel
+	                                  * has already declined the receive side */
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	rc = pthread_create(&th, &attr, relay_main, r);
