@@ -1,7 +1,7 @@
 /*
  * tlm-bench-runtime — baselines for scripts/bench-runtime.sh (a benchmark, not a test).
  *
- *   tlm-bench-runtime tcp --bytes N [--chunk SIZE] [--fresh]
+ *   tlm-bench-runtime tcp --bytes N [--chunk SIZE] [--fresh] [--tls]
  *       a plain TCP stream of N bytes over loopback: a forked receiver reads and drops,
  *       the sender writes SIZE bytes per write (default 1M); prints
  *       "tcp_mb_per_s=X bytes=N seconds=S" (first write to the receiver's end of stream).
@@ -9,7 +9,10 @@
  *       same kind of connection in the same run. --fresh: the receiver reads into N bytes
  *       of newly mapped memory instead of one reused buffer, as a destination must place
  *       pages into memory that nothing has touched yet (on some machines, virtual ones in
- *       particular, backing fresh memory costs more than moving the bytes).
+ *       particular, backing fresh memory costs more than moving the bytes). --tls: both
+ *       ends behind the daemons' TLS layer (tlm_tls.h: kTLS or the relay thread, whichever
+ *       this host gives them), the handshake before the clock starts: what encryption
+ *       costs a stream when nothing else limits it.
  *
  *   tlm-bench-runtime place --bytes N [--threads T] [--run PAGES]
  *       what placing costs and how it scales: N bytes of fresh anonymous memory registered
@@ -19,6 +22,8 @@
  *       "place_mb_per_s=X threads=T run=PAGES us_per_page=U" (U: wall time per page
  *       times T, the CPU a page costs when the threads are busy).
  */
+#include "tlm_proto.h"
+#include "tlm_tls.h"
 #include "tlm_uffd.h"
 #include "util.h"
 
@@ -41,16 +46,39 @@
 #define RECV_BUF (256u << 10)
 
 static const char usage[] =
-	"usage: tlm-bench-runtime tcp --bytes N [--chunk SIZE] [--fresh]\n"
+	"usage: tlm-bench-runtime tcp --bytes N [--chunk SIZE] [--fresh] [--tls]\n"
 	"       tlm-bench-runtime place --bytes N [--threads T] [--run PAGES]\n"
 	"  tcp: a plain TCP stream of N bytes over loopback (k/M/G suffixes); prints\n"
-	"  tcp_mb_per_s=X; --fresh: received into N bytes of newly mapped memory\n"
+	"  tcp_mb_per_s=X; --fresh: received into N bytes of newly mapped memory;\n"
+	"  --tls: over the daemons' TLS layer (--tls psk)\n"
 	"  place: N bytes of fresh memory filled by UFFDIO_COPY in runs of PAGES pages (64)\n"
 	"  by T threads (1); prints place_mb_per_s=X\n";
 
+/* With --tls: fd behind the daemons' TLS layer (a benchmark key: nothing secret here).
+ * The fd to use, or -1 (message printed). */
+static int tls_wrap(int fd, bool server)
+{
+	struct tlm_key k = { .len = 32 };
+	struct tlm_tls *t;
+	char mode[96], err[256];
+	int app;
+
+	memset(k.b, 0x5a, k.len);
+	if (tlm_tls_new(&t, server, &k, err, sizeof(err)) < 0 ||
+	    tlm_tls_wrap(t, fd, 10000, &app, mode, sizeof(mode), err, sizeof(err)) < 0) {
+		fprintf(stderr, "tlm-bench-runtime: %s\n", err);
+		close(fd);
+		return -1;
+	}
+	tlm_tls_free(t);
+	if (!server)
+		printf("tls: %s\n", mode);
+	return app;
+}
+
 /* Receiver: read until end of stream, into one reused buffer or (fresh) into want bytes
  * of new memory. Exit status 0 if exactly want bytes came. */
-static int tcp_sink(int lfd, uint64_t want, bool fresh)
+static int tcp_sink(int lfd, uint64_t want, bool fresh, bool tls)
 {
 	static char buf[RECV_BUF];
 	char *mem = fresh ? mmap(NULL, want, PROT_READ | PROT_WRITE,
@@ -59,6 +87,8 @@ static int tcp_sink(int lfd, uint64_t want, bool fresh)
 	ssize_t n;
 	int fd = accept(lfd, NULL, NULL);
 
+	if (fd >= 0 && tls)
+		fd = tls_wrap(fd, true);
 	if (fd < 0 || mem == MAP_FAILED)
 		return 1;
 	for (;;) {
@@ -117,7 +147,7 @@ static int listen_loopback(struct sockaddr_in *a)
 	return fd;
 }
 
-static int tcp_stream(uint64_t bytes, size_t chunk, bool fresh)
+static int tcp_stream(uint64_t bytes, size_t chunk, bool fresh, bool tls)
 {
 	struct sockaddr_in a;
 	int lfd = listen_loopback(&a), fd, st, rc;
@@ -130,7 +160,7 @@ static int tcp_stream(uint64_t bytes, size_t chunk, bool fresh)
 		return 1;
 	}
 	if (pid == 0)
-		_exit(tcp_sink(lfd, bytes, fresh));
+		_exit(tcp_sink(lfd, bytes, fresh, tls));
 	close(lfd);
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
@@ -138,6 +168,11 @@ static int tcp_stream(uint64_t bytes, size_t chunk, bool fresh)
 		kill(pid, SIGTERM);
 		return 1;
 	}
+	if (tls && (fd = tls_wrap(fd, false)) < 0) {
+		kill(pid, SIGTERM);
+		return 1;
+	}
+	fflush(stdout);
 	t0 = tlm_now_ns();
 	rc = tcp_send(fd, bytes, chunk);
 	close(fd);
@@ -237,11 +272,12 @@ int main(int argc, char **argv)
 	static const struct option lo[] = {
 		{ "bytes", required_argument, NULL, 'b' }, { "chunk", required_argument, NULL, 'c' },
 		{ "help", no_argument, NULL, 'h' }, { "fresh", no_argument, NULL, 'f' },
+		{ "tls", no_argument, NULL, 'T' },
 		{ "threads", required_argument, NULL, 't' }, { "run", required_argument, NULL, 'r' },
 		{ NULL, 0, NULL, 0 },
 	};
 	uint64_t bytes = 0, chunk = 1u << 20, threads = 1, run = 64;
-	bool fresh = false;
+	bool fresh = false, tls = false;
 	const char *cmd;
 	int c;
 
@@ -250,8 +286,8 @@ int main(int argc, char **argv)
 			fputs(usage, stdout);
 			return 0;
 		}
-		if (c == 'f') {
-			fresh = true;
+		if (c == 'f' || c == 'T') {
+			*(c == 'f' ? &fresh : &tls) = true;
 			continue;
 		}
 		if (c == 't' || c == 'r') {
@@ -278,5 +314,5 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "place") == 0)
 		return place(bytes, (unsigned)threads, (size_t)run);
-	return tcp_stream(bytes, (size_t)chunk, fresh);
+	return tcp_stream(bytes, (size_t)chunk, fresh, tls);
 }
