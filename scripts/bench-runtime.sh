@@ -18,7 +18,8 @@
 #   --bulk-rcvbuf KIB  passed to tlm-uffd-server (its bulk sockets' SO_RCVBUF; 0: autotuning)
 #   --fault-around N   passed to tlm-uffd-server (TEMPLATE pages mapped around a TEMPLATE
 #                      fault: an aligned window of N pages; 1: the page alone)
-#   --tls              also run C with --tls psk on both daemons (run CT): TLS vs clear text
+#   --tls              also run C with --tls psk on both daemons (run CT), and T over the
+#                      daemons' TLS layer: TLS vs clear text
 #   --json FILE        also write the figures as one JSON object
 #   --keep             keep the work directory (/dev/shm/tlm-bench.*)
 #
@@ -44,7 +45,9 @@
 #      throughput and CPU per page over TLS, the data path taken (kTLS or userspace) from
 #      the daemons' logs, and the ratio to C's clear-text stream (tls_over_clear).
 #   T  plain TCP streams of the same bytes over loopback (tlm-bench-runtime): the baseline;
-#      also received into fresh memory (--fresh), as the destination must place its pages.
+#      also received into fresh memory (--fresh), as the destination must place its pages;
+#      with --tls also over the daemons' TLS layer (--tls: what encryption costs a stream
+#      that nothing else limits; tcp_tls_mb_per_s, tcp_tls_over_tcp).
 #   P  the same bytes placed by UFFDIO_COPY alone, in 64-page runs, by 1 and by 2 threads
 #      (tlm-bench-runtime place): what placement costs, and whether placement threads
 #      would scale on this machine.
@@ -276,6 +279,11 @@ echo "   into a reused buffer and into fresh memory"
 tcp=$(tcp_baseline "$payload")
 tcp_fresh=$(tcp_baseline "$payload" --fresh)
 [ -n "$tcp" ] && [ -n "$tcp_fresh" ] || tlm_die "the TCP baseline failed"
+tcp_tls=0
+if [ "$tls" = 1 ]; then
+	tcp_tls=$(tcp_baseline "$payload" --tls)
+	[ -n "$tcp_tls" ] || tlm_die "the TCP baseline over TLS failed"
+fi
 echo "== run P: the same bytes placed with UFFDIO_COPY alone (64-page runs), 1 and 2 threads"
 for t in 1 2; do
 	"$bin/tlm-bench-runtime" place --bytes "$payload" --threads "$t" ||
@@ -283,11 +291,12 @@ for t in 1 2; do
 done > "$work/place.out"
 
 python3 - "$work" "$bytes" "$tcp" "$json_out" "${ahead:-8M}" "$tcp_fresh" "${lowat:-0}" \
-	"$tls" <<'PY'
+	"$tls" "$tcp_tls" <<'PY'
 import json, sys
 work, size, tcp_mbs, json_out, ahead = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
     sys.argv[4], sys.argv[5]
 tcp_fresh, lowat, tls = float(sys.argv[6]), sys.argv[7], sys.argv[8] == "1"
+tcp_tls = float(sys.argv[9])
 load = lambda n: json.load(open(f"{work}/{n}.json"))["regions"]
 a_dst, b_dst, b_src = load("A.dst")[0], load("B.dst"), load("B.src")
 c_src, c_dst = load("C.src")[0], load("C.dst")[0]
@@ -361,6 +370,8 @@ if tls:
         ((ct_dst["done_ms"] - ct_dst["map_received_ms"]) / 1e3)
     fig["tls_over_clear"] = fig["bulk_mbps_tls"] / fig["bulk_mb_per_s"]
     fig["tls_path"] = open(f"{work}/CT.path").read().strip()
+    fig["tcp_tls_mb_per_s"] = tcp_tls
+    fig["tcp_tls_over_tcp"] = tcp_tls / tcp_mbs
     (fig["src_cpu_us_per_page_tls"], fig["dst_cpu_us_per_page_tls"],
      fig["src_stream_cpu_us_per_page_tls"], fig["dst_stream_cpu_us_per_page_tls"]) = \
         cpu_per_page("CT")
@@ -401,6 +412,8 @@ rows = [
     ("background DATA stream over TLS vs clear, MB/s", f"{f['bulk_mbps_tls']:.0f} vs "
      f"{f['bulk_mb_per_s']:.0f} = {f['tls_over_clear']:.2f}x", "-"),
     ("  TLS data path", f["tls_path"][:46], "-"),
+    ("  plain TCP stream over TLS vs clear, MB/s", f"{f['tcp_tls_mb_per_s']:.0f} vs "
+     f"{tcp_mbs:.0f} = {f['tcp_tls_over_tcp']:.2f}x", "-"),
     ("  CPU per DATA page over TLS, stream, src / dst, us", " / ".join(
         "-" if v is None else f"{v:.2f}"
         for v in (f["src_stream_cpu_us_per_page_tls"], f["dst_stream_cpu_us_per_page_tls"])),
