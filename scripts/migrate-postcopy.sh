@@ -47,6 +47,8 @@
 #                      started with --template for the VMs' template and the same --key);
 #                      default: one is started for this run and stopped after it
 #   --dst-template P   the template's path at the destination (default: the source's)
+#   --tls psk|off      TLS 1.3 between the daemons, keyed from --key (default off; a
+#                      --dst-ctl daemon must have been started with the same)
 #   --src-addr IP      address of the page server (default 127.0.0.1)
 #   --dst-addr IP      address of the destination QEMU's migration port (default 127.0.0.1)
 #   --src-port N       TCP port of the page server (default 0: any free port)
@@ -159,7 +161,7 @@ while [ $# -gt 0 ]; do
 	--key|--dst-ctl|--dst-sock|--dst-template|--src-addr|--dst-addr|--src-port|--dst-port|\
 	--src-reach|--after-switch|--before-stop|--before-freeze|--bulk-delay|--live-rate|\
 	--policy|--src-netns|--dst-netns|--dst-host|--dst-prefix|--dst-run-dir|--dst-key|\
-	--ssh-config)
+	--ssh-config|--tls)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
 		tlm_opts+=("$1" "$2")
 		case "$1" in
@@ -170,6 +172,9 @@ while [ $# -gt 0 ]; do
 			other_opt=${other_opt:-$1} ;;
 		--policy) [[ "$2" =~ ^(post|hybrid|auto)$ ]] ||
 			{ echo "$tlm_prog: --policy: post, hybrid or auto, not '$2'" >&2; exit 2; }
+			other_opt=${other_opt:-$1} ;;
+		--tls) [[ "$2" =~ ^(psk|off)$ ]] ||
+			{ echo "$tlm_prog: --tls: psk or off, not '$2'" >&2; exit 2; }
 			other_opt=${other_opt:-$1} ;;
 		--src-netns) ;;
 		*) other_opt=${other_opt:-$1} ;;

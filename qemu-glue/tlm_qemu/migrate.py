@@ -605,6 +605,7 @@ class Run:
             argv += ["--live-rate", str(self.opt.live_rate)]
         if self.opt.policy:
             argv += ["--policy", self.opt.policy]
+        argv += ["--tls", self.opt.tls]
         self.ps = Daemon("tlm-page-server", argv, self.work,
                          os.path.join(self.work, "src", "ctl.sock"))
         self.ps.wait_ready()
@@ -624,12 +625,13 @@ class Run:
         templates = sorted({m.tmpl_dst for m in self.migs if m.tmpl_dst})
         if self.opt.dsthost.remote:
             argv = self.opt.dsthost.uffd_server_argv(self.dst_key, self.source, templates,
-                                                     self.opt.log_level)
+                                                     self.opt.log_level, self.opt.tls)
         else:
             argv = netns_argv(self.opt.dst_netns) + [
                 os.path.join(self.opt.bin_dir, "tlm-uffd-server"),
                 "--sock", self.dst_sock, "--ctl", self.dst_ctl, "--key", self.key,
-                "--source", self.source, "--log-level", self.opt.log_level]
+                "--source", self.source, "--log-level", self.opt.log_level,
+                "--tls", self.opt.tls]
             for t in templates:
                 argv += ["--template", t]
         self.ud = Daemon("tlm-uffd-server", argv, self.work, self.dst_ctl)
@@ -989,6 +991,9 @@ def parser():
     ap.add_argument("--live-rate", type=int, metavar="MiB",
                     help="tlm-page-server --live-rate: MiB/s of live classification reads "
                          "(0 = unlimited)")
+    ap.add_argument("--tls", choices=("psk", "off"), default="off",
+                    help="TLS 1.3 between the daemons, keyed from the key (both daemons; "
+                         "a --dst-ctl daemon must have been started with the same)")
     ap.add_argument("--policy", choices=("post", "hybrid", "auto"),
                     help="tlm-page-server --policy: what the live phase sends before the "
                          "stop: post = the class map only; hybrid = also DATA pages in "

@@ -197,13 +197,13 @@ class Ssh:
 
     # ---- tlm-uffd-server ----------------------------------------------------------------
 
-    def uffd_server_argv(self, key, source, templates, log_level):
+    def uffd_server_argv(self, key, source, templates, log_level, tls="off"):
         """The ssh command line of a tlm-uffd-server on the host (its pid in
         RWORK/tlm-uffd-server.pid: `ssh` exits when it does) and its local control
         socket (forwarded to RWORK/ctl.sock); its glue socket is RWORK/glue.sock."""
         argv = [f"{self.bin_dir}/tlm-uffd-server", "--sock", self.glue_sock(),
                 "--ctl", f"{self.rwork}/ctl.sock", "--key", key, "--source", source,
-                "--log-level", log_level]
+                "--log-level", log_level, "--tls", tls]
         for t in templates:
             argv += ["--template", t]
         pid = shlex.quote(f"{self.rwork}/tlm-uffd-server.pid")
