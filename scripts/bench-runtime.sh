@@ -18,8 +18,8 @@
 #   --bulk-rcvbuf KIB  passed to tlm-uffd-server (its bulk sockets' SO_RCVBUF; 0: autotuning)
 #   --fault-around N   passed to tlm-uffd-server (TEMPLATE pages mapped around a TEMPLATE
 #                      fault: an aligned window of N pages; 1: the page alone)
-#   --tls              also run C with --tls psk on both daemons (run CT), and T over the
-#                      daemons' TLS layer: TLS vs clear text
+#   --tls              also runs A and C with --tls psk on both daemons (runs AT, CT), and
+#                      T over the daemons' TLS layer: TLS vs clear text
 #   --json FILE        also write the figures as one JSON object
 #   --keep             keep the work directory (/dev/shm/tlm-bench.*)
 #
@@ -41,6 +41,8 @@
 #      src_/dst_stream_ keys from the class map's arrival on: the DATA stream alone), and
 #      the time from the freeze to the region's completion (every page placed, or TEMPLATE
 #      left to the kernel: pages.template_left of the destination's stats).
+#   AT (--tls) run A again with both daemons on --tls psk, right after A: what TLS adds to
+#      a demand fault's round trip (data_fault_p50/p99_us_no_background_tls).
 #   CT (--tls) run C again with both daemons on --tls psk, right after C: the stream's
 #      throughput and CPU per page over TLS, the data path taken (kTLS or userspace) from
 #      the daemons' logs, and the ratio to C's clear-text stream (tls_over_clear).
@@ -259,6 +261,12 @@ tcp_baseline() {
 
 echo "== run A: demand only (background DATA stream held back), one destination"
 migrate A 1 now --bulk-delay 3600000 "${ps_opts[@]}"
+if [ "$tls" = 1 ]; then
+	echo "== run AT: run A again over TLS (--tls psk on both daemons)"
+	ud_run=(--tls psk)
+	migrate AT 1 now --bulk-delay 3600000 "${ps_opts[@]}" --tls psk
+	ud_run=()
+fi
 echo "== run B: background stream on, two destinations of the same region read at once"
 migrate B 2 now "${ps_opts[@]}"
 echo "== run C: background stream alone (the destination reads once complete)"
@@ -370,6 +378,9 @@ if tls:
         ((ct_dst["done_ms"] - ct_dst["map_received_ms"]) / 1e3)
     fig["tls_over_clear"] = fig["bulk_mbps_tls"] / fig["bulk_mb_per_s"]
     fig["tls_path"] = open(f"{work}/CT.path").read().strip()
+    at_dst = load("AT.dst")[0]
+    fig["data_fault_p50_us_no_background_tls"] = lat(at_dst, "data")["p50_us"]
+    fig["data_fault_p99_us_no_background_tls"] = lat(at_dst, "data")["p99_us"]
     fig["tcp_tls_mb_per_s"] = tcp_tls
     fig["tcp_tls_over_tcp"] = tcp_tls / tcp_mbs
     (fig["src_cpu_us_per_page_tls"], fig["dst_cpu_us_per_page_tls"],
@@ -412,6 +423,11 @@ rows = [
     ("background DATA stream over TLS vs clear, MB/s", f"{f['bulk_mbps_tls']:.0f} vs "
      f"{f['bulk_mb_per_s']:.0f} = {f['tls_over_clear']:.2f}x", "-"),
     ("  TLS data path", f["tls_path"][:46], "-"),
+    ("  DATA fault p50 / p99, no background, TLS, us",
+     f"{f['data_fault_p50_us_no_background_tls']:.0f} / "
+     f"{f['data_fault_p99_us_no_background_tls']:.0f} (clear: "
+     f"{f['data_fault_p50_us_no_background']:.0f} / "
+     f"{f['data_fault_p99_us_no_background']:.0f})", "-"),
     ("  plain TCP stream over TLS vs clear, MB/s", f"{f['tcp_tls_mb_per_s']:.0f} vs "
      f"{tcp_mbs:.0f} = {f['tcp_tls_over_tcp']:.2f}x", "-"),
     ("  CPU per DATA page over TLS, stream, src / dst, us", " / ".join(
