@@ -175,9 +175,10 @@ static int hs_error(struct tlm_tls *t, SSL *ssl, int r, int io, char *err, size_
 	int reason = ERR_GET_REASON(code);
 	const char *peer = t->server ? "destination" : "source";
 
-	if (io == -ETIMEDOUT) {
-		seterr(err, errlen, "tls: handshake timed out");
-		return -ETIMEDOUT;
+	if (io < 0) {
+		seterr(err, errlen, "tls: handshake %s", io == -ETIMEDOUT ? "timed out" :
+		       strerror(-io));
+		return io;
 	}
 	/* A PSK binder that does not verify: OpenSSL 3.0 answers illegal_parameter. */
 	if (reason == SSL_R_BINDER_DOES_NOT_VERIFY || reason == SSL_R_TLSV1_ALERT_DECRYPT_ERROR ||
