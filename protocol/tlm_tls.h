@@ -25,6 +25,9 @@
  * (expected with OpenSSL 3.0: its kTLS for TLS 1.3 is send only), "userspace (kernel has no
  * tls ULP)" or "userspace (OpenSSL kept it)"; the last three go through the relay.
  *
+ * The relay's OpenSSL writes the TCP socket with write(): callers ignore SIGPIPE (the
+ * daemons do), or a peer gone at the wrong moment kills the process.
+ *
  * Errors (-errno and one line in err): a peer with another key (-EACCES), a peer speaking
  * clear text (-EPROTO; a server also tells such a client so, in a clear tlm ERROR frame),
  * a timeout (-ETIMEDOUT). On failure fd is left open for the caller to close.
