@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # scripts/migrate-postcopy.sh --mode tlm on real guests: a clone of a template migrates
 # with its RAM moved by tlm (template pages never cross the wire), keeps running at the
-# destination with the same memory checksum, and migrates again from there; a plain VM
-# (no template: ZERO and DATA pages only) migrates too; the destination daemon missing,
-# a wrong key and a template missing at the destination each fail with a clear error
-# before the switch, leaving the source running with its memory intact.
+# destination with the same memory checksum, and migrates again from there, over TLS
+# (--tls psk); a plain VM (no template: ZERO and DATA pages only) migrates too; the
+# destination daemon missing, a wrong key, TLS on one side only and a template missing
+# at the destination each fail with a clear error before the switch, leaving the source
+# running with its memory intact.
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -42,8 +43,8 @@ vm ticks c --count 2 >/dev/null || fail "no TICK at the destination"
 [ "$(sum_rewrites "$(vm cmd c sum)")" -gt "$(sum_rewrites "$before")" ] ||
 	fail "the workload stopped rewriting"
 
-step "migrate the destination on (generation 3: its RAM is the glue's private mapping)"
-migrate --mode tlm c >/dev/null || fail "second tlm migration failed"
+step "migrate the destination on over TLS (generation 3: RAM is the glue's private mapping)"
+migrate --mode tlm c --tls psk >/dev/null || fail "second tlm migration (--tls psk) failed"
 [ "$(sum_hash "$(vm cmd c sum)")" = "$(sum_hash "$before")" ] || fail "checksum changed"
 
 step "failures before the switch leave the source running"
@@ -71,6 +72,8 @@ ud=$!
 for _ in $(seq 50); do [ -S "$kd/ctl.sock" ] && break; sleep 0.1; done
 expect_fail "wrong key" "authentication" --key "$kd/a" --dst-ctl "$kd/ctl.sock" \
 	--dst-sock "$kd/glue.sock"
+expect_fail "TLS on one side only" "requires TLS" --tls psk --key "$kd/b" \
+	--dst-ctl "$kd/ctl.sock" --dst-sock "$kd/glue.sock"
 kill "$ud"; wait "$ud" || true
 [ ! -e "$TLM_RUN_DIR/c.4" ] || fail "a failed destination was left behind"
 
