@@ -189,6 +189,11 @@ static int hs_error(struct tlm_tls *t, SSL *ssl, int r, int io, char *err, size_
 		       "differs from ours", peer);
 		return -EACCES;
 	}
+	if (reason == SSL_R_CERTIFICATE_VERIFY_FAILED) {
+		seterr(err, errlen, "tls: the %s offered a certificate, not our pre-shared key "
+		       "(not a tlm peer, or an impostor)", peer);
+		return -EACCES;
+	}
 	if (reason == SSL_R_WRONG_VERSION_NUMBER || reason == SSL_R_PACKET_LENGTH_TOO_LONG ||
 	    reason == SSL_R_UNKNOWN_PROTOCOL || reason == SSL_R_HTTP_REQUEST ||
 	    reason == SSL_R_RECORD_LENGTH_MISMATCH) {

@@ -2,7 +2,8 @@
  * test_tls.c — the TLS layer (tlm_tls.h) over real loopback TCP, server in a second
  * thread: a stream each way with half-closes carried through (whatever data path this
  * kernel gives: kTLS or the relay), another key refused on both sides, TLS against a
- * clear-text tlm peer either way round (both sides say why), and silent peers timing out.
+ * clear-text tlm peer either way round (both sides say why), silent peers timing out, and
+ * a TLS server that does not know the PSK but offers a certificate refused by the client.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -19,6 +20,10 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
 #include "tlm_io.h"
 #include "tlm_proto.h"
 #include "tlm_tls.h"
@@ -26,7 +31,7 @@
 #define STREAM (4u << 20)
 #define TIMEOUT_MS 5000
 
-enum role { R_TLS_ECHO, R_TLS_ONLY, R_CLEAR_HS, R_SILENT };
+enum role { R_TLS_ECHO, R_TLS_ONLY, R_CLEAR_HS, R_SILENT, R_CERT };
 
 struct server {
 	int lfd, rc;
@@ -84,6 +89,37 @@ static int send_pattern(int fd, size_t n, uint8_t seed)
 	return rc;
 }
 
+/* A TLS 1.3 server with a fresh self-signed certificate and no PSK: what an on-path
+ * attacker without the key can offer. 0 if its handshake completed. */
+static int cert_server(int fd)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	EVP_PKEY *pk = EVP_EC_gen("P-256");
+	X509 *x = X509_new();
+	SSL *ssl;
+	int rc;
+
+	assert_non_null(ctx);
+	assert_non_null(pk);
+	X509_gmtime_adj(X509_getm_notBefore(x), 0);
+	X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+	X509_set_pubkey(x, pk);
+	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+				   (const unsigned char *)"tlm-source", -1, -1, 0);
+	X509_set_issuer_name(x, X509_get_subject_name(x));
+	assert_true(X509_sign(x, pk, EVP_sha256()) > 0);
+	assert_int_equal(SSL_CTX_use_certificate(ctx, x), 1);
+	assert_int_equal(SSL_CTX_use_PrivateKey(ctx, pk), 1);
+	ssl = SSL_new(ctx);
+	SSL_set_fd(ssl, fd);
+	rc = SSL_accept(ssl) == 1 ? 0 : -EPROTO;
+	SSL_free(ssl);
+	X509_free(x);
+	EVP_PKEY_free(pk);
+	SSL_CTX_free(ctx);
+	return rc;
+}
+
 static void *server_main(void *arg)
 {
 	struct server *s = arg;
@@ -99,6 +135,8 @@ static void *server_main(void *arg)
 
 		while (fd >= 0 && read(fd, &b, 1) > 0)
 			;
+	} else if (s->role == R_CERT) {
+		s->rc = cert_server(fd);
 	} else if (s->role == R_CLEAR_HS) {
 		s->rc = tlm_proto_server_handshake(fd, &k, &chan, &open, TIMEOUT_MS, s->err,
 						   sizeof(s->err));
@@ -270,6 +308,21 @@ static void test_silent_peers(void **state)
 	assert_non_null(strstr(s.err, "timed out"));
 }
 
+/* A server without the PSK cannot make the client settle for a certificate. */
+static void test_certificate_refused(void **state)
+{
+	struct server s;
+	char err[256], mode[96];
+	int app;
+
+	server_start(&s, R_CERT, 7);
+	assert_int_equal(client_wrap(&s, 7, TIMEOUT_MS, &app, err, sizeof(err), mode,
+				     sizeof(mode)), -EACCES);
+	assert_non_null(strstr(err, "offered a certificate"));
+	server_join(&s);
+	assert_int_not_equal(s.rc, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -278,6 +331,7 @@ int main(void)
 		cmocka_unit_test(test_clear_client),
 		cmocka_unit_test(test_clear_server),
 		cmocka_unit_test(test_silent_peers),
+		cmocka_unit_test(test_certificate_refused),
 	};
 
 	signal(SIGPIPE, SIG_IGN);           /* as the daemons: OpenSSL writes with write() */
