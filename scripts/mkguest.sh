@@ -10,9 +10,9 @@
 #   --no-probe     do not run the KVM/TCG probe (tlm_qemu.vm probe-accel)
 #
 # Produces DIR/vmlinuz, DIR/initrd.gz, DIR/memload, DIR/accel (probe result), and
-# DIR/modules/: the kernel's virtio-balloon driver and what it needs (modules in Debian's
-# kernels), which /init loads when QEMU gives the guest a virtio device (free page
-# reporting: tlm_qemu.vm start --free-page-reporting).
+# DIR/modules/: the kernel's virtio-balloon and virtio-blk drivers and what they need
+# (modules in Debian's kernels), which /init loads when QEMU gives the guest a virtio
+# device (free page reporting: tlm_qemu.vm start --free-page-reporting; disks: --disk).
 # Idempotent: each step is skipped when its inputs (recorded in DIR/*.stamp) are unchanged;
 # a cached kernel is reused without asking apt. Installs the Debian packages it needs.
 set -euo pipefail
@@ -26,8 +26,9 @@ probe=1
 
 # Why each package: QEMU to run the guest; busybox-static for the initramfs userland;
 # cpio+gzip to pack it; gcc+libc6-dev to link memload statically; python3 for the
-# QMP/VM helpers; apt/dpkg (always present) fetch and unpack the kernel.
-packages=(qemu-system-x86 busybox-static cpio gzip gcc libc6-dev python3)
+# QMP/VM helpers; qemu-utils (qemu-img) for template disks and clone overlays; apt/dpkg
+# (always present) fetch and unpack the kernel.
+packages=(qemu-system-x86 qemu-utils busybox-static cpio gzip gcc libc6-dev python3)
 
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -58,9 +59,10 @@ newest_kernel_pkg() {
 	apt-cache pkgnames linux-image-6.1.0- | grep -E "$pkg_re" | sort -V | tail -n 1
 }
 
-# virtio-balloon and its dependencies, in load order (modinfo depends= of each .ko).
+# virtio-balloon, virtio-blk and their dependencies, in load order (modinfo depends= of
+# each .ko).
 guest_modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-	virtio_balloon)
+	virtio_balloon virtio_blk)
 
 have_modules() {
 	local m
@@ -79,7 +81,7 @@ copy_modules() {
 	rm -rf "$out/modules.new" && mkdir -p "$out/modules.new"
 	for m in "${guest_modules[@]}"; do
 		ko=$(find "$root/lib/modules" -name "$m.ko" | head -n 1)
-		[ -n "$ko" ] || tlm_die "$pkg has no $m.ko (needed for free page reporting)"
+		[ -n "$ko" ] || tlm_die "$pkg has no $m.ko (needed for virtio devices)"
 		cp "$ko" "$out/modules.new/"
 	done
 	printf '%s\n' "${guest_modules[@]}" > "$out/modules.new/order"	# for /init
@@ -119,7 +121,7 @@ build_kernel() {
 		# the guest works without them (no free page reporting)
 		pkg=$(sed -n 's/^package=//p' "$out/kernel.stamp")
 		[ -n "$pkg" ] && fetch_kernel "$pkg" && return 0
-		tlm_log "warning: no virtio-balloon modules for the guest: no free page reporting"
+		tlm_log "warning: no virtio modules for the guest: no free page reporting, no disks"
 		return 0
 	fi
 	pkg=$(newest_kernel_pkg)
@@ -175,6 +177,8 @@ build_initrd() {
 	ln -s busybox "$tmp/bin/sh"
 	cp "$out/memload" "$tmp/bin/memload"
 	cp "$src/init" "$tmp/init"
+	mkdir "$tmp/modules"
+	cp "$out"/modules/* "$tmp/modules/"
 	chmod 755 "$tmp/init" "$tmp/bin/busybox" "$tmp/bin/memload"
 	find "$tmp" -exec touch -h -d @0 {} +		# reproducible archive
 	(cd "$tmp" && find . | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --quiet) |

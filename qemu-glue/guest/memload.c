@@ -29,10 +29,15 @@
  *                     every page, free it all: a guest that has freed most of its memory
  *                     (with free page reporting, QEMU then discards those pages)
  *   ping           -> PONG <ticks>
+ *   dwrite WORD    -> DWROTE <WORD>          the marker "TLMDISK WORD" into the first block
+ *                     of the disk /dev/vda, O_DIRECT + fsync: on the virtual disk, not in
+ *                     the guest's page cache
+ *   dread          -> DREAD <WORD>|DREAD -    that block read back from the disk (O_DIRECT)
  *   anything else  -> ERR unknown command '<line>'
  * The console (stdout, ttyS0) gets "MEMLOAD ..." at start, "READY ..." once the buffer
  * is filled and "TICK n rate=<pages/s> rewrites=<total>" every second of guest time.
  */
+#define _GNU_SOURCE	/* O_DIRECT */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -54,6 +59,8 @@
 #define ML_MASK_SALT	0x6d61736b6d61736bULL	/* "maskmask" */
 #define ML_STEP_NS	10000000LL		/* rewrite batches every 10 ms */
 #define ML_MAX_RATE	1000000ULL		/* pages/s; keeps the credit loop finite */
+#define ML_DISK		"/dev/vda"
+#define ML_DISK_MAGIC	"TLMDISK "
 
 struct ml_params {
 	uint64_t mem_mib;
@@ -318,6 +325,50 @@ static void cmd_scratch(struct ml_state *s, const char *args)
 	say(s, 1, "SCRATCH %llu freed", (unsigned long long)n);
 }
 
+/* One aligned block at offset 0 of the disk, O_DIRECT: write it (word != NULL) or read
+ * it into blk. Returns 0 or -errno. */
+static int disk_block(char *blk, const char *word)
+{
+	int fd = open(ML_DISK, (word ? O_WRONLY : O_RDONLY) | O_DIRECT);
+	int rc = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (word) {
+		memset(blk, 0, ML_PAGE);
+		snprintf(blk, ML_PAGE, "%s%s\n", ML_DISK_MAGIC, word);
+		if (pwrite(fd, blk, ML_PAGE, 0) != (ssize_t)ML_PAGE || fsync(fd) < 0)
+			rc = -errno;
+	} else if (pread(fd, blk, ML_PAGE, 0) != (ssize_t)ML_PAGE) {
+		rc = -errno;
+	}
+	close(fd);
+	return rc;
+}
+
+static void cmd_disk(struct ml_state *s, const char *word)
+{
+	static char blk[ML_PAGE] __attribute__((aligned(ML_PAGE)));
+	size_t n = strlen(ML_DISK_MAGIC);
+	int rc;
+
+	if (word && (!word[0] || strchr(word, ' ') || strlen(word) > 64)) {
+		say(s, 1, "ERR usage: dwrite WORD (1-64 characters, no space)");
+		return;
+	}
+	rc = disk_block(blk, word);
+	if (rc < 0) {
+		say(s, 1, "ERR %s %s: %s", word ? "dwrite" : "dread", ML_DISK, strerror(-rc));
+	} else if (word) {
+		say(s, 1, "DWROTE %s", word);
+	} else if (strncmp(blk, ML_DISK_MAGIC, n) == 0 && memchr(blk + n, '\n', 66)) {
+		*strchr(blk + n, '\n') = '\0';
+		say(s, 1, "DREAD %s", blk + n);
+	} else {
+		say(s, 1, "DREAD -");
+	}
+}
+
 static void handle_line(struct ml_state *s, const char *line)
 {
 	uint64_t bad, h;
@@ -342,6 +393,10 @@ static void handle_line(struct ml_state *s, const char *line)
 	} else if (strcmp(line, "resume") == 0) {
 		s->paused = 0;
 		say(s, 1, "RESUMED");
+	} else if (strncmp(line, "dwrite ", 7) == 0) {
+		cmd_disk(s, line + 7);
+	} else if (strcmp(line, "dread") == 0) {
+		cmd_disk(s, NULL);
 	} else if (strcmp(line, "ping") == 0) {
 		say(s, 1, "PONG %llu", (unsigned long long)s->ticks);
 	} else if (line[0]) {
