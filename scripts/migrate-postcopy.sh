@@ -329,8 +329,10 @@ prepare() {
 		befores[$i]=$(guest_check "$src" --phase before) || exit 1
 	fi
 	dst=$(tlm_vm start "${names[$i]}" --like "$src" --incoming defer --no-link \
-		${dst_netns:+--netns "$dst_netns"} ${dst_cmdline:+--cmdline "$dst_cmdline"}) ||
-		tlm_die "${names[$i]}: the destination QEMU did not start"
+		${dst_netns:+--netns "$dst_netns"} ${dst_cmdline:+--cmdline "$dst_cmdline"} \
+		2>"$work/$i.start.err") ||
+		tlm_die "${names[$i]}: the destination QEMU did not start:" \
+			"$(sed -n 's/^tlm_qemu.vm: error: //p' "$work/$i.start.err" | tail -n 1)"
 	dst_dirs[$i]=$dst
 	phases[$i]=prepared
 	tlm_qmp "$src/qmp.sock" migrate-set-capabilities "$(caps_json)" >/dev/null

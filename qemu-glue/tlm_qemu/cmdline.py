@@ -20,6 +20,12 @@ The destination's command line is the source's (or the operator's --dst-cmdline 
     the process, the guest runs on); -incoming replaced by the caller's.
 Everything else (disks, network, display) stays as it is: what must differ at the
 destination (a tap device, a TCP port on the same host) goes in a --dst-cmdline file.
+Disks keep their paths: tlm migrates no disk, the destination opens the same files
+(shared storage; tlm_qemu.vm refuses a path the destination cannot open).
+
+Clones of a template made from such a VM (scripts/clone-start.sh) run its command line
+with each writable disk replaced by the clone's qcow2 overlay (disks, set_disks) and each
+NIC given the clone's MAC (nics, set_macs).
 """
 
 import json
@@ -237,6 +243,131 @@ def vm_name(argv):
         if o == "-name":
             return get(v, "guest", "guest")
     return None
+
+
+# ---- disks and NICs -----------------------------------------------------------------------
+
+DRIVE_OPTS = ("-hda", "-hdb", "-hdc", "-hdd", "")
+
+
+def disks(argv, cwd):
+    """The disk images of a command line, in order: [{"index" (of its option in
+    options(argv)), "file" (absolute), "format" (None: QEMU probes it), "readonly",
+    "node" (a -blockdev's protocol node name)}]. Refused for a writable -blockdev file node
+    that no format node uses (its overlay would need one)."""
+    opts, out, files, used = options(argv), [], {}, {}
+    for i, (o, v) in enumerate(opts):
+        if o == "-drive":
+            kv = dict(split_kv(v))
+            if kv.get("file"):
+                ro = (kv.get("readonly") or "off").lower() in TRUE or \
+                    kv.get("media") == "cdrom"
+                out.append({"index": i, "file": abspath(kv["file"], cwd),
+                            "format": kv.get("format"), "readonly": ro, "node": None})
+        elif o in DRIVE_OPTS:
+            out.append({"index": i, "file": abspath(v, cwd), "format": None,
+                        "readonly": False, "node": None})
+        elif o == "-blockdev":
+            b = blockdev(v)
+            ro = (str(b.get("read-only", "off"))).lower() in TRUE
+            f = b.get("file")
+            if isinstance(f, dict):     # JSON with an inline protocol node
+                out.append({"index": i, "file": abspath(f.get("filename", ""), cwd),
+                            "format": b.get("driver"), "readonly": ro, "node": None})
+            elif b.get("filename"):
+                files[b.get("node-name")] = (i, abspath(b["filename"], cwd), ro)
+            elif f:
+                used[f] = (b.get("driver"), ro)
+    for node, (i, path, ro) in files.items():
+        if node not in used:
+            if not ro:
+                raise Refused(f"-blockdev node {node} ({path}) is used without a format "
+                              f"node: add -blockdev driver=raw,file={node},node-name=...")
+            continue
+        fmt, fro = used[node]
+        out.append({"index": i, "file": path, "format": fmt, "readonly": ro or fro,
+                    "node": node})
+    return sorted(out, key=lambda d: d["index"])
+
+
+def blockdev(val):
+    if val.lstrip().startswith("{"):
+        try:
+            return json.loads(val)
+        except ValueError as e:
+            raise Refused(f"-blockdev {val[:40]}...: bad JSON ({e})") from None
+    return dict(split_kv(val))
+
+
+def set_disks(argv, cwd, files):
+    """argv with its writable disks (disks()) replaced, in order, by the qcow2 images
+    files (a clone's overlays)."""
+    opts = options(argv)
+    writable = [d for d in disks(argv, cwd) if not d["readonly"]]
+    if len(files) != len(writable):
+        raise Refused(f"{len(files)} disk images for {len(writable)} writable disks")
+    for d, new in zip(writable, files):
+        o, v = opts[d["index"]]
+        if o == "-drive":
+            kv = [[k, x] for k, x in split_kv(v) if k != "format"]
+            v = join_kv([[k, new if k == "file" else x] for k, x in kv] +
+                        [["format", "qcow2"]])
+        elif o in DRIVE_OPTS:
+            v = new
+        elif v.lstrip().startswith("{"):
+            b = json.loads(v)
+            if isinstance(b.get("file"), dict):
+                b["file"]["filename"] = new
+                b["driver"] = "qcow2"
+            else:
+                b["filename"] = new
+            v = json.dumps(b)
+        else:
+            v = join_kv([[k, new if k == "filename" else x] for k, x in split_kv(v)])
+        opts[d["index"]] = [o, v]
+        if d["node"]:           # its format node reads qcow2 now
+            for j, (o2, v2) in enumerate(opts):
+                if o2 == "-blockdev" and blockdev(v2).get("file") == d["node"]:
+                    opts[j] = [o2, set_blockdev_driver(v2)]
+    return unparse(argv[0], opts)
+
+
+def set_blockdev_driver(val):
+    if val.lstrip().startswith("{"):
+        b = json.loads(val)
+        b["driver"] = "qcow2"
+        return json.dumps(b)
+    return join_kv([[k, "qcow2" if k == "driver" else x] for k, x in split_kv(val)])
+
+
+def nics(argv):
+    """The NICs of a command line, in order: [{"index", "mac" (None: QEMU's)}]; a NIC is a
+    -device with netdev=, a -nic, or a -net nic."""
+    out = []
+    for i, (o, v) in enumerate(options(argv)):
+        if o == "-device" and get(v, "netdev", "driver"):
+            out.append({"index": i, "mac": get(v, "mac", "driver")})
+        elif o == "-nic" and get(v, "type", "type") != "none":
+            out.append({"index": i, "mac": get(v, "mac", "type")})
+        elif o == "-net" and get(v, "type", "type") == "nic":
+            out.append({"index": i, "mac": get(v, "macaddr", "type")})
+    return out
+
+
+def set_macs(argv, macs):
+    """argv with its NICs' MACs set, in order (None: left as it is)."""
+    opts, found = options(argv), nics(argv)
+    if len(macs) != len(found):
+        raise Refused(f"{len(macs)} MACs for {len(found)} NICs")
+    for n, mac in zip(found, macs):
+        if mac is None:
+            continue
+        o, v = opts[n["index"]]
+        implied = {"-device": "driver", "-nic": "type", "-net": "type"}[o]
+        key = "macaddr" if o == "-net" else "mac"
+        kv = [[k, x] for k, x in split_kv(v, implied) if k != key]
+        opts[n["index"]] = [o, join_kv(kv + [[key, mac]], implied)]
+    return unparse(argv[0], opts)
 
 
 # ---- sockets ----------------------------------------------------------------------------------

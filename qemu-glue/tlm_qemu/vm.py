@@ -30,7 +30,11 @@ scripts/lib/py.sh, does both); below, `vm` stands for that command.
     vm probe-accel [--force]      kvm or tcg, probed once, cached (docs/ARCHITECTURE.md F6)
     vm start NAME [--mem MiB] [--wl-mem MiB] [--seed N] [--dirty N] [--like VM]
              [--incoming URI] [--ram-file F] [--ram-copy-from F] [--env K=V]... [--no-link]
-             [--netns NS] [--track] [--free-page-reporting]
+             [--netns NS] [--track] [--free-page-reporting] [--disk FILE]... [--mac MAC|auto]...
+        --disk: a virtio-blk disk (/dev/vda, ...); --mac: a virtio-net NIC; with --like
+        they replace the source's, one for one (clone-start.sh: overlays, fresh MACs).
+        With --like, every disk QEMU would open read-write must exist here: migrations
+        move no disk, the storage is shared (the same path on both hosts)
         --track: preload libtlm-glue.so ($TLM_GLUE, else BUILD/qemu-glue/libtlm-glue.so)
         with TLM_TRACK=1: the glue registers the guest RAM for dirty tracking, so that
         tlm-page-server can classify it while the guest runs (the live phase of
@@ -54,6 +58,7 @@ scripts/lib/py.sh, does both); below, `vm` stands for that command.
     vm link VM                                  makes VM the current generation of its name
     vm stop VM [--keep] [--timeout S]           quit (then SIGKILL), remove its directory
     vm pss VM | info VM [--get FIELD] | list
+    vm devices VM      {"disks": [{"file", "format"}] QEMU writes, "nics": count} (JSON)
 Exit status: 0 success, 1 failure (one line on stderr says what), 2 usage.
 """
 
@@ -145,9 +150,76 @@ def qemu_argv(cfg):
         # the same device at both ends: its state migrates with the rest (the guest's
         # /init loads the driver when it sees it)
         argv += ["-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
+    argv += disk_nic_argv(cfg)
     if cfg.get("incoming"):
         argv += ["-incoming", cfg["incoming"]]
     return netns_prefix(cfg) + argv
+
+
+def disk_nic_argv(cfg):
+    """The test guest's disks (virtio-blk: /dev/vda, /dev/vdb, ...) and NICs (virtio-net on
+    a user netdev that reaches nothing: a MAC, no traffic). A destination runs the same
+    devices in the same order, so their PCI slots and the device state match."""
+    argv = []
+    for i, d in enumerate(cfg.get("disks") or []):
+        argv += ["-drive", C.join_kv([["file", d["file"]], ["format", d["format"]],
+                                      ["if", "none"], ["id", f"disk{i}"]]),
+                 "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}"]
+    for i, n in enumerate(cfg.get("nics") or []):
+        argv += ["-netdev", f"user,id=net{i},restrict=on",
+                 "-device", f"virtio-net-pci,netdev=net{i},id=nic{i},romfile="
+                            + (f",mac={n['mac']}" if n.get("mac") else "")]
+    return argv
+
+
+def disk_format(path):
+    """qcow2 (by its magic) or raw; VMError if the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+    except OSError as e:
+        raise VMError(f"disk {path}: {e.strerror}") from None
+
+
+def cfg_disks(cfg):
+    """The disk files QEMU opens read-write for this config (the test guest's, or the
+    writable ones of a foreign command line)."""
+    if cfg.get("foreign"):      # "base": a destination's command line not rewritten yet
+        try:
+            return [d["file"] for d in C.disks(cfg.get("cmdline") or cfg["base"],
+                                               cfg.get("cwd")) if not d["readonly"]]
+        except C.Refused as e:
+            raise VMError(str(e)) from None
+    return [d["file"] for d in cfg.get("disks") or []]
+
+
+def devices(cfg):
+    """The disks QEMU writes and the NICs of a VM: {"disks": [{"file", "format"}], "nics":
+    count} (what a template snapshots, what a clone replaces)."""
+    try:
+        if cfg.get("foreign"):
+            dl = [d for d in C.disks(cfg["cmdline"], cfg.get("cwd")) if not d["readonly"]]
+            nics = len(C.nics(cfg["cmdline"]))
+        else:
+            dl, nics = cfg.get("disks") or [], len(cfg.get("nics") or [])
+    except C.Refused as e:
+        raise VMError(f"{cfg['name']}: {e}") from None
+    return {"disks": [{"file": d["file"], "format": d["format"] or disk_format(d["file"])}
+                      for d in dl], "nics": nics}
+
+
+def check_disks(cfg):
+    """A VM started --like another (a migration's destination, a clone) opens the disks of
+    its command line as they are: tlm moves no disk, the storage is shared (the same path
+    on both hosts). A path this host cannot open read-write is refused here, in one line,
+    before QEMU starts (QEMU itself would only fail when the migration activates it)."""
+    for f in cfg_disks(cfg):
+        if not os.path.exists(f):
+            raise VMError(f"disk {f}: no such file here: tlm migrates disks on shared "
+                          f"storage only (the same path on both hosts)")
+        if not os.access(f, os.R_OK | os.W_OK):
+            raise VMError(f"disk {f}: not readable and writable here (shared storage "
+                          f"must give the destination the same access)")
 
 
 def netns_prefix(cfg):
@@ -286,7 +358,7 @@ def new_cfg(opt, gdir, base):
         else:
             cfg = {k: src.get(k) for k in ("mem_mib", "machine", "accel", "cpu", "smp",
                                            "kernel", "initrd", "workload", "append_extra",
-                                           "free_page_reporting")}
+                                           "free_page_reporting", "disks", "nics")}
     elif getattr(opt, "cmdline", None):
         raise VMError("--cmdline goes with --like a foreign VM (one adopted, or started "
                       "like one)")
@@ -307,7 +379,8 @@ def new_cfg(opt, gdir, base):
                "workload": {"mem": opt.wl_mem, "seed": opt.seed, "dirty": opt.dirty,
                             "hot": opt.hot},
                "append_extra": opt.append,
-               "free_page_reporting": bool(getattr(opt, "free_page_reporting", False))}
+               "free_page_reporting": bool(getattr(opt, "free_page_reporting", False)),
+               "disks": [], "nics": []}
         if opt.wl_mem > max_wl_mem(opt.mem):
             raise VMError(f"--wl-mem {opt.wl_mem} MiB does not fit in a {opt.mem} MiB "
                           f"guest (at most {max_wl_mem(opt.mem)}: 80 MiB for the kernel "
@@ -319,9 +392,47 @@ def new_cfg(opt, gdir, base):
         raise VMError(f"run directory path too long for a unix socket: {d}")
     cfg.update(name=opt.name, gen=gen, dir=d, ram_file=os.path.join(d, "ram"),
                incoming=None, env={}, pid=None)
+    set_devices(cfg, getattr(opt, "disk", None) or [], getattr(opt, "mac", None) or [],
+                bool(opt.like))
     if cfg.get("foreign"):
         foreign_dst(cfg)
+    if opt.like:
+        check_disks(cfg)
     return cfg
+
+
+def set_devices(cfg, disks, macs, like):
+    """--disk FILE... and --mac MAC|auto...: the test guest's disks and NICs; with --like
+    they replace the source's one for one (a clone's overlays, its own MACs: the device
+    state it loads has the same devices), for a foreign VM in its command line."""
+    if like:
+        try:
+            nics = C.nics(cfg["base"]) if cfg.get("foreign") else cfg.get("nics") or []
+        except C.Refused as e:
+            raise VMError(str(e)) from None
+        old = len(cfg_disks(cfg)) if cfg.get("foreign") else len(cfg.get("disks") or [])
+        for what, new, n in (("--disk", disks, old), ("--mac", macs, len(nics))):
+            if new and len(new) != n:
+                raise VMError(f"{what}: {len(new)} given, the VM it is like has {n} "
+                              f"({'writable disks' if what == '--disk' else 'NICs'})")
+    files = [os.path.abspath(f) for f in disks]
+    for m in macs:
+        if m != "auto" and not re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", m):
+            raise VMError(f"--mac {m}: not a MAC (xx:xx:xx:xx:xx:xx, lower case) or auto")
+    macs = [None if m == "auto" else m for m in macs]
+    if cfg.get("foreign"):
+        try:
+            if files:
+                cfg["base"] = C.set_disks(cfg["base"], cfg.get("cwd"), files)
+            if macs:
+                cfg["base"] = C.set_macs(cfg["base"], macs)
+        except C.Refused as e:
+            raise VMError(str(e)) from None
+        return
+    if files or not like:
+        cfg["disks"] = [{"file": f, "format": disk_format(f)} for f in files]
+    if macs or not like:
+        cfg["nics"] = [{"mac": m} for m in macs]
 
 
 def foreign_like(src, path):
@@ -479,7 +590,7 @@ def console_tail(path):
 
 
 REPLY = {"sum": "SUM", "reseed": "RESEEDED", "dirty": "DIRTY", "pause": "PAUSED",
-         "resume": "RESUMED", "ping": "PONG"}
+         "resume": "RESUMED", "ping": "PONG", "dwrite": "DWROTE", "dread": "DREAD"}
 
 
 RESEND_S = 5
@@ -909,6 +1020,12 @@ def parser():
                    help="environment of QEMU (LD_PRELOAD=..., TLM_...); {ram_file} and "
                         "{dir} in V become the VM's RAM file and run directory")
     p.add_argument("--netns", help="run QEMU in this network namespace (ip netns)")
+    p.add_argument("--disk", action="append", default=[], metavar="FILE",
+                   help="a virtio-blk disk (qcow2 or raw, by its header); with --like: "
+                        "the source's writable disks, one for one")
+    p.add_argument("--mac", action="append", default=[], metavar="MAC",
+                   help="a virtio-net NIC with this MAC (auto: QEMU's); with --like: the "
+                        "source's NICs' MACs, one for one")
     p.add_argument("--cmdline", metavar="FILE",
                    help="with --like a foreign VM: its command line from FILE (one argument "
                         "per line), rewritten like the source's")
@@ -921,6 +1038,7 @@ def parser():
                    help="a virtio-balloon with free page reporting: pages the guest frees "
                         "are discarded from its RAM file")
     for name, hlp in (("wait-ready", "wait for READY"), ("pss", "Pss of QEMU (kB)"),
+                      ("devices", "writable disks and NICs (JSON)"),
                       ("link", "make this generation current"), ("info", "config")):
         p = sub.add_parser(name, help=hlp)
         p.add_argument("vm")
@@ -1002,6 +1120,8 @@ def main(argv):
         stop(resolve(opt.vm), opt.timeout, opt.keep)
     elif opt.cmd == "pss":
         print(json.dumps(pss(resolve(opt.vm))))
+    elif opt.cmd == "devices":
+        print(json.dumps(devices(resolve(opt.vm))))
     elif opt.cmd == "info":
         cmd_info(opt)
     elif opt.cmd == "list":
