@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """tlm_qemu.cmdline without QEMU (ctest cmdline_unit, label unit): which guest RAM an
-operator's command line has and what is refused (one line each), and the destination's
-command line made from it."""
+operator's command line has and what is refused (one line each), the destination's
+command line made from it, and its disks and NICs as a clone replaces them."""
 
 import json
 import os
@@ -134,6 +134,49 @@ class Destination(unittest.TestCase):
         self.assertEqual(C.read_cmdline_file(f.name), GOOD)
         with self.assertRaisesRegex(C.Refused, "No such file"):
             C.read_cmdline_file(f"{SHM}/none")
+
+
+DISKS = ["qemu", "-drive", "file=a.qcow2,if=virtio,format=qcow2",
+         "-drive", "file=cd.iso,media=cdrom", "-drive", "file=/ro.img,readonly=on",
+         "-blockdev", "driver=file,filename=/x/b,,c.raw,node-name=f1",
+         "-blockdev", "driver=raw,file=f1,node-name=d1", "-device", "virtio-blk-pci,drive=d1",
+         "-blockdev", json.dumps({"driver": "qcow2", "node-name": "d2",
+                                  "file": {"driver": "file", "filename": "/y/c.qcow2"}}),
+         "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+         "-nic", "user,model=virtio-net-pci,mac=52:54:00:00:00:09",
+         "-net", "nic,macaddr=52:54:00:00:00:0a", "-device", "virtio-blk-pci,drive=d2",
+         "/z/hd.img"]
+
+
+class Disks(unittest.TestCase):
+    def test_disks(self):
+        d = C.disks(DISKS, "/cwd")
+        self.assertEqual([(x["file"], x["format"], x["readonly"]) for x in d], [
+            ("/cwd/a.qcow2", "qcow2", False), ("/cwd/cd.iso", None, True),
+            ("/ro.img", None, True), ("/x/b,c.raw", "raw", False),
+            ("/y/c.qcow2", "qcow2", False), ("/z/hd.img", None, False)])
+        with self.assertRaisesRegex(C.Refused, "without a format node"):
+            C.disks(["qemu", "-blockdev", "driver=file,filename=/a,node-name=f"], "/")
+
+    def test_set_disks(self):
+        new = C.set_disks(DISKS, "/cwd", ["/o/1", "/o/2,x", "/o/3", "/o/4"])
+        opts = C.options(new)
+        self.assertEqual([(x["file"], x["format"]) for x in C.disks(new, "/")
+                          if not x["readonly"]],
+                         [("/o/1", "qcow2"), ("/o/2,x", "qcow2"), ("/o/3", "qcow2"),
+                          ("/o/4", None)])
+        self.assertIn(["-drive", "file=cd.iso,media=cdrom"], opts)     # read-only: kept
+        with self.assertRaisesRegex(C.Refused, "1 disk images for 4 writable disks"):
+            C.set_disks(DISKS, "/cwd", ["/o/1"])
+
+    def test_macs(self):
+        self.assertEqual([n["mac"] for n in C.nics(DISKS)],
+                         [None, "52:54:00:00:00:09", "52:54:00:00:00:0a"])
+        new = C.set_macs(DISKS, ["02:00:00:00:00:01", "02:00:00:00:00:02", None])
+        self.assertEqual([n["mac"] for n in C.nics(new)],
+                         ["02:00:00:00:00:01", "02:00:00:00:00:02", "52:54:00:00:00:0a"])
+        with self.assertRaisesRegex(C.Refused, "1 MACs for 3 NICs"):
+            C.set_macs(DISKS, [None])
 
 
 if __name__ == "__main__":
