@@ -5,7 +5,8 @@
 #                            [--ssh-config FILE]
 #
 #   TEMPLATE           a template directory (scripts/template-create.sh: the whole
-#                      directory goes) or a pages file (it and its index PAGES.tlmi go)
+#                      directory goes, its disks too, not the clones' overlays in
+#                      clones/) or a pages file (it and its index PAGES.tlmi go)
 #   --to PATH          where on HOST (default: the same path)
 #   --dst-prefix DIR   HOST's tlm source tree with its build/ (default: the paths here)
 #   --ssh-config FILE  ssh -F FILE (default $TLM_SSH_CONFIG)
@@ -57,7 +58,9 @@ tlm_ssh "rm -f $(q "$rpages.tlmi") && mkdir -p $(q "$(dirname "$rpages")")" ||
 # --ignore-times: the digests differ, so the pages do even where size and mtime agree
 rs=(rsync --sparse --times --ignore-times --partial -e "$(tlm_ssh_e)")
 if [ -d "$src" ]; then
-	"${rs[@]}" --recursive --exclude=ram.tlmi "$src/" "$host:$to/" || tlm_die "rsync to $host failed"
+	# clones/: the overlays of clones started here (clone-start.sh's default --disk-dir)
+	"${rs[@]}" --recursive --exclude=ram.tlmi --exclude=/clones/ "$src/" "$host:$to/" ||
+		tlm_die "rsync to $host failed"
 else
 	"${rs[@]}" "$pages" "$host:$rpages" || tlm_die "rsync to $host failed"
 fi
