@@ -13,7 +13,11 @@
 #                      before anything starts. Its destination runs the same command line
 #                      with a new RAM file, its unix sockets (QMP, serial, monitor) and
 #                      -pidfile moved to the destination's run directory, file chardevs
-#                      appended to, -daemonize and -S dropped, -incoming defer
+#                      appended to, -daemonize and -S dropped, -incoming defer.
+#                      Disks are not moved, in any mode: every VM's destination opens
+#                      the same disk paths (shared storage, the same path on both hosts;
+#                      QEMU hands the image over at the switch), and a disk it cannot
+#                      open read-write is refused in one line before its QEMU starts
 #   --name N           the name of a VM given by such a socket (default: its -name)
 #   --dst-cmdline FILE the destination's command line (one argument per line, QEMU first),
 #                      rewritten the same way: for what must differ at the destination
