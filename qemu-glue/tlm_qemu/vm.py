@@ -181,29 +181,24 @@ def disk_format(path):
         raise VMError(f"disk {path}: {e.strerror}") from None
 
 
-def cfg_disks(cfg):
-    """The disk files QEMU opens read-write for this config (the test guest's, or the
-    writable ones of a foreign command line)."""
-    if cfg.get("foreign"):      # "base": a destination's command line not rewritten yet
-        try:
-            return [d["file"] for d in C.disks(cfg.get("cmdline") or cfg["base"],
-                                               cfg.get("cwd")) if not d["readonly"]]
-        except C.Refused as e:
-            raise VMError(str(e)) from None
-    return [d["file"] for d in cfg.get("disks") or []]
+def cfg_devices(cfg):
+    """(the disks QEMU opens read-write, [{"file", "format" (None: QEMU probes it)}], the
+    NICs' count) of a config: the test guest's, or those of a foreign command line ("base":
+    a destination's, not rewritten yet)."""
+    if not cfg.get("foreign"):
+        return cfg.get("disks") or [], len(cfg.get("nics") or [])
+    argv = cfg.get("cmdline") or cfg["base"]
+    try:
+        return ([d for d in C.disks(argv, cfg.get("cwd")) if not d["readonly"]],
+                len(C.nics(argv)))
+    except C.Refused as e:
+        raise VMError(f"{cfg['name']}: {e}") from None
 
 
 def devices(cfg):
-    """The disks QEMU writes and the NICs of a VM: {"disks": [{"file", "format"}], "nics":
-    count} (what a template snapshots, what a clone replaces)."""
-    try:
-        if cfg.get("foreign"):
-            dl = [d for d in C.disks(cfg["cmdline"], cfg.get("cwd")) if not d["readonly"]]
-            nics = len(C.nics(cfg["cmdline"]))
-        else:
-            dl, nics = cfg.get("disks") or [], len(cfg.get("nics") or [])
-    except C.Refused as e:
-        raise VMError(f"{cfg['name']}: {e}") from None
+    """`vm devices`: {"disks": [{"file", "format"}], "nics": count} (what a template
+    snapshots, what a clone replaces)."""
+    dl, nics = cfg_devices(cfg)
     return {"disks": [{"file": d["file"], "format": d["format"] or disk_format(d["file"])}
                       for d in dl], "nics": nics}
 
@@ -213,7 +208,7 @@ def check_disks(cfg):
     its command line as they are: tlm moves no disk, the storage is shared (the same path
     on both hosts). A path this host cannot open read-write is refused here, in one line,
     before QEMU starts (QEMU itself would only fail when the migration activates it)."""
-    for f in cfg_disks(cfg):
+    for f in (d["file"] for d in cfg_devices(cfg)[0]):
         if not os.path.exists(f):
             raise VMError(f"disk {f}: no such file here: tlm migrates disks on shared "
                           f"storage only (the same path on both hosts)")
@@ -406,12 +401,8 @@ def set_devices(cfg, disks, macs, like):
     they replace the source's one for one (a clone's overlays, its own MACs: the device
     state it loads has the same devices), for a foreign VM in its command line."""
     if like:
-        try:
-            nics = C.nics(cfg["base"]) if cfg.get("foreign") else cfg.get("nics") or []
-        except C.Refused as e:
-            raise VMError(str(e)) from None
-        old = len(cfg_disks(cfg)) if cfg.get("foreign") else len(cfg.get("disks") or [])
-        for what, new, n in (("--disk", disks, old), ("--mac", macs, len(nics))):
+        old, nics = cfg_devices(cfg)
+        for what, new, n in (("--disk", disks, len(old)), ("--mac", macs, nics)):
             if new and len(new) != n:
                 raise VMError(f"{what}: {len(new)} given, the VM it is like has {n} "
                               f"({'writable disks' if what == '--disk' else 'NICs'})")
