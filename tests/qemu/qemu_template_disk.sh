@@ -9,8 +9,8 @@
 #    is refused in one line, the clone runs on;
 #  - a clone migrates with --mode tlm (same host: the destination opens the same overlay,
 #    QEMU hands the image over at the switch): its memory is the same, it reads its own
-#    marker and writes on; the other clone still reads its own; the template's disk is
-#    unchanged (checksum) throughout;
+#    marker and writes on; the other clone still reads its own, and so after its own
+#    migration with stock postcopy-ram; the template's disk is unchanged (checksum);
 #  - template-create.sh --from an operator's VM (our own QEMU command line, -drive qcow2
 #    and a virtio-net NIC): the VM goes on running with its disk; a clone of it holds the
 #    VM's memory and reads the VM's disk as it was when the template was made.
@@ -116,6 +116,12 @@ grep -q "\"file\": \"$ddir/c-1/disk0.qcow2\"" <<< "$blk" ||
 dread c-1 c-1
 dwrite c-1 c-1-after
 dread c-2 c-2
+
+step "migrate c-2 with --mode qemu (stock postcopy-ram): the image moves the same way"
+"$root/scripts/migrate-postcopy.sh" --mode qemu c-2 || fail "migrating c-2 failed"
+dread c-2 c-2
+dwrite c-2 c-2-after
+dread c-1 c-1-after
 [ "$(sha256sum < "$tdir/disk0.qcow2")" = "$tdisk_sum" ] || fail "the template disk changed"
 
 step "template-create.sh --from the operator's VM (a qcow2 disk and a NIC)"
