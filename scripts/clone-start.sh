@@ -31,8 +31,8 @@
 # TEMPLATE/diskN.qcow2 -F qcow2): the clone reads the template's disk as it was when the
 # RAM was saved and writes only to its overlay. A clone name whose DIR/CLONE exists is
 # refused (its overlays belong to a clone that ran before, not to the template's RAM).
-# Each NIC gets the clone's own MAC: 02:xx:xx:xx:xx:xx from sha256("CLONE/N") (locally
-# administered, unicast), on the clone's command line and in its copy of the device
+# Each NIC gets the clone's own MAC: 02: (locally administered, unicast) and 5 bytes of
+# sha256("CLONE/N"), on the clone's command line and in its copy of the device
 # state DIR/CLONE/state (virtio-net keeps the MAC there: loaded as it is, the template's
 # MAC would win). The guest itself still holds the template's MAC (and hostname, leases)
 # in its memory: a guest that must show the new MAC re-reads it by re-probing its NIC
@@ -137,9 +137,10 @@ clone_devices() {
 		echo "--mac"; echo "${macs[-1]}"
 		i=$((i + 1))
 	done <<< "$tmacs"
-	# Every byte string of the template's MAC in its device state (virtio-net's own field
-	# and its config space) becomes the clone's; no other field of a state without RAM
-	# holds those 6 bytes by chance (a MAC not found there is an error).
+	# Every byte string of the template's MAC in its device state (virtio-net's mac field:
+	# loaded unchanged, it overrides the command line's mac=, seen with QEMU 7.2) becomes
+	# the clone's; a state without guest RAM holds those 6 bytes nowhere else by chance
+	# (a MAC not found there is an error).
 	python3 - "$tdir/state" "$cdir/state" ${macs[@]+"${macs[@]}"} <<'EOF' || {
 import sys
 src, dst, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
