@@ -118,3 +118,55 @@ same_memory() {
 	echo "after: $after"
 	vm sum-check "$2" "$after" || fail "$1: memory differs after the migration"
 }
+
+# An sshd of the test's own in the destination namespace (after tlm_link_up), host
+# "dsthost" for ssh: DSTSSH holds its host key, config and log, SRCSSH the client's key,
+# known_hosts and config (exported as TLM_SSH_CONFIG, which the scripts pass to ssh as
+# -F). Sets sshd_pid (the caller's cleanup kills it); waits until ssh from the source
+# namespace gets in.
+dst_sshd() {
+	local d=$1 s=$2 sshd err deadline
+
+	sshd=$(command -v sshd || echo /usr/sbin/sshd)
+	[ -x "$sshd" ] || skip "sshd is not installed (scripts/setup.sh installs openssh-server)"
+	ssh-keygen -q -t ed25519 -N '' -C tlm-test-host -f "$d/host_key"
+	ssh-keygen -q -t ed25519 -N '' -C tlm-test-user -f "$s/id"
+	cp "$s/id.pub" "$d/authorized_keys"
+	echo "dsthost $(cut -d' ' -f1,2 "$d/host_key.pub")" > "$s/known_hosts"
+	cat > "$d/sshd_config" <<CFG
+ListenAddress $TLM_DST_ADDR
+Port 22
+HostKey $d/host_key
+AuthorizedKeysFile $d/authorized_keys
+PidFile $d/sshd.pid
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowStreamLocalForwarding yes
+CFG
+	cat > "$s/config" <<CFG
+Host dsthost
+  HostName $TLM_DST_ADDR
+  User $(id -un)
+  IdentityFile $s/id
+  IdentitiesOnly yes
+  UserKnownHostsFile $s/known_hosts
+  HostKeyAlias dsthost
+  StrictHostKeyChecking yes
+CFG
+	export TLM_SSH_CONFIG=$s/config
+	mkdir -p /run/sshd          # sshd's privilege separation directory (the package's too)
+	err=$("$sshd" -t -f "$d/sshd_config" 2>&1) || skip "sshd refuses its config: $err"
+	ip netns exec "$TLM_DST_NS" "$sshd" -D -e -f "$d/sshd_config" 2> "$d/sshd.log" &
+	sshd_pid=$!
+	deadline=$((SECONDS + 20))
+	until ip netns exec "$TLM_SRC_NS" ssh -F "$TLM_SSH_CONFIG" -o BatchMode=yes dsthost \
+		true 2>/dev/null; do
+		kill -0 "$sshd_pid" 2>/dev/null || fail "sshd exited: $(tail -n 2 "$d/sshd.log")"
+		[ $SECONDS -lt $deadline ] ||
+			fail "no ssh to dsthost in 20 s: $(tail -n 2 "$d/sshd.log")"
+		sleep 0.1
+	done
+}

@@ -13,8 +13,6 @@
 # shellcheck source=../../scripts/lib/netns.sh
 . "$root/scripts/lib/netns.sh"
 
-sshd=$(command -v sshd || echo /usr/sbin/sshd)
-[ -x "$sshd" ] || skip "sshd is not installed (scripts/setup.sh installs openssh-server)"
 for c in ssh ssh-keygen rsync; do
 	command -v $c >/dev/null || skip "$c is not installed (scripts/setup.sh installs it)"
 done
@@ -50,44 +48,7 @@ on_src() {
 }
 
 step "an sshd in the destination namespace ($TLM_DST_ADDR), its keys made here"
-ssh-keygen -q -t ed25519 -N '' -C tlm-test-host -f "$dst/ssh/host_key"
-ssh-keygen -q -t ed25519 -N '' -C tlm-test-user -f "$src/ssh/id"
-cp "$src/ssh/id.pub" "$dst/ssh/authorized_keys"
-echo "dsthost $(cut -d' ' -f1,2 "$dst/ssh/host_key.pub")" > "$src/ssh/known_hosts"
-cat > "$dst/ssh/sshd_config" <<CFG
-ListenAddress $TLM_DST_ADDR
-Port 22
-HostKey $dst/ssh/host_key
-AuthorizedKeysFile $dst/ssh/authorized_keys
-PidFile $dst/ssh/sshd.pid
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-AllowStreamLocalForwarding yes
-CFG
-cat > "$src/ssh/config" <<CFG
-Host dsthost
-  HostName $TLM_DST_ADDR
-  User $(id -un)
-  IdentityFile $src/ssh/id
-  IdentitiesOnly yes
-  UserKnownHostsFile $src/ssh/known_hosts
-  HostKeyAlias dsthost
-  StrictHostKeyChecking yes
-CFG
-export TLM_SSH_CONFIG=$src/ssh/config
-mkdir -p /run/sshd          # sshd's privilege separation directory (the package's too)
-err=$("$sshd" -t -f "$dst/ssh/sshd_config" 2>&1) || skip "sshd refuses its config: $err"
-ip netns exec "$TLM_DST_NS" "$sshd" -D -e -f "$dst/ssh/sshd_config" 2> "$dst/ssh/sshd.log" &
-sshd_pid=$!
-deadline=$((SECONDS + 20))
-until on_src ssh -F "$TLM_SSH_CONFIG" -o BatchMode=yes dsthost true 2>/dev/null; do
-	kill -0 "$sshd_pid" 2>/dev/null || fail "sshd exited: $(tail -n 2 "$dst/ssh/sshd.log")"
-	[ $SECONDS -lt $deadline ] || fail "no ssh to dsthost in 20 s: $(tail -n 2 "$dst/ssh/sshd.log")"
-	sleep 0.1
-done
+dst_sshd "$dst/ssh" "$src/ssh"
 
 mem=128
 step "template ($mem MiB guest) and one reseeded clone at the source"
