@@ -23,6 +23,13 @@
 #                        socket as the destination QEMU sees it
 #   --src-addr ADDR      address tlm-page-server listens on, reachable from the
 #                        destination (default 127.0.0.1)
+#   --dst-host [USER@]HOST  the destination host, over ssh (as migrate-postcopy.sh
+#                        --dst-host: one ControlMaster connection, BatchMode):
+#                        tlm-uffd-server is started there, its control socket and the
+#                        destination QEMU's QMP monitor are forwarded here
+#   --dst-prefix TREE    tlm's source tree (with build/) on HOST (default: the same paths)
+#   --dst-run-dir DIR    where the run's files go on HOST (default: its $TMPDIR or /tmp)
+#   --ssh-config FILE    passed to ssh as -F (default: $TLM_SSH_CONFIG)
 #   --timeout S          for the migration and for every page to arrive (default 300)
 #   --log-level L        of the daemons (default warn)
 #

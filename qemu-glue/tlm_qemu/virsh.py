@@ -47,6 +47,7 @@ import time
 import xml.etree.ElementTree as ET
 
 from . import migrate as M
+from . import remote as R
 from .qmp import QMP, QMPConnectionError, QMPError
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -198,7 +199,7 @@ class Relay:
     section already depends on it)."""
 
     def __init__(self, addr, port, target_addr):
-        self.ready, self.error = threading.Event(), None
+        self.ready, self.error, self.closed = threading.Event(), None, False
         try:
             self.ls = socket.create_server((addr, port))
         except OSError as e:
@@ -243,6 +244,7 @@ class Relay:
         self.pump(c, d)
 
     def close(self):
+        self.closed = True
         self.ready.set()
         try:
             self.ls.close()
@@ -258,6 +260,9 @@ class Run:
         shutil.rmtree(self.work, ignore_errors=True)
         os.makedirs(os.path.join(self.work, "src"))
         self.ps = self.ud = None
+        self.ok = False
+        opt.work = self.work
+        self.host = R.connect(opt)     # Local, or Ssh for --dst-host (remote.py)
 
     def start_daemons(self, ram):
         key = os.path.join(self.work, "key")
@@ -278,20 +283,28 @@ class Run:
             self.ud_ctl, self.glue_sock = self.opt.dst_ctl, self.opt.dst_sock
             M.all_region_stats(self.ud_ctl, timeout=5)
             return
-        self.ud_ctl = os.path.join(self.work, "dst.ctl")
-        self.glue_sock = os.path.join(self.work, "glue.sock")
-        argv = [os.path.join(self.opt.bin_dir, "tlm-uffd-server"), "--sock", self.glue_sock,
-                "--ctl", self.ud_ctl, "--key", key, "--source", self.source,
-                "--log-level", self.opt.log_level]
-        if self.opt.template:
-            argv += ["--template", self.opt.dst_template or self.opt.template]
+        templates = [self.opt.dst_template or self.opt.template] if self.opt.template else []
+        if self.host.remote:           # on HOST over ssh, its control socket forwarded here
+            self.glue_sock = self.host.glue_sock()
+            argv = self.host.uffd_server_argv(self.host.copy_key(key), self.source,
+                                              templates, self.opt.log_level)
+            self.ud_ctl = self.host.forward_ctl(f"{self.host.rwork}/ctl.sock")
+        else:
+            self.ud_ctl = os.path.join(self.work, "dst.ctl")
+            self.glue_sock = os.path.join(self.work, "glue.sock")
+            argv = [os.path.join(self.opt.bin_dir, "tlm-uffd-server"), "--sock",
+                    self.glue_sock, "--ctl", self.ud_ctl, "--key", key, "--source",
+                    self.source, "--log-level", self.opt.log_level]
+            for t in templates:
+                argv += ["--template", t]
         self.ud = M.Daemon("tlm-uffd-server", argv, self.work, self.ud_ctl)
         self.ud.wait_ready()
 
     def glue_env(self, ram):
         # libvirt names the file <memory_backing_dir>/libvirt/qemu/<id>-<name>/<alias>:
         # the id is the destination's, the alias (pc.ram) the same on both sides
-        env = {"LD_PRELOAD": self.opt.glue, "TLM_RAM_PATH": f"*/{os.path.basename(ram)}",
+        env = {"LD_PRELOAD": self.host.glue if self.host.remote else self.opt.glue,
+               "TLM_RAM_PATH": f"*/{os.path.basename(ram)}",
                "TLM_SOCK": self.glue_sock, "TLM_VM_ID": self.dom, "TLM_ARM": "map",
                "TLM_SOURCE": self.source}
         if self.opt.template:
@@ -305,16 +318,24 @@ class Run:
         whose incoming migration is under way, not even qemu-monitor-command."""
         self.caps_error = None
         deadline = time.monotonic() + self.opt.timeout
-        while not os.path.exists(self.dst_qmp) and time.monotonic() < deadline:
-            time.sleep(M.POLL_S)
-        try:
-            with QMP(self.dst_qmp, timeout=30) as q:
-                q.execute("migrate-set-capabilities", {"capabilities": [
-                    {"capability": "x-ignore-shared", "state": True}]})
-            relay.release()
-        except (QMPError, QMPConnectionError) as e:
-            self.caps_error = f"destination QMP {self.dst_qmp}: {e}"
+        while True:
+            try:
+                with QMP(self.dst_qmp, timeout=30) as q:
+                    q.execute("migrate-set-capabilities", {"capabilities": [
+                        {"capability": "x-ignore-shared", "state": True}]})
+                relay.release()
+                return
+            except QMPError as e:
+                why = e
+            except QMPConnectionError as e:
+                # not there yet (a forwarded socket takes the connection and closes it)
+                why = e
+                if time.monotonic() < deadline and not relay.closed:
+                    time.sleep(M.POLL_S)
+                    continue
+            self.caps_error = f"destination QMP {self.dst_qmp}: {why}"
             relay.close()
+            return
 
     def freeze(self):
         M.ctl(self.ps.ctl, f"freeze {self.dom}", timeout=max(60, self.opt.timeout))
@@ -372,9 +393,15 @@ class Run:
         ram, size = ram_file(self.src, self.dom)
         log(f"{self.dom}: RAM {ram} ({size >> 20} MiB)")
         self.start_daemons(ram)
-        self.dst_qmp = os.path.join(self.work, "dst-qmp.sock")
+        if self.host.remote:            # on HOST, forwarded here
+            qmp_there = f"{self.host.rwork}/qmp.sock"
+            os.makedirs(self.host.mirror, mode=0o700, exist_ok=True)
+            self.dst_qmp = self.host.forward(os.path.join(self.host.mirror, "qmp.sock"),
+                                             qmp_there)
+        else:
+            qmp_there = self.dst_qmp = os.path.join(self.work, "dst-qmp.sock")
         xml = dst_xml(self.src.run("dumpxml", "--migratable", self.dom), self.dom,
-                      self.glue_env(ram), ["-qmp", f"unix:{self.dst_qmp},server=on,wait=off"])
+                      self.glue_env(ram), ["-qmp", f"unix:{qmp_there},server=on,wait=off"])
         xml_path = os.path.join(self.work, "dst.xml")
         with open(xml_path, "w") as f:
             f.write(xml)
@@ -386,6 +413,7 @@ class Run:
             {"capability": "x-ignore-shared", "state": False}]})
         pages = r.get("pages", {})
         wire = r.get("wire", {})
+        self.ok = True
         log(f"{self.dom}: migrated with tlm in {secs:.2f} s (virsh migrate); pages "
             f"present {pages.get('present')}, left to the kernel "
             f"{pages.get('template_left', 0)}, {wire.get('in_bytes', 0) / 1e6:.1f} MB "
@@ -395,6 +423,7 @@ class Run:
         for d in (self.ud, self.ps):
             if d:
                 d.shutdown()
+        self.host.close(self.ok)
 
 
 def parse(argv):
@@ -410,6 +439,10 @@ def parse(argv):
     p.add_argument("--dst-ctl")
     p.add_argument("--dst-sock")
     p.add_argument("--src-addr", default="127.0.0.1")
+    p.add_argument("--dst-host")
+    p.add_argument("--dst-prefix")
+    p.add_argument("--dst-run-dir")
+    p.add_argument("--ssh-config", default=os.environ.get("TLM_SSH_CONFIG"))
     p.add_argument("--bin-dir", required=True)
     p.add_argument("--glue", required=True)
     p.add_argument("--run-dir", required=True)
@@ -427,10 +460,14 @@ def parse(argv):
 
 def main(argv=None):
     opt = parse(sys.argv[1:] if argv is None else argv)
-    run = Run(opt)
+    try:
+        run = Run(opt)
+    except R.RemoteError as e:
+        log(f"error: {e}")
+        return 1
     try:
         run.run()
-    except (Fail, M.Fail) as e:
+    except (Fail, M.Fail, R.RemoteError) as e:
         log(f"error: {e}")
         return 1
     finally:
