@@ -52,6 +52,7 @@ from .qmp import QMP, QMPConnectionError, QMPError
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 PROG = "virsh-migrate-tlm.sh"
+RAMSTUB_MAGIC = b"tlm-ram-stub 1\n"   # runtime/template/ramstub.h
 
 
 class Fail(Exception):
@@ -117,6 +118,15 @@ def ram_file(src, dom):
     if not os.path.isfile(mem):
         raise Fail(f"{dom}: its RAM file {mem} is not visible here (run this on the "
                    "source host, outside any private mount namespace of libvirtd)")
+    with open(mem, "rb") as f:
+        stub = f.read(len(RAMSTUB_MAGIC)) == RAMSTUB_MAGIC
+    if stub:
+        # The glue maps this QEMU's RAM privately (the domain arrived by tlm, or is a
+        # template clone): tlm-page-server would have to read it from the process, and
+        # libvirt stops the source QEMU as soon as the destination runs.
+        raise Fail(f"{dom}: its RAM is the glue's private mapping ({mem} is a stub): "
+                   "libvirt would stop this QEMU before tlm had read it; use stock "
+                   "`virsh migrate` (it takes the RAM from the process)")
     return mem, int(dev["size"])
 
 

@@ -15,7 +15,9 @@
 #   - libvirt moves each domain (virsh migrate --live, the destination QEMU started by the
 #     destination libvirtd with the glue in its environment), tlm its RAM: each runs at
 #     the destination only, with the same checksum, x-ignore-shared off there, its RAM
-#     file the glue's stub.
+#     file the glue's stub;
+#   - moving it on by tlm is refused in one line (libvirt would stop that QEMU before tlm
+#     had read its private memory), and it keeps running.
 # Skips where libvirtd, virsh or network namespaces are missing (fails instead under
 # TLM_REQUIRE=qemu).
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -174,4 +176,14 @@ migrate lvd --dst-host dsthost --dst-run-dir "$lv/dsthost-run"
 [ "$(grep -c "Accepted publickey" "$lv/ssh-dst/sshd.log")" = $((accepted + 1)) ] ||
 	fail "lvd: the migration did not use one ssh connection"
 migrated lvd "$before_lvd"
+
+step "a domain that arrived by tlm does not leave by tlm (its RAM is the glue's mapping)"
+out=$(ip netns exec "$TLM_DST_NS" "$root/scripts/virsh-migrate-tlm.sh" --src-uri "$dst" \
+	--src-addr "$TLM_DST_ADDR" --dst-addr "$TLM_SRC_ADDR" lvt "$src" 2>&1) &&
+	fail "lvt left by tlm with its RAM in the glue's private mapping"
+echo "$out"
+[ "$(echo "$out" | wc -l)" = 1 ] && echo "$out" | grep -q "is a stub" ||
+	fail "the refusal is not the one line about the stub"
+virsh -q -c "$dst" domstate lvt | grep -qx running || fail "lvt does not run after the refusal"
+same_memory "$(gdir dst lvt)" "$before_lvt"
 echo "PASS $name"
