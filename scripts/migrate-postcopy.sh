@@ -2,6 +2,7 @@
 # Post-copy live migration of running QEMU VMs to a destination QEMU on this host.
 #
 #   scripts/migrate-postcopy.sh --mode qemu|tlm|precopy [options] VM...
+#   scripts/migrate-postcopy.sh --pull NAME [--timeout S]
 #
 #   VM                 a VM name of the run dir ($TLM_RUN_DIR, default /dev/shm/tlm/run),
 #                      its run directory, or its QMP socket; the QMP socket (-qmp
@@ -107,6 +108,21 @@
 #                      restarted after it. The page server holds its background DATA stream
 #                      until the hook returns (tlm-page-server --bulk-hold), so pages are
 #                      still missing while it runs (tests/qemu/qemu_tlm_faults.sh)
+#   --split           split migration (remote paging): the switch happens as usual, but
+#                      the page server holds its background DATA stream and stays, as
+#                      the VM's memory host: the destination runs (and is checked; the
+#                      check faults in what it reads) with only the pages it touches
+#                      moved on its faults; the script returns then, printing the
+#                      remote-fault latency and the pull command. Default --policy post
+#                      (nothing pre-sent: hybrid/auto would pre-send every DATA page).
+#                      A plain RAM file source's QEMU stops (the page server's mapping
+#                      keeps the RAM); a glue (pid) source's QEMU stays, paused. What the
+#                      pull needs is in the destination's run directory (split.json),
+#                      the daemons' logs in the kept work directory. One memory host
+#                      per VM; not with --dst-host
+#   --pull NAME        a split VM's rest: the page server's stream released, every page
+#                      settled at the destination, then the source QEMU and the daemons
+#                      stop as at the end of an unsplit migration (--timeout applies)
 # TLM_MIGRATE_KEEP=1 keeps the tlm mode's work directory (the daemons' logs and stats) and
 # prints its path; it is kept anyway when a migration fails and something is left there.
 # qemu and precopy modes take --dst-addr and --dst-netns (the destination QEMU runs there
@@ -184,7 +200,9 @@ while [ $# -gt 0 ]; do
 		*) other_opt=${other_opt:-$1} ;;
 		esac
 		shift ;;
-	--no-live) tlm_opts+=("$1"); other_opt=${other_opt:-$1} ;;
+	--no-live|--split) tlm_opts+=("$1"); other_opt=${other_opt:-$1} ;;
+	--pull) [ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
+		pull=$2; shift ;;
 	--trace) trace=${2:-}; shift ;;
 	--check-cmd|--dst-cmdline|--name)
 		[ $# -ge 2 ] || { echo "$tlm_prog: $1 needs a value" >&2; exit 2; }
@@ -208,6 +226,15 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
+for n in "$precopy_s" "$timeout_s"; do
+	[[ "$n" =~ ^[0-9]+$ ]] || { echo "$tlm_prog: not a whole number: '$n'" >&2; exit 2; }
+done
+if [ -n "${pull:-}" ]; then
+	[ -z "$mode${other_opt:-}" ] && [ ${#vms[@]} = 0 ] ||
+		{ echo "$tlm_prog: --pull NAME takes --timeout only" >&2; exit 2; }
+	tlm_py migrate --pull "$pull" --timeout "$timeout_s" || exit 1
+	exit 0
+fi
 case "$mode" in
 qemu|tlm|precopy) ;;
 "") echo "$tlm_prog: --mode qemu|tlm|precopy is required (try --help)" >&2; exit 2 ;;
@@ -216,9 +243,6 @@ esac
 if [ "$mode" != tlm ] && [ -n "${other_opt:-}" ]; then
 	echo "$tlm_prog: $other_opt is a tlm-mode option" >&2; exit 2
 fi
-for n in "$precopy_s" "$timeout_s"; do
-	[[ "$n" =~ ^[0-9]+$ ]] || { echo "$tlm_prog: not a whole number: '$n'" >&2; exit 2; }
-done
 bandwidth_bps=$bandwidth
 [[ "$bandwidth" =~ ^[0-9]+$ ]] && bandwidth_bps+=M
 bandwidth_bps=$(numfmt --from=iec "${bandwidth_bps^^}" 2>/dev/null) && [ "$bandwidth_bps" -gt 0 ] ||

@@ -54,6 +54,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,6 +70,7 @@ from .qmp import QMP, QMPError, QMPConnectionError, event_time
 POLL_S = 0.05
 MAX_RESTARTS = 3
 REANNOUNCE_S = 15
+SPLIT_FILE = "split.json"   # in a split VM's destination run directory (Mig.split)
 # Mig.stop_source: from this round trip on, QEMU's own RAM blocks go paced before the stop
 # (its rate limiter works in 100 ms windows: 512 KiB/s = 51 KiB per window, 0.2 MB in ~4)
 WARM_RTT_US = 2000
@@ -128,6 +130,25 @@ def all_region_stats(ctl_path, timeout=30):
 def region_stats(ctl_path, vm_id):
     """The region's stats, None if the daemon does not know it (yet, or any more)."""
     return all_region_stats(ctl_path).get(vm_id)
+
+
+def wait_phase(ctl_path, vm_id, want, timeout, check=None):
+    """Poll the destination daemon until the region's phase is in `want`; a failed
+    region raises, and so does check() (the destination QEMU gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = region_stats(ctl_path, vm_id)
+        ph = r and r["phase"]
+        if ph in want:
+            return r
+        if ph == "failed":
+            raise Fail(f"{vm_id}: tlm-uffd-server: {r.get('error', 'failed')}")
+        if check:
+            check()
+        if time.monotonic() > deadline:
+            raise Fail(f"{vm_id}: region {'not announced' if not r else ph} at "
+                       f"tlm-uffd-server after {timeout:g} s (want {'/'.join(want)})")
+        time.sleep(POLL_S)
 
 
 def netns_argv(ns):
@@ -209,6 +230,40 @@ class Daemon:
             except (Fail, subprocess.TimeoutExpired):
                 self.p.kill()
                 self.p.wait()
+
+
+class Adopted:
+    """A daemon a split migration left running (split.json), by pid and control socket:
+    enough of Popen for Daemon.shutdown. Its process is not our child (the migration that
+    started it has exited): it is alive while /proc/PID names its control socket."""
+
+    def __init__(self, pid, ctl_path):
+        self.pid, self.ctl_path = pid, ctl_path
+
+    def poll(self):
+        try:
+            with open(f"/proc/{self.pid}/cmdline", "rb") as f:
+                return None if self.ctl_path.encode() in f.read() else 0
+        except OSError:
+            return 0
+
+    def wait(self, timeout=None):
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(POLL_S)
+        return 0
+
+    def kill(self):
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    @staticmethod
+    def daemon(name, pid, ctl_path):
+        d = Daemon.__new__(Daemon)
+        d.name, d.ctl, d.p = name, ctl_path, Adopted(pid, ctl_path)
+        return d
 
 
 # ---- one VM ---------------------------------------------------------------------------------
@@ -366,21 +421,11 @@ class Mig:
 
     def wait_region(self, ctl_path, want, timeout=15):
         """Poll the destination daemon until the region's phase is in `want`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            r = region_stats(ctl_path, self.name)
-            ph = r and r["phase"]
-            if ph in want:
-                return r
-            if ph == "failed":
-                raise Fail(f"{self.name}: tlm-uffd-server: {r.get('error', 'failed')}")
+        def dst_alive():
             if not self.opt.dsthost.alive(self.dst):
                 raise Fail(f"{self.name}: the destination QEMU exited: "
                            f"{self.opt.dsthost.log_tail(self.dst)}")
-            if time.monotonic() > deadline:
-                raise Fail(f"{self.name}: region {'not announced' if not r else ph} at "
-                           f"tlm-uffd-server after {timeout} s (want {'/'.join(want)})")
-            time.sleep(POLL_S)
+        return wait_phase(ctl_path, self.name, want, timeout, dst_alive)
 
     def arm(self, ctl_path):
         self.wait_region(ctl_path, ("waiting_uffd",))
@@ -521,17 +566,42 @@ class Mig:
         self.sum_after = V.guest_check(self.dst, "after", self.check_cmd, self.sum_before,
                                        self.guest_timeout, ticks=self.opt.dsthost.wait_ticks)
 
-    def finish(self):
+    def release_dst(self):
+        """The destination checked and on its own: x-ignore-shared off again (the RAM
+        comes by tlm, into a private mapping; the RAM file is the glue's stub), so that a
+        later stock migration or savevm of this VM takes its RAM from the process."""
         self.check_guest()
-        # The RAM came by tlm, into a private mapping (the RAM file is the glue's stub):
-        # x-ignore-shared off again, so that a later stock migration or savevm of this
-        # VM takes its RAM from the process.
         self.qmp("dst", "migrate-set-capabilities", {"capabilities": [
             {"capability": "x-ignore-shared", "state": False}]})
         self.close_qmp()
+
+    def finish(self):
+        self.release_dst()
         V.stop(self.src)
         self.opt.dsthost.link(self.dst)
         self.phase = "done"
+
+    def split(self, run):
+        """--split: the destination runs and is checked while pages are still missing (the
+        page server holds its background stream); it becomes the VM's current generation
+        and the page server stays as its memory host until `--pull`. A file source's RAM
+        stays mapped by the page server (src_region.c maps it at start), so its QEMU goes;
+        a pid source's QEMU is that memory and stays, paused. What `pull` needs is written
+        to the destination's run directory (split.json)."""
+        self.release_dst()
+        keep_src = ",pid=" in f",{self.spec}"
+        if not keep_src:
+            V.stop(self.src)
+        self.opt.dsthost.link(self.dst)
+        self.stats = region_stats(run.dst_ctl, self.name) or {}
+        state = {"name": self.name, "work": run.work, "t_resume": self.ev["resume"],
+                 "ps": {"pid": run.ps.p.pid, "ctl": run.ps.ctl},
+                 "ud": {"pid": run.ud.p.pid, "ctl": run.ud.ctl} if run.ud else None,
+                 "dst_ctl": run.dst_ctl, "src_dir": self.src["dir"] if keep_src else None}
+        with open(os.path.join(self.dst["dir"], SPLIT_FILE), "w") as f:
+            json.dump(state, f, indent=2)
+            f.write("\n")
+        self.phase = "split"
 
     def undo(self):
         """After a failure: what can be undone is undone; says what was left."""
@@ -599,7 +669,8 @@ class Run:
             argv += ["--region", m.spec]
         if self.opt.bulk_delay is not None:
             argv += ["--bulk-delay", str(self.opt.bulk_delay)]
-        if self.opt.after_switch:   # no DATA on bulk until the hook has run (after_switch)
+        if self.opt.after_switch or self.opt.split:
+            # no DATA on bulk until the hook has run (after_switch) or `pull` (split)
             argv += ["--bulk-hold"]
         if self.opt.live_rate is not None:
             argv += ["--live-rate", str(self.opt.live_rate)]
@@ -714,7 +785,7 @@ class Run:
         if not self.opt.after_switch:
             return
         self.hook("--after-switch", self.opt.after_switch)
-        if self.ps.p.poll() is None:
+        if self.ps.p.poll() is None and not self.opt.split:
             ctl(self.ps.ctl, "bulk-release all")
 
     def switch(self, m):
@@ -847,18 +918,23 @@ class Run:
             m.resume_dst()
             self.live_stats(m)
         self.after_switch()
+        if self.opt.split:
+            self.each(Mig.split, self)
+            return
         self.wait_complete()
         self.each(Mig.finish)
 
     def cleanup(self, ok):
         left = False
+        if all(m.phase == "split" for m in self.migs):
+            return True     # the daemons stay: the memory hosts until `pull`
         for m in self.migs:
             if m.phase != "done":
                 try:
                     m.undo()
                 except (V.VMError, QMPError, QMPConnectionError) as e:
                     log(f"{m.name}: undo: {e}")
-                left |= m.phase in ("switched", "complete")
+                left |= m.phase in ("switched", "complete", "split")
         if left:
             log(f"daemons left running for the destination: tlm-page-server ctl "
                 f"{self.ps.ctl if self.ps else '-'}, tlm-uffd-server ctl {self.dst_ctl}; "
@@ -937,6 +1013,83 @@ def tlm_row(m):
             "checksum": m.sum_after or "not checked"}
 
 
+def split_row(m):
+    s = m.stats
+    lat, pages = s.get("latency_demand") or {}, s.get("pages") or {}
+    return {"vm": m.name, "mode": "tlm-split", "phase": s.get("phase"),
+            "downtime_ms": round((m.ev["resume"] - m.ev["stop"]) * 1000, 1),
+            "pages_settled": settled(pages) if pages else None,
+            "pages_total": pages.get("total"), "demand_faults": lat.get("count"),
+            "fault_p50_us": lat.get("p50_us"), "fault_p99_us": lat.get("p99_us"),
+            "memory_host": s.get("source"), "checksum": m.sum_after or "not checked",
+            "split_file": os.path.join(m.dst["dir"], SPLIT_FILE)}
+
+
+def split_report(migs, json_out):
+    """One line per split VM: what is still at the memory host and how to pull it."""
+    rows = [split_row(m) for m in migs]
+    for r in rows:
+        print(f"{r['vm']}: split: runs at the destination with {r['pages_settled']} of "
+              f"{r['pages_total']} pages, the rest at tlm-page-server; downtime "
+              f"{r['downtime_ms']} ms; {r['demand_faults']} remote faults, p50 "
+              f"{r['fault_p50_us']} us, p99 {r['fault_p99_us']} us; checksum "
+              f"{r['checksum']}")
+        print(f"{r['vm']}: pull the rest with: scripts/migrate-postcopy.sh --pull {r['vm']}")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"mode": "tlm-split", "vms": rows}, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+def pull(argv):
+    """`--pull NAME`: the rest of a split VM's RAM (Mig.split). The page server's held
+    stream is released, every page settles at the destination, and the migration ends as
+    an unsplit one does: the source QEMU (a pid source) stops, and so do the daemons."""
+    ap = argparse.ArgumentParser(prog="migrate-postcopy.sh --pull")
+    ap.add_argument("name", metavar="NAME")
+    ap.add_argument("--timeout", type=float, default=300)
+    opt = ap.parse_args(argv)
+    dst = V.resolve(opt.name)
+    path = os.path.join(dst["dir"], SPLIT_FILE)
+    try:
+        with open(path) as f:
+            st = json.load(f)
+    except FileNotFoundError:
+        raise Fail(f"{opt.name}: not split (no {path}): nothing to pull") from None
+    name = st["name"]
+    ps = Adopted.daemon("tlm-page-server", st["ps"]["pid"], st["ps"]["ctl"])
+    if ps.p.poll() is not None:
+        raise Fail(f"{name}: its memory host, tlm-page-server pid {st['ps']['pid']}, is "
+                   f"gone: faults on the pages it held wait (logs in {st['work']})")
+    def dst_alive():
+        if not V.alive(dst):
+            raise Fail(f"{name}: the destination QEMU exited: {V.log_tail(dst)}")
+
+    before = region_stats(st["dst_ctl"], name) or {}
+    t0 = time.time()
+    ctl(ps.ctl, f"bulk-release {name}")
+    r = wait_phase(st["dst_ctl"], name, ("complete",), opt.timeout, dst_alive)
+    pull_s = time.time() - t0
+    if st.get("src_dir") and os.path.exists(os.path.join(st["src_dir"], "vm.json")):
+        V.stop(V.load_cfg(os.path.join(st["src_dir"], "vm.json")))
+    ps.shutdown()
+    if st.get("ud"):
+        Adopted.daemon("tlm-uffd-server", st["ud"]["pid"], st["ud"]["ctl"]).shutdown()
+    os.unlink(path)
+    if os.environ.get("TLM_MIGRATE_KEEP") == "1":
+        log(f"work directory kept: {st['work']}")
+    else:
+        shutil.rmtree(st["work"], ignore_errors=True)
+    lat, pages = r["latency_demand"], r["pages"]
+    left = pages["total"] - settled(before.get("pages") or pages)
+    print(f"{name}: pulled {left} pages in {pull_s:.2f} s: {settled(pages)} of "
+          f"{pages['total']} pages settled, {lat['count']} remote faults since the switch "
+          f"(p50 {lat['p50_us']} us, p99 {lat['p99_us']} us); source and memory host "
+          "stopped")
+    return 0
+
+
 def parser():
     ap = argparse.ArgumentParser(prog="tlm_qemu.migrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("vms", nargs="+", metavar="VM")
@@ -1000,6 +1153,10 @@ def parser():
                          "rounds until few are left; auto (its default) = DATA rounds "
                          "while they converge, judged from the measured write and send "
                          "rates; the switch waits until the page server says ready")
+    ap.add_argument("--split", action="store_true",
+                    help="leave the pages the destination has not faulted on at the "
+                         "page server (its background stream held) and return once the "
+                         "destination runs and is checked; `--pull NAME` moves the rest")
     ap.add_argument("--bulk-delay", type=int, metavar="MS",
                     help="tlm-page-server --bulk-delay: the background DATA stream starts "
                          "MS ms after freeze (not after a page-server restart)")
@@ -1007,7 +1164,16 @@ def parser():
 
 
 def main(argv):
+    if argv[:1] == ["--pull"]:
+        return pull(argv[1:])
     opt = parser().parse_args(argv)
+    if opt.split and opt.dst_host:
+        raise Fail("--split and --dst-host: not yet (split.json is written to the "
+                   "destination's run directory, here)")
+    if opt.split and not opt.policy:
+        # nothing pre-sent: the pages the guest touches move on its faults, the rest
+        # stays at the memory host (hybrid/auto would pre-send every DATA page)
+        opt.policy = "post"
     # SIGTERM unwinds like a failure: the cleanup below undoes what can be undone
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("migrate-postcopy.sh: terminated"))
     if bool(opt.dst_ctl) != bool(opt.dst_sock):
@@ -1029,9 +1195,11 @@ def main(argv):
         ok = True
     finally:
         left = run and not run.cleanup(ok)
-        if left and not ok:
+        if (left and not ok) or (ok and opt.split):     # split: the daemons' logs
             open(os.path.join(opt.work, ".keep"), "w").close()
         opt.dsthost.close(ok or not left)
+    if opt.split:
+        return split_report(run.migs, opt.json)
     rows = [dict(tlm_row(m), total_s=round(m.t["complete"] - run.t0, 3)) for m in run.migs]
     t0 = min(m.ev["stop"] for m in run.migs)
     t1 = max(m.t["complete"] for m in run.migs)
