@@ -37,6 +37,11 @@ Per VM, in this order (the order is what keeps the guest's memory right):
   4. every page settled (the daemon's region phase "complete": placed, or a TEMPLATE page
      left to the kernel, mapped from the template on touch): guest checks, the source
      QEMU is shut down, the destination becomes the VM's current generation.
+  4'. --split instead: the page server holds its background stream for good (--bulk-hold),
+     so only the pages the destination faults on move; once it runs and its guest check
+     passed it becomes current, the daemons stay as its memory host (split.json in its
+     run directory) and this process returns. `--pull NAME` (pull) releases the stream,
+     waits for "complete" and ends the migration as 4. does.
 A failure before the destination runs stops it and lets the source run on (its RAM was
 only read). After that, both QEMUs and the daemons are left as they are for inspection:
 the destination's faults wait, they are never answered with a wrong page. A page server
@@ -1020,8 +1025,9 @@ def split_row(m):
             "downtime_ms": round((m.ev["resume"] - m.ev["stop"]) * 1000, 1),
             "pages_settled": settled(pages) if pages else None,
             "pages_total": pages.get("total"), "demand_faults": lat.get("count"),
-            "fault_p50_us": lat.get("p50_us"), "fault_p99_us": lat.get("p99_us"),
-            "memory_host": s.get("source"), "checksum": m.sum_after or "not checked",
+            "fault_p50_us": lat.get("p50_us"), "fault_p90_us": lat.get("p90_us"),
+            "fault_p99_us": lat.get("p99_us"), "fault_max_us": lat.get("max_us"),
+            "fault_mean_us": lat.get("mean_us"), "memory_host": s.get("source"), "checksum": m.sum_after or "not checked",
             "split_file": os.path.join(m.dst["dir"], SPLIT_FILE)}
 
 
@@ -1032,7 +1038,8 @@ def split_report(migs, json_out):
         print(f"{r['vm']}: split: runs at the destination with {r['pages_settled']} of "
               f"{r['pages_total']} pages, the rest at tlm-page-server; downtime "
               f"{r['downtime_ms']} ms; {r['demand_faults']} remote faults, p50 "
-              f"{r['fault_p50_us']} us, p99 {r['fault_p99_us']} us; checksum "
+              f"{r['fault_p50_us']} us, p90 {r['fault_p90_us']} us, p99 "
+              f"{r['fault_p99_us']} us, max {r['fault_max_us']} us; checksum "
               f"{r['checksum']}")
         print(f"{r['vm']}: pull the rest with: scripts/migrate-postcopy.sh --pull {r['vm']}")
     if json_out:
