@@ -33,13 +33,14 @@ running() {
 	st=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${st:0:1}" != Z ]
 }
 
-# "PHASE PRESENT TOTAL P50 P99" of VM's region at the destination daemon CTL
+# "PHASE SETTLED TOTAL P50 P99 WAITING" of VM's region at the destination daemon CTL
+# (WAITING: the faults that wait for a page now)
 region() {
 	"$tlmctl" -s "$1" stats | python3 -c 'import json, sys
 r = [r for r in json.load(sys.stdin)["regions"] if r["id"] == sys.argv[1]][0]
 p, l = r["pages"], r["latency_demand"]
 print(r["phase"], p["present"] + p.get("template_left", 0), p["total"], l["p50_us"],
-      l["p99_us"])' "$2"
+      l["p99_us"], r["faults"]["waiting"])' "$2"
 }
 
 step "boot a 256 MiB guest (64 MiB workload) on a plain share=on RAM file"
@@ -96,10 +97,23 @@ rc=0; out=$(migrate --pull g 2>&1) || rc=$?
 echo "pull: $out"
 [ "$rc" = 1 ] && echo "$out" | grep -q "memory host.*is gone" ||
 	fail "pull with the memory host gone: exit $rc, '$out'"
-read -r phase present3 total _ <<< "$(region "$dst_ctl" g)"
-echo "destination region: $phase, $present3 of $total pages"
-[ "$phase" != complete ] && [ "$present3" -lt "$total" ] ||
-	fail "the region is '$phase' with $present3 of $total pages: pages from nowhere"
 [ "$(qmp "$(vm info g --get qmp)" query-status --get status)" = running ] ||
 	fail "the destination QEMU is not running"
+# Touch every page of the destination's RAM (QEMU reads it for pmemsave): the first page
+# still at the lost memory host is a fault that waits, and stays waiting.
+qmp "$(vm info g --get qmp)" pmemsave \
+	"{\"val\": 0, \"size\": $((256 << 20)), \"filename\": \"/dev/null\"}" \
+	>/dev/null 2>&1 &
+reader=$!
+deadline=$((SECONDS + 60))
+while read -r phase present3 total _ _ waiting <<< "$(region "$dst_ctl" g)" &&
+	[ "$waiting" = 0 ]; do
+	[ "$phase" = fetching ] || break
+	[ $SECONDS -lt $deadline ] || fail "no fault waits after 60 s of reading every page"
+	sleep 0.1
+done
+kill "$reader" 2>/dev/null || true
+echo "destination region: $phase, $present3 of $total pages, $waiting fault(s) waiting"
+[ "$phase" = fetching ] && [ "$present3" -lt "$total" ] ||
+	fail "the region is '$phase' with $present3 of $total pages: pages from nowhere"
 echo "PASS $name"
