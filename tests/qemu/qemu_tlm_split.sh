@@ -8,8 +8,10 @@
 # remote-paging fault latency is printed. `--pull` then moves the rest: the region
 # completes, the page server and the destination daemon exit, the checksum still holds.
 # Then a source whose RAM is the glue's private mapping (a pid source: its QEMU stays,
-# paused, as the memory), and a lost memory host: the page server killed while split, `--pull` fails in one line
-# and the destination region stays incomplete (its faults wait; no page is placed).
+# paused, as the memory), and a lost memory host: the page server killed while split,
+# `--pull` fails in one line, and a read of every destination page (QMP pmemsave) waits
+# on the first page the lost host held (the daemon counts a waiting fault; the region
+# stays incomplete: no page placed from anywhere else).
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
