@@ -283,6 +283,10 @@ class Mig:
         if not V.alive(self.src):
             raise Fail(f"{arg}: QEMU is not running")
         self.name, self.opt, self.phase = self.src["name"], opt, "new"
+        if os.path.exists(os.path.join(self.src["dir"], SPLIT_FILE)):
+            # part of its RAM is still at a memory host: one at a time (README, Split)
+            raise Fail(f"{self.name} is split: part of its RAM is at a memory host; "
+                       f"`migrate-postcopy.sh --pull {self.name}` first")
         if self.src.get("foreign"):     # hugetlbfs passed the stock modes, not tlm's
             try:
                 C.check_ram_fs(self.src["ram_file"], "tlm")

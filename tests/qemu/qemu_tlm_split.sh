@@ -92,8 +92,10 @@ cat "$TLM_RUN_DIR/split2.log"
 st=$(qmp "$src_dir/qmp.sock" query-status --get status) ||
 	fail "the pid source's QEMU is gone while split"
 [ "$st" = postmigrate ] || fail "the pid source's QEMU is '$st', not postmigrate"
+rc=0; out=$(migrate --mode tlm g 2>&1) || rc=$?
+[ "$rc" = 1 ] && echo "$out" | grep -q "g is split: .*--pull g. first" ||
+	fail "a migration of a split VM: exit $rc, '$out'"
 ps_pid=$(split_get g ps.pid) dst_ctl=$(split_get g dst_ctl)
-read -r _ present _ <<< "$(region "$dst_ctl" g)"
 kill -9 "$ps_pid"
 rc=0; out=$(migrate --pull g 2>&1) || rc=$?
 echo "pull: $out"
