@@ -350,6 +350,8 @@ prepare() {
 
 	src=$(tlm_vm info "$vm" --get dir) || exit 1
 	[ "$(tlm_vm info "$src" --get running)" = true ] || tlm_die "$vm: QEMU is not running"
+	[ ! -e "$src/split.json" ] || tlm_die "$vm is split: part of its RAM is at a memory" \
+		"host; \`migrate-postcopy.sh --pull $vm\` first"
 	names[$i]=$(tlm_vm info "$src" --get name)
 	src_dirs[$i]=$src
 	phases[$i]=none

@@ -92,9 +92,11 @@ cat "$TLM_RUN_DIR/split2.log"
 st=$(qmp "$src_dir/qmp.sock" query-status --get status) ||
 	fail "the pid source's QEMU is gone while split"
 [ "$st" = postmigrate ] || fail "the pid source's QEMU is '$st', not postmigrate"
-rc=0; out=$(migrate --mode tlm g 2>&1) || rc=$?
-[ "$rc" = 1 ] && echo "$out" | grep -q "g is split: .*--pull g. first" ||
-	fail "a migration of a split VM: exit $rc, '$out'"
+for mode in tlm precopy; do
+	rc=0; out=$(migrate --mode "$mode" g 2>&1) || rc=$?
+	[ "$rc" = 1 ] && echo "$out" | grep -q "g is split: .*--pull g. first" ||
+		fail "a --mode $mode migration of a split VM: exit $rc, '$out'"
+done
 ps_pid=$(split_get g ps.pid) dst_ctl=$(split_get g dst_ctl)
 kill -9 "$ps_pid"
 rc=0; out=$(migrate --pull g 2>&1) || rc=$?
