@@ -108,7 +108,7 @@
 #                      restarted after it. The page server holds its background DATA stream
 #                      until the hook returns (tlm-page-server --bulk-hold), so pages are
 #                      still missing while it runs (tests/qemu/qemu_tlm_faults.sh)
-#   --split           split migration (remote paging): the switch happens as usual, but
+#   --split            split migration (remote paging): the switch happens as usual, but
 #                      the page server holds its background DATA stream and stays, as
 #                      the VM's memory host: the destination runs (and is checked; the
 #                      check faults in what it reads) with only the pages it touches
