@@ -114,7 +114,7 @@
 #                      check faults in what it reads) with only the pages it touches
 #                      moved on its faults; the script returns then, printing the
 #                      remote-fault latency and the pull command. Default --policy post
-#                      (nothing pre-sent: hybrid/auto would pre-send every DATA page).
+#                      (nothing pre-sent: hybrid/auto pre-send the DATA in rounds).
 #                      A plain RAM file source's QEMU stops (the page server's mapping
 #                      keeps the RAM); a glue (pid) source's QEMU stays, paused. What the
 #                      pull needs is in the destination's run directory (split.json),

@@ -1183,7 +1183,7 @@ def main(argv):
                    "destination's run directory, here)")
     if opt.split and not opt.policy:
         # nothing pre-sent: the pages the guest touches move on its faults, the rest
-        # stays at the memory host (hybrid/auto would pre-send every DATA page)
+        # stays at the memory host (hybrid/auto pre-send the DATA in rounds)
         opt.policy = "post"
     # SIGTERM unwinds like a failure: the cleanup below undoes what can be undone
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("migrate-postcopy.sh: terminated"))
