@@ -156,6 +156,15 @@ def wait_phase(ctl_path, vm_id, want, timeout, check=None):
         time.sleep(POLL_S)
 
 
+def make_key(work):
+    """A new pre-shared key for this run's daemons: WORK/key, 0600; its path."""
+    path = os.path.join(work, "key")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path
+
+
 def netns_argv(ns):
     return ["ip", "netns", "exec", ns] if ns else []
 
@@ -652,7 +661,7 @@ class Run:
         names = [m.name for m in self.migs]
         if len(set(names)) != len(names):
             raise Fail(f"a VM is named twice: {' '.join(names)}")
-        self.key = opt.key or self.make_key()
+        self.key = opt.key or make_key(self.work)
         self.dst_ctl = opt.dst_ctl or os.path.join(self.work, "dst", "ctl.sock")
         self.dst_sock = opt.dst_sock or os.path.join(self.work, "dst", "glue.sock")
         if opt.dsthost.remote:      # paths on the destination host; its ctl forwarded here
@@ -660,13 +669,6 @@ class Run:
             self.dst_sock = opt.dst_sock or opt.dsthost.glue_sock()
             self.dst_ctl = opt.dsthost.forward_ctl(
                 opt.dst_ctl or f"{opt.dsthost.rwork}/ctl.sock")
-
-    def make_key(self):
-        path = os.path.join(self.work, "key")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-        return path
 
     def start_page_server(self):
         argv = netns_argv(self.opt.src_netns) + [

@@ -102,13 +102,12 @@ def ram_file(src, dom):
         raise Fail(f"{dom}: {len(devs)} memory backends; tlm moves a domain whose RAM is one "
                    "<memoryBacking> file (no NUMA cells, no memory devices)")
     dev = devs[0]
-    ids = [o["name"] for o in src.qmp(dom, "qom-list", {"path": "/objects"})
-           if o.get("type", "").startswith("child<memory-backend")]
-    if len(ids) != 1:
-        raise Fail(f"{dom}: cannot tell which object is the guest RAM ({ids})")
-    path = f"/objects/{ids[0]}"
-    kind = next((o["type"] for o in src.qmp(dom, "qom-list", {"path": "/objects"})
-                 if o["name"] == ids[0]), "")
+    backends = [o for o in src.qmp(dom, "qom-list", {"path": "/objects"})
+                if o.get("type", "").startswith("child<memory-backend")]
+    if len(backends) != 1:
+        raise Fail(f"{dom}: cannot tell which object is the guest RAM "
+                   f"({[o['name'] for o in backends]})")
+    path, kind = f"/objects/{backends[0]['name']}", backends[0]["type"]
     if kind != "child<memory-backend-file>" or not dev.get("share"):
         raise Fail(f"{dom}: guest RAM is {kind[6:-1] or 'unknown'}"
                    f"{'' if dev.get('share') else ', not shared'}; the domain XML needs "
@@ -128,6 +127,11 @@ def ram_file(src, dom):
                    "libvirt would stop this QEMU before tlm had read it; use stock "
                    "`virsh migrate` (it takes the RAM from the process)")
     return mem, int(dev["size"])
+
+
+def ignore_shared(on):
+    """migrate-set-capabilities arguments: x-ignore-shared on or off."""
+    return {"capabilities": [{"capability": "x-ignore-shared", "state": on}]}
 
 
 def dst_xml(xml, dom, env, args):
@@ -217,7 +221,7 @@ class Relay:
         # the destination QEMU listens on the same port number (libvirt takes the port
         # of --migrateuri for its -incoming)
         self.port = self.ls.getsockname()[1]
-        self.target = f"{target_addr}:{self.port}"
+        self.target = (target_addr, self.port)
         threading.Thread(target=self.serve, daemon=True).start()
 
     def release(self):
@@ -242,12 +246,11 @@ class Relay:
             return
         self.ls.close()
         self.ready.wait()
-        host, port = self.target.rsplit(":", 1)
         try:
-            d = socket.create_connection((host, int(port)), timeout=30)
+            d = socket.create_connection(self.target, timeout=30)
             d.settimeout(None)
         except OSError as e:
-            self.error = f"relay to the destination QEMU at {self.target}: {e}"
+            self.error = "relay to the destination QEMU at %s:%d: %s" % (*self.target, e)
             c.close()
             return
         threading.Thread(target=self.pump, args=(d, c), daemon=True).start()
@@ -275,10 +278,7 @@ class Run:
         self.host = R.connect(opt)     # Local, or Ssh for --dst-host (remote.py)
 
     def start_daemons(self, ram):
-        key = os.path.join(self.work, "key")
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(os.urandom(32).hex() + "\n")
+        key = M.make_key(self.work)
         spec = f"{self.dom},file={ram}"
         if self.opt.template:
             spec += f",template={self.opt.template}"
@@ -331,8 +331,7 @@ class Run:
         while True:
             try:
                 with QMP(self.dst_qmp, timeout=30) as q:
-                    q.execute("migrate-set-capabilities", {"capabilities": [
-                        {"capability": "x-ignore-shared", "state": True}]})
+                    q.execute("migrate-set-capabilities", ignore_shared(True))
                 relay.release()
                 return
             except QMPError as e:
@@ -352,8 +351,7 @@ class Run:
 
     def migrate(self, xml_path):
         t0 = time.time()
-        self.src.qmp(self.dom, "migrate-set-capabilities", {"capabilities": [
-            {"capability": "x-ignore-shared", "state": True}]})
+        self.src.qmp(self.dom, "migrate-set-capabilities", ignore_shared(True))
         watch = StopWatch(self.src, self.dom, self.freeze)
         relay = Relay(self.opt.relay_addr, self.opt.migrate_port, self.opt.dst_addr)
         port = relay.port
@@ -370,8 +368,7 @@ class Run:
                 e = Fail(f"{e} ({self.caps_error or relay.error})")
             # the source may still be ours: x-ignore-shared off again, it keeps running
             try:
-                self.src.qmp(self.dom, "migrate-set-capabilities", {"capabilities": [
-                    {"capability": "x-ignore-shared", "state": False}]})
+                self.src.qmp(self.dom, "migrate-set-capabilities", ignore_shared(False))
             except Fail:
                 pass
             raise e from None
@@ -384,20 +381,6 @@ class Run:
             raise Fail(f"{self.dom}: the freeze failed: {watch.error} (the destination "
                        "is left waiting on its faults)")
         return t_switch - t0
-
-    def wait_complete(self):
-        deadline = time.monotonic() + self.opt.timeout
-        while True:
-            r = M.region_stats(self.ud_ctl, self.dom)
-            if r and r["phase"] == "complete":
-                return r
-            if r and r["phase"] == "failed":
-                raise Fail(f"{self.dom}: tlm-uffd-server: {r.get('error', 'failed')} (the "
-                           "destination is left paused on its faults)")
-            if time.monotonic() > deadline:
-                raise Fail(f"{self.dom}: not every page at the destination after "
-                           f"{self.opt.timeout} s ({r and r['phase']})")
-            time.sleep(M.POLL_S)
 
     def run(self):
         ram, size = ram_file(self.src, self.dom)
@@ -416,11 +399,10 @@ class Run:
         with open(xml_path, "w") as f:
             f.write(xml)
         secs = self.migrate(xml_path)
-        r = self.wait_complete()
+        r = M.wait_phase(self.ud_ctl, self.dom, ("complete",), self.opt.timeout)
         # The RAM came by tlm into a private mapping (the file is the glue's stub): a
         # later stock migration or savevm must take it from the process.
-        self.dst.qmp(self.dom, "migrate-set-capabilities", {"capabilities": [
-            {"capability": "x-ignore-shared", "state": False}]})
+        self.dst.qmp(self.dom, "migrate-set-capabilities", ignore_shared(False))
         pages = r.get("pages", {})
         wire = r.get("wire", {})
         self.ok = True
